@@ -1,0 +1,263 @@
+"""Time to first audio of the voice graph, side by side in one run.
+
+  (a) inproc     the graph logic in one process, no Ray (graph.pipeline with simulated model timings)
+  (b) serve      the same, through the Ray Serve deployments and the WebSocket contract
+  (c) sentences  (a) with sentence-only aggregation, as common voice-agent frameworks do
+
+Runs are interleaved a, b, c, a, b, c... so machine noise hits all three alike. Also: underruns after the
+first frame over a 10-minute simulated session (virtual time via looptime), and RSS growth over 500
+utterances. Prints JSON as its last line.
+
+    python benchmarks/voice_latency.py [--utterances 40] [--skip-serve]
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import json
+import os
+import socket
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import psutil  # noqa: E402
+
+from graph.backends.simple import PassthroughVC  # noqa: E402,F401
+from graph.backends.simulated import SimulatedLLM, SimulatedTTS, SimulatedVC  # noqa: E402
+from graph.pipeline import (  # noqa: E402
+    Aggregation,
+    AudioFrames,
+    PipelineConfig,
+    StageCalls,
+    Utterance,
+    UtteranceEnded,
+    UtteranceMode,
+    UtterancePipeline,
+)
+from graph.types import LLMRequest  # noqa: E402
+
+PROMPT = "Tell me about your favourite song."
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
+    return ordered[index]
+
+
+def summary(values: list[float]) -> dict:
+    return {"p50_ms": round(statistics.median(values), 2), "p95_ms": round(percentile(values, 95), 2), "n": len(values)}
+
+
+def stage_configs(args) -> dict:
+    return {
+        "llm": {"backend": "simulated", "first_token_s": args.llm_first_token_ms / 1000, "tokens_per_s": args.llm_tokens_per_s},
+        "tts": {"backend": "simulated", "first_audio_s": args.tts_first_audio_ms / 1000, "real_time_factor": args.tts_rtf},
+        "vc": {"backend": "simulated", "latency_s": args.vc_ms / 1000},
+    }
+
+
+def inproc_pipeline(args, aggregation: Aggregation, sleep=asyncio.sleep, clock=time.monotonic) -> UtterancePipeline:
+    cfg = stage_configs(args)
+    strip = lambda c: {k: v for k, v in c.items() if k != "backend"}  # noqa: E731
+    calls = StageCalls.from_backends(
+        SimulatedLLM(sleep=sleep, **strip(cfg["llm"])),
+        SimulatedTTS(sleep=sleep, **strip(cfg["tts"])),
+        SimulatedVC(sleep=sleep, **strip(cfg["vc"])),
+    )
+    return UtterancePipeline(calls, PipelineConfig(aggregation=aggregation), clock=clock)
+
+
+async def ttfa_inproc(pipeline: UtterancePipeline, index: int) -> float:
+    started = time.perf_counter()
+    first = None
+    async for event in pipeline.run(Utterance(f"a{index}", PROMPT, UtteranceMode.PROMPT, LLMRequest(PROMPT))):
+        if first is None and isinstance(event, AudioFrames):
+            first = (time.perf_counter() - started) * 1000
+    return first
+
+
+class ServeGraph:
+    """The graph deployed on a fresh local Ray, reached over the WebSocket contract."""
+
+    token = "bench-token"
+
+    def __init__(self, args):
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+        import ray
+        from ray import serve
+
+        from deployments.app import build_app
+
+        ray.init(num_cpus=2, resources={"gtx1660": 1, "rx6800": 1}, include_dashboard=False,
+                 _node_ip_address="127.0.0.1", logging_level="ERROR", log_to_driver=False)
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            self.port = sock.getsockname()[1]
+        serve.start(http_options={"host": "127.0.0.1", "port": self.port})
+        options = {
+            "TextLLM": {"ray_actor_options": {"num_cpus": 0, "resources": {"rx6800": 0.1}}},
+            "SopranoTTS": {"ray_actor_options": {"num_cpus": 0, "resources": {"gtx1660": 0.5}}},
+            "RVCVoice": {"ray_actor_options": {"num_cpus": 0, "resources": {"rx6800": 0.2}}},
+        }
+        serve.run(build_app({**stage_configs(args), "voice": {"token": self.token}}, options), name="bench", route_prefix="/")
+        self.ws = None
+
+    async def connect(self):
+        import websockets
+
+        self.ws = await websockets.connect(
+            f"ws://127.0.0.1:{self.port}/v1/voice",
+            additional_headers={"Authorization": f"Bearer {self.token}"},
+            max_size=None,
+        )
+
+    async def ttfa(self, index: int) -> float:
+        request = {"type": "prompt", "id": f"b{index}", "text": PROMPT}
+        started = time.perf_counter()
+        await self.ws.send(json.dumps(request))
+        first = None
+        while True:
+            message = await self.ws.recv()
+            if isinstance(message, bytes):
+                if first is None:
+                    first = (time.perf_counter() - started) * 1000
+                continue
+            event = json.loads(message)
+            if event["type"] == "error":
+                raise RuntimeError(f"graph error: {event}")
+            if event["type"] == "utterance.end" and event["id"] == request["id"]:
+                return first
+
+    def close(self):
+        import ray
+        from ray import serve
+
+        serve.shutdown()
+        ray.shutdown()
+
+
+def simulated_session_underruns(args, minutes: float) -> dict:
+    """Back-to-back utterances for `minutes` of virtual time; count gaps after each first frame."""
+    import looptime
+
+    loop = looptime.new_event_loop(start=0, noop_cycles=42)
+
+    async def session():
+        pipeline = inproc_pipeline(args, Aggregation.EARLY_FIRST_CHUNK, sleep=asyncio.sleep, clock=loop.time)
+        underruns = utterances = frames = 0
+        index = 0
+        while loop.time() < minutes * 60:
+            index += 1
+            async for event in pipeline.run(Utterance(f"s{index}", PROMPT, UtteranceMode.PROMPT, LLMRequest(PROMPT))):
+                if isinstance(event, UtteranceEnded):
+                    underruns += event.underruns
+                    frames += event.frames
+                    utterances += 1
+        return {"underruns": underruns, "utterances": utterances, "audio_minutes": round(frames * 0.02 / 60, 2),
+                "virtual_minutes": round(loop.time() / 60, 2)}
+
+    try:
+        return loop.run_until_complete(session())
+    finally:
+        loop.close()
+
+
+async def rss_growth(args, utterances: int) -> dict:
+    fast = argparse.Namespace(**{**vars(args), "llm_first_token_ms": 0, "llm_tokens_per_s": 1e9,
+                                 "tts_first_audio_ms": 0, "tts_rtf": 0, "vc_ms": 0})
+    pipeline = inproc_pipeline(fast, Aggregation.EARLY_FIRST_CHUNK)
+    process = psutil.Process()
+
+    async def one(i):
+        async for _ in pipeline.run(Utterance(f"r{i}", PROMPT, UtteranceMode.PROMPT, LLMRequest(PROMPT))):
+            pass
+
+    for i in range(50):  # warm caches and allocator pools first
+        await one(i)
+    gc.collect()
+    before = process.memory_info().rss
+    for i in range(utterances):
+        await one(i)
+    gc.collect()
+    after = process.memory_info().rss
+    return {"utterances": utterances, "rss_before_mb": round(before / 2**20, 1), "rss_growth_mb": round((after - before) / 2**20, 2)}
+
+
+async def main_async(args) -> dict:
+    a_times, b_times, c_times = [], [], []
+    early = inproc_pipeline(args, Aggregation.EARLY_FIRST_CHUNK)
+    sentences = inproc_pipeline(args, Aggregation.SENTENCES_ONLY)
+    graph = None
+    if not args.skip_serve:
+        print("starting Ray and the Serve graph ...", file=sys.stderr)
+        graph = ServeGraph(args)
+        await graph.connect()
+        for i in range(3):  # warm-up: first calls pay for connection and replica start-up
+            await graph.ttfa(-i - 1)
+    for i in range(3):
+        await ttfa_inproc(early, -i - 1)
+        await ttfa_inproc(sentences, -i - 1)
+    for i in range(args.utterances):
+        a_times.append(await ttfa_inproc(early, i))
+        if graph:
+            b_times.append(await graph.ttfa(i))
+        c_times.append(await ttfa_inproc(sentences, i))
+        print(f"  {i + 1}/{args.utterances}", file=sys.stderr, end="\r")
+    if graph:
+        await graph.ws.close()
+        graph.close()
+    result = {
+        "benchmark": "voice_latency",
+        "timings": {"llm_first_token_ms": args.llm_first_token_ms, "llm_tokens_per_s": args.llm_tokens_per_s,
+                    "tts_first_audio_ms": args.tts_first_audio_ms, "tts_rtf": args.tts_rtf, "vc_ms_per_chunk": args.vc_ms},
+        "a_inproc": summary(a_times),
+        "c_sentences_only": summary(c_times),
+    }
+    result["ratio_a_over_c_p50"] = round(result["a_inproc"]["p50_ms"] / result["c_sentences_only"]["p50_ms"], 3)
+    if graph:
+        result["b_serve"] = summary(b_times)
+        deltas = [b - a for a, b in zip(a_times, b_times)]
+        result["b_overhead_ms"] = {
+            "p50": round(result["b_serve"]["p50_ms"] - result["a_inproc"]["p50_ms"], 2),
+            "p95": round(result["b_serve"]["p95_ms"] - result["a_inproc"]["p95_ms"], 2),
+            "paired_median": round(statistics.median(deltas), 2),
+        }
+    result["rss"] = await rss_growth(args, args.rss_utterances)
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--utterances", type=int, default=40)
+    parser.add_argument("--session-minutes", type=float, default=10.0)
+    parser.add_argument("--rss-utterances", type=int, default=500)
+    parser.add_argument("--llm-first-token-ms", type=float, default=250)
+    parser.add_argument("--llm-tokens-per-s", type=float, default=40)
+    parser.add_argument("--tts-first-audio-ms", type=float, default=60)
+    parser.add_argument("--tts-rtf", type=float, default=0.1)
+    parser.add_argument("--vc-ms", type=float, default=25)
+    parser.add_argument("--skip-serve", action="store_true", help="only the in-process runs (no Ray)")
+    args = parser.parse_args()
+    result = asyncio.run(main_async(args))
+    result["session"] = simulated_session_underruns(args, args.session_minutes)
+    targets = {
+        "ratio_a_over_c_at_most_0.6": result["ratio_a_over_c_p50"] <= 0.6,
+        "zero_underruns": result["session"]["underruns"] == 0,
+        "rss_growth_under_20mb": result["rss"]["rss_growth_mb"] < 20,
+    }
+    if "b_overhead_ms" in result:
+        targets["b_overhead_p50_at_most_10ms"] = result["b_overhead_ms"]["p50"] <= 10
+        targets["b_overhead_p95_at_most_25ms"] = result["b_overhead_ms"]["p95"] <= 25
+    result["targets_met"] = targets
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

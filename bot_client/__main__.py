@@ -1,0 +1,55 @@
+"""`python -m bot_client [--config configs/bot.yaml]`: run the bot with the token from `DISCORD_TOKEN`."""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+import discord
+
+from .bot import MikuBot
+from .config import ConfigError, load_config
+from .graph_api import GraphClient
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bot_client", description="Run Miku's Discord client.")
+    parser.add_argument("--config", default=os.environ.get("MIKU_BOT_CONFIG", "configs/bot.yaml"),
+                        help="bot config file (default: configs/bot.yaml)")
+    parser.add_argument("--log-level", default="INFO")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    token = os.environ.get("DISCORD_TOKEN", "").strip()
+    if not token:
+        print("error: set DISCORD_TOKEN to the bot's token (Discord Developer Portal -> Bot -> Token)", file=sys.stderr)
+        return 2
+    try:
+        config = load_config(args.config if os.path.exists(args.config) else None)
+        graph_token = config.graph_token()
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if not discord.opus.is_loaded():
+        try:
+            discord.opus.load_opus("libopus.so.0")
+        except OSError:
+            print("error: libopus is missing: apt-get install libopus0", file=sys.stderr)
+            return 2
+    graph = GraphClient(config.graph.url, graph_token, request_timeout_s=config.graph.request_timeout_s,
+                        connect_timeout_s=config.graph.connect_timeout_s)
+    bot = MikuBot(config, graph)
+    try:
+        bot.run(token, log_handler=None)
+    except discord.LoginFailure:
+        print("error: Discord refused DISCORD_TOKEN", file=sys.stderr)
+        return 1
+    except discord.PrivilegedIntentsRequired:
+        print("error: enable the Message Content intent for the bot in the Developer Portal", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,161 @@
+"""The `!miku` command group (prefix and slash): join, leave, voice-status, say, stop.
+
+Each command only gathers Discord facts and calls plain logic (SessionManager, permissions, status).
+"""
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Optional
+
+import discord
+from discord.ext import commands
+
+from ..discord_adapter import join_request
+from ..graph_api import GraphError
+from ..permissions import is_allowed, refusal
+from ..session import NOT_IN_SESSION, VoiceLink
+from ..status import format_status
+
+if TYPE_CHECKING:
+    from ..bot import MikuBot
+
+log = logging.getLogger(__name__)
+
+
+def member_roles(member: object) -> tuple[list[str], bool]:
+    roles = [r.name for r in getattr(member, "roles", []) or []]
+    perms = getattr(member, "guild_permissions", None)
+    return roles, bool(perms is not None and perms.administrator)
+
+
+class VoiceCog(commands.Cog, name="Voice"):
+    def __init__(self, bot: "MikuBot") -> None:
+        self.bot = bot
+
+    async def _permitted(self, ctx: commands.Context, command: str) -> bool:
+        roles, admin = member_roles(ctx.author)
+        permissions = self.bot.config.permissions
+        if is_allowed(command, roles, admin, permissions):
+            return True
+        await ctx.reply(refusal(command, permissions, f"{self.bot.config.command_prefix}{self.bot.config.group_name}"),
+                        mention_author=False)
+        return False
+
+    @commands.hybrid_group(name="miku", invoke_without_command=True, fallback="help")
+    @commands.guild_only()
+    async def miku(self, ctx: commands.Context) -> None:
+        """Miku's voice commands."""
+        await ctx.reply(
+            "🎤 `!miku join [#voice-channel]`, `!miku leave`, `!miku say TEXT`, `!miku stop`, `!miku voice-status`",
+            mention_author=False,
+        )
+
+    @miku.command(name="join")
+    @commands.guild_only()
+    async def join(self, ctx: commands.Context, channel: Optional[discord.VoiceChannel] = None) -> None:
+        """Join your voice channel (or the one named); this text channel becomes the prompt channel."""
+        if not await self._permitted(ctx, "join"):
+            return
+        assert ctx.guild is not None
+        request, target = join_request(
+            guild=ctx.guild, author=ctx.author, text_channel_id=ctx.channel.id, named_channel=channel
+        )
+        await ctx.defer()
+
+        async def connect(_channel_id: int) -> VoiceLink:
+            existing = ctx.guild.voice_client
+            if existing is not None:  # a stale link from a crashed session
+                await existing.disconnect(force=True)
+            return await target.connect(
+                timeout=self.bot.config.session.voice_connect_timeout_s, reconnect=True, self_deaf=True
+            )
+
+        prompt_channel = ctx.channel.id
+        outcome = await self.bot.manager.join(
+            request, connect, lambda text: self.bot.ops.send(prompt_channel, text)
+        )
+        await ctx.reply(outcome.message, mention_author=False)
+
+    @miku.command(name="leave")
+    @commands.guild_only()
+    async def leave(self, ctx: commands.Context) -> None:
+        """Leave voice and switch every paused feature back on."""
+        if not await self._permitted(ctx, "leave"):
+            return
+        session = self.bot.manager.get(ctx.guild.id if ctx.guild else None)
+        if session is None:
+            await ctx.reply(NOT_IN_SESSION, mention_author=False)
+            return
+        await ctx.defer()
+        if session.prompt_channel_id == ctx.channel.id:
+            await self.bot.manager.leave(ctx.guild.id)  # the session posts its goodbye here
+            if ctx.interaction is not None:
+                await ctx.reply("👋", mention_author=False)  # a slash command must be answered
+        else:
+            await self.bot.manager.leave(ctx.guild.id)
+            await ctx.reply("👋 Left voice.", mention_author=False)
+
+    @miku.command(name="stop")
+    @commands.guild_only()
+    async def stop(self, ctx: commands.Context) -> None:
+        """Stop what Miku is saying (and drop the prompts waiting)."""
+        if not await self._permitted(ctx, "stop"):
+            return
+        session = self.bot.manager.get(ctx.guild.id if ctx.guild else None)
+        if session is None:
+            await ctx.reply(NOT_IN_SESSION, mention_author=False)
+            return
+        dropped = await session.stop_speaking()
+        extra = f" (dropped {dropped} waiting prompt{'s' if dropped != 1 else ''})" if dropped else ""
+        await ctx.reply(f"⏹️ Stopped{extra}.", mention_author=False)
+
+    @miku.command(name="say")
+    @commands.guild_only()
+    async def say(self, ctx: commands.Context, *, text: str) -> None:
+        """Speak TEXT verbatim in the voice channel."""
+        session = self.bot.manager.get(ctx.guild.id if ctx.guild else None)
+        if session is None:
+            await ctx.reply(NOT_IN_SESSION, mention_author=False)
+            return
+        limit = self.bot.config.session.max_prompt_chars
+        if len(text) > limit:
+            await ctx.reply(f"❌ That's too long for me to say out loud ({len(text)} characters; the limit is {limit}).",
+                            mention_author=False)
+            return
+        result = await session.submit(text, kind="say")
+        if not result.accepted:
+            await ctx.reply(result.message or "❌ I can't say that now.", mention_author=False)
+        elif ctx.interaction is not None:
+            await ctx.reply("🎤", mention_author=False)
+        else:
+            try:
+                await ctx.message.add_reaction("🎤")
+            except discord.HTTPException:
+                pass
+
+    @miku.command(name="voice-status")
+    @commands.guild_only()
+    async def voice_status(self, ctx: commands.Context) -> None:
+        """Voice channel, prompt channel, GPU routing, blocked features, queue, session age, first-audio times."""
+        session = self.bot.manager.get(ctx.guild.id if ctx.guild else None)
+        features = health = None
+        error = None
+        try:
+            health = await self.bot.graph.health()
+            features = await self.bot.graph.features()
+        except GraphError as exc:
+            error = exc.message
+        text = format_status(session.status() if session else None, features, health, error)
+        await ctx.reply(text, mention_author=False)
+
+    async def cog_command_error(self, ctx: commands.Context, error: commands.CommandError) -> None:
+        if isinstance(error, commands.MissingRequiredArgument):
+            await ctx.reply(f"❌ Missing `{error.param.name}`. Try `!miku say Hello everyone!`", mention_author=False)
+        elif isinstance(error, (commands.ChannelNotFound, commands.BadArgument)):
+            await ctx.reply("❌ I couldn't find that voice channel. Name a voice channel like `#General`.",
+                            mention_author=False)
+        elif isinstance(error, commands.NoPrivateMessage):
+            await ctx.reply("❌ Voice commands only work in a server.", mention_author=False)
+        else:
+            log.exception("command %s failed", ctx.command, exc_info=error)
+            await ctx.reply("*Miku seems confused...*", mention_author=False)

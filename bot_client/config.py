@@ -1,0 +1,157 @@
+"""The bot's configuration: one typed value loaded from YAML, so every knob is documented in one place.
+
+Secrets never live in the file: the Discord token comes from `DISCORD_TOKEN` and the graph's bearer token
+from `MIKU_GRAPH_TOKEN` (or `graph.token_file`). See docs/bot-config.md for the reference.
+"""
+from __future__ import annotations
+
+import enum
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class PromptMode(enum.Enum):
+    """What a prompt that arrives while Miku is speaking does."""
+
+    QUEUE = "queue"  # wait its turn, in order
+    INTERRUPT = "interrupt"  # cut her off and answer the new one
+
+
+class ConfigError(ValueError):
+    """The config file is missing a value or has one of the wrong kind; the message names the field."""
+
+
+@dataclass(frozen=True)
+class GraphConfig:
+    url: str = "http://127.0.0.1:8000"
+    token: str | None = None  # prefer MIKU_GRAPH_TOKEN; kept for local setups
+    token_file: str | None = None
+    request_timeout_s: float = 10.0
+    connect_timeout_s: float = 5.0
+
+
+@dataclass(frozen=True)
+class PermissionsConfig:
+    """Role names allowed to run each guarded command; an empty list means everyone may."""
+
+    join: tuple[str, ...] = ()
+    leave: tuple[str, ...] = ()
+    stop: tuple[str, ...] = ()
+    admins_always_allowed: bool = True
+
+
+@dataclass(frozen=True)
+class PlaybackConfig:
+    prebuffer_ms: int = 100
+    max_buffer_s: float = 120.0  # beyond this the oldest waiting audio is dropped (and counted)
+    stats_interval_s: float = 5.0
+
+
+@dataclass(frozen=True)
+class SessionConfig:
+    prompt_mode: PromptMode = PromptMode.QUEUE
+    max_pending_prompts: int = 20
+    heartbeat_interval_s: float | None = None  # None -> a third of the graph's lease
+    voice_connect_timeout_s: float = 15.0
+    voice_reconnect_grace_s: float = 20.0  # how long a lost voice link may take to come back
+    utterance_timeout_s: float = 60.0  # no utterance.end by then -> "*Miku seems confused...*"
+    presence_text: str = "🎤 In Voice Chat"
+    max_prompt_chars: int = 4000
+
+
+@dataclass(frozen=True)
+class BotConfig:
+    command_prefix: str = "!"
+    group_name: str = "miku"
+    graph: GraphConfig = field(default_factory=GraphConfig)
+    permissions: PermissionsConfig = field(default_factory=PermissionsConfig)
+    playback: PlaybackConfig = field(default_factory=PlaybackConfig)
+    session: SessionConfig = field(default_factory=SessionConfig)
+    seen_messages: int = 5000  # how many message ids are remembered to act on each message once
+    sync_app_commands: bool = True
+
+    def graph_token(self) -> str:
+        """The bearer token: `MIKU_GRAPH_TOKEN`, else `graph.token`, else the contents of `graph.token_file`."""
+        env = os.environ.get("MIKU_GRAPH_TOKEN", "").strip()
+        if env:
+            return env
+        if self.graph.token:
+            return self.graph.token
+        if self.graph.token_file:
+            path = Path(self.graph.token_file).expanduser()
+            try:
+                value = path.read_text().strip()
+            except OSError as exc:
+                raise ConfigError(f"graph.token_file {path} cannot be read: {exc}") from exc
+            if value:
+                return value
+        raise ConfigError("no graph token: set MIKU_GRAPH_TOKEN, graph.token or graph.token_file")
+
+
+def _build(cls: type, data: Any, where: str) -> Any:
+    if data is None:
+        return cls()
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where or 'config'} must be a mapping, got {type(data).__name__}")
+    known = {f.name: f for f in fields(cls)}
+    unknown = sorted(set(data) - set(known))
+    if unknown:
+        raise ConfigError(f"unknown key(s) in {where or 'config'}: {', '.join(unknown)}")
+    kwargs: dict[str, Any] = {}
+    for name, value in data.items():
+        path = f"{where}.{name}" if where else name
+        default = getattr(cls(), name)
+        if isinstance(default, (GraphConfig, PermissionsConfig, PlaybackConfig, SessionConfig)):
+            kwargs[name] = _build(type(default), value, path)
+        elif isinstance(default, PromptMode):
+            try:
+                kwargs[name] = PromptMode(str(value).lower())
+            except ValueError:
+                choices = ", ".join(m.value for m in PromptMode)
+                raise ConfigError(f"{path} must be one of {choices}, got {value!r}") from None
+        elif isinstance(default, tuple):
+            if isinstance(value, str):
+                value = [value]
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise ConfigError(f"{path} must be a list of role names")
+            kwargs[name] = tuple(value)
+        elif isinstance(default, bool):
+            if not isinstance(value, bool):
+                raise ConfigError(f"{path} must be true or false, got {value!r}")
+            kwargs[name] = value
+        elif isinstance(default, (int, float)) or (default is None and name.endswith("_s")):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) and value is not None:
+                raise ConfigError(f"{path} must be a number, got {value!r}")
+            if value is not None and value < 0:
+                raise ConfigError(f"{path} must not be negative, got {value!r}")
+            kwargs[name] = value
+        else:
+            if value is not None and not isinstance(value, str):
+                raise ConfigError(f"{path} must be a string, got {value!r}")
+            kwargs[name] = value
+    return cls(**kwargs)
+
+
+def load_config(path: str | os.PathLike[str] | None) -> BotConfig:
+    """Read a YAML config (a missing path gives the defaults); bad values raise `ConfigError`."""
+    if path is None:
+        return BotConfig()
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except OSError as exc:
+        raise ConfigError(f"cannot read bot config {p}: {exc}") from exc
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{p} is not valid YAML: {exc}") from exc
+    config = _build(BotConfig, data or {}, "")
+    if config.playback.prebuffer_ms % 20:
+        raise ConfigError("playback.prebuffer_ms must be a multiple of 20 (one Discord frame)")
+    if config.session.max_prompt_chars <= 0:
+        raise ConfigError("session.max_prompt_chars must be positive")
+    return config

@@ -1,0 +1,245 @@
+"""A thread-safe jitter buffer between the graph's WebSocket (event loop) and discord.py's player thread.
+
+The WebSocket reader only copies bytes in (`write`); the player thread takes exactly one 20 ms frame per
+tick (`read`), which never blocks: a frame of audio, a frame of silence, or `b""` once the session is over.
+Audio is kept per utterance so that each one starts only when a small prebuffer is there (or the whole
+utterance already arrived), which turns network jitter into a short fixed delay instead of stutter.
+"""
+from __future__ import annotations
+
+import enum
+import threading
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Callable
+
+FRAME_MS = 20
+FRAME_BYTES = 3840  # 20 ms of s16le stereo at 48 kHz
+SILENCE_FRAME = bytes(FRAME_BYTES)
+
+
+class SegmentState(enum.Enum):
+    PREBUFFERING = "prebuffering"  # waiting for the prebuffer (or the end of the utterance)
+    PLAYING = "playing"
+
+
+@dataclass
+class _Segment:
+    """The frames of one utterance, in order."""
+
+    utterance_id: str | None
+    frames: deque[bytes] = field(default_factory=deque)
+    ended: bool = False
+    state: SegmentState = SegmentState.PREBUFFERING
+
+
+@dataclass(frozen=True)
+class JitterStats:
+    """Counters for the graph's metrics and `!miku voice-status`."""
+
+    frames_played: int
+    silence_frames: int
+    underruns: int  # reads that found an utterance playing but no frame ready
+    stalls: int  # separate underrun episodes (a run of underrun reads counts once)
+    dropped_frames: int  # frames discarded by interrupts or overflow
+    fill_frames: int  # frames waiting right now
+    max_fill_frames: int
+    utterances_started: int
+    utterances_played: int
+
+    def as_dict(self) -> dict[str, int]:
+        return dict(self.__dict__)
+
+
+class JitterBuffer:
+    """Frames of audio waiting to be played, grouped by utterance. Every method is thread-safe.
+
+    `on_utterance_played(utterance_id)` is called from the reading thread when an utterance's last frame
+    has been handed out; it must only hand the news on (e.g. `loop.call_soon_threadsafe`).
+    """
+
+    def __init__(
+        self,
+        prebuffer_ms: int = 100,
+        max_buffer_s: float = 120.0,
+        on_utterance_played: Callable[[str | None], None] | None = None,
+    ) -> None:
+        if prebuffer_ms < 0:
+            raise ValueError("prebuffer_ms must not be negative")
+        self.prebuffer_frames = max(1, -(-prebuffer_ms // FRAME_MS))
+        self.max_frames = max(self.prebuffer_frames, int(max_buffer_s * 1000 // FRAME_MS))
+        self._on_played = on_utterance_played
+        self._lock = threading.Lock()
+        self._segments: deque[_Segment] = deque()
+        self._partial = bytearray()
+        self._fill = 0
+        self._closed = False
+        self._drain_on_close = False
+        self._in_stall = False
+        self._frames_played = 0
+        self._silence_frames = 0
+        self._underruns = 0
+        self._stalls = 0
+        self._dropped = 0
+        self._max_fill = 0
+        self._started = 0
+        self._played = 0
+
+    # --- producer side (event loop) -------------------------------------------------------------
+
+    def begin(self, utterance_id: str | None) -> None:
+        """An utterance starts: its frames are held until the prebuffer is reached or it ends."""
+        with self._lock:
+            self._seal_partial_locked()
+            # Utterances arrive one after another: a new one means the previous ones are complete.
+            for segment in self._segments:
+                segment.ended = True
+            self._segments.append(_Segment(utterance_id))
+            self._started += 1
+
+    def write(self, data: bytes | bytearray | memoryview) -> int:
+        """Add PCM bytes to the utterance being received; returns how many whole frames were added.
+
+        Bytes that do not fill a frame are kept for the next write, so nothing is lost or invented.
+        """
+        with self._lock:
+            if self._closed:
+                return 0
+            if not self._segments or self._segments[-1].ended:
+                # Audio without an announced utterance still plays (with its own prebuffer).
+                self._segments.append(_Segment(None))
+                self._started += 1
+            segment = self._segments[-1]
+            self._partial += data
+            whole = len(self._partial) // FRAME_BYTES
+            if not whole:
+                return 0
+            view = memoryview(self._partial)
+            for i in range(whole):
+                segment.frames.append(bytes(view[i * FRAME_BYTES:(i + 1) * FRAME_BYTES]))
+            view.release()
+            del self._partial[: whole * FRAME_BYTES]
+            self._fill += whole
+            self._trim_locked()
+            self._max_fill = max(self._max_fill, self._fill)
+            return whole
+
+    def end(self, utterance_id: str | None = None) -> None:
+        """The utterance being received is complete (its last partial frame is padded with silence)."""
+        with self._lock:
+            self._seal_partial_locked()
+            for segment in reversed(self._segments):
+                if not segment.ended and (utterance_id is None or segment.utterance_id in (utterance_id, None)):
+                    segment.ended = True
+                    break
+
+    def clear(self) -> int:
+        """Drop everything waiting (an interrupt); returns how many frames were dropped."""
+        with self._lock:
+            dropped = self._fill
+            self._dropped += dropped
+            self._segments.clear()
+            self._partial.clear()
+            self._fill = 0
+            return dropped
+
+    def close(self, drain: bool = False) -> None:
+        """The session is over: `read` returns `b""` (after the waiting audio if `drain`)."""
+        with self._lock:
+            self._seal_partial_locked()
+            for segment in self._segments:
+                segment.ended = True
+            self._closed = True
+            self._drain_on_close = drain
+
+    # --- consumer side (player thread) ----------------------------------------------------------
+
+    def read(self) -> bytes:
+        """One 20 ms frame, never blocking: audio, silence, or `b""` when the session has ended."""
+        finished: list[str | None] = []
+        try:
+            with self._lock:
+                return self._read_locked(finished)
+        finally:
+            if self._on_played is not None:
+                for utterance_id in finished:
+                    self._on_played(utterance_id)
+
+    def _read_locked(self, finished: list[str | None]) -> bytes:
+        if self._closed and (not self._drain_on_close or self._fill == 0):
+            return b""
+        while self._segments:
+            segment = self._segments[0]
+            if segment.state is SegmentState.PREBUFFERING:
+                if segment.ended or len(segment.frames) >= self.prebuffer_frames:
+                    segment.state = SegmentState.PLAYING
+                else:
+                    break  # still filling: silence, and not an underrun
+            if segment.frames:
+                self._fill -= 1
+                self._frames_played += 1
+                self._in_stall = False
+                return segment.frames.popleft()
+            if segment.ended:
+                self._segments.popleft()
+                self._played += 1
+                finished.append(segment.utterance_id)
+                continue
+            # Playing, nothing ready, more to come: the producer is late.
+            self._underruns += 1
+            if not self._in_stall:
+                self._stalls += 1
+                self._in_stall = True
+            break
+        if self._closed and self._fill == 0:
+            return b""
+        self._silence_frames += 1
+        return SILENCE_FRAME
+
+    # --- inspection -----------------------------------------------------------------------------
+
+    @property
+    def closed(self) -> bool:
+        with self._lock:
+            return self._closed
+
+    def is_idle(self) -> bool:
+        """True when nothing is waiting or playing."""
+        with self._lock:
+            return not self._segments
+
+    def stats(self) -> JitterStats:
+        with self._lock:
+            return JitterStats(
+                frames_played=self._frames_played,
+                silence_frames=self._silence_frames,
+                underruns=self._underruns,
+                stalls=self._stalls,
+                dropped_frames=self._dropped,
+                fill_frames=self._fill,
+                max_fill_frames=self._max_fill,
+                utterances_started=self._started,
+                utterances_played=self._played,
+            )
+
+    # --- helpers (lock held) --------------------------------------------------------------------
+
+    def _seal_partial_locked(self) -> None:
+        if self._partial and self._segments:
+            frame = bytes(self._partial) + bytes(FRAME_BYTES - len(self._partial))
+            self._segments[-1].frames.append(frame)
+            self._fill += 1
+        self._partial.clear()
+
+    def _trim_locked(self) -> None:
+        # A runaway producer must not grow memory without bound: drop the oldest waiting audio.
+        while self._fill > self.max_frames and self._segments:
+            head = self._segments[0]
+            if head.frames:
+                head.frames.popleft()
+                self._fill -= 1
+                self._dropped += 1
+            elif len(self._segments) > 1:
+                self._segments.popleft()
+            else:
+                break

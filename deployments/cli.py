@@ -1,0 +1,194 @@
+"""`miku`: run the voice graph from a terminal.
+
+    miku say "TEXT" --out FILE.wav            speak verbatim
+    miku chat "PROMPT" --llm-url URL --out FILE.wav
+    miku serve                                keep the graph running for clients
+
+It connects to a running Ray cluster (RAY_ADDRESS, or one started with `ray start`) or starts a local one
+with the two GPU resources declared, deploys the graph from a Serve config, and writes the exact bytes the
+graph would send to Discord (48 kHz s16le stereo, 20 ms frames) as a WAV file.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "local.yaml"
+LOCAL_RESOURCES = {"gtx1660": 1, "rx6800": 1}
+
+
+class Progress:
+    def __init__(self, quiet: bool = False):
+        self.started = time.monotonic()
+        self.quiet = quiet
+
+    def __call__(self, message: str) -> None:
+        if not self.quiet:
+            print(f"[{time.monotonic() - self.started:5.1f}s] {message}", file=sys.stderr, flush=True)
+
+
+def connect_ray(address: str | None, progress: Progress, dashboard: bool = False) -> bool:
+    """Connect to a cluster, or start a local one. True when this process started it."""
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    import ray
+
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address:
+        progress(f"Connecting to Ray at {address} ...")
+        ray.init(address=address, logging_level="ERROR", log_to_driver=False)
+        return False
+    try:
+        ray.init(address="auto", logging_level="ERROR", log_to_driver=False)
+        progress("Connected to the running Ray cluster.")
+        return False
+    except (ConnectionError, RuntimeError):
+        pass
+    progress("Starting a local Ray (about 5 s) with resources gtx1660 and rx6800 ...")
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    ray.init(
+        resources=dict(LOCAL_RESOURCES),
+        include_dashboard=dashboard,
+        logging_level="ERROR",
+        log_to_driver=False,
+    )
+    return True
+
+
+def deploy(config: Path, overrides: dict, progress: Progress, app_name: str):
+    from deployments.app import deploy_config
+
+    progress(f"Deploying the graph from {config} (TextLLM, SopranoTTS, RVCVoice, VoiceGraph) ...")
+    handle = deploy_config(config, app_name=app_name, route_prefix=None if app_name != "miku" else "/", overrides=overrides)
+    progress("Graph is up.")
+    return handle
+
+
+def speak(handle, message: dict, progress: Progress) -> tuple[bytes, dict | None, list[dict]]:
+    pcm = bytearray()
+    end = None
+    errors = []
+    for item in handle.options(stream=True).speak.remote(message):
+        if isinstance(item, bytes):
+            pcm.extend(item)
+            continue
+        kind = item.get("type")
+        if kind == "chunk":
+            progress(f"  speaking: {item['text']}")
+        elif kind == "error":
+            errors.append(item)
+            progress(f"  error from {item.get('stage')} ({item.get('backend', '-')}): {item['message']}")
+        elif kind == "utterance.end":
+            end = item
+    return bytes(pcm), end, errors
+
+
+def play(path: Path) -> None:
+    for player in (["paplay"], ["aplay", "-q"], ["play", "-q"]):
+        if shutil.which(player[0]):
+            result = subprocess.run([*player, str(path)], capture_output=True, text=True)
+            if result.returncode == 0:
+                return
+            print(f"{player[0]} could not play it: {result.stderr.strip()[:200]}", file=sys.stderr)
+            return
+    print("No audio player (paplay, aplay or play) found: open the WAV file in any player.", file=sys.stderr)
+
+
+def run_utterance(args, message: dict, overrides: dict) -> int:
+    from graph.audio import write_wav
+
+    progress = Progress(args.quiet)
+    started_ray = connect_ray(args.address, progress)
+    from ray import serve
+
+    try:
+        app_name = "miku"
+        existing = None
+        if not started_ray and not overrides:
+            try:
+                existing = serve.get_app_handle("miku")
+                progress("Using the graph that is already running (app 'miku').")
+            except Exception:
+                existing = None
+        if existing is None and not started_ray:
+            app_name = "miku-cli"  # never replace a running graph with different settings
+        handle = existing or deploy(Path(args.config), overrides, progress, app_name)
+        pcm, end, errors = speak(handle, message, progress)
+        if errors and not pcm:
+            return 1
+        out = write_wav(Path(args.out), pcm)
+        seconds = len(pcm) / (48_000 * 4)
+        timings = (end or {}).get("timings", {})
+        progress(
+            f"Wrote {out} ({seconds:.2f} s of 48 kHz stereo, {len(pcm) // 3840} frames; "
+            f"first audio after {timings.get('first_frame', float('nan')):.0f} ms)."
+        )
+        print(f"Listen with: aplay {out}   (or open it in any audio player)")
+        if args.play:
+            play(out)
+        return 1 if errors else 0
+    finally:
+        if started_ray:
+            import ray
+
+            serve.shutdown()
+            ray.shutdown()
+
+
+def cmd_serve(args) -> int:
+    progress = Progress(args.quiet)
+    connect_ray(args.address, progress, dashboard=True)
+    from deployments.auth import resolve_token
+
+    deploy(Path(args.config), {}, progress, "miku")
+    token_file = ".miku/token"
+    progress(f"Serving on http://127.0.0.1:8000 (bearer token: MIKU_GRAPH_TOKEN or {token_file}). Ctrl-C stops.")
+    resolve_token(None, token_file)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="miku", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", default=str(DEFAULT_CONFIG), help="Serve config file (default: configs/local.yaml)")
+    parser.add_argument("--address", help="Ray address (default: RAY_ADDRESS, a running cluster, or a new local one)")
+    parser.add_argument("--quiet", action="store_true", help="no progress lines")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    say = sub.add_parser("say", help="speak TEXT verbatim into a WAV file")
+    say.add_argument("text")
+    say.add_argument("--out", required=True)
+    say.add_argument("--play", action="store_true", help="play the file afterwards where a sound device exists")
+
+    chat = sub.add_parser("chat", help="ask the LLM and speak its answer into a WAV file")
+    chat.add_argument("prompt")
+    chat.add_argument("--llm-url", required=True, help="OpenAI-compatible server, e.g. http://127.0.0.1:8080")
+    chat.add_argument("--model", help="model name (llama-swap routes by it)")
+    chat.add_argument("--llm-backend", choices=["openai", "llamacpp"], default="openai")
+    chat.add_argument("--out", required=True)
+    chat.add_argument("--play", action="store_true")
+
+    sub.add_parser("serve", help="deploy the graph and keep it running")
+    args = parser.parse_args(argv)
+
+    if args.command == "serve":
+        return cmd_serve(args)
+    request_id = f"cli-{uuid.uuid4().hex[:8]}"
+    if args.command == "say":
+        return run_utterance(args, {"type": "say", "id": request_id, "text": args.text}, {})
+    llm = {"backend": args.llm_backend, "url": args.llm_url}
+    if args.model and args.llm_backend == "openai":
+        llm["model"] = args.model
+    return run_utterance(args, {"type": "prompt", "id": request_id, "text": args.prompt}, {"llm": llm})
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,242 @@
+"""The `FeatureController` Ray actor: hosts graph.controller.SessionController for the whole cluster.
+
+One named, detached actor (`FeatureController` in namespace `miku`) so every replica, job and the bot's
+routes talk to the same sessions, blackouts and text queue. Ray restarts it when its process dies
+(`max_restarts=-1`); it then reloads its SQLite checkpoint and carries on with the same state. Calls that were
+in flight are retried (`max_task_retries`): every method is idempotent or carries an idempotency key
+(`request_id` for starts, `message_id` for enqueues), so a retry never doubles a session or a message.
+
+It is an async actor: every method runs on one event loop and none awaits in the middle of a change, so
+changes are serialised without locks, and a background task ends sessions whose heartbeats stopped.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import ray
+from ray.actor import ActorHandle
+from ray.util import metrics
+
+from graph.controller import (
+    AckResult,
+    AuditEntry,
+    CheckResult,
+    ControllerConfig,
+    ControllerStats,
+    EnqueueResult,
+    HeadroomProbe,
+    IncomingMessage,
+    ReplayBatch,
+    Session,
+    SessionController,
+    SessionEnded,
+    SessionRequest,
+    SessionStarted,
+)
+
+log = logging.getLogger(__name__)
+
+CONTROLLER_NAME = "FeatureController"
+CONTROLLER_NAMESPACE = "miku"
+DEFAULT_CONFIG_FILE = Path(__file__).resolve().parent.parent / "configs" / "controller.yaml"
+# A call in flight when the actor process dies is re-run on the restarted actor; every method is safe to
+# re-run (idempotent or keyed), and a few retries ride out a restart without failing the request.
+MAX_TASK_RETRIES = 3
+
+
+class ControllerStartupError(RuntimeError):
+    """The controller actor could not start (e.g. its state directory is not writable)."""
+
+
+def load_controller_config(config: ControllerConfig | Mapping[str, Any] | str | Path | None) -> ControllerConfig:
+    """A ControllerConfig from a config object, a mapping (YAML section) or a YAML path; None -> the defaults file."""
+    if isinstance(config, ControllerConfig):
+        return config
+    if config is None:
+        return ControllerConfig.from_file(DEFAULT_CONFIG_FILE)
+    if isinstance(config, (str, Path)):
+        return ControllerConfig.from_file(config)
+    return ControllerConfig.from_mapping(config)
+
+
+class ControllerMetrics:
+    """Ray metrics (exported with a `ray_` prefix): gauges for the state, counters for events."""
+
+    def __init__(self, baseline: ControllerStats):
+        self.active_sessions = metrics.Gauge(
+            "miku_controller_active_sessions", description="Voice sessions holding feature blackouts."
+        )
+        self.blocked_features = metrics.Gauge(
+            "miku_controller_blocked_features", description="Features refused right now (routed ones not counted)."
+        )
+        self.queue_length = metrics.Gauge(
+            "miku_controller_queue_length", description="Text messages waiting for replay."
+        )
+        self.dropped = metrics.Counter(
+            "miku_controller_dropped_messages", description="Queued text messages dropped because the queue was full."
+        )
+        self.expiries = metrics.Counter(
+            "miku_controller_lease_expiries", description="Sessions ended because their heartbeats stopped."
+        )
+        # Totals survive restarts in the checkpoint; count only what happens in this process.
+        self._dropped_seen = baseline.dropped_total
+        self._expired_seen = baseline.expired_total
+
+    def publish(self, stats: ControllerStats) -> None:
+        self.active_sessions.set(stats.active_sessions)
+        self.blocked_features.set(stats.blocked_features)
+        self.queue_length.set(stats.queue_length)
+        if stats.dropped_total > self._dropped_seen:
+            self.dropped.inc(stats.dropped_total - self._dropped_seen)
+            self._dropped_seen = stats.dropped_total
+        if stats.expired_total > self._expired_seen:
+            self.expiries.inc(stats.expired_total - self._expired_seen)
+            self._expired_seen = stats.expired_total
+
+
+@ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=MAX_TASK_RETRIES)
+class FeatureController:
+    """The actor. Methods mirror SessionController; refusals raise graph.controller.ControllerError subclasses
+    (through Ray they arrive as RayTaskError whose `.cause` is the original error)."""
+
+    async def __init__(self, config: ControllerConfig, headroom: HeadroomProbe | None = None):
+        self._config = config
+        self._ctl = SessionController.open(config, headroom=headroom)
+        self._metrics = ControllerMetrics(self._ctl.stats())
+        self._publish()
+        self._expiry_task = asyncio.get_running_loop().create_task(self._expire_loop())
+        log.info("FeatureController up (pid %s), %d active session(s)", os.getpid(), len(self._ctl.sessions()))
+
+    # ------------------------------------------------------------------ liveness
+    async def ready(self) -> dict[str, Any]:
+        return {"pid": os.getpid(), "state_dir": self._config.state_dir, "sessions": len(self._ctl.sessions())}
+
+    async def pid(self) -> int:
+        return os.getpid()
+
+    # ------------------------------------------------------------------ sessions
+    async def start_session(self, request: SessionRequest) -> SessionStarted:
+        try:
+            return self._ctl.start_session(request)
+        finally:
+            self._publish()
+
+    async def heartbeat(self, session_id: str) -> Session:
+        try:
+            return self._ctl.heartbeat(session_id)
+        finally:
+            self._publish()
+
+    async def end_session(self, session_id: str) -> SessionEnded:
+        try:
+            return self._ctl.end_session(session_id)
+        finally:
+            self._publish()
+
+    async def sessions(self) -> tuple[Session, ...]:
+        return self._ctl.sessions()
+
+    async def session(self, session_id: str) -> Session:
+        return self._ctl.session(session_id)
+
+    # ------------------------------------------------------------------ features
+    async def check(self, feature: str, persona: str | None = None) -> CheckResult:
+        return self._ctl.check(feature, persona)
+
+    async def features(self, persona: str | None = None) -> tuple[CheckResult, ...]:
+        return self._ctl.features(persona)
+
+    # ------------------------------------------------------------------ text queue
+    async def enqueue(self, message: IncomingMessage, persona: str | None = None) -> EnqueueResult:
+        try:
+            return self._ctl.enqueue(message, persona)
+        finally:
+            self._publish()
+
+    async def replay(self, limit: int | None = None) -> ReplayBatch:
+        return self._ctl.replay(limit)
+
+    async def ack(self, queue_ids: Iterable[int]) -> AckResult:
+        try:
+            return self._ctl.ack(queue_ids)
+        finally:
+            self._publish()
+
+    async def queue(self) -> tuple[Any, ...]:
+        return self._ctl.queue()
+
+    # ------------------------------------------------------------------ audit and stats
+    async def audit(self, after_seq: int = 0, limit: int = 100) -> tuple[AuditEntry, ...]:
+        return self._ctl.audit(after_seq, limit)
+
+    async def stats(self) -> ControllerStats:
+        return self._ctl.stats()
+
+    # ------------------------------------------------------------------ internals
+    def _publish(self) -> None:
+        try:
+            self._metrics.publish(self._ctl.stats())
+        except Exception:  # metrics must never fail a request
+            log.exception("could not publish controller metrics")
+
+    async def _expire_loop(self) -> None:
+        """End sessions whose heartbeats stopped, waking at the earliest lease deadline (or every interval)."""
+        interval = self._config.lease_check_interval_s
+        while True:
+            deadline = self._ctl.next_expiry()
+            delay = interval if deadline is None else min(interval, max(0.0, deadline - time.time()) + 0.01)
+            await asyncio.sleep(delay)
+            try:
+                self._ctl.expire_stale()
+            except Exception:  # e.g. a locked checkpoint: keep the session and try again next round
+                log.exception("lease expiry failed; retrying")
+            self._publish()
+
+
+def get_or_create_controller(
+    config: ControllerConfig | Mapping[str, Any] | str | Path | None = None,
+    *,
+    headroom: HeadroomProbe | None = None,
+    name: str = CONTROLLER_NAME,
+    namespace: str = CONTROLLER_NAMESPACE,
+    ready_timeout_s: float = 60.0,
+) -> ActorHandle:
+    """The cluster's controller actor, created on first use, and waited for until it answers.
+
+    `config` applies only when this call creates the actor; an existing actor keeps the config it started
+    with. `headroom` (a picklable zero-argument callable) is called inside the actor before admitting a
+    second concurrent session. Raises ControllerStartupError when the actor cannot start (for example an
+    unwritable state directory), with the actor's own reason. Call from synchronous code (app build time).
+    """
+    resolved = load_controller_config(config)
+    handle = FeatureController.options(
+        name=name,
+        namespace=namespace,
+        lifetime="detached",
+        get_if_exists=True,
+    ).remote(resolved, headroom)
+    try:
+        ray.get(handle.ready.remote(), timeout=ready_timeout_s)
+    except ray.exceptions.GetTimeoutError as exc:
+        raise ControllerStartupError(
+            f"controller actor {namespace}/{name} did not answer within {ready_timeout_s} s"
+        ) from exc
+    except ray.exceptions.RayActorError as exc:
+        raise ControllerStartupError(f"controller actor {namespace}/{name} failed to start: {exc}") from exc
+    return handle
+
+
+def shutdown_controller(name: str = CONTROLLER_NAME, namespace: str = CONTROLLER_NAMESPACE) -> bool:
+    """Stop the controller for good (no restart); its checkpoint stays. False when it was not running."""
+    try:
+        handle = ray.get_actor(name, namespace=namespace)
+    except ValueError:
+        return False
+    ray.kill(handle, no_restart=True)
+    return True

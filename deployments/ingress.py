@@ -1,0 +1,368 @@
+"""`VoiceGraph`, the ingress deployment: HTTP/WebSocket contract in front of the model stages.
+
+It drives each utterance through `graph.pipeline.UtterancePipeline`, reaching the TextLLM, SopranoTTS
+and RVCVoice deployments through handles. Every handle call of an utterance is tracked so an interrupt
+or a vanished client `.cancel()`s all of them (cancelling only the local task would leave the LLM
+generating). Routes of the session controller and the brain are mounted from their own routers.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import numpy as np
+from fastapi import Depends, FastAPI, WebSocket, WebSocketDisconnect
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+from ray import serve
+from ray.exceptions import RayActorError, RayTaskError
+from ray.serve.handle import DeploymentHandle
+
+from deployments import auth
+from deployments.metrics import graph_metrics
+from graph.conversation import VoiceConversation
+from graph.pipeline import (
+    PipelineConfig,
+    StageCalls,
+    UtteranceEnded,
+    UtteranceFailed,
+    Utterance,
+    UtteranceMode,
+    UtterancePipeline,
+)
+from graph.protocol import ProtocolError, SpeakRequest, parse_client_message, sanitize_text, to_wire
+from graph.types import FRAME_BYTES, AudioChunk, LLMRequest, StageError, TTSOptions, VCOptions, VCResult
+from graph.voice_config import VoiceConfig
+
+log = logging.getLogger("ray.serve")
+
+app = FastAPI(title="Miku voice graph", version="0.1.0")
+
+
+def _as_stage_error(error: BaseException, stage: str, backend: str) -> StageError:
+    """Unwrap what a failed handle call raised into the StageError the user hears about."""
+    cause = getattr(error, "cause", None)
+    if isinstance(cause, StageError):
+        return StageError(cause.stage, cause.backend, cause.message)
+    if isinstance(error, StageError) and hasattr(error, "stage"):
+        return error
+    if isinstance(error, RayActorError):
+        return StageError(stage, backend, "the stage's replica died; Serve is restarting it")
+    text = str(cause or error).strip().splitlines()
+    return StageError(stage, backend, text[-1] if text else type(error).__name__)
+
+
+class InflightCalls:
+    """Every handle response of one utterance, so all of them can be cancelled at once."""
+
+    def __init__(self) -> None:
+        self._responses: set = set()
+
+    def add(self, response) -> None:
+        self._responses.add(response)
+
+    def discard(self, response) -> None:
+        self._responses.discard(response)
+
+    def cancel_all(self) -> int:
+        cancelled = len(self._responses)
+        for response in list(self._responses):
+            response.cancel()
+        self._responses.clear()
+        return cancelled
+
+    def __len__(self) -> int:
+        return len(self._responses)
+
+
+class HandleStages:
+    """StageCalls over Serve handles for one utterance, with cancellation tracking."""
+
+    def __init__(self, llm: DeploymentHandle, tts: DeploymentHandle, vc: DeploymentHandle, names: dict[str, str]):
+        self.llm, self.tts, self.vc = llm, tts, vc
+        self.names = names
+
+    def calls(self, inflight: InflightCalls) -> StageCalls:
+        return StageCalls(
+            llm=lambda request: self._stream(self.llm.options(stream=True).stream.remote(request), inflight, "llm"),
+            tts=lambda text, options: self._stream(
+                self.tts.options(stream=True).synthesize.remote(text, options), inflight, "tts"
+            ),
+            vc=lambda chunk, options, context: self._unary(self.vc.convert.remote(chunk, options, context), inflight, "vc"),
+            llm_name=self.names.get("llm", "llm"),
+            tts_name=self.names.get("tts", "tts"),
+            vc_name=self.names.get("vc", "vc"),
+        )
+
+    async def _stream(self, generator, inflight: InflightCalls, stage: str) -> AsyncIterator[Any]:
+        inflight.add(generator)
+        finished = False
+        try:
+            async for item in generator:
+                yield item
+            finished = True
+        except (RayTaskError, RayActorError, StageError) as error:
+            finished = True
+            raise _as_stage_error(error, stage, self.names.get(stage, stage)) from None
+        finally:
+            if not finished:
+                generator.cancel()
+            inflight.discard(generator)
+
+    async def _unary(self, response, inflight: InflightCalls, stage: str) -> VCResult:
+        inflight.add(response)
+        try:
+            return await response
+        except asyncio.CancelledError:
+            response.cancel()
+            raise
+        except (RayTaskError, RayActorError, StageError) as error:
+            raise _as_stage_error(error, stage, self.names.get(stage, stage)) from None
+        finally:
+            inflight.discard(response)
+
+
+class PlaybackReport(BaseModel):
+    """What a client reports about its own playback (jitter buffer), for the graph's metrics."""
+
+    underruns: int = Field(ge=0, le=1_000_000)
+    frames_played: int = Field(default=0, ge=0)
+    buffer_ms: float | None = Field(default=None, ge=0)
+
+
+@serve.deployment(name="VoiceGraph", ray_actor_options={"num_cpus": 0}, max_ongoing_requests=256)
+@serve.ingress(app)
+class VoiceGraph:
+    async def __init__(self, llm: DeploymentHandle, tts: DeploymentHandle, vc: DeploymentHandle, config: dict):
+        self.config = VoiceConfig.from_dict(config)
+        auth.configure(auth.resolve_token(self.config.token, self.config.token_file))
+        self.llm, self.tts, self.vc = llm, tts, vc
+        self.metrics = graph_metrics()
+        self.names = {}
+        for stage, handle in (("llm", llm), ("tts", tts), ("vc", vc)):
+            status = await handle.status.remote()
+            backend = status.detail.get("backend", "?")
+            url = status.detail.get("url")
+            self.names[stage] = f"{backend} {url}" if url else backend
+        self.stages = HandleStages(llm, tts, vc, self.names)
+
+    # ---- the utterance path, shared by WS /v1/voice and the CLI's handle call ----
+
+    def _utterance(self, request: SpeakRequest) -> Utterance:
+        cfg = self.config
+        llm_request = None
+        if request.mode is UtteranceMode.PROMPT:
+            llm_request = LLMRequest(prompt=request.text, system=cfg.system_prompt, max_tokens=cfg.max_tokens)
+        pitch = request.pitch_shift
+        return Utterance(request.id, request.text, request.mode, llm_request, TTSOptions(), VCOptions(pitch_shift=pitch))
+
+    async def _run_utterance(self, request: SpeakRequest) -> AsyncIterator:
+        inflight = InflightCalls()
+        pipeline = UtterancePipeline(
+            self.stages.calls(inflight),
+            PipelineConfig(stage_timeout_s=self.config.stage_timeout_s),
+            observer=self.metrics,
+        )
+        try:
+            async for event in pipeline.run(self._utterance(request)):
+                self._observe(event, request.mode)
+                yield event
+        finally:
+            # interrupt, disconnect or failure: nothing of this utterance may keep running upstream
+            inflight.cancel_all()
+
+    def _observe(self, event, mode: UtteranceMode) -> None:
+        if isinstance(event, UtteranceFailed):
+            self.metrics.errors.inc(tags={"stage": event.stage})
+        elif isinstance(event, UtteranceEnded):
+            self.metrics.utterances.inc(tags={"status": event.status.value})
+            if event.frames:
+                self.metrics.frames_sent.inc(event.frames)
+            if event.underruns:
+                self.metrics.underruns.inc(event.underruns, tags={"source": "graph"})
+            ttfa = event.timings_ms.get("first_frame")
+            if ttfa is not None:
+                self.metrics.time_to_first_audio.observe(ttfa, tags={"mode": mode.value})
+
+    async def speak(self, message: dict) -> AsyncIterator[bytes | dict]:
+        """One utterance as the exact WebSocket messages `WS /v1/voice` would send (for the CLI)."""
+        import json
+
+        try:
+            request = parse_client_message(json.dumps(message), self.config.max_prompt_chars)
+        except ProtocolError as error:
+            yield {"type": "error", "id": error.request_id, "stage": "graph", "message": error.message}
+            return
+        if not isinstance(request, SpeakRequest):
+            yield {"type": "error", "id": None, "stage": "graph", "message": "speak() takes a prompt or say message"}
+            return
+        async for event in self._run_utterance(request):
+            yield to_wire(event)
+
+    # ---- routes ----
+
+    @app.get("/healthz")
+    async def healthz(self) -> JSONResponse:
+        stages: dict[str, Any] = {}
+        healthy = True
+        for stage, handle in (("llm", self.llm), ("tts", self.tts), ("vc", self.vc)):
+            try:
+                status = await asyncio.wait_for(handle.status.remote(), timeout=5)
+                stages[stage] = {"ok": status.ok, **status.detail}
+                healthy &= status.ok
+            except Exception as error:
+                stages[stage] = {"ok": False, "error": _as_stage_error(error, stage, self.names[stage]).message}
+                healthy = False
+        body = {"status": "ok" if healthy else "degraded", "stages": stages}
+        return JSONResponse(body, status_code=200 if healthy else 503)
+
+    @app.websocket("/v1/voice")
+    async def voice(self, websocket: WebSocket) -> None:
+        if not auth.websocket_authorized(websocket):
+            await websocket.close(code=1008, reason="missing or wrong bearer token")
+            return
+        await websocket.accept()
+
+        async def send(message: bytes | dict) -> None:
+            if isinstance(message, bytes):
+                await websocket.send_bytes(message)
+            else:
+                await websocket.send_json(message)
+
+        conversation = VoiceConversation(
+            self._run_utterance, send, self.config.max_pending_prompts, self.config.max_prompt_chars
+        )
+        speaker = asyncio.create_task(conversation.run())
+        try:
+            # the receive loop runs all the time, so a closed client is noticed at once
+            while True:
+                message = await websocket.receive()
+                if message["type"] == "websocket.disconnect":
+                    break
+                raw = message.get("text") if message.get("text") is not None else message.get("bytes")
+                if raw is not None:
+                    await conversation.handle_raw(raw)
+        except WebSocketDisconnect:
+            pass
+        finally:
+            await conversation.close()
+            speaker.cancel()
+            await asyncio.gather(speaker, return_exceptions=True)
+
+    @app.websocket("/ws/stream")
+    async def rvc_compatible_stream(self, websocket: WebSocket) -> None:
+        """The existing Soprano->RVC API: tokens in, float32 mono 48 kHz out, `{"flush": true}` ends."""
+        if not auth.websocket_authorized(websocket):
+            await websocket.close(code=1008, reason="missing or wrong bearer token")
+            return
+        await websocket.accept()
+        send_lock = asyncio.Lock()
+
+        async def send(message: bytes | dict) -> None:
+            async with send_lock:
+                if isinstance(message, bytes):
+                    await websocket.send_bytes(message)
+                else:
+                    await websocket.send_json(message)
+
+        stream = TokenStreamSession(self, send)
+        try:
+            while True:
+                message = await websocket.receive()
+                if message["type"] == "websocket.disconnect":
+                    break
+                raw = message.get("text") if message.get("text") is not None else message.get("bytes")
+                if raw is not None:
+                    await stream.handle_raw(raw)
+        except WebSocketDisconnect:
+            pass
+        finally:
+            await stream.close()
+
+    @app.post("/v1/metrics/playback", dependencies=[Depends(auth.require_token)])
+    async def playback_report(self, report: PlaybackReport) -> dict:
+        if report.underruns:
+            self.metrics.underruns.inc(report.underruns, tags={"source": "client"})
+        return {"ok": True}
+
+
+class TokenStreamSession:
+    """State of one `/ws/stream` connection: tokens accumulate into an utterance until a flush."""
+
+    def __init__(self, graph: VoiceGraph, send):
+        self.graph = graph
+        self.send = send
+        self.tokens: asyncio.Queue | None = None
+        self.task: asyncio.Task | None = None
+        self.count = 0
+
+    async def handle_raw(self, raw: str | bytes) -> None:
+        import json
+
+        try:
+            message = json.loads(raw.decode("utf-8", errors="ignore") if isinstance(raw, bytes) else raw)
+            if not isinstance(message, dict):
+                raise ValueError("message must be a JSON object")
+        except ValueError as error:
+            await self.send({"error": f"malformed message: {error}"})
+            return
+        if message.get("flush") is True:
+            if self.tokens is not None:
+                self.tokens.put_nowait(None)
+                self.tokens = None
+            else:
+                await self.send({"flushed": True, "samples": 0})
+            return
+        token = message.get("token")
+        if not isinstance(token, str):
+            await self.send({"error": "expected {\"token\": str} or {\"flush\": true}"})
+            return
+        pitch = message.get("pitch_shift")
+        if pitch is not None and (isinstance(pitch, bool) or not isinstance(pitch, (int, float)) or abs(pitch) > 24):
+            await self.send({"error": "pitch_shift must be a number of semitones within -24..24"})
+            return
+        if self.tokens is None:
+            if self.task is not None:
+                await asyncio.gather(self.task, return_exceptions=True)  # one utterance at a time, in order
+            self.tokens = asyncio.Queue()
+            self.count += 1
+            self.task = asyncio.create_task(self._speak(self.tokens, pitch))
+        self.tokens.put_nowait(sanitize_text(token))
+
+    async def _speak(self, tokens: asyncio.Queue, pitch: float | None) -> None:
+        async def client_tokens(_request: LLMRequest) -> AsyncIterator[str]:
+            while (token := await tokens.get()) is not None:
+                yield token
+
+        inflight = InflightCalls()
+        calls = self.graph.stages.calls(inflight)
+        calls.llm = client_tokens
+        calls.llm_name = "client"
+        pipeline = UtterancePipeline(calls, PipelineConfig(stage_timeout_s=self.graph.config.stage_timeout_s))
+        utterance = Utterance(f"stream-{self.count}", "", UtteranceMode.PROMPT, LLMRequest(prompt=""), TTSOptions(), VCOptions(pitch_shift=pitch))
+        samples = 0
+        try:
+            async for event in pipeline.run(utterance):
+                if isinstance(event, UtteranceFailed):
+                    await self.send({"error": f"{event.stage} ({event.backend}): {event.message}"})
+                    continue
+                wire = to_wire(event)
+                if isinstance(wire, bytes):
+                    mono = _s16_stereo_to_f32_mono(wire)
+                    samples += len(mono)
+                    await self.send(mono.tobytes())
+            await self.send({"flushed": True, "samples": samples})
+        finally:
+            inflight.cancel_all()
+
+    async def close(self) -> None:
+        if self.task is not None and not self.task.done():
+            self.task.cancel()
+            await asyncio.gather(self.task, return_exceptions=True)
+
+
+def _s16_stereo_to_f32_mono(pcm: bytes) -> np.ndarray:
+    frames = np.frombuffer(pcm, dtype="<i2").reshape(-1, 2)
+    return (frames[:, 0].astype(np.float32) / 32768.0).astype("<f4")

@@ -1,0 +1,253 @@
+"""HTTP routes for voice sessions, feature blackouts, the text queue and the audit log.
+
+A FastAPI `APIRouter` the VoiceGraph ingress includes (`app.include_router(router)`). Every route needs the
+bearer token (deployments.auth) and forwards to the `FeatureController` actor; the actor's refusals become
+JSON bodies `{"message": ..., "error": ...}` with the status the refusal names (404 unknown session,
+409 conflict or capacity, 410 expired session, 503 controller or checkpoint unavailable). Malformed bodies
+are FastAPI's 422 with the offending field in `detail[].loc`.
+
+Routes (the first five are the graph's fixed contract):
+    POST   /v1/sessions                      start -> 201 {"session_id", "lease_s", "blackouts", ...}
+    POST   /v1/sessions/{id}/heartbeat       renew the lease
+    DELETE /v1/sessions/{id}                 end (ending twice is a no-op that says so)
+    GET    /v1/sessions                      {"sessions": [...]}
+    GET    /v1/features                      {"features": [{"name", "blocked", "message", ...}]}
+    GET    /v1/sessions/{id}                 one session, active or recently ended
+    GET    /v1/features/{name}               check(name): allowed, message, silent, route
+    POST   /v1/queue                         enqueue a text-channel message (or learn to handle it now)
+    GET    /v1/queue?limit=N                 fetch for replay, oldest first (nothing is removed)
+    POST   /v1/queue/ack                     {"ids": [...]} remove replayed messages for good
+    GET    /v1/audit?after_seq=&limit=       the audit log, oldest first
+    GET    /v1/controller                    counters: active sessions, blocked features, queue, drops, expiries
+"""
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Coroutine
+from typing import Annotated, Any
+
+import ray
+from fastapi import APIRouter, Depends, Query, Request, Response, status
+from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
+from pydantic import BaseModel, BeforeValidator, Field
+from ray.actor import ActorHandle
+
+from deployments import auth
+from deployments.controller import CONTROLLER_NAME, CONTROLLER_NAMESPACE
+from graph.controller import ControllerError, IncomingMessage, SessionRequest
+
+
+class ControllerUnavailable(Exception):
+    """The controller actor cannot be reached (not created, or gone for good)."""
+
+
+class _ControllerRoute(APIRoute):
+    """Turns the controller's refusals into `{"message": ...}` bodies with the right status code."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def handle(request: Request) -> Response:
+            try:
+                return await handler(request)
+            except ControllerUnavailable as exc:
+                _forget_controller()
+                return JSONResponse(
+                    {"message": f"session controller unavailable: {exc}", "error": "ControllerUnavailable"},
+                    status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
+                )
+            except Exception as exc:
+                cause = getattr(exc, "cause", exc)  # Ray wraps the actor's exception; `.cause` is the original
+                if isinstance(cause, ControllerError):
+                    return JSONResponse(
+                        {"message": cause.message, "error": type(cause).__name__}, status_code=cause.http_status
+                    )
+                if isinstance(exc, ray.exceptions.RayActorError):
+                    _forget_controller()
+                    return JSONResponse(
+                        {"message": f"session controller unavailable: {exc}", "error": "ControllerUnavailable"},
+                        status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
+                    )
+                raise
+
+        return handle
+
+
+# ------------------------------------------------------------------ the actor handle
+_target = {"name": CONTROLLER_NAME, "namespace": CONTROLLER_NAMESPACE}
+_cached: ActorHandle | None = None
+
+
+def use_controller(name: str = CONTROLLER_NAME, namespace: str = CONTROLLER_NAMESPACE) -> None:
+    """Point the routes at another controller actor (tests, or a second app on one cluster)."""
+    global _cached
+    _target.update(name=name, namespace=namespace)
+    _cached = None
+
+
+def _forget_controller() -> None:
+    global _cached
+    _cached = None
+
+
+def get_controller() -> ActorHandle:
+    """FastAPI dependency: the controller actor's handle, looked up once and cached."""
+    global _cached
+    if _cached is None:
+        try:
+            _cached = ray.get_actor(_target["name"], namespace=_target["namespace"])
+        except ValueError as exc:
+            raise ControllerUnavailable(
+                f"no actor {_target['namespace']}/{_target['name']} (create it with get_or_create_controller)"
+            ) from exc
+    return _cached
+
+
+Controller = Annotated[ActorHandle, Depends(get_controller)]
+
+
+# ------------------------------------------------------------------ bodies
+def _id_text(value: Any) -> Any:
+    """Discord ids arrive as strings or integers; keep them as strings (snowflakes overflow JS numbers)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    return value
+
+
+DiscordId = Annotated[str, BeforeValidator(_id_text), Field(min_length=1, max_length=64)]
+
+
+class StartSessionBody(BaseModel):
+    guild_id: DiscordId
+    voice_channel_id: DiscordId
+    text_channel_id: DiscordId
+    user_id: DiscordId
+    persona: str | None = None
+    request_id: str | None = Field(default=None, max_length=128)  # idempotency key for retried starts
+
+
+class EnqueueBody(BaseModel):
+    channel_id: DiscordId
+    author_id: DiscordId
+    content: str = Field(max_length=8000)
+    message_id: DiscordId | None = None
+    guild_id: DiscordId | None = None
+    sent_at: float | None = None  # epoch seconds (Discord's timestamp)
+    event: dict[str, Any] = Field(default_factory=dict)  # handed back verbatim for replay
+    persona: str | None = None  # for the dropped-messages warning's wording
+
+
+class AckBody(BaseModel):
+    ids: list[int] = Field(min_length=1, max_length=1000)
+
+
+# ------------------------------------------------------------------ routes
+router = APIRouter(route_class=_ControllerRoute, dependencies=[Depends(auth.require_token)], tags=["sessions"])
+
+
+@router.post("/v1/sessions", status_code=status.HTTP_201_CREATED)
+async def start_session(body: StartSessionBody, controller: Controller) -> dict[str, Any]:
+    request = SessionRequest(
+        guild_id=body.guild_id,
+        voice_channel_id=body.voice_channel_id,
+        text_channel_id=body.text_channel_id,
+        user_id=body.user_id,
+        persona=body.persona,
+        # Ray may re-run the call on a restarted actor: the key makes that re-run return the same session.
+        request_id=body.request_id or uuid.uuid4().hex,
+    )
+    started = await controller.start_session.remote(request)
+    return started.to_dict()
+
+
+@router.post("/v1/sessions/{session_id}/heartbeat")
+async def heartbeat(session_id: str, controller: Controller) -> dict[str, Any]:
+    session = await controller.heartbeat.remote(session_id)
+    return {
+        "session_id": session.session_id,
+        "state": session.state.value,
+        "lease_s": session.lease_s,
+        "expires_at": session.expires_at,
+    }
+
+
+@router.delete("/v1/sessions/{session_id}")
+async def end_session(session_id: str, controller: Controller) -> dict[str, Any]:
+    ended = await controller.end_session.remote(session_id)
+    return ended.to_dict()
+
+
+@router.get("/v1/sessions")
+async def list_sessions(controller: Controller) -> dict[str, Any]:
+    sessions = await controller.sessions.remote()
+    return {"sessions": [s.to_dict() for s in sessions]}
+
+
+@router.get("/v1/sessions/{session_id}")
+async def get_session(session_id: str, controller: Controller) -> dict[str, Any]:
+    session = await controller.session.remote(session_id)
+    return session.to_dict()
+
+
+@router.get("/v1/features")
+async def list_features(controller: Controller, persona: str | None = None) -> dict[str, Any]:
+    results = await controller.features.remote(persona)
+    return {"features": [r.to_dict() for r in results]}
+
+
+@router.get("/v1/features/{feature}")
+async def check_feature(feature: str, controller: Controller, persona: str | None = None) -> dict[str, Any]:
+    result = await controller.check.remote(feature, persona)
+    return result.to_dict()
+
+
+@router.post("/v1/queue")
+async def enqueue(body: EnqueueBody, controller: Controller) -> dict[str, Any]:
+    message = IncomingMessage(
+        channel_id=body.channel_id,
+        author_id=body.author_id,
+        content=body.content,
+        message_id=body.message_id,
+        guild_id=body.guild_id,
+        sent_at=body.sent_at,
+        event=body.event,
+    )
+    result = await controller.enqueue.remote(message, body.persona)
+    return result.to_dict()
+
+
+@router.get("/v1/queue")
+async def fetch_for_replay(
+    controller: Controller, limit: Annotated[int | None, Query(ge=1, le=1000)] = None
+) -> dict[str, Any]:
+    batch = await controller.replay.remote(limit)
+    return batch.to_dict()
+
+
+@router.post("/v1/queue/ack")
+async def acknowledge(body: AckBody, controller: Controller) -> dict[str, Any]:
+    result = await controller.ack.remote(body.ids)
+    return result.to_dict()
+
+
+@router.get("/v1/audit")
+async def audit_log(
+    controller: Controller,
+    after_seq: Annotated[int, Query(ge=0)] = 0,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> dict[str, Any]:
+    entries = await controller.audit.remote(after_seq, limit)
+    return {"entries": [e.to_dict() for e in entries]}
+
+
+@router.get("/v1/controller")
+async def controller_stats(controller: Controller) -> dict[str, Any]:
+    stats = await controller.stats.remote()
+    return {
+        "active_sessions": stats.active_sessions,
+        "blocked_features": stats.blocked_features,
+        "queue_length": stats.queue_length,
+        "dropped_total": stats.dropped_total,
+        "expired_total": stats.expired_total,
+    }

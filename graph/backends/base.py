@@ -1,0 +1,99 @@
+"""The interfaces every model backend implements, and the by-name registry used by config.
+
+Contract for implementers:
+- Constructors take keyword options straight from config (everything but the `backend` key) and fail
+  fast with a clear `ValueError`/`FileNotFoundError` naming what is wrong (missing model file, bad URL).
+- Streaming methods are async generators; cancellation (`CancelledError`, `aclose()`) must stop the
+  upstream work (close the HTTP response, kill the subprocess, stop the worker request).
+- Failures the user should hear about raise `graph.types.StageError(stage, backend, message)`.
+- CPU-heavy synchronous work runs in `asyncio.to_thread` so a replica's event loop stays free.
+"""
+from __future__ import annotations
+
+import importlib
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator
+from typing import Any
+
+from graph.types import AudioChunk, LLMRequest, TTSOptions, VCOptions, VCResult
+
+
+class Backend(ABC):
+    """Common surface: a name for /healthz and logs, optional warm-up and clean shutdown."""
+
+    name: str = "?"
+
+    def describe(self) -> dict[str, Any]:
+        """Facts for /healthz (never secrets): backend name, URL or model path, device, load time."""
+        return {"backend": self.name}
+
+    async def warmup(self) -> None:
+        """Load and exercise the model once so the first real request is not slow."""
+
+    async def aclose(self) -> None:
+        """Release sockets, processes and models."""
+
+
+class LLMBackend(Backend):
+    @abstractmethod
+    def stream(self, request: LLMRequest) -> AsyncIterator[str]:
+        """Yield text tokens (deltas) as the model produces them."""
+
+
+class TTSBackend(Backend):
+    @abstractmethod
+    def synthesize(self, text: str, options: TTSOptions) -> AsyncIterator[AudioChunk]:
+        """Yield mono float32 audio for `text`, first piece as early as the model allows."""
+
+
+class VCBackend(Backend):
+    @abstractmethod
+    async def convert(self, chunk: AudioChunk, options: VCOptions, context: object | None) -> VCResult:
+        """Convert one chunk of an utterance. `context` is what the previous call returned (None first)."""
+
+
+# name -> "module:Class". Modules are imported on first use so optional extras stay optional.
+BACKENDS: dict[str, dict[str, str]] = {
+    "llm": {
+        "openai": "graph.backends.llm_http:OpenAIBackend",
+        "llamacpp": "graph.backends.llm_http:LlamaCppBackend",
+        "echo": "graph.backends.simple:EchoLLM",
+        "simulated": "graph.backends.simulated:SimulatedLLM",
+        "llama-cpp-python": "graph.backends.llamacpp_python:LlamaCppPythonLLM",
+    },
+    "tts": {
+        "espeak": "graph.backends.espeak:EspeakTTS",
+        "simulated": "graph.backends.simulated:SimulatedTTS",
+        "soprano": "graph.backends.soprano:SopranoInProcessTTS",
+        "soprano-zmq": "graph.backends.soprano_zmq:SopranoZmqTTS",
+        "openai-speech": "graph.backends.openai_speech:OpenAISpeechTTS",
+        "remote-pipeline": "graph.backends.remote_pipeline:RemotePipelineTTS",
+    },
+    "vc": {
+        "world": "graph.backends.world:WorldVC",
+        "passthrough": "graph.backends.simple:PassthroughVC",
+        "simulated": "graph.backends.simulated:SimulatedVC",
+        "rvc-onnx": "graph.backends.rvc_onnx:RVCOnnxVC",
+    },
+}
+
+
+def create_backend(stage: str, config: dict[str, Any]) -> Backend:
+    """Build the backend that `config["backend"]` names for `stage` ("llm", "tts" or "vc")."""
+    if stage not in BACKENDS:
+        raise ValueError(f"unknown stage {stage!r}; expected one of {sorted(BACKENDS)}")
+    options = dict(config or {})
+    name = options.pop("backend", None)
+    if not name:
+        raise ValueError(f"{stage}: config needs a 'backend' key, one of {sorted(BACKENDS[stage])}")
+    target = BACKENDS[stage].get(name)
+    if target is None:
+        raise ValueError(f"{stage}: unknown backend {name!r}; expected one of {sorted(BACKENDS[stage])}")
+    module_name, class_name = target.split(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ImportError(
+            f"{stage} backend {name!r} needs an optional dependency that is not installed: {exc}"
+        ) from exc
+    return getattr(module, class_name)(**options)

@@ -1,0 +1,191 @@
+"""HTTP LLM backends: OpenAI-compatible SSE (llama-swap, llama.cpp server, vLLM...) and llama.cpp's
+native `/completion`.
+
+Both stream with aiohttp and parse with `graph.llm_stream`. Every failure becomes a `StageError` that
+names the backend and its URL, so the user hears *which* LLM is down. Closing the generator early
+(interrupt, client gone) closes the HTTP connection, which is how llama.cpp and llama-swap learn to
+stop generating.
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+
+from graph.backends.base import LLMBackend
+from graph.llm_stream import LLMStreamError, LLMStreamParser, StreamFormat
+from graph.types import LLMRequest, StageError
+
+log = logging.getLogger(__name__)
+
+
+def _messages(request: LLMRequest) -> list[dict[str, str]]:
+    messages = []
+    if request.system:
+        messages.append({"role": "system", "content": request.system})
+    messages.extend({"role": role, "content": content} for role, content in request.history)
+    messages.append({"role": "user", "content": request.prompt})
+    return messages
+
+
+def _plain_prompt(request: LLMRequest, assistant_name: str) -> str:
+    """A chat as one text prompt, for completion-style endpoints without a chat template."""
+    lines = [request.system.strip()] if request.system else []
+    for role, content in request.history:
+        lines.append(f"{assistant_name if role == 'assistant' else 'User'}: {content}")
+    lines.append(f"User: {request.prompt}")
+    lines.append(f"{assistant_name}:")
+    return "\n".join(lines)
+
+
+class _StreamingHTTPBackend(LLMBackend):
+    """Shared POST-and-parse loop; subclasses say which path, body and stream format."""
+
+    stream_format: StreamFormat
+
+    def __init__(
+        self,
+        url: str,
+        timeout_s: float = 60.0,
+        connect_timeout_s: float = 5.0,
+        api_key: str | None = None,
+        assistant_name: str = "Miku",
+    ):
+        if not url or not url.startswith(("http://", "https://")):
+            raise ValueError(f"{self.name} LLM: url must start with http:// or https://, got {url!r}")
+        self.url = url.rstrip("/")
+        self.timeout = aiohttp.ClientTimeout(total=None, connect=connect_timeout_s, sock_read=timeout_s)
+        self.api_key = api_key
+        self.assistant_name = assistant_name
+        self._session: aiohttp.ClientSession | None = None
+
+    def describe(self) -> dict:
+        return {"backend": self.name, "url": self.url}
+
+    @property
+    def label(self) -> str:
+        return f"{self.name} {self.url}"
+
+    def _endpoint(self) -> str:
+        raise NotImplementedError
+
+    def _body(self, request: LLMRequest) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def _parser_format(self) -> StreamFormat:
+        return self.stream_format
+
+    async def _client(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(timeout=self.timeout)
+        return self._session
+
+    async def aclose(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    async def stream(self, request: LLMRequest) -> AsyncIterator[str]:
+        endpoint = self._endpoint()
+        headers = {"Accept": "text/event-stream"}
+        if self.api_key:
+            headers["Authorization"] = f"Bearer {self.api_key}"
+        parser = LLMStreamParser(self._parser_format())
+        session = await self._client()
+        try:
+            response = await session.post(endpoint, json=self._body(request), headers=headers)
+        except (aiohttp.ClientError, OSError, TimeoutError) as error:
+            raise StageError("llm", self.label, f"cannot reach the LLM at {endpoint}: {error or type(error).__name__}") from error
+        finished = False
+        try:
+            if response.status != 200:
+                body = (await response.text(errors="replace"))[:300].strip()
+                raise StageError("llm", self.label, f"HTTP {response.status} from {endpoint}: {body}")
+            async for data in response.content.iter_any():
+                for token in parser.feed(data):
+                    yield token
+                if parser.done:
+                    break
+            else:
+                for token in parser.close():
+                    yield token
+            finished = True
+            if not parser.done:
+                raise StageError("llm", self.label, f"the stream from {endpoint} ended early ({'; '.join(parser.problems[-2:]) or 'no end marker'})")
+            if parser.problem_count:
+                log.warning("LLM stream from %s had %d problem(s): %s", endpoint, parser.problem_count, parser.problems[:3])
+        except LLMStreamError as error:
+            raise StageError("llm", self.label, f"the LLM reported an error: {error.message}") from error
+        except (aiohttp.ClientError, TimeoutError) as error:
+            raise StageError("llm", self.label, f"the stream from {endpoint} broke: {error or type(error).__name__}") from error
+        finally:
+            if finished:
+                response.release()
+            else:
+                # closing (not releasing) drops the connection: the server sees the client leave and stops
+                response.close()
+
+
+class OpenAIBackend(_StreamingHTTPBackend):
+    """`/v1/chat/completions` (mode "chat") or `/v1/completions` (mode "completions"), streamed.
+
+    `model` routes the request through llama-swap (it picks the server by the model name).
+    """
+
+    name = "openai"
+
+    def __init__(self, url: str, model: str | None = None, mode: str = "chat", **options):
+        super().__init__(url, **options)
+        if mode not in ("chat", "completions"):
+            raise ValueError(f"openai LLM: mode must be 'chat' or 'completions', got {mode!r}")
+        self.model = model
+        self.mode = mode
+        self.stream_format = StreamFormat.OPENAI_CHAT if mode == "chat" else StreamFormat.OPENAI_COMPLETIONS
+
+    def describe(self) -> dict:
+        return {**super().describe(), "model": self.model, "mode": self.mode}
+
+    def _endpoint(self) -> str:
+        base = self.url if self.url.endswith("/v1") else f"{self.url}/v1"
+        return f"{base}/chat/completions" if self.mode == "chat" else f"{base}/completions"
+
+    def _body(self, request: LLMRequest) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "stream": True,
+            "max_tokens": request.max_tokens,
+            "temperature": request.temperature,
+        }
+        if self.model:
+            body["model"] = self.model
+        if request.stop:
+            body["stop"] = list(request.stop)
+        if self.mode == "chat":
+            body["messages"] = _messages(request)
+        else:
+            body["prompt"] = _plain_prompt(request, self.assistant_name)
+        return body
+
+
+class LlamaCppBackend(_StreamingHTTPBackend):
+    """llama.cpp server's native `POST /completion` with `stream: true`."""
+
+    name = "llamacpp"
+    stream_format = StreamFormat.LLAMACPP
+
+    def __init__(self, url: str, cache_prompt: bool = True, **options):
+        super().__init__(url, **options)
+        self.cache_prompt = cache_prompt
+
+    def _endpoint(self) -> str:
+        return f"{self.url}/completion"
+
+    def _body(self, request: LLMRequest) -> dict[str, Any]:
+        return {
+            "prompt": _plain_prompt(request, self.assistant_name),
+            "stream": True,
+            "n_predict": request.max_tokens,
+            "temperature": request.temperature,
+            "stop": list(request.stop) or ["\nUser:"],
+            "cache_prompt": self.cache_prompt,
+        }

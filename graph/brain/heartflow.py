@@ -1,0 +1,357 @@
+"""Heart Flow: how much attention Miku pays, globally and per chat.
+
+A global state (OFFLINE, PEEKING, NORMAL_CHAT, FOCUSED_CHAT) moves on a timer with weighted random
+transitions and caps how many chats may be in CHAT and in FOCUSED at once. Each chat has a sub-flow
+(ABSENT, CHAT, FOCUSED) driven by an interest score that every message raises and time decays.
+CHAT chats reply with a probability from willingness (rises as messages come in, falls after she
+speaks); FOCUSED chats run LLM cycles (see `graph.brain.brain`), and three no-replies in a row send
+them back to ABSENT. Promotions never exceed the current state's limits, and a state change demotes
+the least interesting chats first. Per-chat reply budgets enforce the rate limit and the reply-rate
+band. Time and randomness are injected: this module never reads a clock or global random itself.
+"""
+from __future__ import annotations
+
+import enum
+import math
+import random
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class GlobalState(enum.Enum):
+    OFFLINE = "offline"
+    PEEKING = "peeking"
+    NORMAL_CHAT = "normal_chat"
+    FOCUSED_CHAT = "focused_chat"
+
+
+class ChatState(enum.Enum):
+    ABSENT = "absent"
+    CHAT = "chat"
+    FOCUSED = "focused"
+
+
+@dataclass(frozen=True)
+class StateLimits:
+    """How many chats may be in CHAT and in FOCUSED while the global state holds."""
+
+    chat: int
+    focused: int
+
+    def __post_init__(self) -> None:
+        if self.chat < 0 or self.focused < 0:
+            raise ValueError(f"limits must be >= 0, got chat={self.chat} focused={self.focused}")
+
+
+DEFAULT_LIMITS = {
+    GlobalState.OFFLINE: StateLimits(0, 0),
+    GlobalState.PEEKING: StateLimits(1, 1),
+    GlobalState.NORMAL_CHAT: StateLimits(3, 2),
+    GlobalState.FOCUSED_CHAT: StateLimits(4, 4),
+}
+DEFAULT_DURATIONS_S = {
+    GlobalState.OFFLINE: (600.0, 1800.0),
+    GlobalState.PEEKING: (600.0, 1800.0),
+    GlobalState.NORMAL_CHAT: (1800.0, 5400.0),
+    GlobalState.FOCUSED_CHAT: (600.0, 1800.0),
+}
+DEFAULT_TRANSITIONS = {
+    GlobalState.OFFLINE: {GlobalState.PEEKING: 0.7, GlobalState.NORMAL_CHAT: 0.3},
+    GlobalState.PEEKING: {GlobalState.NORMAL_CHAT: 0.6, GlobalState.FOCUSED_CHAT: 0.2, GlobalState.OFFLINE: 0.2},
+    GlobalState.NORMAL_CHAT: {GlobalState.FOCUSED_CHAT: 0.35, GlobalState.PEEKING: 0.5, GlobalState.OFFLINE: 0.15},
+    GlobalState.FOCUSED_CHAT: {GlobalState.NORMAL_CHAT: 0.8, GlobalState.PEEKING: 0.2},
+}
+
+
+def _state(name: Any) -> GlobalState:
+    if isinstance(name, GlobalState):
+        return name
+    try:
+        return GlobalState[str(name).upper()]
+    except KeyError:
+        raise ValueError(f"unknown Heart Flow state {name!r}; expected one of {[s.name for s in GlobalState]}") from None
+
+
+@dataclass(frozen=True)
+class HeartFlowConfig:
+    limits: Mapping[GlobalState, StateLimits] = field(default_factory=lambda: dict(DEFAULT_LIMITS))
+    durations_s: Mapping[GlobalState, tuple[float, float]] = field(default_factory=lambda: dict(DEFAULT_DURATIONS_S))
+    transitions: Mapping[GlobalState, Mapping[GlobalState, float]] = field(default_factory=lambda: dict(DEFAULT_TRANSITIONS))
+    initial_state: GlobalState = GlobalState.NORMAL_CHAT
+    # interest
+    interest_half_life_s: float = 900.0
+    weight_addressed: float = 2.0
+    weight_length: float = 0.4
+    weight_relevance: float = 0.8
+    weight_importance: float = 0.5
+    chat_threshold: float = 1.5  # ABSENT -> CHAT
+    focus_threshold: float = 4.0  # CHAT -> FOCUSED
+    absent_threshold: float = 0.4  # CHAT -> ABSENT once interest decays below
+    max_consecutive_no_reply: int = 3
+    cleanup_after_s: float = 3600.0
+    # willingness (CHAT reply probability)
+    base_willingness: float = 0.1
+    willingness_gain: float = 0.06
+    willingness_after_reply: float = 0.3  # multiplied in after she speaks
+    willingness_recovery_s: float = 600.0  # time constant back toward base
+    max_reply_probability: float = 0.6
+    # reply budget per chat
+    rate_limit_replies: int = 6
+    rate_limit_window_s: float = 60.0
+    reply_ratio_window: int = 40  # human messages looked at for the reply-rate band
+    reply_ratio_max: float = 0.3
+    reply_ratio_min: float = 0.03
+
+    def __post_init__(self) -> None:
+        missing = [s.name for s in GlobalState if s not in self.limits]
+        if missing:
+            raise ValueError(f"heart flow limits missing for {missing}")
+        for state, (low, high) in self.durations_s.items():
+            if not 0 < low <= high:
+                raise ValueError(f"heart flow duration for {state.name} must be 0 < min <= max, got {(low, high)}")
+        for state, targets in self.transitions.items():
+            if any(w < 0 for w in targets.values()) or (targets and sum(targets.values()) <= 0):
+                raise ValueError(f"heart flow transition weights for {state.name} must be >= 0 and not all 0")
+        if not 0 <= self.reply_ratio_min <= self.reply_ratio_max <= 1:
+            raise ValueError("reply ratio band must satisfy 0 <= min <= max <= 1")
+        if not self.absent_threshold < self.chat_threshold <= self.focus_threshold:
+            raise ValueError("thresholds must satisfy absent < chat <= focus")
+
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, Any] | None) -> "HeartFlowConfig":
+        """Build from YAML-shaped config: state names as keys, [min, max] durations, {state: weight}."""
+        data = dict(data or {})
+        kwargs: dict[str, Any] = {}
+        if "limits" in data:
+            limits = dict(DEFAULT_LIMITS)
+            for name, value in (data.pop("limits") or {}).items():
+                if isinstance(value, Mapping):
+                    limits[_state(name)] = StateLimits(int(value["chat"]), int(value["focused"]))
+                else:
+                    chat, focused = value
+                    limits[_state(name)] = StateLimits(int(chat), int(focused))
+            kwargs["limits"] = limits
+        if "durations_s" in data:
+            durations = dict(DEFAULT_DURATIONS_S)
+            for name, value in (data.pop("durations_s") or {}).items():
+                low, high = value
+                durations[_state(name)] = (float(low), float(high))
+            kwargs["durations_s"] = durations
+        if "transitions" in data:
+            transitions = dict(DEFAULT_TRANSITIONS)
+            for name, targets in (data.pop("transitions") or {}).items():
+                transitions[_state(name)] = {_state(t): float(w) for t, w in (targets or {}).items()}
+            kwargs["transitions"] = transitions
+        if "initial_state" in data:
+            kwargs["initial_state"] = _state(data.pop("initial_state"))
+        known = {f for f in cls.__dataclass_fields__}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown heart_flow settings {sorted(unknown)}")
+        kwargs.update(data)
+        return cls(**kwargs)
+
+
+@dataclass
+class SubFlow:
+    """One chat's attention state."""
+
+    chat_id: str
+    state: ChatState = ChatState.ABSENT
+    interest: float = 0.0
+    interest_at: float = 0.0
+    willingness: float = 0.0
+    willingness_at: float = 0.0
+    consecutive_no_reply: int = 0
+    last_message_at: float = 0.0
+    state_since: float = 0.0
+    reply_times: deque = field(default_factory=lambda: deque(maxlen=256))
+    outcomes: deque = field(default_factory=deque)  # recent human messages: True if she replied
+    recent_words: deque = field(default_factory=lambda: deque(maxlen=200))
+
+
+class HeartFlow:
+    """The global state machine plus every chat's sub-flow."""
+
+    def __init__(self, config: HeartFlowConfig, *, clock: Callable[[], float], rng: random.Random):
+        self.config = config
+        self.clock = clock
+        self.rng = rng
+        now = clock()
+        self.state = config.initial_state
+        self.state_until = now + self._duration(self.state)
+        self.subflows: dict[str, SubFlow] = {}
+        self.transitions_log: list[tuple[float, GlobalState]] = [(now, self.state)]
+
+    # -- global state ---------------------------------------------------------------------------
+
+    def _duration(self, state: GlobalState) -> float:
+        low, high = self.config.durations_s.get(state, (600.0, 1800.0))
+        return self.rng.uniform(low, high)
+
+    @property
+    def limits(self) -> StateLimits:
+        return self.config.limits[self.state]
+
+    def set_state(self, state: GlobalState, now: float) -> None:
+        self.state = state
+        self.state_until = now + self._duration(state)
+        self.transitions_log.append((now, state))
+        self._enforce_limits(now)
+
+    def advance(self, now: float | None = None) -> None:
+        """Apply every timed transition due by `now`, decay-based demotions and cleanup."""
+        now = self.clock() if now is None else now
+        while now >= self.state_until:
+            targets = self.config.transitions.get(self.state) or {}
+            if not targets:
+                self.state_until = now + self._duration(self.state)
+                break
+            states = list(targets)
+            nxt = self.rng.choices(states, weights=[targets[s] for s in states])[0]
+            at = self.state_until
+            self.set_state(nxt, at)
+        for sub in list(self.subflows.values()):
+            if sub.state is ChatState.CHAT and self.interest(sub, now) < self.config.absent_threshold:
+                self._move(sub, ChatState.ABSENT, now)
+            if sub.state is ChatState.ABSENT and now - sub.last_message_at > self.config.cleanup_after_s:
+                del self.subflows[sub.chat_id]
+
+    def counts(self) -> dict[ChatState, int]:
+        out = {state: 0 for state in ChatState}
+        for sub in self.subflows.values():
+            out[sub.state] += 1
+        return out
+
+    def within_limits(self) -> bool:
+        counts = self.counts()
+        return counts[ChatState.CHAT] <= self.limits.chat and counts[ChatState.FOCUSED] <= self.limits.focused
+
+    def _enforce_limits(self, now: float) -> None:
+        """After the limits shrink: demote the least interesting chats until they fit."""
+        limits = self.limits
+        focused = sorted((s for s in self.subflows.values() if s.state is ChatState.FOCUSED), key=lambda s: self.interest(s, now))
+        while len(focused) > limits.focused:
+            sub = focused.pop(0)
+            self._move(sub, ChatState.CHAT, now)
+        chat = sorted((s for s in self.subflows.values() if s.state is ChatState.CHAT), key=lambda s: self.interest(s, now))
+        while len(chat) > limits.chat:
+            self._move(chat.pop(0), ChatState.ABSENT, now)
+
+    # -- sub-flows ------------------------------------------------------------------------------
+
+    def subflow(self, chat_id: str, now: float) -> SubFlow:
+        sub = self.subflows.get(chat_id)
+        if sub is None:
+            sub = SubFlow(chat_id, interest_at=now, willingness=self.config.base_willingness, willingness_at=now, last_message_at=now, state_since=now)
+            self.subflows[chat_id] = sub
+        return sub
+
+    def interest(self, sub: SubFlow, now: float) -> float:
+        dt = max(0.0, now - sub.interest_at)
+        return sub.interest * math.pow(0.5, dt / self.config.interest_half_life_s)
+
+    def message_interest(self, *, addressed: bool, length: int, relevance: float, importance: float) -> float:
+        cfg = self.config
+        return (
+            (cfg.weight_addressed if addressed else 0.0)
+            + cfg.weight_length * min(length, 200) / 200
+            + cfg.weight_relevance * relevance
+            + cfg.weight_importance * importance
+        )
+
+    def _move(self, sub: SubFlow, state: ChatState, now: float) -> None:
+        if sub.state is state:
+            return
+        sub.state = state
+        sub.state_since = now
+        sub.consecutive_no_reply = 0
+        if state is ChatState.ABSENT:
+            sub.interest = min(self.interest(sub, now), self.config.absent_threshold)
+            sub.interest_at = now
+
+    def observe(self, sub: SubFlow, interest: float, now: float) -> None:
+        """A message arrived in this chat: raise interest and willingness, then try to promote."""
+        cfg = self.config
+        sub.interest = self.interest(sub, now) + interest
+        sub.interest_at = now
+        sub.last_message_at = now
+        sub.willingness = min(1.0, self.willingness(sub, now) + cfg.willingness_gain * interest)
+        sub.willingness_at = now
+        self._promote(sub, now)
+
+    def _promote(self, sub: SubFlow, now: float) -> None:
+        counts = self.counts()
+        limits = self.limits
+        level = sub.interest
+        if sub.state is not ChatState.FOCUSED and level >= self.config.focus_threshold and counts[ChatState.FOCUSED] < limits.focused:
+            self._move(sub, ChatState.FOCUSED, now)
+            return
+        if sub.state is ChatState.ABSENT and level >= self.config.chat_threshold and counts[ChatState.CHAT] < limits.chat:
+            self._move(sub, ChatState.CHAT, now)
+
+    def willingness(self, sub: SubFlow, now: float) -> float:
+        """Relaxes exponentially back toward the base willingness."""
+        base = self.config.base_willingness
+        dt = max(0.0, now - sub.willingness_at)
+        return base + (sub.willingness - base) * math.exp(-dt / self.config.willingness_recovery_s)
+
+    def reply_probability(self, sub: SubFlow, message_interest: float, now: float) -> float:
+        """Chance that a CHAT chat answers an unaddressed message."""
+        cfg = self.config
+        p = self.willingness(sub, now) * (0.5 + message_interest)
+        ratio = self.reply_ratio(sub)
+        if ratio is not None and ratio < cfg.reply_ratio_min:
+            p *= 2.0  # she has been too quiet here: lean in
+        return max(0.0, min(cfg.max_reply_probability, p))
+
+    # -- reply budget ---------------------------------------------------------------------------
+
+    def reply_ratio(self, sub: SubFlow) -> float | None:
+        if len(sub.outcomes) < 10:
+            return None
+        return sum(sub.outcomes) / len(sub.outcomes)
+
+    def over_ratio(self, sub: SubFlow) -> bool:
+        """Replying now would push the recent reply ratio over the band's top."""
+        window = self.config.reply_ratio_window
+        recent = list(sub.outcomes)[-(window - 1):] if window > 1 else []
+        return (sum(recent) + 1) / (len(recent) + 1) > self.config.reply_ratio_max and len(recent) >= 5
+
+    def rate_limited(self, sub: SubFlow, now: float) -> float:
+        """Seconds until the next reply is allowed in this chat (0 if allowed now)."""
+        cfg = self.config
+        times = [t for t in sub.reply_times if now - t < cfg.rate_limit_window_s]
+        if len(times) < cfg.rate_limit_replies:
+            return 0.0
+        return max(0.0, times[-cfg.rate_limit_replies] + cfg.rate_limit_window_s - now)
+
+    def record_outcome(self, sub: SubFlow, replied: bool, now: float) -> None:
+        """A human message was decided: count it for the reply-rate band and the focus loop."""
+        cfg = self.config
+        sub.outcomes.append(replied)
+        while len(sub.outcomes) > cfg.reply_ratio_window:
+            sub.outcomes.popleft()
+        if replied:
+            sub.reply_times.append(now)
+            sub.consecutive_no_reply = 0
+            sub.willingness = self.willingness(sub, now) * cfg.willingness_after_reply
+            sub.willingness_at = now
+
+    def record_focus_no_reply(self, sub: SubFlow, now: float) -> None:
+        """A focused cycle chose not to reply; the third in a row sends the chat back to ABSENT."""
+        sub.consecutive_no_reply += 1
+        if sub.state is ChatState.FOCUSED and sub.consecutive_no_reply >= self.config.max_consecutive_no_reply:
+            self._move(sub, ChatState.ABSENT, now)
+            sub.interest = 0.0
+
+    def snapshot(self) -> dict[str, Any]:
+        counts = self.counts()
+        return {
+            "state": self.state.name,
+            "limits": {"chat": self.limits.chat, "focused": self.limits.focused},
+            "counts": {k.name: v for k, v in counts.items()},
+            "chats": {s.chat_id: s.state.name for s in self.subflows.values() if s.state is not ChatState.ABSENT},
+        }

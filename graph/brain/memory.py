@@ -1,0 +1,218 @@
+"""Conversation memory: every message Miku sees, in SQLite (aiosqlite), and the once-only decision log.
+
+Context queries are per channel (last hours, last N) and per user (last days); both are index range
+scans (`(channel_id, ts)`, `(author_id, ts)`) so they stay fast at millions of rows. A retention job
+deletes what is older than the configured age (30 days by default). The `decisions` table makes "each
+message is decided once" survive reconnects and restarts: claiming a message is one atomic
+INSERT OR IGNORE; a message that was only queued (voice session) may be claimed again later.
+"""
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiosqlite
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS messages (
+    id INTEGER PRIMARY KEY,
+    message_id TEXT NOT NULL UNIQUE,
+    guild_id TEXT,
+    channel_id TEXT NOT NULL,
+    author_id TEXT NOT NULL,
+    author_name TEXT NOT NULL DEFAULT '',
+    is_bot INTEGER NOT NULL DEFAULT 0,
+    is_self INTEGER NOT NULL DEFAULT 0,
+    content TEXT NOT NULL DEFAULT '',
+    ts REAL NOT NULL,
+    importance REAL NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS idx_messages_channel_ts ON messages(channel_id, ts);
+CREATE INDEX IF NOT EXISTS idx_messages_author_ts ON messages(author_id, ts);
+CREATE INDEX IF NOT EXISTS idx_messages_ts ON messages(ts);
+CREATE TABLE IF NOT EXISTS decisions (
+    message_id TEXT PRIMARY KEY,
+    decision TEXT NOT NULL,
+    ts REAL NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS idx_decisions_ts ON decisions(ts);
+"""
+
+DEFERRED = "deferred"  # queued during a voice session: may be decided later
+
+_CLAIM_SQL = (
+    "INSERT INTO decisions (message_id, decision, ts) VALUES (?, ?, ?) "
+    "ON CONFLICT(message_id) DO UPDATE SET decision = excluded.decision, ts = excluded.ts "
+    "WHERE decisions.decision = ?"
+)
+
+_QUESTION = re.compile(r"[?？]")
+
+
+@dataclass(frozen=True)
+class StoredMessage:
+    message_id: str
+    guild_id: str | None
+    channel_id: str
+    author_id: str
+    author_name: str
+    is_bot: bool
+    is_self: bool
+    content: str
+    ts: float
+    importance: float = 0.0
+
+    def as_row(self) -> tuple:
+        return (
+            self.message_id,
+            self.guild_id,
+            self.channel_id,
+            self.author_id,
+            self.author_name,
+            int(self.is_bot),
+            int(self.is_self),
+            self.content,
+            self.ts,
+            self.importance,
+        )
+
+
+_COLUMNS = "message_id, guild_id, channel_id, author_id, author_name, is_bot, is_self, content, ts, importance"
+
+
+def _from_row(row: Sequence) -> StoredMessage:
+    return StoredMessage(row[0], row[1], row[2], row[3], row[4], bool(row[5]), bool(row[6]), row[7], row[8], row[9])
+
+
+def importance_score(content: str, *, addressed: bool, attachments: int = 0) -> float:
+    """How much a message matters, in [0, 1]: addressed to Miku, a question, length, attachments."""
+    score = 0.0
+    if addressed:
+        score += 0.5
+    if _QUESTION.search(content):
+        score += 0.2
+    score += min(len(content), 240) / 240 * 0.2
+    if attachments:
+        score += 0.1
+    return min(score, 1.0)
+
+
+class MemoryStore:
+    """One SQLite database of messages and decisions. Open with `await MemoryStore.open(path)`."""
+
+    def __init__(self, db: aiosqlite.Connection, path: str):
+        self._db = db
+        self.path = path
+
+    @classmethod
+    async def open(cls, path: str | Path = ":memory:") -> "MemoryStore":
+        path = str(path)
+        if path != ":memory:":
+            Path(path).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        db = await aiosqlite.connect(path)
+        await db.execute("PRAGMA journal_mode=WAL")
+        await db.execute("PRAGMA synchronous=NORMAL")
+        await db.executescript(SCHEMA)
+        await db.commit()
+        return cls(db, path)
+
+    async def close(self) -> None:
+        await self._db.close()
+
+    # -- writes ---------------------------------------------------------------------------------
+
+    async def add(self, message: StoredMessage) -> bool:
+        """Store a message; False if its message_id is already stored (duplicate event)."""
+        cursor = await self._db.execute(
+            f"INSERT OR IGNORE INTO messages ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?)", message.as_row()
+        )
+        await self._db.commit()
+        return cursor.rowcount == 1
+
+    async def record_incoming(self, message: StoredMessage, claim: str | None) -> tuple[bool, bool]:
+        """Store a message and (when `claim` is given) claim its decision, in one transaction.
+
+        Returns (stored_now, claimed_now): stored_now is False for a message already in memory,
+        claimed_now is False when the message was already decided (see `claim_decision`).
+        """
+        cursor = await self._db.execute(
+            f"INSERT OR IGNORE INTO messages ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?)", message.as_row()
+        )
+        stored = cursor.rowcount == 1
+        claimed = False
+        if claim is not None:
+            cursor = await self._db.execute(_CLAIM_SQL, (message.message_id, claim, message.ts, DEFERRED))
+            claimed = cursor.rowcount == 1
+        await self._db.commit()
+        return stored, claimed
+
+    async def defer_decision(self, message_id: str) -> None:
+        """Mark a claimed message as queued so that its replay after the voice session is decided."""
+        await self._db.execute("UPDATE decisions SET decision = ? WHERE message_id = ?", (DEFERRED, message_id))
+        await self._db.commit()
+
+    async def add_many(self, messages: Iterable[StoredMessage]) -> None:
+        """Bulk insert (imports, benchmarks): one executemany, one commit."""
+        await self._db.executemany(
+            f"INSERT OR IGNORE INTO messages ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?)",
+            (m.as_row() for m in messages),
+        )
+        await self._db.commit()
+
+    async def claim_decision(self, message_id: str, decision: str, ts: float) -> bool:
+        """Atomically record that `message_id` is decided. False if it was decided before.
+
+        A message recorded as DEFERRED (queued) can be claimed again once.
+        """
+        cursor = await self._db.execute(_CLAIM_SQL, (message_id, decision, ts, DEFERRED))
+        await self._db.commit()
+        return cursor.rowcount == 1
+
+    async def decision(self, message_id: str) -> str | None:
+        async with self._db.execute("SELECT decision FROM decisions WHERE message_id = ?", (message_id,)) as cur:
+            row = await cur.fetchone()
+        return row[0] if row else None
+
+    async def prune(self, now: float, max_age_s: float) -> int:
+        """Retention: delete messages and decisions older than `max_age_s`; returns messages deleted."""
+        cutoff = now - max_age_s
+        cursor = await self._db.execute("DELETE FROM messages WHERE ts < ?", (cutoff,))
+        deleted = cursor.rowcount
+        await self._db.execute("DELETE FROM decisions WHERE ts < ?", (cutoff,))
+        await self._db.commit()
+        return deleted
+
+    # -- reads ----------------------------------------------------------------------------------
+
+    async def channel_context(self, channel_id: str, *, now: float, hours: float = 6.0, limit: int = 20) -> list[StoredMessage]:
+        """The last `limit` messages of a channel within `hours`, oldest first."""
+        async with self._db.execute(
+            f"SELECT {_COLUMNS} FROM messages WHERE channel_id = ? AND ts >= ? AND ts <= ? "
+            "ORDER BY ts DESC LIMIT ?",
+            (channel_id, now - hours * 3600.0, now, limit),
+        ) as cur:
+            rows = await cur.fetchall()
+        return [_from_row(r) for r in reversed(rows)]
+
+    async def user_context(self, author_id: str, *, now: float, days: float = 7.0, limit: int = 20) -> list[StoredMessage]:
+        """The last `limit` messages by one user (any channel) within `days`, oldest first."""
+        async with self._db.execute(
+            f"SELECT {_COLUMNS} FROM messages WHERE author_id = ? AND ts >= ? AND ts <= ? "
+            "ORDER BY ts DESC LIMIT ?",
+            (author_id, now - days * 86400.0, now, limit),
+        ) as cur:
+            rows = await cur.fetchall()
+        return [_from_row(r) for r in reversed(rows)]
+
+    async def count(self) -> int:
+        async with self._db.execute("SELECT COUNT(*) FROM messages") as cur:
+            row = await cur.fetchone()
+        return int(row[0])
+
+    async def query_plan(self, sql: str, params: Sequence = ()) -> list[str]:
+        """EXPLAIN QUERY PLAN details (tests check the context queries use an index)."""
+        async with self._db.execute("EXPLAIN QUERY PLAN " + sql, params) as cur:
+            rows = await cur.fetchall()
+        return [str(r[-1]) for r in rows]

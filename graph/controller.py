@@ -1,0 +1,928 @@
+"""The session controller's state machine: voice sessions, feature blackouts, the text queue, the audit log.
+
+A voice session needs the box's GPUs, so while Miku is in voice the bot switches features off (vision, image
+generation...), queues ordinary text-channel messages and moves text inference to the RX 6800. This module
+decides all of that and nothing else; `deployments/controller.py` hosts it in a restartable Ray actor.
+
+Rules it keeps:
+- `check(feature)` is the one question everything asks; a feature is in blackout exactly while at least one
+  active session holds it, so a feature can never stay blocked with no session holding it.
+- Start, end and expiry are atomic: the new state is built aside, checkpointed in one SQLite transaction,
+  and only then swapped in. A failed write leaves the state as it was and the error says why.
+- Sessions live on leases renewed by heartbeats. Leases use the wall clock (injected) because the deadline
+  must keep its meaning across a process or whole-cluster restart; a session whose lease ran out while
+  nothing was running is expired on load and its features come back.
+- Text messages queued during a session are handed back in order when no session holds the queue, and are
+  removed only when acknowledged by id, so a crash in the middle of the replay loses and repeats nothing.
+
+Not thread-safe: the caller serialises calls (the Ray actor runs them on one event loop).
+"""
+from __future__ import annotations
+
+import enum
+import logging
+import time
+import uuid
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from graph.checkpoint import CheckpointWriteError, SqliteCheckpoint, StateDirError
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "AckResult",
+    "AuditAction",
+    "AuditEntry",
+    "CheckResult",
+    "CheckpointError",
+    "ControllerConfig",
+    "ControllerError",
+    "ControllerStats",
+    "DEFAULT_FEATURES",
+    "Effect",
+    "EnqueueResult",
+    "FeatureSpec",
+    "HeadroomProbe",
+    "HeadroomVerdict",
+    "IncomingMessage",
+    "QueuedMessage",
+    "ReplayBatch",
+    "Session",
+    "SessionConflict",
+    "SessionController",
+    "SessionEnded",
+    "SessionGone",
+    "SessionRequest",
+    "SessionStarted",
+    "SessionState",
+    "StateDirError",
+    "UnknownFeature",
+    "UnknownSession",
+]
+
+TEXT_QUEUE_FEATURE = "text_channel_messages"
+DEFAULT_PERSONA = "default"
+
+
+# --------------------------------------------------------------------------------------------- errors
+class ControllerError(Exception):
+    """A request the controller refuses; `http_status` is what the HTTP route answers, `message` the text."""
+
+    http_status = 500
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.message = message
+
+
+class SessionConflict(ControllerError):
+    """A session is active (and no more are allowed) or the GPUs lack headroom; message is user-facing."""
+
+    http_status = 409
+
+
+class UnknownSession(ControllerError):
+    http_status = 404
+
+
+class SessionGone(ControllerError):
+    """The session ended or its lease ran out: the client must start a new one."""
+
+    http_status = 410
+
+
+class UnknownFeature(ControllerError):
+    http_status = 404
+
+
+class CheckpointError(ControllerError):
+    """The change could not be made durable, so it was not made at all."""
+
+    http_status = 503
+
+
+# --------------------------------------------------------------------------------------------- features
+class Effect(enum.Enum):
+    """What a voice session does to a feature while it holds it."""
+
+    BLOCKED = "blocked"  # refused, with a user-facing message
+    DISABLED = "disabled"  # refused silently
+    LOCKED = "locked"  # refused silently
+    PAUSED = "paused"  # background job skips its runs
+    QUEUED = "queued"  # not handled now: enqueue for replay after the session
+    ROUTED = "routed"  # allowed, but served by another backend (`route`)
+
+    @property
+    def allows(self) -> bool:
+        return self is Effect.ROUTED
+
+    @property
+    def silent(self) -> bool:
+        return self is not Effect.BLOCKED
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    """One feature a session switches, with its default user-facing message (BLOCKED features only)."""
+
+    feature_id: str
+    effect: Effect
+    message: str | None = None
+    normal_route: str | None = None  # ROUTED features: the route outside sessions
+    session_route: str | None = None  # ROUTED features: the route during a session
+
+    def __post_init__(self) -> None:
+        if not self.feature_id:
+            raise ValueError("feature_id must not be empty")
+        if self.effect is Effect.ROUTED and not self.session_route:
+            raise ValueError(f"routed feature {self.feature_id!r} needs a session_route")
+
+
+VISION_MESSAGE = "🎤 I can't look at images or videos right now, I'm talking in voice chat! Send it again after I leave."
+IMAGE_MESSAGE = (
+    "🎤 I can't draw right now, I'm talking in voice chat! Ask me again after I leave the voice channel."
+)
+CONFLICT_MESSAGE = "❌ Already in a voice session! Use `!miku leave` first."
+CAPACITY_MESSAGE = "❌ Not enough GPU memory for another voice session right now."
+QUEUE_DROPPED_MESSAGE = (
+    "⚠️ I'm in voice chat and my message queue is full, so the oldest {count} message(s) were dropped "
+    "and I won't reply to them."
+)
+
+DEFAULT_FEATURES: tuple[FeatureSpec, ...] = (
+    FeatureSpec("vision", Effect.BLOCKED, VISION_MESSAGE),
+    FeatureSpec("image_generation", Effect.BLOCKED, IMAGE_MESSAGE),
+    FeatureSpec("bipolar_mode", Effect.DISABLED),
+    FeatureSpec("profile_picture", Effect.LOCKED),
+    FeatureSpec("autonomous_engine", Effect.PAUSED),
+    FeatureSpec("scheduled_events", Effect.PAUSED),
+    FeatureSpec("figurine_notifier", Effect.PAUSED),
+    FeatureSpec(TEXT_QUEUE_FEATURE, Effect.QUEUED),
+    FeatureSpec("text_inference", Effect.ROUTED, normal_route="default", session_route="rx6800"),
+)
+
+# Message keys that are not feature ids.
+MESSAGE_KEYS = ("session_conflict", "capacity_short", "queue_dropped")
+
+
+@dataclass(frozen=True)
+class ControllerConfig:
+    """Controller settings (configs/controller.yaml). `messages` maps persona -> key -> text, where a key is a
+    feature id or one of MESSAGE_KEYS; the `default` persona fills gaps."""
+
+    state_dir: str = ".miku/controller"
+    lease_s: float = 30.0
+    queue_limit: int = 100
+    max_sessions: int = 1
+    configured_capacity: int = 1  # sessions the GPUs hold when no headroom probe (telemetry) is given
+    lease_check_interval_s: float = 1.0
+    checkpoint_busy_timeout_s: float = 2.0
+    ended_memory: int = 256  # ended session ids remembered so heartbeats get 410, not 404
+    audit_keep: int = 10_000
+    features: tuple[FeatureSpec, ...] = DEFAULT_FEATURES
+    messages: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.lease_s <= 0:
+            raise ValueError(f"lease_s must be positive, got {self.lease_s}")
+        if self.queue_limit < 1:
+            raise ValueError(f"queue_limit must be at least 1, got {self.queue_limit}")
+        if self.max_sessions < 1:
+            raise ValueError(f"max_sessions must be at least 1, got {self.max_sessions}")
+        if self.configured_capacity < 1:
+            raise ValueError(f"configured_capacity must be at least 1, got {self.configured_capacity}")
+        if self.lease_check_interval_s <= 0:
+            raise ValueError("lease_check_interval_s must be positive")
+        if self.ended_memory < 1:
+            raise ValueError("ended_memory must be at least 1")
+        ids = [spec.feature_id for spec in self.features]
+        if len(set(ids)) != len(ids):
+            raise ValueError(f"duplicate feature ids in {ids}")
+        known = set(ids) | set(MESSAGE_KEYS)
+        for persona, table in self.messages.items():
+            unknown = set(table) - known
+            if unknown:
+                raise ValueError(f"messages.{persona} has unknown keys {sorted(unknown)}; known: {sorted(known)}")
+
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, Any]) -> ControllerConfig:
+        """Build from a YAML mapping; `features` entries are {id, effect, message?, normal_route?, session_route?}."""
+        data = dict(data)
+        known = {f for f in cls.__dataclass_fields__}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown controller config keys {sorted(unknown)}; known: {sorted(known)}")
+        if "features" in data:
+            specs = []
+            for entry in data["features"]:
+                if isinstance(entry, FeatureSpec):
+                    specs.append(entry)
+                    continue
+                fields = dict(entry)
+                try:
+                    effect = Effect(fields.pop("effect"))
+                    feature_id = fields.pop("id")
+                    specs.append(FeatureSpec(feature_id, effect, **fields))
+                except (KeyError, ValueError, TypeError) as exc:
+                    choices = [e.value for e in Effect]
+                    raise ValueError(f"bad feature entry {dict(entry)!r} (effect one of {choices}): {exc}") from exc
+            data["features"] = tuple(specs)
+        if "messages" in data:
+            data["messages"] = {str(p): {str(k): str(v) for k, v in (t or {}).items()} for p, t in data["messages"].items()}
+        if "state_dir" in data:
+            data["state_dir"] = str(data["state_dir"])
+        return cls(**data)
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> ControllerConfig:
+        """Load configs/controller.yaml (or another YAML file of the same shape)."""
+        import yaml
+
+        with open(path, encoding="utf-8") as fh:
+            return cls.from_mapping(yaml.safe_load(fh) or {})
+
+    def message(self, key: str, persona: str | None, fallback: str | None) -> str | None:
+        for name in (persona, DEFAULT_PERSONA):
+            if name and key in self.messages.get(name, {}):
+                return self.messages[name][key]
+        return fallback
+
+
+# --------------------------------------------------------------------------------------------- headroom
+@dataclass(frozen=True)
+class HeadroomVerdict:
+    """Whether the GPUs can take one more concurrent session, and why (shown to the user when not)."""
+
+    admit: bool
+    reason: str = ""
+    free_mb: float | None = None
+    needed_mb: float | None = None
+
+
+HeadroomProbe = Callable[[], HeadroomVerdict]
+
+
+# --------------------------------------------------------------------------------------------- values
+class SessionState(enum.Enum):
+    ACTIVE = "active"
+    ENDED = "ended"
+    EXPIRED = "expired"
+
+
+@dataclass(frozen=True)
+class SessionRequest:
+    guild_id: str
+    voice_channel_id: str
+    text_channel_id: str
+    user_id: str
+    persona: str | None = None
+    request_id: str | None = None  # idempotency key: a retried start returns the same session
+
+
+@dataclass(frozen=True)
+class Session:
+    session_id: str
+    guild_id: str
+    voice_channel_id: str
+    text_channel_id: str
+    user_id: str
+    persona: str | None
+    request_id: str | None
+    started_at: float
+    last_heartbeat: float
+    lease_s: float
+    state: SessionState = SessionState.ACTIVE
+    ended_at: float | None = None
+
+    @property
+    def expires_at(self) -> float:
+        return self.last_heartbeat + self.lease_s
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["state"] = self.state.value
+        out["expires_at"] = self.expires_at
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Session:
+        data = {k: v for k, v in data.items() if k != "expires_at"}
+        data["state"] = SessionState(data["state"])
+        return cls(**data)
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    """The answer to `check(feature)`: may it run now, and if not, what (if anything) to tell the user."""
+
+    feature: str
+    allowed: bool
+    message: str | None  # user-facing text to post when refused; None when allowed or silent
+    silent: bool  # refused without telling the user
+    effect: Effect | None  # the blackout in force, None outside any session
+    route: str | None = None  # for routed features: which backend to use now
+    held_by: tuple[str, ...] = ()  # sessions holding the blackout
+
+    @property
+    def blocked(self) -> bool:
+        return not self.allowed
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.feature,
+            "allowed": self.allowed,
+            "blocked": self.blocked,
+            "message": self.message,
+            "silent": self.silent,
+            "effect": self.effect.value if self.effect else None,
+            "route": self.route,
+            "held_by": list(self.held_by),
+        }
+
+
+@dataclass(frozen=True)
+class SessionStarted:
+    session: Session
+    blackouts: tuple[CheckResult, ...]  # every feature as it is now
+    reused: bool = False  # a retried request got its existing session back
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "session_id": self.session.session_id,
+            "lease_s": self.session.lease_s,
+            "expires_at": self.session.expires_at,
+            "reused": self.reused,
+            "blackouts": [b.to_dict() for b in self.blackouts if b.effect is not None],
+        }
+
+
+@dataclass(frozen=True)
+class SessionEnded:
+    session_id: str
+    ended: bool  # False: it had already ended (a no-op)
+    state: SessionState
+    message: str
+    restored: tuple[str, ...] = ()  # features that came back on
+    replay_pending: int = 0  # queued messages waiting for the client to replay
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "session_id": self.session_id,
+            "ended": self.ended,
+            "state": self.state.value,
+            "message": self.message,
+            "restored": list(self.restored),
+            "replay_pending": self.replay_pending,
+        }
+
+
+@dataclass(frozen=True)
+class IncomingMessage:
+    """An ordinary text-channel message the client wants handled (now, or queued during a session)."""
+
+    channel_id: str
+    author_id: str
+    content: str
+    message_id: str | None = None  # Discord id: a retried enqueue of the same message is not stored twice
+    guild_id: str | None = None
+    sent_at: float | None = None  # Discord timestamp (epoch s); defaults to the controller's clock
+    event: Mapping[str, Any] = field(default_factory=dict)  # the event as the client sent it, handed back verbatim
+
+
+@dataclass(frozen=True)
+class QueuedMessage:
+    queue_id: int
+    channel_id: str
+    author_id: str
+    content: str
+    message_id: str | None
+    guild_id: str | None
+    sent_at: float
+    queued_at: float
+    event: Mapping[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["event"] = dict(self.event)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> QueuedMessage:
+        return cls(**data)
+
+
+@dataclass(frozen=True)
+class EnqueueResult:
+    queued: bool  # False: no session holds the queue, handle the message now
+    message: QueuedMessage | None = None
+    dropped: tuple[QueuedMessage, ...] = ()  # oldest messages pushed out by this one
+    warning: str | None = None  # user-facing text for the client to post when messages were dropped
+    duplicate: bool = False  # already queued (same message_id): nothing stored
+    reason: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "queued": self.queued,
+            "message": self.message.to_dict() if self.message else None,
+            "dropped": [m.to_dict() for m in self.dropped],
+            "warning": self.warning,
+            "duplicate": self.duplicate,
+            "reason": self.reason,
+        }
+
+
+@dataclass(frozen=True)
+class ReplayBatch:
+    ready: bool  # False while a session still holds the queue
+    messages: tuple[QueuedMessage, ...] = ()
+    remaining: int = 0  # all unacknowledged messages, including these
+    reason: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "ready": self.ready,
+            "messages": [m.to_dict() for m in self.messages],
+            "remaining": self.remaining,
+            "reason": self.reason,
+        }
+
+
+@dataclass(frozen=True)
+class AckResult:
+    acked: tuple[int, ...]
+    unknown: tuple[int, ...]  # never queued, or acknowledged before (acks are idempotent)
+    remaining: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"acked": list(self.acked), "unknown": list(self.unknown), "remaining": self.remaining}
+
+
+class AuditAction(enum.Enum):
+    SESSION_STARTED = "session_started"
+    SESSION_ENDED = "session_ended"
+    SESSION_EXPIRED = "session_expired"
+    FEATURES_RECONCILED = "features_reconciled"
+    MESSAGE_QUEUED = "message_queued"
+    MESSAGES_DROPPED = "messages_dropped"
+    MESSAGES_ACKED = "messages_acked"
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    seq: int
+    at: float
+    action: AuditAction
+    session_id: str | None
+    features: tuple[str, ...]  # features whose blackout switched on or off
+    detail: Mapping[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "seq": self.seq,
+            "at": self.at,
+            "action": self.action.value,
+            "session_id": self.session_id,
+            "features": list(self.features),
+            "detail": dict(self.detail),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> AuditEntry:
+        return cls(
+            seq=data["seq"],
+            at=data["at"],
+            action=AuditAction(data["action"]),
+            session_id=data["session_id"],
+            features=tuple(data["features"]),
+            detail=data["detail"],
+        )
+
+
+@dataclass(frozen=True)
+class ControllerStats:
+    """What the metrics export."""
+
+    active_sessions: int
+    blocked_features: int
+    queue_length: int
+    dropped_total: int
+    expired_total: int
+
+
+# --------------------------------------------------------------------------------------------- state
+@dataclass
+class _State:
+    """Everything checkpointed. Copied before a change so a failed write can simply be thrown away."""
+
+    sessions: dict[str, Session] = field(default_factory=dict)  # active only
+    holders: dict[str, frozenset[str]] = field(default_factory=dict)  # feature -> holding session ids
+    ended: dict[str, Session] = field(default_factory=dict)  # recently ended/expired, oldest first
+    queue: list[QueuedMessage] = field(default_factory=list)
+    next_queue_id: int = 1
+    next_audit_seq: int = 1
+    dropped_total: int = 0
+    expired_total: int = 0
+
+    def copy(self) -> _State:
+        return replace(
+            self,
+            sessions=dict(self.sessions),
+            holders=dict(self.holders),
+            ended=dict(self.ended),
+            queue=list(self.queue),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "version": 1,
+            "sessions": [s.to_dict() for s in self.sessions.values()],
+            "holders": {f: sorted(ids) for f, ids in self.holders.items()},
+            "ended": [s.to_dict() for s in self.ended.values()],
+            "queue": [m.to_dict() for m in self.queue],
+            "next_queue_id": self.next_queue_id,
+            "next_audit_seq": self.next_audit_seq,
+            "dropped_total": self.dropped_total,
+            "expired_total": self.expired_total,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> _State:
+        if data.get("version") != 1:
+            raise ValueError(f"unsupported controller checkpoint version {data.get('version')!r}")
+        sessions = [Session.from_dict(s) for s in data["sessions"]]
+        ended = [Session.from_dict(s) for s in data["ended"]]
+        return cls(
+            sessions={s.session_id: s for s in sessions},
+            holders={f: frozenset(ids) for f, ids in data["holders"].items()},
+            ended={s.session_id: s for s in ended},
+            queue=[QueuedMessage.from_dict(m) for m in data["queue"]],
+            next_queue_id=data["next_queue_id"],
+            next_audit_seq=data["next_audit_seq"],
+            dropped_total=data["dropped_total"],
+            expired_total=data["expired_total"],
+        )
+
+
+class _Change:
+    """A state being edited plus the audit entries that describe the edit."""
+
+    def __init__(self, state: _State, clock_now: float):
+        self.state = state
+        self.now = clock_now
+        self.audit: list[AuditEntry] = []
+
+    def record(self, action: AuditAction, session_id: str | None, features: Iterable[str] = (), **detail: Any) -> None:
+        entry = AuditEntry(self.state.next_audit_seq, self.now, action, session_id, tuple(features), detail)
+        self.state.next_audit_seq += 1
+        self.audit.append(entry)
+
+
+# --------------------------------------------------------------------------------------------- controller
+class SessionController:
+    """Voice sessions, feature blackouts, the text queue and the audit log, checkpointed after every change.
+
+    Build with `SessionController.open(config)`; the constructor takes an already open store (for tests).
+    """
+
+    def __init__(
+        self,
+        config: ControllerConfig,
+        store: SqliteCheckpoint,
+        *,
+        clock: Callable[[], float] = time.time,
+        headroom: HeadroomProbe | None = None,
+        id_factory: Callable[[], str] = lambda: uuid.uuid4().hex,
+    ):
+        self.config = config
+        self._store = store
+        self._clock = clock
+        self._headroom = headroom
+        self._new_id = id_factory
+        self._specs = {spec.feature_id: spec for spec in config.features}
+        saved = store.load()
+        self._state = _State.from_dict(saved) if saved is not None else _State()
+        self._reconcile_on_load()
+        self.expire_stale()
+
+    @classmethod
+    def open(
+        cls,
+        config: ControllerConfig,
+        *,
+        clock: Callable[[], float] = time.time,
+        headroom: HeadroomProbe | None = None,
+        id_factory: Callable[[], str] = lambda: uuid.uuid4().hex,
+    ) -> SessionController:
+        """Open (or create) the checkpoint in `config.state_dir` and resume from it.
+
+        Raises StateDirError when the directory cannot be written.
+        """
+        store = SqliteCheckpoint(
+            Path(config.state_dir),
+            busy_timeout_s=config.checkpoint_busy_timeout_s,
+            audit_keep=config.audit_keep,
+        )
+        return cls(config, store, clock=clock, headroom=headroom, id_factory=id_factory)
+
+    def close(self) -> None:
+        self._store.close()
+
+    # ------------------------------------------------------------------ sessions
+    def start_session(self, request: SessionRequest) -> SessionStarted:
+        """Start a session and switch every feature to its blackout, all at once.
+
+        Raises SessionConflict (user-facing message) when sessions are full or the GPUs lack headroom,
+        CheckpointError when the change could not be stored (then nothing changed).
+        """
+        self.expire_stale()
+        if request.request_id:
+            for session in self._state.sessions.values():
+                if session.request_id == request.request_id:
+                    return SessionStarted(session, self.features(session.persona), reused=True)
+        active = len(self._state.sessions)
+        if active >= self.config.max_sessions:
+            raise SessionConflict(self.config.message("session_conflict", request.persona, CONFLICT_MESSAGE))
+        if active >= 1:
+            verdict = self._headroom_verdict(active)
+            if not verdict.admit:
+                text = self.config.message("capacity_short", request.persona, CAPACITY_MESSAGE)
+                raise SessionConflict(f"{text} ({verdict.reason})" if verdict.reason else text)
+
+        now = self._clock()
+        session = Session(
+            session_id=self._new_id(),
+            guild_id=request.guild_id,
+            voice_channel_id=request.voice_channel_id,
+            text_channel_id=request.text_channel_id,
+            user_id=request.user_id,
+            persona=request.persona,
+            request_id=request.request_id,
+            started_at=now,
+            last_heartbeat=now,
+            lease_s=self.config.lease_s,
+        )
+        change = self._begin(now)
+        state = change.state
+        switched_on = [f for f in self._specs if not state.holders.get(f)]
+        state.sessions[session.session_id] = session
+        for feature in self._specs:
+            state.holders[feature] = state.holders.get(feature, frozenset()) | {session.session_id}
+        change.record(
+            AuditAction.SESSION_STARTED,
+            session.session_id,
+            switched_on,
+            guild_id=session.guild_id,
+            voice_channel_id=session.voice_channel_id,
+            user_id=session.user_id,
+        )
+        self._commit(change)
+        return SessionStarted(session, self.features(session.persona))
+
+    def heartbeat(self, session_id: str) -> Session:
+        """Renew the lease. SessionGone when it already ended or expired, UnknownSession when never seen."""
+        self.expire_stale()
+        session = self._state.sessions.get(session_id)
+        if session is None:
+            self._raise_missing(session_id)
+        now = self._clock()
+        change = self._begin(now)
+        renewed = replace(session, last_heartbeat=now)
+        change.state.sessions[session_id] = renewed
+        self._commit(change)
+        return renewed
+
+    def end_session(self, session_id: str) -> SessionEnded:
+        """End a session and lift the blackouts no other session holds. Ending twice is a no-op that says so."""
+        self.expire_stale()
+        if session_id in self._state.ended:
+            gone = self._state.ended[session_id]
+            return SessionEnded(
+                session_id,
+                ended=False,
+                state=gone.state,
+                message=f"session {session_id} had already {gone.state.value}; nothing to do",
+                replay_pending=len(self._state.queue),
+            )
+        if session_id not in self._state.sessions:
+            raise UnknownSession(f"unknown session {session_id}")
+        change = self._begin(self._clock())
+        restored = self._finish(change, session_id, SessionState.ENDED)
+        self._commit(change)
+        return SessionEnded(
+            session_id,
+            ended=True,
+            state=SessionState.ENDED,
+            message=f"session {session_id} ended",
+            restored=restored,
+            replay_pending=len(self._state.queue),
+        )
+
+    def expire_stale(self) -> tuple[Session, ...]:
+        """End every session whose lease ran out (one transaction). Returns the expired sessions."""
+        now = self._clock()
+        due = [s for s in self._state.sessions.values() if s.expires_at <= now]
+        if not due:
+            return ()
+        change = self._begin(now)
+        for session in due:
+            self._finish(change, session.session_id, SessionState.EXPIRED)
+        change.state.expired_total += len(due)
+        self._commit(change)
+        log.warning("voice session lease expired: %s", [s.session_id for s in due])
+        return tuple(change.state.ended[s.session_id] for s in due)
+
+    def sessions(self) -> tuple[Session, ...]:
+        return tuple(self._state.sessions.values())
+
+    def session(self, session_id: str) -> Session:
+        if session_id in self._state.sessions:
+            return self._state.sessions[session_id]
+        if session_id in self._state.ended:
+            return self._state.ended[session_id]
+        raise UnknownSession(f"unknown session {session_id}")
+
+    def next_expiry(self) -> float | None:
+        """When the earliest lease runs out (clock time), for the expiry loop to sleep until."""
+        return min((s.expires_at for s in self._state.sessions.values()), default=None)
+
+    # ------------------------------------------------------------------ features
+    def check(self, feature: str, persona: str | None = None) -> CheckResult:
+        """May `feature` run now? The one call the brain, schedulers and the text path all make."""
+        spec = self._specs.get(feature)
+        if spec is None:
+            raise UnknownFeature(f"unknown feature {feature!r}; known: {sorted(self._specs)}")
+        try:
+            self.expire_stale()
+        except CheckpointError as exc:
+            # Keep answering from the unexpired state (fail closed); the expiry loop retries.
+            log.error("could not expire stale sessions during check: %s", exc)
+        holders = tuple(sorted(self._state.holders.get(feature, frozenset())))
+        if not holders:
+            return CheckResult(feature, True, None, False, None, spec.normal_route if spec.effect is Effect.ROUTED else None)
+        if spec.effect.allows:
+            return CheckResult(feature, True, None, False, spec.effect, spec.session_route, holders)
+        message = None if spec.effect.silent else self.config.message(feature, persona, spec.message)
+        return CheckResult(feature, False, message, spec.effect.silent, spec.effect, None, holders)
+
+    def features(self, persona: str | None = None) -> tuple[CheckResult, ...]:
+        return tuple(self.check(feature, persona) for feature in self._specs)
+
+    # ------------------------------------------------------------------ text queue
+    def enqueue(self, incoming: IncomingMessage, persona: str | None = None) -> EnqueueResult:
+        """Queue a text-channel message while a session holds the queue; otherwise say to handle it now.
+
+        Bounded: past `queue_limit` the oldest are dropped and `warning` is the text to post about it.
+        """
+        self.expire_stale()
+        holders = self._state.holders.get(TEXT_QUEUE_FEATURE, frozenset())
+        if not holders:
+            return EnqueueResult(queued=False, reason="no voice session holds the text queue: handle it now")
+        if incoming.message_id is not None:
+            for queued in self._state.queue:
+                if queued.message_id == incoming.message_id and queued.channel_id == incoming.channel_id:
+                    return EnqueueResult(queued=True, message=queued, duplicate=True)
+        now = self._clock()
+        change = self._begin(now)
+        state = change.state
+        message = QueuedMessage(
+            queue_id=state.next_queue_id,
+            channel_id=incoming.channel_id,
+            author_id=incoming.author_id,
+            content=incoming.content,
+            message_id=incoming.message_id,
+            guild_id=incoming.guild_id,
+            sent_at=incoming.sent_at if incoming.sent_at is not None else now,
+            queued_at=now,
+            event=dict(incoming.event),
+        )
+        state.next_queue_id += 1
+        state.queue.append(message)
+        change.record(AuditAction.MESSAGE_QUEUED, None, queue_id=message.queue_id, channel_id=message.channel_id)
+        overflow = len(state.queue) - self.config.queue_limit
+        dropped: tuple[QueuedMessage, ...] = ()
+        warning = None
+        if overflow > 0:
+            dropped = tuple(state.queue[:overflow])
+            del state.queue[:overflow]
+            state.dropped_total += len(dropped)
+            change.record(AuditAction.MESSAGES_DROPPED, None, queue_ids=[m.queue_id for m in dropped])
+            if persona is None:
+                persona = next((self._state.sessions[h].persona for h in sorted(holders) if h in self._state.sessions), None)
+            template = self.config.message("queue_dropped", persona, QUEUE_DROPPED_MESSAGE)
+            warning = template.replace("{count}", str(len(dropped)))
+        self._commit(change)
+        return EnqueueResult(queued=True, message=message, dropped=dropped, warning=warning)
+
+    def replay(self, limit: int | None = None) -> ReplayBatch:
+        """The oldest unacknowledged messages, in order, once no session holds the queue. Changes nothing."""
+        if limit is not None and limit < 1:
+            raise ValueError(f"limit must be at least 1, got {limit}")
+        self.expire_stale()
+        queue = self._state.queue
+        if self._state.holders.get(TEXT_QUEUE_FEATURE):
+            return ReplayBatch(False, (), len(queue), "a voice session still holds the text queue")
+        batch = tuple(queue if limit is None else queue[:limit])
+        return ReplayBatch(True, batch, len(queue))
+
+    def ack(self, queue_ids: Iterable[int]) -> AckResult:
+        """Remove replayed messages for good. Unknown or already acknowledged ids are reported, not errors."""
+        wanted = list(dict.fromkeys(int(i) for i in queue_ids))
+        present = {m.queue_id for m in self._state.queue}
+        acked = tuple(i for i in wanted if i in present)
+        unknown = tuple(i for i in wanted if i not in present)
+        if acked:
+            change = self._begin(self._clock())
+            gone = set(acked)
+            change.state.queue = [m for m in change.state.queue if m.queue_id not in gone]
+            change.record(AuditAction.MESSAGES_ACKED, None, queue_ids=list(acked))
+            self._commit(change)
+        return AckResult(acked, unknown, len(self._state.queue))
+
+    def queue(self) -> tuple[QueuedMessage, ...]:
+        return tuple(self._state.queue)
+
+    # ------------------------------------------------------------------ audit and stats
+    def audit(self, after_seq: int = 0, limit: int = 100) -> tuple[AuditEntry, ...]:
+        if limit < 1:
+            raise ValueError(f"limit must be at least 1, got {limit}")
+        return tuple(AuditEntry.from_dict(row) for row in self._store.read_audit(after_seq, limit))
+
+    def stats(self) -> ControllerStats:
+        state = self._state
+        blocked = sum(
+            1 for f, spec in self._specs.items() if state.holders.get(f) and not spec.effect.allows
+        )
+        return ControllerStats(len(state.sessions), blocked, len(state.queue), state.dropped_total, state.expired_total)
+
+    # ------------------------------------------------------------------ internals
+    def _headroom_verdict(self, active: int) -> HeadroomVerdict:
+        if self._headroom is None:
+            capacity = self.config.configured_capacity
+            if active < capacity:
+                return HeadroomVerdict(True, f"configured capacity {capacity} session(s)")
+            return HeadroomVerdict(False, f"configured capacity is {capacity} session(s)")
+        try:
+            return self._headroom()
+        except Exception as exc:  # a broken probe must not admit a session the GPUs may not hold
+            log.exception("VRAM headroom probe failed")
+            return HeadroomVerdict(False, f"VRAM headroom unknown: {exc}")
+
+    def _begin(self, now: float) -> _Change:
+        return _Change(self._state.copy(), now)
+
+    def _commit(self, change: _Change) -> None:
+        try:
+            self._store.save(change.state.to_dict(), [entry.to_dict() for entry in change.audit])
+        except CheckpointWriteError as exc:
+            raise CheckpointError(f"change not applied, state unchanged: {exc}") from exc
+        self._state = change.state
+
+    def _finish(self, change: _Change, session_id: str, final: SessionState) -> tuple[str, ...]:
+        """Remove a session from the edited state; returns the features it was the last holder of."""
+        state = change.state
+        session = state.sessions.pop(session_id)
+        restored = []
+        for feature, ids in list(state.holders.items()):
+            if session_id in ids:
+                remaining = ids - {session_id}
+                state.holders[feature] = remaining
+                if not remaining:
+                    restored.append(feature)
+        state.ended[session_id] = replace(session, state=final, ended_at=change.now)
+        while len(state.ended) > self.config.ended_memory:
+            del state.ended[next(iter(state.ended))]
+        action = AuditAction.SESSION_EXPIRED if final is SessionState.EXPIRED else AuditAction.SESSION_ENDED
+        change.record(action, session_id, restored, lease_deadline=session.expires_at)
+        return tuple(restored)
+
+    def _raise_missing(self, session_id: str) -> None:
+        gone = self._state.ended.get(session_id)
+        if gone is not None:
+            raise SessionGone(f"session {session_id} has {gone.state.value}; start a new session to rejoin")
+        raise UnknownSession(f"unknown session {session_id}")
+
+    def _reconcile_on_load(self) -> None:
+        """Make the loaded holders agree with the loaded sessions and the configured features.
+
+        A holder with no active session is dropped (its feature comes back); a feature added to the config
+        since the checkpoint is taken by every active session.
+        """
+        state = self._state
+        expected = frozenset(state.sessions)
+        fixed: list[str] = []
+        for feature in self._specs:
+            if state.holders.get(feature, frozenset()) != expected:
+                fixed.append(feature)
+        stale = [f for f in state.holders if f not in self._specs]
+        if not fixed and not stale:
+            return
+        change = self._begin(self._clock())
+        for feature in stale:
+            del change.state.holders[feature]
+        for feature in self._specs:
+            change.state.holders[feature] = expected
+        change.record(AuditAction.FEATURES_RECONCILED, None, fixed, removed=stale)
+        self._commit(change)

@@ -1,0 +1,93 @@
+"""Typed values that flow between the stages of the voice graph.
+
+They are plain dataclasses so the same objects travel in-process (tests, benchmarks) and through
+Ray Serve handles (pickled), and so each stage's contract is visible in one place.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+DISCORD_SAMPLE_RATE = 48_000
+DISCORD_CHANNELS = 2
+FRAME_MS = 20
+FRAME_SAMPLES = DISCORD_SAMPLE_RATE * FRAME_MS // 1000  # 960 samples per channel
+FRAME_BYTES = FRAME_SAMPLES * DISCORD_CHANNELS * 2  # s16le stereo: 3840 bytes
+
+
+@dataclass(frozen=True)
+class AudioChunk:
+    """Mono float32 audio in [-1, 1] at `sample_rate`, one piece of a longer stream."""
+
+    samples: np.ndarray
+    sample_rate: int
+
+    def __post_init__(self) -> None:
+        if self.sample_rate <= 0:
+            raise ValueError(f"sample_rate must be positive, got {self.sample_rate}")
+        if self.samples.ndim != 1:
+            raise ValueError(f"audio must be mono (1-D), got shape {self.samples.shape}")
+        if self.samples.dtype != np.float32:
+            object.__setattr__(self, "samples", self.samples.astype(np.float32))
+
+    @property
+    def duration_s(self) -> float:
+        return len(self.samples) / self.sample_rate
+
+
+@dataclass(frozen=True)
+class LLMRequest:
+    """What the text LLM stage is asked to continue."""
+
+    prompt: str
+    system: str | None = None
+    history: tuple[tuple[str, str], ...] = ()  # (role, content) pairs, oldest first
+    max_tokens: int = 256
+    temperature: float = 0.8
+    stop: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class TTSOptions:
+    voice: str | None = None
+    speed: float = 1.0
+
+
+@dataclass(frozen=True)
+class VCOptions:
+    pitch_shift: float | None = None  # semitones; None -> the backend's configured default
+
+
+@dataclass
+class VCResult:
+    """Converted audio plus the context the backend wants back with the next chunk of the utterance.
+
+    Passing context explicitly keeps VC replicas stateless, so any replica can take any chunk.
+    """
+
+    audio: AudioChunk
+    context: object | None = None
+
+
+class StageError(RuntimeError):
+    """A stage failed in a way the user should hear about (it becomes an `error` event).
+
+    `stage` is one of "llm", "tts", "vc", "graph"; `backend` names the backend (and its URL where it has one).
+    """
+
+    def __init__(self, stage: str, backend: str, message: str):
+        super().__init__(f"{stage} ({backend}): {message}")
+        self.stage = stage
+        self.backend = backend
+        self.message = message
+
+
+@dataclass
+class StageStatus:
+    """One stage's entry in /healthz."""
+
+    stage: str
+    backend: str
+    ok: bool
+    detail: dict = field(default_factory=dict)

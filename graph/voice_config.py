@@ -1,0 +1,37 @@
+"""Settings of the voice path (the ingress's part of the app config), validated with clear errors."""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Any
+
+DEFAULT_SYSTEM_PROMPT = (
+    "You are Hatsune Miku, a cheerful virtual singer, talking out loud in a Discord voice channel. "
+    "Answer in one to three short spoken sentences. No lists, no markdown, no emoji, no stage directions."
+)
+
+
+@dataclass(frozen=True)
+class VoiceConfig:
+    token: str | None = None
+    token_file: str = ".miku/token"
+    max_prompt_chars: int = 4000
+    max_pending_prompts: int = 16
+    max_tokens: int = 200
+    stage_timeout_s: float = 30.0
+    system_prompt: str = DEFAULT_SYSTEM_PROMPT
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None) -> VoiceConfig:
+        data = dict(data or {})
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"voice config: unknown key(s) {unknown}; known keys are {sorted(known)}")
+        config = cls(**data)
+        for name in ("max_prompt_chars", "max_pending_prompts", "max_tokens"):
+            value = getattr(config, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"voice config: {name} must be a positive integer, got {value!r}")
+        if config.stage_timeout_s <= 0:
+            raise ValueError(f"voice config: stage_timeout_s must be positive, got {config.stage_timeout_s!r}")
+        return config

@@ -1,0 +1,104 @@
+"""Shared fixtures. One Ray instance serves the whole test session (Ray starts in ~5 s here)."""
+from __future__ import annotations
+
+import os
+import socket
+
+import pytest
+
+# Ray's token auth is for multi-user clusters; the test cluster lives and dies on loopback.
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+FAKE_GPU_RESOURCES = {"gtx1660": 1, "rx6800": 1}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+METRICS_PORT = free_port()
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """A local Ray with the two fake GPU resources, shared by every Ray test in the session."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(
+            num_cpus=2,
+            resources=dict(FAKE_GPU_RESOURCES),
+            include_dashboard=False,
+            _node_ip_address="127.0.0.1",
+            namespace="miku-tests",
+            _metrics_export_port=METRICS_PORT,
+            log_to_driver=False,
+        )
+    yield ray
+    try:
+        from ray import serve
+
+        serve.shutdown()
+    except Exception:
+        pass
+    ray.shutdown()
+
+
+GRAPH_TOKEN = "test-token-0123456789"
+
+
+@pytest.fixture(scope="session")
+def llm_server():
+    """A real OpenAI-compatible SSE server on 127.0.0.1 (tests/support/llm_server.py)."""
+    from tests.support.llm_server import LLMTestServer
+
+    server = LLMTestServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def serve_http_port(ray_cluster) -> int:
+    """Serve's HTTP proxy on a free loopback port, started once for the session."""
+    from ray import serve
+
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    return port
+
+
+class GraphServer:
+    def __init__(self, port: int, token: str, handle, llm_server):
+        self.port = port
+        self.token = token
+        self.handle = handle
+        self.llm_server = llm_server
+        self.base_url = f"http://127.0.0.1:{port}"
+        self.ws_url = f"ws://127.0.0.1:{port}"
+
+    @property
+    def auth_headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"}
+
+
+@pytest.fixture(scope="session")
+def graph_server(ray_cluster, serve_http_port, llm_server):
+    """The whole graph from configs/local.yaml, deployed once per session as app 'miku' at '/'.
+
+    The LLM stage talks to the session's real SSE test server; everything else is the embedded default.
+    """
+    from deployments.app import CONFIG_DIR, deploy_config
+
+    handle = deploy_config(
+        CONFIG_DIR / "local.yaml",
+        app_name="miku",
+        route_prefix="/",
+        overrides={
+            "llm": {"backend": "openai", "url": llm_server.url, "model": "miku-test"},
+            "voice": {"token": GRAPH_TOKEN, "stage_timeout_s": 20},
+        },
+    )
+    yield GraphServer(serve_http_port, GRAPH_TOKEN, handle, llm_server)

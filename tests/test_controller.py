@@ -1,0 +1,545 @@
+"""Unit tests for the session controller state machine (graph/controller.py) and its SQLite checkpoint.
+
+Time is an injected clock, ids come from a counter, so every test is deterministic. Faults are real ones:
+a second SQLite connection holding the write lock, a state directory that is a file.
+"""
+from __future__ import annotations
+
+import itertools
+import shutil
+import sqlite3
+import tempfile
+from pathlib import Path
+
+import pytest
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+
+from graph.checkpoint import DB_FILE_NAME, SqliteCheckpoint
+from graph.controller import (
+    CONFLICT_MESSAGE,
+    IMAGE_MESSAGE,
+    TEXT_QUEUE_FEATURE,
+    VISION_MESSAGE,
+    AuditAction,
+    CheckpointError,
+    ControllerConfig,
+    Effect,
+    HeadroomVerdict,
+    IncomingMessage,
+    SessionConflict,
+    SessionController,
+    SessionGone,
+    SessionRequest,
+    SessionState,
+    StateDirError,
+    UnknownFeature,
+    UnknownSession,
+)
+
+CONFIG_FILE = Path(__file__).resolve().parents[1] / "configs" / "controller.yaml"
+ALL_FEATURES = (
+    "vision",
+    "image_generation",
+    "bipolar_mode",
+    "profile_picture",
+    "autonomous_engine",
+    "scheduled_events",
+    "figurine_notifier",
+    "text_channel_messages",
+    "text_inference",
+)
+
+
+class Clock:
+    """A settable wall clock for the controller."""
+
+    def __init__(self, now: float = 1_000_000.0):
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def make(state_dir, clock, *, headroom=None, **overrides) -> SessionController:
+    config = ControllerConfig(state_dir=str(state_dir), checkpoint_busy_timeout_s=0.05, **overrides)
+    counter = itertools.count(1)
+    return SessionController.open(config, clock=clock, headroom=headroom, id_factory=lambda: f"s{next(counter)}")
+
+
+def request(n: int = 1, **kw) -> SessionRequest:
+    return SessionRequest(guild_id="g1", voice_channel_id=f"v{n}", text_channel_id="t1", user_id=f"u{n}", **kw)
+
+
+def msg(n: int, **kw) -> IncomingMessage:
+    return IncomingMessage(channel_id="t1", author_id="u9", content=f"hello {n}", message_id=f"m{n}", **kw)
+
+
+@pytest.fixture
+def clock():
+    return Clock()
+
+
+@pytest.fixture
+def ctl(tmp_path, clock):
+    controller = make(tmp_path, clock)
+    yield controller
+    controller.close()
+
+
+def assert_all_free(controller: SessionController) -> None:
+    for result in controller.features():
+        assert result.allowed and result.effect is None and not result.held_by, result
+    assert controller.check("text_inference").route == "default"
+
+
+# ------------------------------------------------------------------------------------------ features
+def test_config_file_defines_every_feature_with_the_issue_messages():
+    config = ControllerConfig.from_file(CONFIG_FILE)
+    assert tuple(spec.feature_id for spec in config.features) == ALL_FEATURES
+    specs = {spec.feature_id: spec for spec in config.features}
+    assert specs["vision"].message == VISION_MESSAGE
+    assert specs["image_generation"].message == IMAGE_MESSAGE
+    assert config.message("session_conflict", None, None) == CONFLICT_MESSAGE
+    assert (config.lease_s, config.queue_limit, config.max_sessions) == (30, 100, 1)
+
+
+def test_session_switches_every_feature_and_end_restores_them(ctl):
+    assert_all_free(ctl)
+    started = ctl.start_session(request())
+    assert started.session.lease_s == 30.0
+    by_id = {r.feature: r for r in started.blackouts}
+    assert set(by_id) == set(ALL_FEATURES)
+
+    vision = ctl.check("vision")
+    assert (vision.allowed, vision.silent, vision.message, vision.effect) == (False, False, VISION_MESSAGE, Effect.BLOCKED)
+    assert ctl.check("image_generation").message == IMAGE_MESSAGE
+    for silent in ("bipolar_mode", "profile_picture", "autonomous_engine", "scheduled_events", "figurine_notifier"):
+        result = ctl.check(silent)
+        assert not result.allowed and result.silent and result.message is None, result
+    assert ctl.check("profile_picture").effect is Effect.LOCKED
+    assert ctl.check("autonomous_engine").effect is Effect.PAUSED
+    assert ctl.check(TEXT_QUEUE_FEATURE).effect is Effect.QUEUED
+    inference = ctl.check("text_inference")
+    assert inference.allowed and inference.route == "rx6800" and inference.held_by == ("s1",)
+
+    ended = ctl.end_session("s1")
+    assert ended.ended and set(ended.restored) == set(ALL_FEATURES)
+    assert_all_free(ctl)
+
+
+def test_unknown_feature_is_an_error_naming_the_known_ones(ctl):
+    with pytest.raises(UnknownFeature, match="vision"):
+        ctl.check("telepathy")
+
+
+def test_persona_messages_override_and_fall_back(tmp_path, clock):
+    base = ControllerConfig.from_file(CONFIG_FILE)
+    config = ControllerConfig(
+        state_dir=str(tmp_path), features=base.features, messages={"evil": {"vision": "no."}}
+    )
+    ctl = SessionController.open(config, clock=clock)
+    ctl.start_session(request(persona="evil"))
+    assert ctl.check("vision", persona="evil").message == "no."
+    assert ctl.check("image_generation", persona="evil").message == IMAGE_MESSAGE
+    assert ctl.check("vision").message == VISION_MESSAGE
+    with pytest.raises(SessionConflict) as err:
+        ctl.start_session(request(2, persona="evil"))
+    assert err.value.message == CONFLICT_MESSAGE
+    ctl.close()
+
+
+def test_config_rejects_unknown_keys_and_bad_values(tmp_path):
+    with pytest.raises(ValueError, match="lease"):
+        ControllerConfig.from_mapping({"lease": 3})
+    with pytest.raises(ValueError, match="queue_limit"):
+        ControllerConfig(queue_limit=0)
+    with pytest.raises(ValueError, match="unknown keys"):
+        ControllerConfig(messages={"default": {"telepathy": "x"}})
+    with pytest.raises(ValueError, match="effect"):
+        ControllerConfig.from_mapping({"features": [{"id": "x", "effect": "vanished"}]})
+
+
+# ------------------------------------------------------------------------------------------ sessions
+def test_second_session_is_refused_with_the_user_facing_message(ctl):
+    ctl.start_session(request(1))
+    with pytest.raises(SessionConflict) as err:
+        ctl.start_session(request(2))
+    assert err.value.message == CONFLICT_MESSAGE and err.value.http_status == 409
+    assert [s.session_id for s in ctl.sessions()] == ["s1"]
+
+
+def test_retried_start_with_the_same_request_id_gets_the_same_session(ctl):
+    first = ctl.start_session(request(request_id="r1"))
+    again = ctl.start_session(request(request_id="r1"))
+    assert again.reused and again.session.session_id == first.session.session_id
+    assert len(ctl.sessions()) == 1
+
+
+def test_heartbeats_keep_the_lease_and_silence_expires_it(ctl, clock):
+    ctl.start_session(request())
+    for _ in range(5):
+        clock.advance(20)
+        assert ctl.heartbeat("s1").expires_at == clock.now + 30
+    assert ctl.check("vision").blocked
+    clock.advance(29.9)
+    assert ctl.expire_stale() == ()
+    clock.advance(0.2)
+    expired = ctl.expire_stale()
+    assert [s.state for s in expired] == [SessionState.EXPIRED]
+    assert_all_free(ctl)
+    assert ctl.stats().expired_total == 1
+    with pytest.raises(SessionGone) as err:
+        ctl.heartbeat("s1")
+    assert err.value.http_status == 410
+
+
+def test_check_expires_a_lapsed_lease_without_waiting_for_the_loop(ctl, clock):
+    ctl.start_session(request())
+    clock.advance(31)
+    assert ctl.check("vision").allowed
+    assert ctl.session("s1").state is SessionState.EXPIRED
+
+
+def test_ending_twice_is_a_no_op_that_says_so(ctl, clock):
+    ctl.start_session(request())
+    assert ctl.end_session("s1").ended
+    again = ctl.end_session("s1")
+    assert not again.ended and again.state is SessionState.ENDED and "already" in again.message
+    ctl.start_session(request(2))
+    clock.advance(31)
+    late = ctl.end_session("s2")
+    assert not late.ended and late.state is SessionState.EXPIRED
+
+
+def test_unknown_session_ids_are_404s(ctl):
+    for call in (ctl.heartbeat, ctl.end_session, ctl.session):
+        with pytest.raises(UnknownSession) as err:
+            call("nope")
+        assert err.value.http_status == 404
+
+
+def test_more_sessions_only_when_configured_and_headroom_admits(tmp_path, clock):
+    verdicts = [HeadroomVerdict(True, "12 GB free"), HeadroomVerdict(False, "RX 6800 has 1.2 GB free, 3 GB needed")]
+    ctl = make(tmp_path, clock, max_sessions=3, headroom=lambda: verdicts.pop(0))
+    ctl.start_session(request(1))  # the first session never asks the probe
+    ctl.start_session(request(2))
+    with pytest.raises(SessionConflict, match="1.2 GB free"):
+        ctl.start_session(request(3))
+    assert len(ctl.sessions()) == 2 and verdicts == []
+    # Blackouts hold until the last session ends.
+    assert ctl.end_session("s1").restored == ()
+    assert ctl.check("vision").held_by == ("s2",)
+    assert set(ctl.end_session("s2").restored) == set(ALL_FEATURES)
+    assert_all_free(ctl)
+    ctl.close()
+
+
+def test_without_telemetry_the_configured_capacity_decides(tmp_path, clock):
+    ctl = make(tmp_path, clock, max_sessions=4, configured_capacity=2)
+    ctl.start_session(request(1))
+    ctl.start_session(request(2))
+    with pytest.raises(SessionConflict, match="configured capacity is 2"):
+        ctl.start_session(request(3))
+    ctl.close()
+
+
+def test_a_failing_headroom_probe_refuses_rather_than_risking_the_gpu(tmp_path, clock):
+    def broken() -> HeadroomVerdict:
+        raise RuntimeError("NVML not found")
+
+    ctl = make(tmp_path, clock, max_sessions=2, headroom=broken)
+    ctl.start_session(request(1))
+    with pytest.raises(SessionConflict, match="NVML not found"):
+        ctl.start_session(request(2))
+    ctl.close()
+
+
+# ------------------------------------------------------------------------------------------ atomicity
+def hold_write_lock(state_dir) -> sqlite3.Connection:
+    other = sqlite3.connect(Path(state_dir) / DB_FILE_NAME, isolation_level=None)
+    other.execute("BEGIN EXCLUSIVE")
+    return other
+
+
+def test_failed_checkpoint_on_start_changes_nothing_and_says_why(ctl, tmp_path):
+    other = hold_write_lock(tmp_path)
+    with pytest.raises(CheckpointError, match="database is locked") as err:
+        ctl.start_session(request())
+    assert "state unchanged" in err.value.message
+    assert ctl.sessions() == ()
+    assert_all_free(ctl)
+    other.execute("ROLLBACK")
+    other.close()
+    assert ctl.start_session(request()).session.session_id == "s2"
+    assert ctl.check("vision").blocked
+
+
+def test_failed_checkpoint_on_end_keeps_the_session_whole(ctl, tmp_path, clock):
+    ctl.start_session(request())
+    ctl.enqueue(msg(1))
+    other = hold_write_lock(tmp_path)
+    with pytest.raises(CheckpointError):
+        ctl.end_session("s1")
+    # Expiry that cannot be stored is not applied either; check() still answers (fail closed).
+    clock.advance(31)
+    assert ctl.check("vision").blocked
+    assert [s.session_id for s in ctl.sessions()] == ["s1"]
+    assert all(r.held_by == ("s1",) for r in ctl.features())
+    other.execute("ROLLBACK")
+    other.close()
+    assert ctl.end_session("s1").ended is False  # the lease ran out meanwhile: expired, then a no-op
+    assert_all_free(ctl)
+    assert [m.content for m in ctl.replay().messages] == ["hello 1"]
+
+
+# ------------------------------------------------------------------------------------------ durability
+def test_checkpoint_round_trip_restores_sessions_features_queue_and_audit(tmp_path, clock):
+    first = make(tmp_path, clock, queue_limit=2)
+    first.start_session(request(persona="evil", request_id="r"))
+    for n in range(3):
+        first.enqueue(msg(n, sent_at=500.0 + n, event={"type": "message", "author_name": "Rin"}))
+    before = (first.sessions(), first.features(), first.queue(), first.stats(), first.audit())
+    first.close()
+
+    second = make(tmp_path, clock, queue_limit=2)
+    assert (second.sessions(), second.features(), second.queue(), second.stats(), second.audit()) == before
+    assert second.queue()[0].event == {"type": "message", "author_name": "Rin"} and second.queue()[0].sent_at == 501.0
+    second.close()
+
+
+def test_a_session_whose_lease_ran_out_while_down_is_expired_on_load(tmp_path, clock):
+    first = make(tmp_path, clock)
+    first.start_session(request())
+    first.close()
+    clock.advance(3600)  # the whole cluster was down for an hour
+    second = make(tmp_path, clock)
+    assert second.sessions() == ()
+    assert_all_free(second)
+    last = second.audit()[-1]
+    assert last.action is AuditAction.SESSION_EXPIRED and set(last.features) == set(ALL_FEATURES)
+    with pytest.raises(SessionGone):
+        second.heartbeat("s1")
+    second.close()
+
+
+def test_a_checkpoint_holder_without_a_session_is_released_on_load(tmp_path, clock):
+    first = make(tmp_path, clock)
+    first.start_session(request())
+    first.end_session("s1")
+    first.close()
+    # A checkpoint claiming a blackout that no session holds (hand-edited or from a buggy build).
+    store = SqliteCheckpoint(tmp_path)
+    state = store.load()
+    state["holders"] = {"vision": ["ghost"], "old_feature": ["ghost"]}
+    store.save(state)
+    store.close()
+    second = make(tmp_path, clock)
+    assert_all_free(second)
+    assert second.audit()[-1].action is AuditAction.FEATURES_RECONCILED
+    second.close()
+
+
+def test_unwritable_state_dir_is_a_startup_error(tmp_path, clock):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    with pytest.raises(StateDirError, match="a-file"):
+        make(blocker / "state", clock)
+    (tmp_path / "db-is-dir" / DB_FILE_NAME).mkdir(parents=True)
+    with pytest.raises(StateDirError, match="not usable|not writable"):
+        make(tmp_path / "db-is-dir", clock)
+
+
+# ------------------------------------------------------------------------------------------ text queue
+def test_outside_a_session_messages_are_not_queued(ctl):
+    result = ctl.enqueue(msg(1))
+    assert not result.queued and "handle it now" in result.reason
+    assert ctl.queue() == ()
+
+
+def test_queue_keeps_order_and_timestamps_and_drops_the_oldest_with_a_warning(tmp_path, clock):
+    ctl = make(tmp_path, clock, queue_limit=3)
+    ctl.start_session(request())
+    results = []
+    for n in range(5):
+        clock.advance(1)
+        results.append(ctl.enqueue(msg(n)))
+    assert [r.dropped for r in results[:3]] == [(), (), ()]
+    assert [m.content for m in results[3].dropped] == ["hello 0"]
+    assert "1 message" in results[3].warning and results[2].warning is None
+    assert [m.content for m in ctl.queue()] == ["hello 2", "hello 3", "hello 4"]
+    assert [m.sent_at for m in ctl.queue()] == [clock.now - 2, clock.now - 1, clock.now]
+    assert ctl.stats().dropped_total == 2 and ctl.stats().queue_length == 3
+    ctl.close()
+
+
+def test_a_retried_enqueue_is_not_stored_twice(ctl):
+    ctl.start_session(request())
+    first = ctl.enqueue(msg(1))
+    again = ctl.enqueue(msg(1))
+    assert again.duplicate and again.message == first.message
+    assert len(ctl.queue()) == 1
+
+
+def test_replay_waits_for_the_session_to_end_then_hands_back_in_order(ctl):
+    ctl.start_session(request())
+    for n in range(4):
+        ctl.enqueue(msg(n))
+    waiting = ctl.replay()
+    assert not waiting.ready and waiting.messages == () and waiting.remaining == 4
+    assert ctl.end_session("s1").replay_pending == 4
+    batch = ctl.replay(limit=3)
+    assert batch.ready and [m.content for m in batch.messages] == ["hello 0", "hello 1", "hello 2"]
+    assert batch.remaining == 4
+    assert ctl.replay().messages[:3] == batch.messages  # fetching changes nothing
+
+
+def test_crash_mid_replay_loses_nothing_and_repeats_nothing(tmp_path, clock):
+    ctl = make(tmp_path, clock)
+    ctl.start_session(request())
+    ids = [ctl.enqueue(msg(n)).message.queue_id for n in range(6)]
+    ctl.end_session("s1")
+    handled = []
+    for message in ctl.replay().messages[:2]:
+        handled.append(message.content)
+        ctl.ack([message.queue_id])
+    ctl.close()  # the process dies in the middle of the replay
+
+    revived = make(tmp_path, clock)
+    batch = revived.replay()
+    assert [m.queue_id for m in batch.messages] == ids[2:]
+    handled.extend(m.content for m in batch.messages)
+    result = revived.ack([m.queue_id for m in batch.messages] + ids[:1])
+    assert result.acked == tuple(ids[2:]) and result.unknown == (ids[0],) and result.remaining == 0
+    assert handled == [f"hello {n}" for n in range(6)]
+    assert revived.replay().messages == ()
+    revived.close()
+
+
+def test_audit_records_every_change_with_its_features(ctl):
+    ctl.start_session(request())
+    ctl.heartbeat("s1")
+    ctl.enqueue(msg(1))
+    ctl.end_session("s1")
+    ctl.ack([1])
+    entries = ctl.audit()
+    assert [e.action for e in entries] == [
+        AuditAction.SESSION_STARTED,
+        AuditAction.MESSAGE_QUEUED,
+        AuditAction.SESSION_ENDED,
+        AuditAction.MESSAGES_ACKED,
+    ]
+    assert set(entries[0].features) == set(ALL_FEATURES) == set(entries[2].features)
+    assert entries[0].session_id == "s1" and entries[0].detail["guild_id"] == "g1"
+    assert [e.seq for e in ctl.audit(after_seq=2, limit=1)] == [3]
+
+
+# ------------------------------------------------------------------------------------------ invariant
+class ControllerWalk(RuleBasedStateMachine):
+    """Random starts, ends, heartbeats, expiries, enqueues, replays and restarts from the checkpoint.
+
+    After every step: no feature is in blackout without an active session holding it, every active session
+    holds every feature, and the queue holds exactly the messages queued and not yet acknowledged.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.dir = tempfile.mkdtemp(prefix="miku-ctl-")
+        self.clock = Clock()
+        self.ids = itertools.count(1)
+        self.seen: list[str] = []
+        self.unacked: list[int] = []  # model of the queue, in order
+        self.acked: set[int] = set()
+        self.ctl = self._open()
+
+    def _open(self) -> SessionController:
+        config = ControllerConfig(
+            state_dir=self.dir, lease_s=30, queue_limit=5, max_sessions=2, configured_capacity=2
+        )
+        return SessionController.open(config, clock=self.clock, id_factory=lambda: f"s{next(self.ids)}")
+
+    def teardown(self):
+        self.ctl.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def _known(self, index: int) -> str:
+        return self.seen[index % len(self.seen)]
+
+    @rule(persona=st.sampled_from([None, "evil"]))
+    def start(self, persona):
+        try:
+            started = self.ctl.start_session(request(len(self.seen), persona=persona))
+        except SessionConflict:
+            assert len(self.ctl.sessions()) == 2
+            return
+        self.seen.append(started.session.session_id)
+
+    @precondition(lambda self: self.seen)
+    @rule(index=st.integers(0, 50))
+    def end(self, index):
+        session_id = self._known(index)
+        was_active = session_id in {s.session_id for s in self.ctl.sessions()}
+        result = self.ctl.end_session(session_id)
+        assert result.ended == was_active
+
+    @precondition(lambda self: self.seen)
+    @rule(index=st.integers(0, 50))
+    def heartbeat(self, index):
+        try:
+            self.ctl.heartbeat(self._known(index))
+        except SessionGone:
+            assert self.ctl.session(self._known(index)).state is not SessionState.ACTIVE
+
+    @rule(seconds=st.sampled_from([1.0, 10.0, 29.0, 31.0, 120.0]))
+    def time_passes(self, seconds):
+        self.clock.advance(seconds)
+        self.ctl.expire_stale()
+
+    @rule()
+    def restart_from_checkpoint(self):
+        self.ctl.close()
+        self.ctl = self._open()
+
+    @rule(n=st.integers(0, 10_000))
+    def enqueue(self, n):
+        result = self.ctl.enqueue(IncomingMessage(channel_id="t", author_id="a", content=str(n)))
+        assert result.queued == bool(self.ctl.sessions())
+        if result.queued:
+            self.unacked.append(result.message.queue_id)
+            dropped = [m.queue_id for m in result.dropped]
+            assert dropped == self.unacked[: len(dropped)]
+            del self.unacked[: len(dropped)]
+
+    @rule(count=st.integers(0, 3))
+    def replay_and_ack_some(self, count):
+        batch = self.ctl.replay(limit=3)
+        if not batch.ready:
+            return
+        ids = [m.queue_id for m in batch.messages]
+        assert ids == self.unacked[: len(ids)] and not self.acked & set(ids)
+        self.ctl.ack(ids[:count])
+        self.acked.update(ids[:count])
+        del self.unacked[: min(count, len(ids))]
+
+    @invariant()
+    def no_blackout_without_a_holder(self):
+        active = {s.session_id for s in self.ctl.sessions()}
+        assert len(active) <= 2
+        for result in self.ctl.features():
+            assert set(result.held_by) == active, result
+            if not active:
+                assert result.allowed and result.effect is None
+            elif result.feature != "text_inference":
+                assert result.blocked
+
+    @invariant()
+    def queue_matches_the_model(self):
+        assert [m.queue_id for m in self.ctl.queue()] == self.unacked
+
+
+ControllerWalk.TestCase.settings = settings(max_examples=30, stateful_step_count=30, deadline=None, database=None)
+TestControllerWalk = ControllerWalk.TestCase

@@ -1,0 +1,284 @@
+"""Ray tests for the FeatureController actor and its HTTP routes (deployments/controller.py,
+deployments/routes_sessions.py): SIGKILL mid-session, lease expiry, concurrent starts, the routes through a
+real Serve FastAPI ingress, and a startup error for an unwritable state directory.
+
+Each actor gets its own name and state directory so other test modules' controllers are untouched, and is
+killed for good at the end.
+"""
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+import uuid
+
+import aiohttp
+import pytest
+from fastapi import FastAPI
+
+from deployments import auth
+from deployments.controller import (
+    CONTROLLER_NAMESPACE,
+    ControllerStartupError,
+    get_or_create_controller,
+    shutdown_controller,
+)
+from deployments.routes_sessions import router, use_controller
+from graph.controller import (
+    CONFLICT_MESSAGE,
+    VISION_MESSAGE,
+    ControllerConfig,
+    IncomingMessage,
+    SessionConflict,
+    SessionGone,
+    SessionRequest,
+)
+from tests.conftest import free_port
+
+TOKEN = "controller-test-token"
+
+
+def request(n: int) -> SessionRequest:
+    return SessionRequest(guild_id="g", voice_channel_id="v", text_channel_id="t", user_id=f"u{n}")
+
+
+async def wait_for(predicate, what: str, limit_s: float = 60.0, step_s: float = 0.1):
+    """Poll an async predicate until it returns something truthy (a wait, not a timing assertion)."""
+    deadline = time.monotonic() + limit_s
+    while time.monotonic() < deadline:
+        value = await predicate()
+        if value:
+            return value
+        await asyncio.sleep(step_s)
+    raise AssertionError(f"gave up waiting for {what}")
+
+
+@pytest.fixture(scope="module")
+def controller(ray_cluster, tmp_path_factory):
+    name = f"FeatureController-test-{uuid.uuid4().hex[:8]}"
+    config = ControllerConfig(state_dir=str(tmp_path_factory.mktemp("controller")), lease_s=30)
+    handle = get_or_create_controller(config, name=name)
+    yield name, handle
+    shutdown_controller(name)
+
+
+@pytest.fixture
+async def actor(controller):
+    """The module's actor, with every session it holds ended after the test."""
+    name, handle = controller
+    yield handle
+    for session in await handle.sessions.remote():
+        await handle.end_session.remote(session.session_id)
+    batch = await handle.replay.remote()
+    await handle.ack.remote([m.queue_id for m in batch.messages] or [0])
+
+
+async def test_get_or_create_returns_the_same_actor(controller):
+    name, handle = controller
+    again = get_or_create_controller({"state_dir": "/nonexistent/ignored-because-it-exists"}, name=name)
+    assert await again.pid.remote() == await handle.pid.remote()
+
+
+async def test_sigkill_mid_session_resumes_with_the_same_state(actor):
+    started = await actor.start_session.remote(request(1))
+    for n in range(5):
+        await actor.enqueue.remote(IncomingMessage("t", "u", f"held {n}", message_id=f"m{n}", event={"n": n}))
+    before = await asyncio.gather(
+        actor.sessions.remote(), actor.features.remote(), actor.queue.remote(), actor.audit.remote()
+    )
+    old_pid = await actor.pid.remote()
+
+    os.kill(old_pid, signal.SIGKILL)
+    # Calls made while Ray restarts the actor are retried on the new process (max_task_retries).
+    new_pid = await wait_for(
+        lambda: _pid_if_changed(actor, old_pid), "the controller actor to come back in a new process"
+    )
+    assert new_pid != old_pid
+    after = await asyncio.gather(
+        actor.sessions.remote(), actor.features.remote(), actor.queue.remote(), actor.audit.remote()
+    )
+    assert after == before
+    assert (await actor.check.remote("vision")).held_by == (started.session.session_id,)
+
+    ended = await actor.end_session.remote(started.session.session_id)
+    assert ended.ended and ended.replay_pending == 5
+    batch = await actor.replay.remote()
+    assert [m.content for m in batch.messages] == [f"held {n}" for n in range(5)]
+    assert [m.event for m in batch.messages] == [{"n": n} for n in range(5)]
+
+
+async def _pid_if_changed(actor, old_pid: int) -> int | None:
+    pid = await actor.pid.remote()
+    return pid if pid != old_pid else None
+
+
+async def test_fifty_concurrent_starts_give_exactly_one_session(actor):
+    results = await asyncio.gather(
+        *(actor.start_session.remote(request(n)) for n in range(50)), return_exceptions=True
+    )
+    winners = [r for r in results if not isinstance(r, BaseException)]
+    losers = [r for r in results if isinstance(r, BaseException)]
+    assert len(winners) == 1 and len(losers) == 49
+    assert all(isinstance(e, SessionConflict) and e.cause.message == CONFLICT_MESSAGE for e in losers)
+    assert [s.session_id for s in await actor.sessions.remote()] == [winners[0].session.session_id]
+
+
+async def test_a_session_whose_heartbeats_stop_ends_by_itself(ray_cluster, tmp_path):
+    name = f"FeatureController-lease-{uuid.uuid4().hex[:8]}"
+    config = ControllerConfig(state_dir=str(tmp_path), lease_s=1.0, lease_check_interval_s=0.2)
+    handle = get_or_create_controller(config, name=name)
+    try:
+        started = await handle.start_session.remote(request(1))
+        session_id = started.session.session_id
+        await handle.heartbeat.remote(session_id)
+        assert (await handle.check.remote("image_generation")).blocked
+
+        # The client goes silent; nobody else calls the actor, so only its own expiry loop can end it.
+        async def expired_total():
+            return (await handle.stats.remote()).expired_total
+
+        await wait_for(expired_total, "the lease to expire")
+        assert await handle.sessions.remote() == ()
+        assert all(r.allowed for r in await handle.features.remote())
+        with pytest.raises(SessionGone):
+            await handle.heartbeat.remote(session_id)
+    finally:
+        shutdown_controller(name)
+
+
+def test_an_unwritable_state_dir_fails_startup_with_the_reason(ray_cluster, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    name = f"FeatureController-bad-{uuid.uuid4().hex[:8]}"
+    try:
+        with pytest.raises(ControllerStartupError, match="a-file"):
+            get_or_create_controller(ControllerConfig(state_dir=str(blocker / "state")), name=name)
+    finally:
+        shutdown_controller(name)
+
+
+# ------------------------------------------------------------------------------------------ HTTP
+app = FastAPI()
+app.include_router(router)
+
+
+@pytest.fixture(scope="module")
+def http_base(controller):
+    from ray import serve
+
+    name, _ = controller
+
+    @serve.deployment(ray_actor_options={"num_cpus": 0})
+    @serve.ingress(app)
+    class ControllerIngress:
+        def __init__(self, token: str, controller_name: str):
+            auth.configure(token)
+            use_controller(controller_name, CONTROLLER_NAMESPACE)
+
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    from ray.serve.context import _get_global_client
+
+    port = _get_global_client().http_config.port  # Serve may already run for another module
+    serve.run(ControllerIngress.bind(TOKEN, name), name="controller-test", route_prefix="/ctl")
+    yield f"http://127.0.0.1:{port}/ctl"
+    serve.delete("controller-test")
+
+
+@pytest.fixture
+async def http(http_base, actor):
+    async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {TOKEN}"}) as session:
+        yield session, http_base
+
+
+SESSION_BODY = {"guild_id": 123456789012345678, "voice_channel_id": "42", "text_channel_id": "43", "user_id": "7"}
+
+
+async def test_routes_refuse_a_missing_token_and_name_the_bad_field(http):
+    client, base = http
+    async with aiohttp.ClientSession() as anonymous:
+        async with anonymous.post(f"{base}/v1/sessions", json=SESSION_BODY) as resp:
+            assert resp.status == 401
+    async with client.post(f"{base}/v1/sessions", json={k: v for k, v in SESSION_BODY.items() if k != "user_id"}) as resp:
+        assert resp.status == 422
+        assert ["body", "user_id"] in [e["loc"] for e in (await resp.json())["detail"]]
+    async with client.post(f"{base}/v1/queue/ack", json={"ids": "all"}) as resp:
+        assert resp.status == 422 and (await resp.json())["detail"][0]["loc"][:2] == ["body", "ids"]
+
+
+async def test_session_lifecycle_over_http(http):
+    client, base = http
+    async with client.post(f"{base}/v1/sessions", json=SESSION_BODY) as resp:
+        assert resp.status == 201
+        body = await resp.json()
+    session_id = body["session_id"]
+    assert body["lease_s"] == 30
+    assert {b["name"] for b in body["blackouts"]} >= {"vision", "image_generation", "text_inference"}
+
+    async with client.post(f"{base}/v1/sessions", json=SESSION_BODY) as resp:
+        assert resp.status == 409 and (await resp.json())["message"] == CONFLICT_MESSAGE
+
+    async with client.get(f"{base}/v1/features") as resp:
+        features = {f["name"]: f for f in (await resp.json())["features"]}
+    assert features["vision"]["blocked"] and features["vision"]["message"] == VISION_MESSAGE
+    assert features["profile_picture"]["blocked"] and features["profile_picture"]["message"] is None
+    async with client.get(f"{base}/v1/features/text_inference") as resp:
+        inference = await resp.json()
+    assert not inference["blocked"] and inference["route"] == "rx6800"
+    async with client.get(f"{base}/v1/features/telepathy") as resp:
+        assert resp.status == 404 and "vision" in (await resp.json())["message"]
+
+    async with client.get(f"{base}/v1/sessions") as resp:
+        assert [s["session_id"] for s in (await resp.json())["sessions"]] == [session_id]
+    async with client.post(f"{base}/v1/sessions/{session_id}/heartbeat") as resp:
+        assert resp.status == 200 and (await resp.json())["state"] == "active"
+    async with client.post(f"{base}/v1/sessions/nope/heartbeat") as resp:
+        assert resp.status == 404
+
+    async with client.delete(f"{base}/v1/sessions/{session_id}") as resp:
+        assert resp.status == 200 and (await resp.json())["ended"] is True
+    async with client.delete(f"{base}/v1/sessions/{session_id}") as resp:
+        again = await resp.json()
+    assert resp.status == 200 and again["ended"] is False and "already" in again["message"]
+    async with client.post(f"{base}/v1/sessions/{session_id}/heartbeat") as resp:
+        assert resp.status == 410
+    async with client.delete(f"{base}/v1/sessions/nope") as resp:
+        assert resp.status == 404
+    async with client.get(f"{base}/v1/features") as resp:
+        assert not any(f["blocked"] for f in (await resp.json())["features"])
+
+    async with client.get(f"{base}/v1/audit", params={"limit": "1000"}) as resp:
+        actions = [(e["action"], e["session_id"]) for e in (await resp.json())["entries"]]
+    assert ("session_started", session_id) in actions and ("session_ended", session_id) in actions
+
+
+async def test_text_queue_over_http(http):
+    client, base = http
+    message = {"channel_id": 43, "author_id": "7", "content": "hi", "event": {"type": "message"}}
+    async with client.post(f"{base}/v1/queue", json=message) as resp:
+        assert resp.status == 200 and (await resp.json())["queued"] is False  # no session: handle it now
+
+    async with client.post(f"{base}/v1/sessions", json=SESSION_BODY) as resp:
+        session_id = (await resp.json())["session_id"]
+    queued = []
+    for n in range(3):
+        async with client.post(f"{base}/v1/queue", json=dict(message, content=f"m{n}", message_id=n + 1)) as resp:
+            body = await resp.json()
+        assert body["queued"] and body["warning"] is None
+        queued.append(body["message"]["queue_id"])
+    async with client.get(f"{base}/v1/queue") as resp:
+        assert (await resp.json())["ready"] is False
+    async with client.delete(f"{base}/v1/sessions/{session_id}") as resp:
+        assert (await resp.json())["replay_pending"] == 3
+
+    async with client.get(f"{base}/v1/queue", params={"limit": "2"}) as resp:
+        batch = await resp.json()
+    assert batch["ready"] and [m["content"] for m in batch["messages"]] == ["m0", "m1"]
+    assert batch["messages"][0]["event"] == {"type": "message"} and batch["remaining"] == 3
+    async with client.post(f"{base}/v1/queue/ack", json={"ids": [str(queued[0])]}) as resp:
+        assert (await resp.json()) == {"acked": [queued[0]], "unknown": [], "remaining": 2}
+    async with client.get(f"{base}/v1/queue") as resp:
+        assert [m["queue_id"] for m in (await resp.json())["messages"]] == queued[1:]
+    async with client.get(f"{base}/v1/controller") as resp:
+        assert (await resp.json())["queue_length"] == 2

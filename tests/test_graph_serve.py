@@ -1,0 +1,220 @@
+"""The whole graph on a real local Ray with Serve: WS /v1/voice, /ws/stream, /healthz, auth, interrupt,
+disconnect, upstream failures and metrics. The LLM stage talks to a real SSE server (tests/support)."""
+import asyncio
+import json
+import time
+
+import aiohttp
+import numpy as np
+import pytest
+import websockets
+
+from graph.types import FRAME_BYTES
+from tests.conftest import METRICS_PORT
+
+
+async def open_voice(graph, token=None):
+    headers = {"Authorization": f"Bearer {token or graph.token}"}
+    return await websockets.connect(f"{graph.ws_url}/v1/voice", additional_headers=headers, max_size=None)
+
+
+async def utterance(ws, request: dict, timeout=60.0):
+    """Send one request; collect (json events, audio bytes) until its utterance.end or error-only answer."""
+    await ws.send(json.dumps(request))
+    events, audio = [], bytearray()
+    async with asyncio.timeout(timeout):
+        while True:
+            message = await ws.recv()
+            if isinstance(message, bytes):
+                assert len(message) % FRAME_BYTES == 0 and message
+                audio.extend(message)
+                continue
+            event = json.loads(message)
+            events.append(event)
+            if event["type"] == "utterance.end" and event["id"] == request.get("id"):
+                return events, bytes(audio)
+            if event["type"] == "error" and not any(e["type"] == "utterance.start" for e in events):
+                return events, bytes(audio)
+
+
+async def test_healthz_lists_every_stage_without_auth(graph_server):
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"{graph_server.base_url}/healthz") as response:
+            assert response.status == 200
+            body = await response.json()
+    assert body["status"] == "ok"
+    assert body["stages"]["llm"]["backend"] == "openai" and body["stages"]["llm"]["url"] == graph_server.llm_server.url
+    assert body["stages"]["tts"]["backend"] == "espeak" and body["stages"]["vc"]["backend"] == "world"
+
+
+async def test_missing_or_wrong_token_is_rejected_before_any_work(graph_server):
+    before = len(graph_server.llm_server.requests)
+    for headers in ({}, {"Authorization": "Bearer nope"}, {"Authorization": graph_server.token}):
+        with pytest.raises(websockets.exceptions.InvalidStatus) as caught:
+            await websockets.connect(f"{graph_server.ws_url}/v1/voice", additional_headers=headers)
+        assert caught.value.response.status_code == 403
+        with pytest.raises(websockets.exceptions.InvalidStatus):
+            await websockets.connect(f"{graph_server.ws_url}/ws/stream", additional_headers=headers)
+    async with aiohttp.ClientSession() as http:
+        async with http.post(f"{graph_server.base_url}/v1/metrics/playback", json={"underruns": 1}) as response:
+            assert response.status == 401
+    assert len(graph_server.llm_server.requests) == before
+
+
+async def test_prompt_streams_llm_tokens_to_discord_frames(graph_server):
+    async with await open_voice(graph_server) as ws:
+        events, audio = await utterance(ws, {"type": "prompt", "id": "p1", "text": "Say hello!"})
+    kinds = [e["type"] for e in events]
+    assert kinds[0] == "utterance.start" and kinds[-1] == "utterance.end" and "chunk" in kinds
+    spoken = " ".join(e["text"] for e in events if e["type"] == "chunk")
+    assert "Hello from the test server" in spoken
+    end = events[-1]
+    assert end["status"] == "ok" and end["frames"] == len(audio) // FRAME_BYTES > 25
+    for milestone in ("first_token", "first_chunk", "first_tts_audio", "first_vc_audio", "first_frame", "end"):
+        assert milestone in end["timings"]
+    request = graph_server.llm_server.last("Say hello!")
+    assert request.finished and request.model == "miku-test" and request.path == "/v1/chat/completions"
+    pcm = np.frombuffer(audio, dtype="<i2").reshape(-1, 2)
+    assert np.array_equal(pcm[:, 0], pcm[:, 1]) and np.abs(pcm).max() > 1000
+
+
+async def test_say_speaks_verbatim_without_the_llm(graph_server):
+    before = len(graph_server.llm_server.requests)
+    async with await open_voice(graph_server) as ws:
+        events, audio = await utterance(ws, {"type": "say", "id": "s1", "text": "Testing, one two three."})
+    assert events[-1]["status"] == "ok" and len(audio) >= 25 * FRAME_BYTES
+    assert " ".join(e["text"] for e in events if e["type"] == "chunk").replace(" ,", ",").startswith("Testing")
+    assert len(graph_server.llm_server.requests) == before
+
+
+async def wait_until(predicate, timeout=15.0):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.05)
+
+
+async def test_interrupt_stops_the_upstream_llm(graph_server):
+    server = graph_server.llm_server
+    async with await open_voice(graph_server) as ws:
+        await ws.send(json.dumps({"type": "prompt", "id": "long", "text": "[slow] interrupt me"}))
+        async with asyncio.timeout(30):
+            while not isinstance(await ws.recv(), bytes):
+                pass
+        await ws.send(json.dumps({"type": "interrupt"}))
+        async with asyncio.timeout(30):
+            while True:
+                message = await ws.recv()
+                if isinstance(message, str) and json.loads(message)["type"] == "utterance.end":
+                    assert json.loads(message)["status"] == "interrupted"
+                    break
+        record = server.last("[slow] interrupt me")
+        await wait_until(lambda: record.disconnected)
+        assert not record.finished and record.tokens_sent < 200
+        sent = record.tokens_sent
+        await asyncio.sleep(0.3)
+        assert record.tokens_sent == sent
+        # the same connection keeps working
+        events, audio = await utterance(ws, {"type": "say", "id": "after", "text": "Still here."})
+        assert events[-1]["status"] == "ok" and audio
+
+
+async def test_client_disconnect_stops_the_upstream_llm(graph_server):
+    server = graph_server.llm_server
+    ws = await open_voice(graph_server)
+    await ws.send(json.dumps({"type": "prompt", "id": "gone", "text": "[slow] then I vanish"}))
+    async with asyncio.timeout(30):
+        while not isinstance(await ws.recv(), bytes):
+            pass
+    await ws.close()
+    record = server.last("[slow] then I vanish")
+    await wait_until(lambda: record.disconnected)
+    assert not record.finished and record.tokens_sent < 200
+
+
+@pytest.mark.parametrize(
+    "marker, fragment",
+    [("[fail500]", "HTTP 500"), ("[broken]", "ended early"), ("[error]", "out of memory")],
+)
+async def test_failing_llm_gives_an_error_naming_it_and_the_connection_stays_usable(graph_server, marker, fragment):
+    async with await open_voice(graph_server) as ws:
+        events, _ = await utterance(ws, {"type": "prompt", "id": "f", "text": f"{marker} please"})
+        error = next(e for e in events if e["type"] == "error")
+        assert error["stage"] == "llm" and fragment in error["message"]
+        assert graph_server.llm_server.url in error["backend"] or graph_server.llm_server.url in error["message"]
+        assert events[-1]["type"] == "utterance.end" and events[-1]["status"] == "error"
+        events, audio = await utterance(ws, {"type": "say", "id": "ok", "text": "Recovered."})
+        assert events[-1]["status"] == "ok" and audio
+
+
+async def test_unreachable_llm_is_reported_by_url(ray_cluster, serve_http_port):
+    from ray import serve
+
+    from deployments.app import build_app
+
+    app = build_app(
+        {"llm": {"backend": "openai", "url": "http://127.0.0.1:9"}, "tts": {"backend": "espeak"},
+         "vc": {"backend": "passthrough"}, "voice": {"token": "t"}}
+    )
+    handle = serve.run(app, name="miku-unreachable", route_prefix="/unreachable")
+    try:
+        messages = [m async for m in handle.options(stream=True).speak.remote({"type": "prompt", "id": "x", "text": "hi"})]
+        error = next(m for m in messages if isinstance(m, dict) and m["type"] == "error")
+        assert error["stage"] == "llm" and "127.0.0.1:9" in error["message"] and "cannot reach" in error["message"]
+    finally:
+        serve.delete("miku-unreachable")
+
+
+async def test_bad_messages_get_errors_and_the_connection_stays_open(graph_server):
+    async with await open_voice(graph_server) as ws:
+        for raw, fragment in (("{not json", "not JSON"), (json.dumps({"type": "say", "id": "e", "text": ""}), "empty"),
+                              (json.dumps({"type": "say", "id": "l", "text": "a" * 4001}), "too long")):
+            await ws.send(raw)
+            event = json.loads(await asyncio.wait_for(ws.recv(), 10))
+            assert event["type"] == "error" and fragment in event["message"]
+        events, audio = await utterance(ws, {"type": "say", "id": "fine", "text": "Still fine."})
+        assert events[-1]["status"] == "ok" and audio
+
+
+async def test_ws_stream_compatibility_route(graph_server):
+    headers = {"Authorization": f"Bearer {graph_server.token}"}
+    async with websockets.connect(f"{graph_server.ws_url}/ws/stream", additional_headers=headers, max_size=None) as ws:
+        await ws.send("nonsense")
+        assert "error" in json.loads(await asyncio.wait_for(ws.recv(), 10))
+        for token in ["Hello", " there,", " this is", " the old", " API."]:
+            await ws.send(json.dumps({"token": token, "pitch_shift": 2}))
+        await ws.send(json.dumps({"flush": True}))
+        audio = bytearray()
+        async with asyncio.timeout(60):
+            while True:
+                message = await ws.recv()
+                if isinstance(message, bytes):
+                    audio.extend(message)
+                else:
+                    done = json.loads(message)
+                    assert "error" not in done
+                    break
+    assert done["flushed"] and done["samples"] * 4 == len(audio)
+    samples = np.frombuffer(bytes(audio), dtype="<f4")
+    assert len(samples) > 48_000 * 0.5 and np.all(np.abs(samples) <= 1.0) and np.abs(samples).max() > 0.03
+
+
+async def test_graph_metrics_reach_rays_metrics_endpoint(graph_server):
+    async with await open_voice(graph_server) as ws:
+        await utterance(ws, {"type": "say", "id": "m", "text": "Counting frames."})
+    wanted = ["miku_time_to_first_audio_ms", "miku_stage_latency_ms", "miku_frames_sent", "miku_utterances"]
+    deadline = time.monotonic() + 60
+    text = ""
+    async with aiohttp.ClientSession() as http:
+        while time.monotonic() < deadline:
+            try:
+                async with http.get(f"http://127.0.0.1:{METRICS_PORT}/metrics") as response:
+                    text = await response.text()
+            except aiohttp.ClientError:
+                text = ""
+            if all(name in text for name in wanted):
+                break
+            await asyncio.sleep(2)
+    missing = [name for name in wanted if name not in text]
+    assert not missing, f"metrics not exported: {missing}"

@@ -1,0 +1,220 @@
+"""The utterance pipeline in one process: real espeak-ng and WORLD, injected faults, cancellation."""
+import asyncio
+
+import numpy as np
+import pytest
+
+from graph.backends.base import LLMBackend, TTSBackend, VCBackend
+from graph.backends.espeak import EspeakTTS
+from graph.backends.simple import EchoLLM, PassthroughVC
+from graph.backends.simulated import SimulatedTTS
+from graph.backends.world import WorldVC
+from graph.pipeline import (
+    AudioFrames,
+    ChunkSpoken,
+    PipelineConfig,
+    StageCalls,
+    Utterance,
+    UtteranceEnded,
+    UtteranceFailed,
+    UtteranceMode,
+    UtterancePipeline,
+    UtteranceStarted,
+    UtteranceStatus,
+)
+from graph.types import FRAME_BYTES, LLMRequest, StageError
+
+
+async def collect(pipeline, utterance):
+    return [event async for event in pipeline.run(utterance)]
+
+
+def frames_of(events):
+    return b"".join(e.pcm for e in events if isinstance(e, AudioFrames))
+
+
+async def test_say_through_espeak_and_world_gives_whole_frames_and_a_trace():
+    pipeline = UtterancePipeline(StageCalls.from_backends(EchoLLM(), EspeakTTS(), WorldVC()))
+    events = await collect(pipeline, Utterance("u1", "Hello there, I am Miku. Nice to meet you!", UtteranceMode.SAY))
+    assert isinstance(events[0], UtteranceStarted)
+    end = events[-1]
+    assert isinstance(end, UtteranceEnded) and end.status is UtteranceStatus.OK
+    chunks = [e.text for e in events if isinstance(e, ChunkSpoken)]
+    assert len(chunks) >= 2 and "Miku" in " ".join(chunks)
+    pcm = frames_of(events)
+    assert len(pcm) > 0 and len(pcm) % FRAME_BYTES == 0
+    assert all(len(e.pcm) % FRAME_BYTES == 0 and e.pcm for e in events if isinstance(e, AudioFrames))
+    assert end.frames == len(pcm) // FRAME_BYTES
+    samples = np.frombuffer(pcm, dtype="<i2").reshape(-1, 2)
+    assert np.array_equal(samples[:, 0], samples[:, 1]) and np.abs(samples).max() > 1000  # real speech, stereo
+    for milestone in ("first_chunk", "first_tts_audio", "first_vc_audio", "first_frame", "end"):
+        assert milestone in end.timings_ms
+    assert end.timings_ms["first_chunk"] <= end.timings_ms["first_frame"] <= end.timings_ms["end"]
+
+
+class FailingLLM(LLMBackend):
+    name = "failing"
+
+    def __init__(self, fail_after: int):
+        self.fail_after = fail_after
+
+    async def stream(self, request: LLMRequest):
+        for i, word in enumerate("One two three, four five six. Seven eight nine.".split()):
+            if i == self.fail_after:
+                raise StageError("llm", "failing http://x", "connection reset by peer")
+            yield word + " "
+
+
+class FailingTTS(TTSBackend):
+    """Speaks the first chunk, then dies like a crashed model server."""
+
+    name = "dying"
+
+    def __init__(self):
+        self.inner = SimulatedTTS(first_audio_s=0, real_time_factor=0, sample_rate=24000)
+        self.calls = 0
+
+    async def synthesize(self, text, options):
+        self.calls += 1
+        if self.calls > 1:
+            raise RuntimeError("CUDA error: device lost")
+        async for chunk in self.inner.synthesize(text, options):
+            yield chunk
+
+
+async def test_llm_failure_mid_stream_is_an_error_event_and_the_next_utterance_works():
+    tts = SimulatedTTS(first_audio_s=0, real_time_factor=0)
+    pipeline = UtterancePipeline(StageCalls.from_backends(FailingLLM(fail_after=7), tts, PassthroughVC()))
+    events = await collect(pipeline, Utterance("bad", "hi", UtteranceMode.PROMPT))
+    failure = next(e for e in events if isinstance(e, UtteranceFailed))
+    assert failure.stage == "llm" and "connection reset" in failure.message and "failing http://x" in failure.backend
+    assert events[-1].status is UtteranceStatus.ERROR
+    assert frames_of(events)  # what was already said before the failure is kept
+    good = UtterancePipeline(StageCalls.from_backends(EchoLLM(), tts, PassthroughVC()))
+    assert (await collect(good, Utterance("next", "All good now.", UtteranceMode.PROMPT)))[-1].status is UtteranceStatus.OK
+
+
+async def test_tts_crash_mid_utterance_drops_the_rest_cleanly():
+    tts = FailingTTS()
+    pipeline = UtterancePipeline(StageCalls.from_backends(EchoLLM(), tts, PassthroughVC()))
+    text = "This first sentence is spoken fine. The second one hits a dead model. The third never starts."
+    events = await collect(pipeline, Utterance("u", text, UtteranceMode.SAY))
+    failure = next(e for e in events if isinstance(e, UtteranceFailed))
+    assert failure.stage == "tts" and "device lost" in failure.message
+    end = events[-1]
+    assert end.status is UtteranceStatus.ERROR and end.frames > 0
+    spoken = [e.text for e in events if isinstance(e, ChunkSpoken)]
+    assert not any("third" in chunk for chunk in spoken)
+    assert len(frames_of(events)) % FRAME_BYTES == 0
+
+
+class BrokenVC(VCBackend):
+    name = "broken"
+
+    async def convert(self, chunk, options, context):
+        raise ValueError("onnx session failed")
+
+
+async def test_vc_exception_becomes_a_vc_error_event():
+    tts = SimulatedTTS(first_audio_s=0, real_time_factor=0)
+    events = await collect(
+        UtterancePipeline(StageCalls.from_backends(EchoLLM(), tts, BrokenVC())),
+        Utterance("u", "Hello there.", UtteranceMode.SAY),
+    )
+    failure = next(e for e in events if isinstance(e, UtteranceFailed))
+    assert failure.stage == "vc" and "onnx session failed" in failure.message
+
+
+class EndlessLLM(LLMBackend):
+    name = "endless"
+
+    def __init__(self):
+        self.closed = asyncio.Event()
+        self.tokens = 0
+
+    async def stream(self, request):
+        try:
+            while True:
+                self.tokens += 1
+                yield f"word{self.tokens}, "
+                await asyncio.sleep(0.01)
+        finally:
+            self.closed.set()
+
+
+async def test_cancelling_the_consumer_closes_the_llm_stream():
+    llm = EndlessLLM()
+    tts = SimulatedTTS(first_audio_s=0, real_time_factor=0)
+    pipeline = UtterancePipeline(StageCalls.from_backends(llm, tts, PassthroughVC()))
+
+    async def consume():
+        async for event in pipeline.run(Utterance("u", "go", UtteranceMode.PROMPT)):
+            pass
+
+    task = asyncio.create_task(consume())
+    while llm.tokens < 20:
+        await asyncio.sleep(0.01)
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    await asyncio.wait_for(llm.closed.wait(), 2)
+    count = llm.tokens
+    await asyncio.sleep(0.1)
+    assert llm.tokens == count  # nothing generates after the interrupt
+
+
+class SilentLLM(LLMBackend):
+    name = "silent"
+
+    async def stream(self, request):
+        await asyncio.sleep(3600)
+        yield "never"
+
+
+async def test_a_stalled_stage_times_out_with_an_error_naming_it():
+    tts = SimulatedTTS(first_audio_s=0, real_time_factor=0)
+    pipeline = UtterancePipeline(
+        StageCalls.from_backends(SilentLLM(), tts, PassthroughVC()), PipelineConfig(stage_timeout_s=0.2)
+    )
+    events = await collect(pipeline, Utterance("u", "hello", UtteranceMode.PROMPT))
+    failure = next(e for e in events if isinstance(e, UtteranceFailed))
+    assert failure.stage == "llm" and "no answer within" in failure.message
+
+
+async def test_next_chunk_is_synthesised_while_the_previous_one_is_converted():
+    log = []
+    tts = SimulatedTTS(first_audio_s=0, real_time_factor=0, piece_s=10)
+    release = asyncio.Event()
+
+    class SlowVC(VCBackend):
+        name = "slow"
+
+        async def convert(self, chunk, options, context):
+            log.append("vc-start")
+            await release.wait()
+            log.append("vc-end")
+            return (await PassthroughVC().convert(chunk, options, context))
+
+    async def tts_call(text, options):
+        log.append(f"tts:{text}")
+        if len([e for e in log if e.startswith("tts:")]) == 2:
+            release.set()  # VC of chunk 1 may only finish once chunk 2's synthesis has begun
+        async for piece in tts.synthesize(text, options):
+            yield piece
+
+    calls = StageCalls(llm=EchoLLM().stream, tts=tts_call, vc=SlowVC().convert)
+    events = await collect(UtterancePipeline(calls), Utterance("u", "First sentence here. Second sentence here.", UtteranceMode.SAY))
+    assert events[-1].status is UtteranceStatus.OK
+    assert log.index("vc-start") < [i for i, e in enumerate(log) if e.startswith("tts:")][1] < log.index("vc-end")
+
+
+@pytest.mark.parametrize("rate", [16000, 22050, 24000, 32000, 44100, 48000])
+async def test_any_tts_rate_comes_out_as_48k_frames(rate):
+    tts = SimulatedTTS(first_audio_s=0, real_time_factor=0, sample_rate=rate)
+    events = await collect(
+        UtterancePipeline(StageCalls.from_backends(EchoLLM(), tts, PassthroughVC())),
+        Utterance("u", "A sentence of about two seconds of speech.", UtteranceMode.SAY),
+    )
+    pcm = frames_of(events)
+    seconds = len(pcm) / FRAME_BYTES * 0.02
+    expected = sum(max(0.2, len(e.text) / 14.0) for e in events if isinstance(e, ChunkSpoken))
+    assert abs(seconds - expected) < 0.05  # resampled, framed, padded by less than one frame

@@ -31,9 +31,9 @@ def build_app(args: dict[str, Any], deployment_options: dict[str, dict] | None =
     """Compose the graph. `deployment_options` (name -> options) mirrors a config file's `deployments:`."""
     args = dict(args or {})
     options = deployment_options or {}
-    unknown = sorted(set(args) - {"llm", "tts", "vc", "voice"})
+    unknown = sorted(set(args) - {"llm", "tts", "vc", "voice", "controller"})
     if unknown:
-        raise ValueError(f"app args: unknown key(s) {unknown}; expected llm, tts, vc, voice")
+        raise ValueError(f"app args: unknown key(s) {unknown}; expected llm, tts, vc, voice, controller")
     VoiceConfig.from_dict(args.get("voice"))  # fail at build time, not in a replica
 
     def deployment(name: str):
@@ -42,7 +42,7 @@ def build_app(args: dict[str, Any], deployment_options: dict[str, dict] | None =
     llm = deployment("TextLLM").bind(args.get("llm") or {"backend": "echo"})
     tts = deployment("SopranoTTS").bind(args.get("tts") or {"backend": "espeak"})
     vc = deployment("RVCVoice").bind(args.get("vc") or {"backend": "world"})
-    return deployment("VoiceGraph").bind(llm, tts, vc, args.get("voice") or {})
+    return deployment("VoiceGraph").bind(llm, tts, vc, args.get("voice") or {}, args.get("controller") or {})
 
 
 def load_serve_config(path: str | Path) -> dict[str, Any]:

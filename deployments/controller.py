@@ -22,6 +22,7 @@ from typing import Any
 import ray
 from ray.actor import ActorHandle
 from ray.util import metrics
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from graph.controller import (
     AckResult,
@@ -48,6 +49,7 @@ DEFAULT_CONFIG_FILE = Path(__file__).resolve().parent.parent / "configs" / "cont
 # A call in flight when the actor process dies is re-run on the restarted actor; every method is safe to
 # re-run (idempotent or keyed), and a few retries ride out a restart without failing the request.
 MAX_TASK_RETRIES = 3
+_HEAD_NODE_RESOURCE = "node:__internal_head__"
 
 
 class ControllerStartupError(RuntimeError):
@@ -199,27 +201,40 @@ class FeatureController:
             self._publish()
 
 
+def _head_node_id() -> str | None:
+    for node in ray.nodes():
+        if node.get("Alive") and _HEAD_NODE_RESOURCE in node.get("Resources", {}):
+            return node["NodeID"]
+    return None
+
+
 def get_or_create_controller(
     config: ControllerConfig | Mapping[str, Any] | str | Path | None = None,
     *,
     headroom: HeadroomProbe | None = None,
     name: str = CONTROLLER_NAME,
     namespace: str = CONTROLLER_NAMESPACE,
+    pin_to_head: bool = True,
     ready_timeout_s: float = 60.0,
 ) -> ActorHandle:
     """The cluster's controller actor, created on first use, and waited for until it answers.
 
     `config` applies only when this call creates the actor; an existing actor keeps the config it started
     with. `headroom` (a picklable zero-argument callable) is called inside the actor before admitting a
-    second concurrent session. Raises ControllerStartupError when the actor cannot start (for example an
-    unwritable state directory), with the actor's own reason. Call from synchronous code (app build time).
+    second concurrent session. `pin_to_head` keeps the actor (and every restart of it) on the head node,
+    whose disk holds the checkpoint; turn it off only when `state_dir` is on storage every node shares.
+    Raises ControllerStartupError when the actor cannot start (for example an unwritable state directory),
+    with the actor's own reason. Call from synchronous code (app build time).
     """
     resolved = load_controller_config(config)
+    head = _head_node_id() if pin_to_head else None
+    strategy = NodeAffinitySchedulingStrategy(node_id=head, soft=False) if head else "DEFAULT"
     handle = FeatureController.options(
         name=name,
         namespace=namespace,
         lifetime="detached",
         get_if_exists=True,
+        scheduling_strategy=strategy,
     ).remote(resolved, headroom)
     try:
         ray.get(handle.ready.remote(), timeout=ready_timeout_s)
@@ -228,7 +243,9 @@ def get_or_create_controller(
             f"controller actor {namespace}/{name} did not answer within {ready_timeout_s} s"
         ) from exc
     except ray.exceptions.RayActorError as exc:
-        raise ControllerStartupError(f"controller actor {namespace}/{name} failed to start: {exc}") from exc
+        # The message carries the actor's whole traceback; its last line is the reason.
+        reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+        raise ControllerStartupError(f"controller actor {namespace}/{name} failed to start: {reason}") from exc
     return handle
 
 

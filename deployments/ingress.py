@@ -5,8 +5,8 @@ and RVCVoice deployments through handles. Every handle call of an utterance is t
 or a vanished client `.cancel()`s all of them (cancelling only the local task would leave the LLM
 generating). Routes of the session controller and the brain are mounted from their own routers.
 """
-from __future__ import annotations
-
+# No `from __future__ import annotations` here: Serve's class-based FastAPI views need real annotations
+# to recognise `WebSocket` parameters (with strings, the handshake is refused with 403).
 import asyncio
 import logging
 from collections.abc import AsyncIterator
@@ -21,7 +21,10 @@ from ray.exceptions import RayActorError, RayTaskError
 from ray.serve.handle import DeploymentHandle
 
 from deployments import auth
+from deployments.controller import CONTROLLER_NAME, get_or_create_controller
 from deployments.metrics import graph_metrics
+from deployments.routes_sessions import router as sessions_router
+from deployments.routes_sessions import use_controller
 from graph.conversation import VoiceConversation
 from graph.pipeline import (
     PipelineConfig,
@@ -39,6 +42,7 @@ from graph.voice_config import VoiceConfig
 log = logging.getLogger("ray.serve")
 
 app = FastAPI(title="Miku voice graph", version="0.1.0")
+app.include_router(sessions_router)
 
 
 def _as_stage_error(error: BaseException, stage: str, backend: str) -> StageError:
@@ -52,6 +56,15 @@ def _as_stage_error(error: BaseException, stage: str, backend: str) -> StageErro
         return StageError(stage, backend, "the stage's replica died; Serve is restarting it")
     text = str(cause or error).strip().splitlines()
     return StageError(stage, backend, text[-1] if text else type(error).__name__)
+
+
+def _plain(value: Any) -> Any:
+    """Dataclasses and mappings as JSON-ready dicts."""
+    import dataclasses
+
+    if dataclasses.is_dataclass(value):
+        return dataclasses.asdict(value)
+    return dict(value) if isinstance(value, dict) else {"value": value}
 
 
 class InflightCalls:
@@ -124,6 +137,86 @@ class HandleStages:
             inflight.discard(response)
 
 
+class TokenStreamSession:
+    """State of one `/ws/stream` connection: tokens accumulate into an utterance until a flush."""
+
+    def __init__(self, graph: "VoiceGraph", send):
+        self.graph = graph
+        self.send = send
+        self.tokens: asyncio.Queue | None = None
+        self.task: asyncio.Task | None = None
+        self.count = 0
+
+    async def handle_raw(self, raw: str | bytes) -> None:
+        import json
+
+        try:
+            message = json.loads(raw.decode("utf-8", errors="ignore") if isinstance(raw, bytes) else raw)
+            if not isinstance(message, dict):
+                raise ValueError("message must be a JSON object")
+        except ValueError as error:
+            await self.send({"error": f"malformed message: {error}"})
+            return
+        if message.get("flush") is True:
+            if self.tokens is not None:
+                self.tokens.put_nowait(None)
+                self.tokens = None
+            else:
+                await self.send({"flushed": True, "samples": 0})
+            return
+        token = message.get("token")
+        if not isinstance(token, str):
+            await self.send({"error": "expected {\"token\": str} or {\"flush\": true}"})
+            return
+        pitch = message.get("pitch_shift")
+        if pitch is not None and (isinstance(pitch, bool) or not isinstance(pitch, (int, float)) or abs(pitch) > 24):
+            await self.send({"error": "pitch_shift must be a number of semitones within -24..24"})
+            return
+        if self.tokens is None:
+            if self.task is not None:
+                await asyncio.gather(self.task, return_exceptions=True)  # one utterance at a time, in order
+            self.tokens = asyncio.Queue()
+            self.count += 1
+            self.task = asyncio.create_task(self._speak(self.tokens, pitch))
+        self.tokens.put_nowait(sanitize_text(token))
+
+    async def _speak(self, tokens: asyncio.Queue, pitch: float | None) -> None:
+        async def client_tokens(_request: LLMRequest) -> AsyncIterator[str]:
+            while (token := await tokens.get()) is not None:
+                yield token
+
+        inflight = InflightCalls()
+        calls = self.graph.stages.calls(inflight)
+        calls.llm = client_tokens
+        calls.llm_name = "client"
+        pipeline = UtterancePipeline(calls, PipelineConfig(stage_timeout_s=self.graph.config.stage_timeout_s))
+        utterance = Utterance(f"stream-{self.count}", "", UtteranceMode.PROMPT, LLMRequest(prompt=""), TTSOptions(), VCOptions(pitch_shift=pitch))
+        samples = 0
+        try:
+            async for event in pipeline.run(utterance):
+                if isinstance(event, UtteranceFailed):
+                    await self.send({"error": f"{event.stage} ({event.backend}): {event.message}"})
+                    continue
+                wire = to_wire(event)
+                if isinstance(wire, bytes):
+                    mono = _s16_stereo_to_f32_mono(wire)
+                    samples += len(mono)
+                    await self.send(mono.tobytes())
+            await self.send({"flushed": True, "samples": samples})
+        finally:
+            inflight.cancel_all()
+
+    async def close(self) -> None:
+        if self.task is not None and not self.task.done():
+            self.task.cancel()
+            await asyncio.gather(self.task, return_exceptions=True)
+
+
+def _s16_stereo_to_f32_mono(pcm: bytes) -> np.ndarray:
+    frames = np.frombuffer(pcm, dtype="<i2").reshape(-1, 2)
+    return (frames[:, 0].astype(np.float32) / 32768.0).astype("<f4")
+
+
 class PlaybackReport(BaseModel):
     """What a client reports about its own playback (jitter buffer), for the graph's metrics."""
 
@@ -135,9 +228,23 @@ class PlaybackReport(BaseModel):
 @serve.deployment(name="VoiceGraph", ray_actor_options={"num_cpus": 0}, max_ongoing_requests=256)
 @serve.ingress(app)
 class VoiceGraph:
-    async def __init__(self, llm: DeploymentHandle, tts: DeploymentHandle, vc: DeploymentHandle, config: dict):
+    async def __init__(
+        self,
+        llm: DeploymentHandle,
+        tts: DeploymentHandle,
+        vc: DeploymentHandle,
+        config: dict,
+        controller_config: dict | None = None,
+    ):
         self.config = VoiceConfig.from_dict(config)
         auth.configure(auth.resolve_token(self.config.token, self.config.token_file))
+        controller_config = dict(controller_config or {})
+        actor_name = controller_config.pop("actor_name", CONTROLLER_NAME)
+        # the session controller is a detached actor: created once per cluster, found again after restarts
+        self.controller = await asyncio.to_thread(
+            get_or_create_controller, controller_config or None, name=actor_name
+        )
+        use_controller(actor_name)
         self.llm, self.tts, self.vc = llm, tts, vc
         self.metrics = graph_metrics()
         self.names = {}
@@ -215,6 +322,12 @@ class VoiceGraph:
             except Exception as error:
                 stages[stage] = {"ok": False, "error": _as_stage_error(error, stage, self.names[stage]).message}
                 healthy = False
+        try:
+            controller = await asyncio.wait_for(self.controller.stats.remote(), timeout=5)
+            stages["controller"] = {"ok": True, **_plain(controller)}
+        except Exception as error:
+            stages["controller"] = {"ok": False, "error": str(error).splitlines()[-1] if str(error) else type(error).__name__}
+            healthy = False
         body = {"status": "ok" if healthy else "degraded", "stages": stages}
         return JSONResponse(body, status_code=200 if healthy else 503)
 
@@ -286,83 +399,3 @@ class VoiceGraph:
         if report.underruns:
             self.metrics.underruns.inc(report.underruns, tags={"source": "client"})
         return {"ok": True}
-
-
-class TokenStreamSession:
-    """State of one `/ws/stream` connection: tokens accumulate into an utterance until a flush."""
-
-    def __init__(self, graph: VoiceGraph, send):
-        self.graph = graph
-        self.send = send
-        self.tokens: asyncio.Queue | None = None
-        self.task: asyncio.Task | None = None
-        self.count = 0
-
-    async def handle_raw(self, raw: str | bytes) -> None:
-        import json
-
-        try:
-            message = json.loads(raw.decode("utf-8", errors="ignore") if isinstance(raw, bytes) else raw)
-            if not isinstance(message, dict):
-                raise ValueError("message must be a JSON object")
-        except ValueError as error:
-            await self.send({"error": f"malformed message: {error}"})
-            return
-        if message.get("flush") is True:
-            if self.tokens is not None:
-                self.tokens.put_nowait(None)
-                self.tokens = None
-            else:
-                await self.send({"flushed": True, "samples": 0})
-            return
-        token = message.get("token")
-        if not isinstance(token, str):
-            await self.send({"error": "expected {\"token\": str} or {\"flush\": true}"})
-            return
-        pitch = message.get("pitch_shift")
-        if pitch is not None and (isinstance(pitch, bool) or not isinstance(pitch, (int, float)) or abs(pitch) > 24):
-            await self.send({"error": "pitch_shift must be a number of semitones within -24..24"})
-            return
-        if self.tokens is None:
-            if self.task is not None:
-                await asyncio.gather(self.task, return_exceptions=True)  # one utterance at a time, in order
-            self.tokens = asyncio.Queue()
-            self.count += 1
-            self.task = asyncio.create_task(self._speak(self.tokens, pitch))
-        self.tokens.put_nowait(sanitize_text(token))
-
-    async def _speak(self, tokens: asyncio.Queue, pitch: float | None) -> None:
-        async def client_tokens(_request: LLMRequest) -> AsyncIterator[str]:
-            while (token := await tokens.get()) is not None:
-                yield token
-
-        inflight = InflightCalls()
-        calls = self.graph.stages.calls(inflight)
-        calls.llm = client_tokens
-        calls.llm_name = "client"
-        pipeline = UtterancePipeline(calls, PipelineConfig(stage_timeout_s=self.graph.config.stage_timeout_s))
-        utterance = Utterance(f"stream-{self.count}", "", UtteranceMode.PROMPT, LLMRequest(prompt=""), TTSOptions(), VCOptions(pitch_shift=pitch))
-        samples = 0
-        try:
-            async for event in pipeline.run(utterance):
-                if isinstance(event, UtteranceFailed):
-                    await self.send({"error": f"{event.stage} ({event.backend}): {event.message}"})
-                    continue
-                wire = to_wire(event)
-                if isinstance(wire, bytes):
-                    mono = _s16_stereo_to_f32_mono(wire)
-                    samples += len(mono)
-                    await self.send(mono.tobytes())
-            await self.send({"flushed": True, "samples": samples})
-        finally:
-            inflight.cancel_all()
-
-    async def close(self) -> None:
-        if self.task is not None and not self.task.done():
-            self.task.cancel()
-            await asyncio.gather(self.task, return_exceptions=True)
-
-
-def _s16_stereo_to_f32_mono(pcm: bytes) -> np.ndarray:
-    frames = np.frombuffer(pcm, dtype="<i2").reshape(-1, 2)
-    return (frames[:, 0].astype(np.float32) / 32768.0).astype("<f4")

@@ -141,7 +141,9 @@ class FeatureSpec:
             raise ValueError(f"routed feature {self.feature_id!r} needs a session_route")
 
 
-VISION_MESSAGE = "🎤 I can't look at images or videos right now, I'm talking in voice chat! Send it again after I leave."
+VISION_MESSAGE = (
+    "🎤 I can't look at images or videos right now, I'm talking in voice chat! Send it again after I leave."
+)
 IMAGE_MESSAGE = (
     "🎤 I can't draw right now, I'm talking in voice chat! Ask me again after I leave the voice channel."
 )
@@ -231,7 +233,10 @@ class ControllerConfig:
                     raise ValueError(f"bad feature entry {dict(entry)!r} (effect one of {choices}): {exc}") from exc
             data["features"] = tuple(specs)
         if "messages" in data:
-            data["messages"] = {str(p): {str(k): str(v) for k, v in (t or {}).items()} for p, t in data["messages"].items()}
+            data["messages"] = {
+                str(persona): {str(k): str(v) for k, v in (table or {}).items()}
+                for persona, table in data["messages"].items()
+            }
         if "state_dir" in data:
             data["state_dir"] = str(data["state_dir"])
         return cls(**data)
@@ -761,7 +766,8 @@ class SessionController:
             log.error("could not expire stale sessions during check: %s", exc)
         holders = tuple(sorted(self._state.holders.get(feature, frozenset())))
         if not holders:
-            return CheckResult(feature, True, None, False, None, spec.normal_route if spec.effect is Effect.ROUTED else None)
+            route = spec.normal_route if spec.effect is Effect.ROUTED else None
+            return CheckResult(feature, True, None, False, None, route)
         if spec.effect.allows:
             return CheckResult(feature, True, None, False, spec.effect, spec.session_route, holders)
         message = None if spec.effect.silent else self.config.message(feature, persona, spec.message)
@@ -810,7 +816,9 @@ class SessionController:
             state.dropped_total += len(dropped)
             change.record(AuditAction.MESSAGES_DROPPED, None, queue_ids=[m.queue_id for m in dropped])
             if persona is None:
-                persona = next((self._state.sessions[h].persona for h in sorted(holders) if h in self._state.sessions), None)
+                # Word the warning in the persona of a session holding the queue.
+                personas = (self._state.sessions[h].persona for h in sorted(holders) if h in self._state.sessions)
+                persona = next(personas, None)
             template = self.config.message("queue_dropped", persona, QUEUE_DROPPED_MESSAGE)
             warning = template.replace("{count}", str(len(dropped)))
         self._commit(change)

@@ -82,6 +82,10 @@ class StageError(RuntimeError):
         self.backend = backend
         self.message = message
 
+    def __reduce__(self):
+        # keep the three fields when Ray pickles the error across processes
+        return (StageError, (self.stage, self.backend, self.message))
+
 
 @dataclass
 class StageStatus:

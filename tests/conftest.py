@@ -85,7 +85,7 @@ class GraphServer:
 
 
 @pytest.fixture(scope="session")
-def graph_server(ray_cluster, serve_http_port, llm_server):
+def graph_server(ray_cluster, serve_http_port, llm_server, tmp_path_factory):
     """The whole graph from configs/local.yaml, deployed once per session as app 'miku' at '/'.
 
     The LLM stage talks to the session's real SSE test server; everything else is the embedded default.
@@ -99,6 +99,8 @@ def graph_server(ray_cluster, serve_http_port, llm_server):
         overrides={
             "llm": {"backend": "openai", "url": llm_server.url, "model": "miku-test"},
             "voice": {"token": GRAPH_TOKEN, "stage_timeout_s": 20},
+            # a short lease so tests of vanished clients finish quickly; state in a fresh directory
+            "controller": {"state_dir": str(tmp_path_factory.mktemp("controller")), "lease_s": 4},
         },
     )
     yield GraphServer(serve_http_port, GRAPH_TOKEN, handle, llm_server)

@@ -107,6 +107,14 @@ async def test_sigkill_mid_session_resumes_with_the_same_state(actor):
     assert [m.content for m in batch.messages] == [f"held {n}" for n in range(5)]
     assert [m.event for m in batch.messages] == [{"n": n} for n in range(5)]
 
+    # Killed again in the middle of the replay: acknowledged messages stay gone, the rest come back in order.
+    await actor.ack.remote([m.queue_id for m in batch.messages[:2]])
+    pid = await actor.pid.remote()
+    os.kill(pid, signal.SIGKILL)
+    await wait_for(lambda: _pid_if_changed(actor, pid), "the controller actor to come back again")
+    rest = await actor.replay.remote()
+    assert [m.queue_id for m in rest.messages] == [m.queue_id for m in batch.messages[2:]]
+
 
 async def _pid_if_changed(actor, old_pid: int) -> int | None:
     pid = await actor.pid.remote()
@@ -200,7 +208,8 @@ async def test_routes_refuse_a_missing_token_and_name_the_bad_field(http):
     async with aiohttp.ClientSession() as anonymous:
         async with anonymous.post(f"{base}/v1/sessions", json=SESSION_BODY) as resp:
             assert resp.status == 401
-    async with client.post(f"{base}/v1/sessions", json={k: v for k, v in SESSION_BODY.items() if k != "user_id"}) as resp:
+    no_user = {k: v for k, v in SESSION_BODY.items() if k != "user_id"}
+    async with client.post(f"{base}/v1/sessions", json=no_user) as resp:
         assert resp.status == 422
         assert ["body", "user_id"] in [e["loc"] for e in (await resp.json())["detail"]]
     async with client.post(f"{base}/v1/queue/ack", json={"ids": "all"}) as resp:
@@ -282,3 +291,30 @@ async def test_text_queue_over_http(http):
         assert [m["queue_id"] for m in (await resp.json())["messages"]] == queued[1:]
     async with client.get(f"{base}/v1/controller") as resp:
         assert (await resp.json())["queue_length"] == 2
+
+
+async def test_routes_answer_503_when_the_controller_actor_is_missing(ray_cluster):
+    """The router in this process, served by uvicorn on loopback, pointed at an actor that does not exist."""
+    import uvicorn
+
+    local = FastAPI()
+    local.include_router(router)
+    auth.configure(TOKEN)
+    use_controller(f"missing-{uuid.uuid4().hex[:8]}", CONTROLLER_NAMESPACE)
+    server = uvicorn.Server(uvicorn.Config(local, host="127.0.0.1", port=free_port(), log_level="warning"))
+    serving = asyncio.create_task(server.serve())
+    try:
+        await wait_for(lambda: _started(server), "uvicorn to start")
+        base = f"http://127.0.0.1:{server.config.port}"
+        async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {TOKEN}"}) as client:
+            async with client.get(f"{base}/v1/sessions") as resp:
+                body = await resp.json()
+            assert resp.status == 503 and "get_or_create_controller" in body["message"]
+    finally:
+        server.should_exit = True
+        await serving
+        use_controller()
+
+
+async def _started(server) -> bool:
+    return server.started

@@ -312,3 +312,25 @@ def build_tiny_gguf(path: Path, seed: int = 0, n_layer: int = 1, n_embd: int = 3
 def write_json(path: Path, value: object) -> Path:
     path.write_text(json.dumps(value))
     return path
+
+
+def cached_tiny_soprano(tokens_per_sentence: int = 10) -> Path:
+    """The tiny Soprano directory, built once per machine and shared by test modules and benchmarks
+    (building writes the 120 MB decoder state dict, so it is worth reusing). Built in a scratch
+    directory and renamed into place, so a half-written model is never picked up."""
+    import os
+    import shutil
+    import tempfile
+
+    root = Path(tempfile.gettempdir()) / "miku-tiny-models"
+    target = root / f"soprano-v1-{tokens_per_sentence}"
+    if (target / "decoder.pth").is_file():
+        return target
+    root.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix="soprano-build-", dir=root))
+    build_tiny_soprano(scratch, tokens_per_sentence=tokens_per_sentence)
+    try:
+        os.rename(scratch, target)
+    except OSError:  # another process won the race; use its copy
+        shutil.rmtree(scratch, ignore_errors=True)
+    return target

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
-from graph.autonomous.state import PendingSignal
+from graph.autonomous.state import HOUR_WINDOW_S, PendingSignal
 
 
 class ActionKind(enum.Enum):
@@ -39,10 +39,15 @@ class ChannelSignals:
     fresh_trigger: bool
     last_human_event_id: str | None
 
+    def to_dict(self) -> dict[str, Any]:
+        data = {name: getattr(self, name) for name in self.__slots__}
+        data["channel_id"] = str(self.channel_id)
+        return data
+
     @property
     def alive(self) -> bool:
         """A human wrote here within the last hour."""
-        return self.since_human_s is not None and self.since_human_s <= 3600.0
+        return self.since_human_s is not None and self.since_human_s <= HOUR_WINDOW_S
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,23 +81,31 @@ class ServerSignals:
         return next((c for c in self.channels if c.channel_id == channel_id), None)
 
     def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["guild_id"] = str(self.guild_id)
-        data["home_channel_id"] = str(self.home_channel_id)
-        for ch in data["channels"]:
-            ch["channel_id"] = str(ch["channel_id"])
-        data["pending"] = [
-            {
-                "event_id": p.signal.event_id,
-                "user_id": str(p.signal.user_id),
-                "source": p.signal.source.value,
-                "activity": p.signal.activity_name,
-                "age_s": round(p.age_s, 1),
-                "repeat": p.repeat,
-            }
-            for p in self.pending
-        ]
-        return data
+        return {
+            "guild_id": str(self.guild_id),
+            "mood": self.mood,
+            "local_hour": self.local_hour,
+            "weekday": self.weekday,
+            "weekend": self.weekend,
+            "night": self.night,
+            "uptime_s": self.uptime_s,
+            "since_action_s": self.since_action_s,
+            "since_miku_s": self.since_miku_s,
+            "unanswered_breaks": self.unanswered_breaks,
+            "home_channel_id": str(self.home_channel_id),
+            "channels": [c.to_dict() for c in self.channels],
+            "pending": [
+                {
+                    "event_id": p.signal.event_id,
+                    "user_id": str(p.signal.user_id),
+                    "source": p.signal.source.value,
+                    "activity": p.signal.activity_name,
+                    "age_s": p.age_s,
+                    "repeat": p.repeat,
+                }
+                for p in self.pending
+            ],
+        }
 
 
 @dataclass(frozen=True, slots=True)

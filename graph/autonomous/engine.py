@@ -41,7 +41,7 @@ from graph.autonomous.events import (
     PresenceKind,
 )
 from graph.autonomous.prompts import build_prompt
-from graph.autonomous.rules import Proposal, propose_all
+from graph.autonomous.rules import MoodFactors, Proposal, iter_proposals, mood_factors, propose_all
 from graph.autonomous.state import ChannelActivity, PendingSignal, ServerState, SignalSource
 from graph.moods import TRAITS, MoodProfile
 
@@ -95,6 +95,9 @@ class AutonomousEngine:
             raise ValueError(f"default_mood {config.default_mood!r} has no mood profile")
         self._config = config
         self._moods = dict(moods)
+        self._factors: dict[str, dict[ActionKind, MoodFactors]] = {
+            name: mood_factors(profile, config.actions) for name, profile in self._moods.items()
+        }
         self._clock = clock
         self._rng = rng if rng is not None else random.Random()
         self._is_paused = is_paused
@@ -216,7 +219,7 @@ class AutonomousEngine:
         now = self._clock() if now is None else now
         state = self._servers[guild_id]
         signals = self._signals(state, now)
-        return tuple(p.check for p in propose_all(signals, self._moods[state.mood], self._config.actions))
+        return tuple(p.check for p in propose_all(signals, self._factors[state.mood], self._config.actions))
 
     def _decide(self, state: ServerState, now: float) -> AutonomousDecision | None:
         config = self._config
@@ -238,12 +241,12 @@ class AutonomousEngine:
         signals = self._signals(state, now)
         mood = self._moods[state.mood]
         checks: list[ActionCheck] = []
-        for proposal in propose_all(signals, mood, config.actions):
+        for proposal in iter_proposals(signals, self._factors[state.mood], config.actions):
             check = proposal.check
             if check.eligible and check.rate_per_min > 0:
                 probability = 1.0 - math.exp(-check.rate_per_min * window / 60.0)
                 check = ActionCheck(check.action, check.channel_id, check.blocked_by, check.thresholds,
-                                    check.rate_per_min, round(probability, 6), self._rng.random())
+                                    check.rate_per_min, probability, self._rng.random())
             checks.append(check)
             if check.fired:
                 debug = DecisionDebug(signals, tuple(checks), window,
@@ -331,7 +334,7 @@ class AutonomousEngine:
             channel_id=channel_id,
             messages_5m=activity.messages_recent(now),
             messages_1h=activity.messages_hour(now),
-            momentum=round(activity.momentum(now, half_life_s), 4),
+            momentum=activity.momentum(now, half_life_s),
             speakers_5m=activity.speakers_recent(now),
             messages_since_miku=activity.messages_since_miku,
             since_human_s=None if activity.last_human_ts is None else now - activity.last_human_ts,

@@ -100,6 +100,8 @@ class SopranoInProcessTTS(TTSBackend):
         self._infer_lock = asyncio.Lock()
         self.load_s: float | None = None
         self.warmup_s: float | None = None
+        self.utterances = 0
+        self.interrupted = 0  # syntheses closed early whose model loop really stopped before the end
 
     def describe(self) -> dict[str, Any]:
         info: dict[str, Any] = {
@@ -114,6 +116,8 @@ class SopranoInProcessTTS(TTSBackend):
             info["load_s"] = round(self.load_s, 3)
         if self.warmup_s is not None:
             info["warmup_s"] = round(self.warmup_s, 3)
+        info["utterances"] = self.utterances
+        info["interrupted"] = self.interrupted
         return info
 
     def _load(self) -> Any:
@@ -174,6 +178,9 @@ class SopranoInProcessTTS(TTSBackend):
                 raise StageError("tts", self.name, f"synthesis failed: {type(exc).__name__}: {exc}") from exc
             finally:
                 stream.stop()  # interrupt: the thread stops the LM after its current step
+                await asyncio.to_thread(stream.wait_finished, 30.0)  # hold the lock until it has
+                self.utterances += 1
+                self.interrupted += int(stream.stopped_early)
 
     async def aclose(self) -> None:
         self._model = None

@@ -44,14 +44,14 @@ class WorldVC(VCBackend):
         return VCResult(AudioChunk(converted, chunk.sample_rate), None)
 
     def _convert(self, chunk: AudioChunk, semitones: float) -> np.ndarray:
-        x = chunk.samples.astype(np.float64)
+        x = np.ascontiguousarray(chunk.samples, dtype=np.float64)
         fs = chunk.sample_rate
         f0, times = pyworld.dio(x, fs, frame_period=self.frame_period_ms)
         f0 = pyworld.stonemask(x, f0, times, fs)
         envelope = pyworld.cheaptrick(x, f0, times, fs)
         aperiodicity = pyworld.d4c(x, f0, times, fs)
         shifted_f0 = f0 * (2.0 ** (semitones / 12.0))
-        warped = _warp_envelope(envelope, self.formant_shift)
+        warped = np.ascontiguousarray(_warp_envelope(envelope, self.formant_shift))
         y = pyworld.synthesize(shifted_f0, warped, aperiodicity, fs, frame_period=self.frame_period_ms)
         y = y[: len(x)] if len(y) >= len(x) else np.pad(y, (0, len(x) - len(y)))
         peak = float(np.max(np.abs(y))) if len(y) else 0.0

@@ -92,7 +92,7 @@ class BrainConfig:
     max_replans: int = 2
     context_hours: float = 6.0
     context_messages: int = 12
-    judge_context_messages: int = 6
+    judge_context_messages: int = 3  # newest messages of a cycle that judges see
     user_memory_days: float = 7.0
     user_memory_messages: int = 5
     mute_duration_s: int = 600
@@ -404,13 +404,21 @@ class Brain:
         known = set(persona.interests) | set(sub.recent_words)
         relevance = min(1.0, len(words & known) / 3.0) if words else 0.0
         return self.heartflow.message_interest(
-            addressed=ev.addressed_to_miku, length=len(ev.content), relevance=relevance, importance=importance
+            sub, addressed=ev.addressed_to_miku, length=len(ev.content), relevance=relevance, importance=importance
         )
 
     async def _answer_addressed(self, ev: MessageEvent, sub: SubFlow, now: float) -> list[BrainAction]:
         """Mentions, replies to her and DMs: always answered, or the user is told why not."""
         text_ok = await self.check_feature(FEATURE_TEXT_MESSAGES)
         if not text_ok.allowed:
+            # In voice: a draw/look request gets its own blocked message now; anything else waits.
+            ctx = self._action_context(ev, (ev,), ChatMode.NORMAL)
+            special = self._special_choice(await self.modifier.select(ctx))
+            if special is not None:
+                actions = await self._execute(special, ctx)
+                if actions:
+                    self.heartflow.record_outcome(sub, True, now)
+                    return actions
             self.stats["queued"] += 1
             self._seen_messages.pop(ev.message_id, None)
             await self.memory.defer_decision(ev.message_id)
@@ -452,13 +460,15 @@ class Brain:
         hf.record_outcome(sub, True, now)
         return actions
 
-    def _action_context(self, ev: MessageEvent, batch: tuple[MessageEvent, ...], mode: ChatMode, context_text: str) -> ActionContext:
+    def _action_context(self, ev: MessageEvent, batch: tuple[MessageEvent, ...], mode: ChatMode) -> ActionContext:
+        """Judges see only the new messages (what activation is about), which also lets the 30 s
+        cache answer repeated short messages without another LLM call."""
         persona = self.personas.active(ev.guild_id)
         return ActionContext(
             mode=mode,
             message=ev,
             new_messages=batch,
-            context_text=context_text,
+            context_text="\n".join(m.content for m in batch[-self.config.judge_context_messages:]),
             persona_emoji=persona.emoji,
             image_style=persona.image_style,
             mute_duration_s=self.config.mute_duration_s,
@@ -474,8 +484,7 @@ class Brain:
     async def _respond(self, ev: MessageEvent, batch: tuple[MessageEvent, ...], mode: ChatMode, *, allow_special: bool) -> list[BrainAction]:
         """Answer `ev`: the highest-priority special action if one activates (addressed only), else a reply;
         parallel actions (emoji) run alongside."""
-        recent = await self._context_messages(ev, self.config.judge_context_messages)
-        ctx = self._action_context(ev, batch, mode, self._render(recent))
+        ctx = self._action_context(ev, batch, mode)
         activation = await self.modifier.select(ctx)
         special = self._special_choice(activation) if allow_special else None
         actions: list[BrainAction] = []
@@ -567,7 +576,7 @@ class Brain:
                 latest = batch[-1]
                 recent = await self._context_messages(latest, self.config.context_messages)
                 context_text = self._render(recent)
-                ctx = self._action_context(latest, batch, ChatMode.FOCUS, context_text)
+                ctx = self._action_context(latest, batch, ChatMode.FOCUS)
                 activation = await self.modifier.select(ctx)
                 thought = ""
                 if self.config.think_step:

@@ -167,9 +167,21 @@ class SubFlow:
     consecutive_no_reply: int = 0
     last_message_at: float = 0.0
     state_since: float = 0.0
-    reply_times: deque = field(default_factory=lambda: deque(maxlen=256))
-    outcomes: deque = field(default_factory=deque)  # recent human messages: True if she replied
     recent_words: deque = field(default_factory=lambda: deque(maxlen=200))
+    budget: "ReplyBudget" = field(default_factory=lambda: ReplyBudget())
+
+
+@dataclass
+class ReplyBudget:
+    """A chat's recent replies (rate limit) and decided human messages (reply-rate band).
+
+    Kept apart from the sub-flow's attention state: it outlives the cleanup of idle sub-flows, so
+    a quiet channel's history of being ignored is not forgotten every hour.
+    """
+
+    reply_times: deque = field(default_factory=lambda: deque(maxlen=256))
+    outcomes: deque = field(default_factory=deque)  # True if she replied to that message
+    last_used: float = 0.0
 
 
 class HeartFlow:
@@ -183,6 +195,7 @@ class HeartFlow:
         self.state = config.initial_state
         self.state_until = now + self._duration(self.state)
         self.subflows: dict[str, SubFlow] = {}
+        self.budgets: dict[str, ReplyBudget] = {}
         self.transitions_log: list[tuple[float, GlobalState]] = [(now, self.state)]
 
     # -- global state ---------------------------------------------------------------------------
@@ -218,6 +231,9 @@ class HeartFlow:
                 self._move(sub, ChatState.ABSENT, now)
             if sub.state is ChatState.ABSENT and now - sub.last_message_at > self.config.cleanup_after_s:
                 del self.subflows[sub.chat_id]
+        if len(self.budgets) > len(self.subflows):
+            for chat_id in [c for c, b in self.budgets.items() if c not in self.subflows and now - b.last_used > 7 * 86400]:
+                del self.budgets[chat_id]
 
     def counts(self) -> dict[ChatState, int]:
         out = {state: 0 for state in ChatState}
@@ -245,22 +261,30 @@ class HeartFlow:
     def subflow(self, chat_id: str, now: float) -> SubFlow:
         sub = self.subflows.get(chat_id)
         if sub is None:
-            sub = SubFlow(chat_id, interest_at=now, willingness=self.config.base_willingness, willingness_at=now, last_message_at=now, state_since=now)
+            budget = self.budgets.setdefault(chat_id, ReplyBudget())
+            sub = SubFlow(chat_id, interest_at=now, willingness=self.config.base_willingness, willingness_at=now, last_message_at=now, state_since=now, budget=budget)
             self.subflows[chat_id] = sub
+        sub.budget.last_used = now
         return sub
 
     def interest(self, sub: SubFlow, now: float) -> float:
         dt = max(0.0, now - sub.interest_at)
         return sub.interest * math.pow(0.5, dt / self.config.interest_half_life_s)
 
-    def message_interest(self, *, addressed: bool, length: int, relevance: float, importance: float) -> float:
+    def message_interest(self, sub: SubFlow, *, addressed: bool, length: int, relevance: float, importance: float) -> float:
+        """Interest one message adds to its chat. A chat where she has been below the reply-rate band
+        for a whole window gets extra attention, so quiet channels are not ignored forever."""
         cfg = self.config
-        return (
+        score = (
             (cfg.weight_addressed if addressed else 0.0)
             + cfg.weight_length * min(length, 200) / 200
             + cfg.weight_relevance * relevance
             + cfg.weight_importance * importance
         )
+        ratio = self.reply_ratio(sub)
+        if ratio is not None and ratio < cfg.reply_ratio_min and len(sub.budget.outcomes) >= cfg.reply_ratio_window // 2:
+            score += cfg.chat_threshold
+        return score
 
     def _move(self, sub: SubFlow, state: ChatState, now: float) -> None:
         if sub.state is state:
@@ -310,20 +334,20 @@ class HeartFlow:
     # -- reply budget ---------------------------------------------------------------------------
 
     def reply_ratio(self, sub: SubFlow) -> float | None:
-        if len(sub.outcomes) < 10:
+        if len(sub.budget.outcomes) < 10:
             return None
-        return sum(sub.outcomes) / len(sub.outcomes)
+        return sum(sub.budget.outcomes) / len(sub.budget.outcomes)
 
     def over_ratio(self, sub: SubFlow) -> bool:
         """Replying now would push the recent reply ratio over the band's top."""
         window = self.config.reply_ratio_window
-        recent = list(sub.outcomes)[-(window - 1):] if window > 1 else []
+        recent = list(sub.budget.outcomes)[-(window - 1):] if window > 1 else []
         return (sum(recent) + 1) / (len(recent) + 1) > self.config.reply_ratio_max and len(recent) >= 5
 
     def rate_limited(self, sub: SubFlow, now: float) -> float:
         """Seconds until the next reply is allowed in this chat (0 if allowed now)."""
         cfg = self.config
-        times = [t for t in sub.reply_times if now - t < cfg.rate_limit_window_s]
+        times = [t for t in sub.budget.reply_times if now - t < cfg.rate_limit_window_s]
         if len(times) < cfg.rate_limit_replies:
             return 0.0
         return max(0.0, times[-cfg.rate_limit_replies] + cfg.rate_limit_window_s - now)
@@ -331,11 +355,11 @@ class HeartFlow:
     def record_outcome(self, sub: SubFlow, replied: bool, now: float) -> None:
         """A human message was decided: count it for the reply-rate band and the focus loop."""
         cfg = self.config
-        sub.outcomes.append(replied)
-        while len(sub.outcomes) > cfg.reply_ratio_window:
-            sub.outcomes.popleft()
+        sub.budget.outcomes.append(replied)
+        while len(sub.budget.outcomes) > cfg.reply_ratio_window:
+            sub.budget.outcomes.popleft()
         if replied:
-            sub.reply_times.append(now)
+            sub.budget.reply_times.append(now)
             sub.consecutive_no_reply = 0
             sub.willingness = self.willingness(sub, now) * cfg.willingness_after_reply
             sub.willingness_at = now

@@ -1,0 +1,185 @@
+"""Session controller latency, side by side in one run: in process, through the actor handle, through HTTP.
+
+Everything in the bot asks `check(feature)` before acting, and every session start, heartbeat and end goes
+through the controller, so this measures:
+  - check():          in process (no Ray), through the Ray actor handle, through `GET /v1/features/{name}`
+  - heartbeat:        through the handle and `POST /v1/sessions/{id}/heartbeat` (one SQLite commit each)
+  - start+end cycle:  in process and through the handle (two commits, all features switched twice)
+  - checks per second: in process (one thread), and through the handle with many calls in flight
+
+Rounds are interleaved (handle, HTTP, handle, HTTP...) so machine noise hits both alike. Starts its own
+local Ray (or joins a running one) and Serve on 127.0.0.1. Prints JSON as its last line.
+
+    python benchmarks/controller_latency.py [--calls 300] [--cycles 40]
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import socket
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from graph.controller import ControllerConfig, SessionController, SessionRequest  # noqa: E402
+
+TOKEN = "controller-bench-token"
+REQUEST = SessionRequest(guild_id="g", voice_channel_id="v", text_channel_id="t", user_id="u")
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))]
+
+
+def summary(values_s: list[float]) -> dict:
+    ms = [v * 1000 for v in values_s]
+    return {"p50_ms": round(statistics.median(ms), 3), "p95_ms": round(percentile(ms, 95), 3), "n": len(ms)}
+
+
+def timed(call) -> float:
+    start = time.perf_counter()
+    call()
+    return time.perf_counter() - start
+
+
+async def atimed(call) -> float:
+    start = time.perf_counter()
+    await call()
+    return time.perf_counter() - start
+
+
+def bench_in_process(state_dir: str, cycles: int) -> dict:
+    ctl = SessionController.open(ControllerConfig(state_dir=state_dir))
+    cycle_times = []
+    for _ in range(cycles):
+        start = time.perf_counter()
+        started = ctl.start_session(REQUEST)
+        ctl.end_session(started.session.session_id)
+        cycle_times.append(time.perf_counter() - start)
+    ctl.start_session(REQUEST)
+    count, start = 0, time.perf_counter()
+    while time.perf_counter() - start < 0.5:
+        for _ in range(200):
+            ctl.check("vision")
+        count += 200
+    checks_per_s = count / (time.perf_counter() - start)
+    ctl.close()
+    return {"start_end_cycle": summary(cycle_times), "checks_per_s": round(checks_per_s)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--calls", type=int, default=300, help="latency samples per call kind and path")
+    parser.add_argument("--cycles", type=int, default=40, help="start+end cycles per path")
+    parser.add_argument("--inflight", type=int, default=1000, help="check() calls in flight for the throughput run")
+    args = parser.parse_args()
+
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    import aiohttp
+    import ray
+    from fastapi import FastAPI
+    from ray import serve
+
+    from deployments import auth
+    from deployments.controller import CONTROLLER_NAMESPACE, get_or_create_controller, shutdown_controller
+    from deployments.routes_sessions import router, use_controller
+
+    scratch = tempfile.mkdtemp(prefix="miku-ctl-bench-")
+    result: dict = {"benchmark": "controller_latency", "calls": args.calls, "cycles": args.cycles}
+    result["in_process"] = bench_in_process(os.path.join(scratch, "inproc"), args.cycles)
+
+    ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", logging_level="ERROR",
+             log_to_driver=False)
+    name = f"FeatureController-bench-{uuid.uuid4().hex[:8]}"
+    handle = get_or_create_controller(ControllerConfig(state_dir=os.path.join(scratch, "actor")), name=name)
+
+    app = FastAPI()
+    app.include_router(router)
+
+    @serve.deployment(ray_actor_options={"num_cpus": 0})
+    @serve.ingress(app)
+    class ControllerIngress:
+        def __init__(self, token: str, controller_name: str):
+            auth.configure(token)
+            use_controller(controller_name, CONTROLLER_NAMESPACE)
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    serve.run(ControllerIngress.bind(TOKEN, name), name="controller-bench", route_prefix="/ctl")
+    base = f"http://127.0.0.1:{port}/ctl"
+
+    try:
+        # start+end cycles through the handle
+        cycles = []
+        for _ in range(args.cycles):
+            start = time.perf_counter()
+            started = ray.get(handle.start_session.remote(REQUEST))
+            ray.get(handle.end_session.remote(started.session.session_id))
+            cycles.append(time.perf_counter() - start)
+        result["handle"] = {"start_end_cycle": summary(cycles)}
+
+        session_id = ray.get(handle.start_session.remote(REQUEST)).session.session_id
+
+        async def http_and_handle() -> None:
+            handle_check, handle_beat, http_check, http_beat = [], [], [], []
+            async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {TOKEN}"}) as http:
+                for _ in range(5):  # warm the proxy, the replica and the cached actor handle
+                    async with http.get(f"{base}/v1/features/vision") as resp:
+                        assert resp.status == 200, await resp.text()
+                for _ in range(args.calls):  # interleaved: handle, HTTP, handle, HTTP
+                    handle_check.append(await atimed(lambda: handle.check.remote("vision")))
+                    http_check.append(await atimed(lambda: _get(http, f"{base}/v1/features/vision")))
+                    handle_beat.append(await atimed(lambda: handle.heartbeat.remote(session_id)))
+                    http_beat.append(await atimed(lambda: _post(http, f"{base}/v1/sessions/{session_id}/heartbeat")))
+            result["handle"].update(check=summary(handle_check), heartbeat=summary(handle_beat))
+            result["http"] = {"check": summary(http_check), "heartbeat": summary(http_beat)}
+
+        asyncio.run(http_and_handle())
+
+        ray.get([handle.check.remote("vision") for _ in range(50)])
+        start = time.perf_counter()
+        answers = ray.get([handle.check.remote("vision") for _ in range(args.inflight)])
+        elapsed = time.perf_counter() - start
+        assert all(a.blocked for a in answers)
+        result["handle"]["checks_per_s"] = round(args.inflight / elapsed)
+        ray.get(handle.end_session.remote(session_id))
+    finally:
+        serve.delete("controller-bench")
+        shutdown_controller(name)
+        ray.shutdown()
+        shutil.rmtree(scratch, ignore_errors=True)
+
+    result["ratio_http_over_handle_check_p50"] = round(
+        result["http"]["check"]["p50_ms"] / result["handle"]["check"]["p50_ms"], 2
+    )
+    print(json.dumps(result))
+
+
+async def _get(http, url: str) -> None:
+    async with http.get(url) as resp:
+        await resp.read()
+        if resp.status != 200:
+            raise RuntimeError(f"GET {url}: {resp.status}")
+
+
+async def _post(http, url: str) -> None:
+    async with http.post(url) as resp:
+        await resp.read()
+        if resp.status != 200:
+            raise RuntimeError(f"POST {url}: {resp.status}")
+
+
+if __name__ == "__main__":
+    main()

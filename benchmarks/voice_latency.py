@@ -28,7 +28,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import psutil  # noqa: E402
 
 from graph.backends.simple import PassthroughVC  # noqa: E402,F401
-from graph.backends.simulated import SimulatedLLM, SimulatedTTS, SimulatedVC  # noqa: E402
+from graph.backends.simulated import (  # noqa: E402
+    DEFAULT_REPLY,
+    SHORT_OPENING_REPLY,
+    SimulatedLLM,
+    SimulatedTTS,
+    SimulatedVC,
+)
 from graph.pipeline import (  # noqa: E402
     Aggregation,
     AudioFrames,
@@ -54,16 +60,18 @@ def summary(values: list[float]) -> dict:
     return {"p50_ms": round(statistics.median(values), 2), "p95_ms": round(percentile(values, 95), 2), "n": len(values)}
 
 
-def stage_configs(args) -> dict:
+def stage_configs(args, reply: str = DEFAULT_REPLY) -> dict:
     return {
-        "llm": {"backend": "simulated", "first_token_s": args.llm_first_token_ms / 1000, "tokens_per_s": args.llm_tokens_per_s},
+        "llm": {"backend": "simulated", "first_token_s": args.llm_first_token_ms / 1000,
+                "tokens_per_s": args.llm_tokens_per_s, "reply": reply},
         "tts": {"backend": "simulated", "first_audio_s": args.tts_first_audio_ms / 1000, "real_time_factor": args.tts_rtf},
         "vc": {"backend": "simulated", "latency_s": args.vc_ms / 1000},
     }
 
 
-def inproc_pipeline(args, aggregation: Aggregation, sleep=asyncio.sleep, clock=time.monotonic) -> UtterancePipeline:
-    cfg = stage_configs(args)
+def inproc_pipeline(args, aggregation: Aggregation, sleep=asyncio.sleep, clock=time.monotonic,
+                    reply: str = DEFAULT_REPLY) -> UtterancePipeline:
+    cfg = stage_configs(args, reply)
     strip = lambda c: {k: v for k, v in c.items() if k != "backend"}  # noqa: E731
     calls = StageCalls.from_backends(
         SimulatedLLM(sleep=sleep, **strip(cfg["llm"])),
@@ -73,13 +81,22 @@ def inproc_pipeline(args, aggregation: Aggregation, sleep=asyncio.sleep, clock=t
     return UtterancePipeline(calls, PipelineConfig(aggregation=aggregation), clock=clock)
 
 
-async def ttfa_inproc(pipeline: UtterancePipeline, index: int) -> float:
+MILESTONES = ("first_token", "first_chunk", "first_tts_audio", "first_vc_audio", "first_frame")
+
+
+async def ttfa_inproc(pipeline: UtterancePipeline, index: int, milestones: list | None = None) -> float:
     started = time.perf_counter()
     first = None
     async for event in pipeline.run(Utterance(f"a{index}", PROMPT, UtteranceMode.PROMPT, LLMRequest(PROMPT))):
         if first is None and isinstance(event, AudioFrames):
             first = (time.perf_counter() - started) * 1000
+        if isinstance(event, UtteranceEnded) and milestones is not None:
+            milestones.append(event.timings_ms)
     return first
+
+
+def milestone_medians(timings: list[dict]) -> dict:
+    return {m: round(statistics.median(t[m] for t in timings if m in t), 1) for m in MILESTONES}
 
 
 class ServeGraph:
@@ -118,7 +135,7 @@ class ServeGraph:
             max_size=None,
         )
 
-    async def ttfa(self, index: int) -> float:
+    async def ttfa(self, index: int, milestones: list | None = None) -> float:
         request = {"type": "prompt", "id": f"b{index}", "text": PROMPT}
         started = time.perf_counter()
         await self.ws.send(json.dumps(request))
@@ -133,6 +150,8 @@ class ServeGraph:
             if event["type"] == "error":
                 raise RuntimeError(f"graph error: {event}")
             if event["type"] == "utterance.end" and event["id"] == request["id"]:
+                if milestones is not None:
+                    milestones.append(event["timings"])
                 return first
 
     def close(self):
@@ -191,9 +210,12 @@ async def rss_growth(args, utterances: int) -> dict:
 
 
 async def main_async(args) -> dict:
-    a_times, b_times, c_times = [], [], []
+    a_times, b_times, c_times, short_a, short_c = [], [], [], [], []
+    a_marks, b_marks = [], []
     early = inproc_pipeline(args, Aggregation.EARLY_FIRST_CHUNK)
     sentences = inproc_pipeline(args, Aggregation.SENTENCES_ONLY)
+    early_short = inproc_pipeline(args, Aggregation.EARLY_FIRST_CHUNK, reply=SHORT_OPENING_REPLY)
+    sentences_short = inproc_pipeline(args, Aggregation.SENTENCES_ONLY, reply=SHORT_OPENING_REPLY)
     graph = None
     if not args.skip_serve:
         print("starting Ray and the Serve graph ...", file=sys.stderr)
@@ -205,10 +227,13 @@ async def main_async(args) -> dict:
         await ttfa_inproc(early, -i - 1)
         await ttfa_inproc(sentences, -i - 1)
     for i in range(args.utterances):
-        a_times.append(await ttfa_inproc(early, i))
+        a_times.append(await ttfa_inproc(early, i, a_marks))
         if graph:
-            b_times.append(await graph.ttfa(i))
+            b_times.append(await graph.ttfa(i, b_marks))
         c_times.append(await ttfa_inproc(sentences, i))
+        if i < 10:
+            short_a.append(await ttfa_inproc(early_short, i))
+            short_c.append(await ttfa_inproc(sentences_short, i))
         print(f"  {i + 1}/{args.utterances}", file=sys.stderr, end="\r")
     if graph:
         await graph.ws.close()
@@ -221,8 +246,14 @@ async def main_async(args) -> dict:
         "c_sentences_only": summary(c_times),
     }
     result["ratio_a_over_c_p50"] = round(result["a_inproc"]["p50_ms"] / result["c_sentences_only"]["p50_ms"], 3)
+    result["short_opening_reply"] = {
+        "a_p50_ms": round(statistics.median(short_a), 1), "c_p50_ms": round(statistics.median(short_c), 1),
+        "ratio_a_over_c_p50": round(statistics.median(short_a) / statistics.median(short_c), 3),
+    }
+    result["a_milestones_p50_ms"] = milestone_medians(a_marks)
     if graph:
         result["b_serve"] = summary(b_times)
+        result["b_milestones_p50_ms"] = milestone_medians(b_marks)
         deltas = [b - a for a, b in zip(a_times, b_times)]
         result["b_overhead_ms"] = {
             "p50": round(result["b_serve"]["p50_ms"] - result["a_inproc"]["p50_ms"], 2),

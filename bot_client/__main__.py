@@ -15,8 +15,8 @@ from .graph_api import GraphClient
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bot_client", description="Run Miku's Discord client.")
-    parser.add_argument("--config", default=os.environ.get("MIKU_BOT_CONFIG", "configs/bot.yaml"),
-                        help="bot config file (default: configs/bot.yaml)")
+    parser.add_argument("--config", default=os.environ.get("MIKU_BOT_CONFIG"),
+                        help="bot config file (default: configs/bot.yaml when it exists, else built-in defaults)")
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -26,7 +26,8 @@ def main(argv: list[str] | None = None) -> int:
         print("error: set DISCORD_TOKEN to the bot's token (Discord Developer Portal -> Bot -> Token)", file=sys.stderr)
         return 2
     try:
-        config = load_config(args.config if os.path.exists(args.config) else None)
+        path = args.config or ("configs/bot.yaml" if os.path.exists("configs/bot.yaml") else None)
+        config = load_config(path)  # a path that was named but is missing is an error, not the defaults
         graph_token = config.graph_token()
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)

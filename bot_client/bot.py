@@ -65,6 +65,12 @@ class MikuBot(commands.Bot):
         if not self.manager.sessions:
             self._spawn(self.replayer.replay())  # messages left queued by a crash during a session
 
+    async def on_command_error(self, context: commands.Context, exception: commands.CommandError) -> None:
+        # `!mood`, `!modfile` and friends are the brain's commands: they arrive as messages, not here.
+        if isinstance(exception, commands.CommandNotFound):
+            return
+        await super().on_command_error(context, exception)
+
     async def _apply_presence(self, text: str | None) -> None:
         activity = discord.CustomActivity(name=text) if text else None
         await self.change_presence(activity=activity)

@@ -30,6 +30,7 @@ class SentPacket:
     at: float  # clock() when the player handed the frame over
     pcm_bytes: int  # size of the PCM frame the source returned (0 for pre-encoded packets)
     opus: bytes
+    pcm: bytes = b""  # the PCM frame itself, as it went into the encoder
 
 
 class _SpeakRecorder:
@@ -69,7 +70,7 @@ class RecordingVoiceClient:
         at = self.clock()
         encoded = self.encoder.encode(data, self.encoder.SAMPLES_PER_FRAME) if encode else bytes(data)
         with self._lock:
-            self.packets.append(SentPacket(at, len(data) if encode else 0, encoded))
+            self.packets.append(SentPacket(at, len(data) if encode else 0, encoded, bytes(data) if encode else b""))
 
     # --- what a session calls (the VoiceLink protocol) ------------------------------------------
 
@@ -105,7 +106,41 @@ class RecordingVoiceClient:
         with self._lock:
             return [p for p in self.packets if p.pcm_bytes]
 
+    def fed_pcm(self) -> bytes:
+        """Every PCM frame that went into the encoder, in order (audio and silence alike)."""
+        return b"".join(p.pcm for p in self.audio_packets())
+
     def decode_all(self) -> bytes:
         """Decode every PCM-born packet back with libopus, in order."""
         decoder = opus.Decoder()
         return b"".join(decoder.decode(p.opus, fec=False) for p in self.audio_packets())
+
+
+def aligned_snr_db(reference: "np.ndarray", decoded: "np.ndarray", max_lag: int = 2000, skip: int = 960) -> float:
+    """SNR (dB) of `decoded` against `reference` (1-D int16 arrays) after finding the codec's delay.
+
+    Opus adds a fixed look-ahead delay; the lag with the highest correlation is used. The first `skip`
+    samples (the encoder's warm-up) are left out.
+    """
+    import numpy as np
+
+    ref = reference.astype(np.float64)
+    dec = decoded.astype(np.float64)
+    # Correlate on the loudest half second of the reference (leading silence carries no information).
+    size = min(len(ref), 24_000)
+    energy = np.convolve(ref ** 2, np.ones(960), mode="valid")[::960] if len(ref) >= 960 else np.array([0.0])
+    start = int(np.argmax(energy)) * 960 if len(ref) > size else 0
+    start = max(0, min(start - size // 2, len(ref) - size))
+    window = ref[start: start + size]
+    best_lag, best = 0, -np.inf
+    for lag in range(0, max_lag):
+        seg = dec[start + lag: start + lag + size]
+        if len(seg) < size:
+            break
+        score = float(np.dot(seg, window))
+        if score > best:
+            best, best_lag = score, lag
+    n = min(len(ref), len(dec) - best_lag)
+    ref, out = ref[skip:n], dec[best_lag + skip: best_lag + n]
+    noise = float(np.sum((out - ref) ** 2))
+    return float(10 * np.log10(np.sum(ref ** 2) / max(noise, 1e-9)))

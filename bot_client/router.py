@@ -5,6 +5,7 @@ reconnect. An unreachable graph is reported to the user only when the message wa
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 from .actions import ActionExecutor, ChatOps, ExecutionReport
@@ -45,11 +46,16 @@ class MessageRouter:
     async def route(self, message: IncomingMessage) -> str:
         """Act on one message; returns what happened (`duplicate`, `self`, a prompt verdict, `event`,
         `event_failed`)."""
-        if self.bot_id is not None and message.author_id == self.bot_id:
-            return "self"
         if not self.seen.first_time(message.message_id):
             log.debug("message %s seen before; not acted on again", message.message_id)
             return "duplicate"
+        if message.author_is_self or (self.bot_id is not None and message.author_id == self.bot_id):
+            # Her own messages are history for the brain's memory, never prompts or things to act on.
+            try:
+                await self.graph.post_event(dataclasses.replace(message, author_is_self=True).to_event())
+            except GraphError as exc:
+                log.debug("own message %s not stored: %s", message.message_id, exc.message)
+            return "self"
         session = self.manager.by_prompt_channel(message.channel_id)
         if session is not None and not message.author_is_bot:
             return await handle_prompt(session, message, self.ops, bot_id=self.bot_id,

@@ -208,7 +208,6 @@ class VoiceSession:
         self.buffer = JitterBuffer(
             prebuffer_ms=config.playback.prebuffer_ms,
             max_buffer_s=config.playback.max_buffer_s,
-            on_utterance_played=self._played_threadsafe,
         )
         self.source = JitterAudioSource(self.buffer)
         self.stream: VoiceStream | None = None
@@ -295,6 +294,8 @@ class VoiceSession:
                 utterance.sent_at = utterance.last_activity = self.clock()
                 self.in_flight = utterance
                 self._by_id[utterance.utterance_id] = utterance
+                while len(self._by_id) > 200:  # ids whose `utterance.end` never came (refused by the graph)
+                    self._by_id.pop(next(iter(self._by_id)))
                 self.history.append(utterance)
                 try:
                     await self.stream.prompt(utterance.utterance_id, utterance.text, self.info.session_id,
@@ -409,10 +410,6 @@ class VoiceSession:
                 await asyncio.sleep(0.5 * (attempt + 1))
         await self.end(EndReason.GRAPH_UNREACHABLE)
 
-    def _played_threadsafe(self, utterance_id: str | None) -> None:
-        # Runs on the player thread; nothing to do on the loop yet but it keeps the hook in one place.
-        pass
-
     # --- voice link -----------------------------------------------------------------------------
 
     def _player_after_threadsafe(self, error: BaseException | None) -> None:
@@ -434,11 +431,11 @@ class VoiceSession:
         if not self.active or not self.voice_ok:
             return
         self.voice_ok = False
-        deadline = self.clock() + self.config.session.voice_reconnect_grace_s
-        while self.active and self.clock() < deadline:
-            if self.link.is_connected():
+        step = 0.05
+        for _ in range(max(1, int(self.config.session.voice_reconnect_grace_s / step))):
+            if not self.active or self.link.is_connected():
                 break
-            await asyncio.sleep(0.25)
+            await asyncio.sleep(step)
         if not self.active:
             return
         if self.link.is_connected() and self._player_restarts < 5:

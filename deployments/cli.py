@@ -54,6 +54,7 @@ def connect_ray(address: str | None, progress: Progress, dashboard: bool = False
     ray.init(
         resources=dict(LOCAL_RESOURCES),
         include_dashboard=dashboard,
+        _node_ip_address="127.0.0.1",  # a one-machine graph stays on loopback
         logging_level="ERROR",
         log_to_driver=False,
     )

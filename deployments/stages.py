@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator
 
+import ray
 from ray import serve
 
 from graph.backends import create_backend
@@ -26,7 +27,14 @@ class _BackendHost:
         self.ready_s = time.monotonic() - started
 
     async def status(self) -> StageStatus:
-        detail = {**self.backend.describe(), "ready_s": round(self.ready_s, 3)}
+        context = ray.get_runtime_context()
+        detail = {
+            **self.backend.describe(),
+            "ready_s": round(self.ready_s, 3),
+            # where Serve placed this replica, so /healthz shows the GPU pinning at a glance
+            "node_id": context.get_node_id(),
+            "resources": {k: v for k, v in context.get_assigned_resources().items() if k != "CPU"},
+        }
         return StageStatus(self.stage, detail.get("backend", self.backend.name), True, detail)
 
     async def __del__(self) -> None:

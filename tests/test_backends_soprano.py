@@ -34,7 +34,7 @@ async def test_loads_from_the_local_directory_and_reports_device_and_load_time(t
     info = tts.describe()
     assert info["loaded"] is True
     assert info["device"] == "cpu"
-    assert info["inference_backend"] == "transformers"
+    assert info["engine"] == "transformers"
     assert info["model_path"] == str(model_dir)
     assert info["load_s"] > 0 and info["warmup_s"] > 0
     assert info["sample_rate"] == SOPRANO_SAMPLE_RATE
@@ -91,8 +91,8 @@ def test_missing_model_dir_is_a_startup_error(tmp_path):
 def test_bad_options_fail_fast(model_dir):
     with pytest.raises(ValueError, match="device"):
         SopranoInProcessTTS(model_path=str(model_dir), device="tpu")
-    with pytest.raises(ValueError, match="backend"):
-        SopranoInProcessTTS(model_path=str(model_dir), backend="onnx")
+    with pytest.raises(ValueError, match="engine"):
+        SopranoInProcessTTS(model_path=str(model_dir), engine="onnx")
     assert check_model_dir(model_dir) == model_dir
 
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from bot_client.jitter import FRAME_BYTES, JitterBuffer
-from bot_client.loopback import RecordingVoiceClient
+from bot_client.loopback import RecordingVoiceClient, aligned_snr_db
 from bot_client.playback import JitterAudioSource
 
 SR = 48_000
@@ -27,22 +27,7 @@ def stereo_tone(frames: int, freqs=(440.0, 660.0), amplitude=0.4) -> bytes:
 
 
 def snr_db(reference: np.ndarray, decoded: np.ndarray) -> float:
-    """SNR of `decoded` against `reference` (mono int16 arrays), after finding the codec delay."""
-    window = reference[: SR // 2].astype(np.float64)
-    best_lag, best = 0, -np.inf
-    for lag in range(0, 2000):
-        seg = decoded[lag: lag + len(window)].astype(np.float64)
-        if len(seg) < len(window):
-            break
-        score = float(np.dot(seg, window))
-        if score > best:
-            best, best_lag = score, lag
-    n = min(len(reference), len(decoded) - best_lag)
-    ref = reference[:n].astype(np.float64)
-    out = decoded[best_lag: best_lag + n].astype(np.float64)
-    skip = 960  # the encoder's first frame is a warm-up
-    noise = np.sum((out[skip:] - ref[skip:]) ** 2)
-    return 10 * np.log10(np.sum(ref[skip:] ** 2) / max(noise, 1e-9))
+    return aligned_snr_db(reference, decoded)
 
 
 async def wait_for(predicate, timeout=10.0):

@@ -49,7 +49,7 @@ class Harness:
     def __init__(self, *, lease=30.0, mode=PromptMode.QUEUE, **session_kw):
         self.clock = FakeClock()
         self.config = BotConfig(session=SessionConfig(prompt_mode=mode, heartbeat_interval_s=3600,
-                                                      voice_reconnect_grace_s=0.3, **session_kw))
+                                                      voice_reconnect_grace_s=1.0, **session_kw))
         self.graph = AsyncMock(spec=GraphClient)
         self.graph.health.return_value = GraphHealth(
             ok=True, stages=(StageHealth("llm", "echo", True), StageHealth("tts", "espeak", True),
@@ -397,3 +397,42 @@ def test_own_voice_change_classification():
     assert own_voice_change(4, 5, 4) is OwnVoiceChange.MOVED
     assert own_voice_change(4, 4, 4) is OwnVoiceChange.NONE
     assert own_voice_change(None, 4, 4) is OwnVoiceChange.NONE
+
+
+async def _wait(predicate, timeout=10.0):
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not predicate():
+        assert loop.time() < deadline, "condition not reached"
+        await asyncio.sleep(0.02)
+
+
+async def test_real_player_losing_the_voice_link_for_good_ends_the_session():
+    from bot_client.loopback import RecordingVoiceClient
+
+    h = Harness()
+    h.link = RecordingVoiceClient(asyncio.get_running_loop(), timeout=0.2)
+    session = (await h.join()).session
+    await _wait(lambda: len(h.link.audio_packets()) >= 3)  # silence while idle: the player runs
+    h.link.drop_connection()
+    await _wait(lambda: session.state is SessionState.ENDED)
+    assert session.end_reason is EndReason.VOICE_LOST
+    h.graph.end_session.assert_awaited_once_with("s1")
+    assert h.presence_calls[-1] == "Listening to you"
+
+
+async def test_real_player_resumes_when_the_voice_link_comes_back():
+    from bot_client.loopback import RecordingVoiceClient
+
+    h = Harness()
+    h.link = RecordingVoiceClient(asyncio.get_running_loop(), timeout=0.1)
+    session = (await h.join()).session
+    first_player = h.link.player
+    h.link.drop_connection()
+    await _wait(lambda: not first_player.is_alive())
+    h.link.restore_connection()
+    await _wait(lambda: h.link.player is not first_player and session.voice_ok)
+    before = len(h.link.audio_packets())
+    await _wait(lambda: len(h.link.audio_packets()) > before + 3)
+    assert session.active
+    await session.end(EndReason.LEAVE)

@@ -28,8 +28,6 @@ class EventsCog(commands.Cog, name="Events"):
     @commands.Cog.listener()
     async def on_message(self, message: discord.Message) -> None:
         me = self.bot.user
-        if me is not None and message.author.id == me.id:
-            return  # her own messages are never prompts or events
         if message.type not in (discord.MessageType.default, discord.MessageType.reply):
             return
         if self._is_command(message.content or ""):

@@ -18,9 +18,14 @@ from graph.types import AudioChunk, LLMRequest, TTSOptions, VCOptions, VCResult
 
 Sleep = Callable[[float], Awaitable[None]]
 
+# A typical chat-model answer: the first sentence runs on for a while before its full stop.
 DEFAULT_REPLY = (
+    "Oh, that's such a fun question, and honestly I could talk about music all day long because it's "
+    "my favourite thing in the whole world! Did you know that I love singing, especially with all of my "
+    "friends? We could practise a new song together, or just chat for a while. What would you like to do?"
+)
+SHORT_OPENING_REPLY = (
     "Hi there! I'm Miku, and I'm so happy you came to talk to me today. "
-    "Did you know that I love singing, especially with all of my friends? "
     "We could practise a new song together, or just chat for a while. What would you like to do?"
 )
 

@@ -40,7 +40,7 @@ _REQUIRED_FILES: tuple[tuple[str, ...], ...] = (
     ("decoder.pth",),
 )
 _DEVICES = ("cpu", "cuda", "mps", "auto")
-_BACKENDS = ("auto", "transformers", "lmdeploy")
+_ENGINES = ("auto", "transformers", "lmdeploy")  # soprano-tts's own `backend` argument
 
 
 def check_model_dir(model_path: str | os.PathLike) -> Path:
@@ -57,7 +57,8 @@ def check_model_dir(model_path: str | os.PathLike) -> Path:
 
 class SopranoInProcessTTS(TTSBackend):
     """soprano-tts in process. Options (from config): `model_path` (required), `device` ("cuda",
-    "cpu", "mps", "auto"), `backend` ("auto", "transformers", "lmdeploy"), `chunk_size` (LM tokens per
+    "cpu", "mps", "auto"), `engine` (soprano-tts's own `backend`: "auto", "transformers",
+    "lmdeploy"; named differently because `backend` picks this class in config), `chunk_size` (LM tokens per
     streamed piece; 1 = lowest latency), sampling `temperature`/`top_p`/`repetition_penalty`.
 
     The model loads in `warmup()` (the deployment calls it at start; `synthesize` loads on first use
@@ -72,7 +73,7 @@ class SopranoInProcessTTS(TTSBackend):
         self,
         model_path: str,
         device: str = "cuda",
-        backend: str = "transformers",
+        engine: str = "transformers",
         chunk_size: int = 1,
         temperature: float = 0.0,
         top_p: float = 0.95,
@@ -82,13 +83,13 @@ class SopranoInProcessTTS(TTSBackend):
     ):
         if device not in _DEVICES:
             raise ValueError(f"soprano: device must be one of {_DEVICES}, got {device!r}")
-        if backend not in _BACKENDS:
-            raise ValueError(f"soprano: backend must be one of {_BACKENDS}, got {backend!r}")
+        if engine not in _ENGINES:
+            raise ValueError(f"soprano: engine must be one of {_ENGINES}, got {engine!r}")
         if chunk_size < 1:
             raise ValueError(f"soprano: chunk_size must be >= 1, got {chunk_size}")
         self.model_path = check_model_dir(model_path)
         self.device = device
-        self.inference_backend = backend
+        self.engine = engine
         self.chunk_size = int(chunk_size)
         self.sampling = {"temperature": temperature, "top_p": top_p, "repetition_penalty": repetition_penalty}
         self.cache_size_mb = cache_size_mb
@@ -108,7 +109,7 @@ class SopranoInProcessTTS(TTSBackend):
             "backend": self.name,
             "model_path": str(self.model_path),
             "device": getattr(self._model, "device", self.device),
-            "inference_backend": getattr(self._model, "backend", self.inference_backend),
+            "engine": getattr(self._model, "backend", self.engine),
             "sample_rate": self.sample_rate,
             "loaded": self._model is not None,
         }
@@ -136,7 +137,7 @@ class SopranoInProcessTTS(TTSBackend):
             self._model = SopranoTTS(
                 model_path=str(self.model_path),
                 device=self.device,
-                backend=self.inference_backend,
+                backend=self.engine,
                 cache_size_mb=self.cache_size_mb,
             )
             self.load_s = time.monotonic() - started

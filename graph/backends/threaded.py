@@ -8,7 +8,6 @@ instead of letting it run to the end of the utterance.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
@@ -45,6 +44,9 @@ class ThreadedStream(Generic[T]):
         self._name = name
         self._stop = threading.Event()
         self._finished = threading.Event()
+        # Backpressure without a round trip per item: the producer takes a slot per item, the
+        # consumer gives it back when it takes the item.
+        self._slots = threading.Semaphore(max_buffered)
         self.items_produced = 0
         self.stopped_early = False
 
@@ -57,12 +59,13 @@ class ThreadedStream(Generic[T]):
 
     async def __aiter__(self) -> AsyncIterator[T]:
         loop = asyncio.get_running_loop()
-        queue: asyncio.Queue = asyncio.Queue(self._max_buffered)
+        queue: asyncio.Queue = asyncio.Queue()
         thread = threading.Thread(target=self._produce, args=(loop, queue), name=self._name, daemon=True)
         thread.start()
         try:
             while True:
                 item = await queue.get()
+                self._slots.release()
                 if isinstance(item, _Done):
                     return
                 if isinstance(item, _Failed):
@@ -96,20 +99,14 @@ class ThreadedStream(Generic[T]):
             self._finished.set()
 
     def _put(self, loop: asyncio.AbstractEventLoop, queue: asyncio.Queue, item: object) -> bool:
-        """Hand one item to the loop, waiting for room; False when the consumer has gone."""
+        """Hand one item to the loop, waiting for a free slot; False when the consumer has gone."""
+        while not self._slots.acquire(timeout=_POLL_S):
+            if self._stop.is_set() or loop.is_closed():
+                return False
         if self._stop.is_set():
             return False
         try:
-            future = asyncio.run_coroutine_threadsafe(queue.put(item), loop)
+            loop.call_soon_threadsafe(queue.put_nowait, item)
         except RuntimeError:  # the loop is closed
             return False
-        while True:
-            try:
-                future.result(timeout=_POLL_S)
-                return True
-            except concurrent.futures.TimeoutError:
-                if self._stop.is_set() or loop.is_closed():
-                    future.cancel()
-                    return False
-            except (concurrent.futures.CancelledError, RuntimeError):
-                return False
+        return True

@@ -62,6 +62,10 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 _WORD = re.compile(r"[^\W\d_]{4,}|[\u4e00-\u9fff]{2,}", re.UNICODE)
 
 
+# Features whose check failing means "no": they need the GPUs a voice session may be using.
+FAIL_CLOSED_FEATURES = frozenset({"image_generation", "vision"})
+
+
 async def allow_everything(feature: str) -> FeatureCheck:
     """The blackout check when no controller is wired: nothing is blacked out."""
     return ALLOW
@@ -208,7 +212,7 @@ class Brain:
         self.personas = personas
         self.moods = moods
         self.complete = complete
-        self.check_feature = check_feature or allow_everything
+        self._check_feature = check_feature or allow_everything
         self.clock = clock
         self.rng = rng or random.Random()
         self.heartflow = HeartFlow(config.heart_flow, clock=clock, rng=self.rng)
@@ -270,6 +274,17 @@ class Brain:
 
     async def close(self) -> None:
         await self.memory.close()
+
+    async def check_feature(self, feature: str) -> FeatureCheck:
+        """The injected blackout check, made safe: if the controller cannot answer, text chat stays
+        open (never silent on mentions) and the GPU-heavy features stay closed (never overload voice)."""
+        try:
+            return FeatureCheck.coerce(await self._check_feature(feature))
+        except Exception as exc:
+            log.warning("feature check for %s failed (%s: %s)", feature, type(exc).__name__, exc)
+            if feature in FAIL_CLOSED_FEATURES:
+                return FeatureCheck(False, "I can't do that right now, please try again later.", False)
+            return ALLOW
 
     # -- public API -------------------------------------------------------------------------------
 

@@ -361,7 +361,8 @@ class HeartFlow:
         if replied:
             sub.budget.reply_times.append(now)
             sub.consecutive_no_reply = 0
-            sub.willingness = self.willingness(sub, now) * cfg.willingness_after_reply
+            # Below the base after speaking, recovering with time: she does not talk twice in a row.
+            sub.willingness = min(self.willingness(sub, now), cfg.base_willingness) * cfg.willingness_after_reply
             sub.willingness_at = now
 
     def record_focus_no_reply(self, sub: SubFlow, now: float) -> None:

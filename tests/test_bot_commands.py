@@ -1,0 +1,227 @@
+"""The cogs and the Discord adapter, driven with AsyncMock(spec=discord...) stand-ins (no gateway)."""
+from __future__ import annotations
+
+import datetime as dt
+from types import SimpleNamespace
+from unittest.mock import AsyncMock, MagicMock
+
+import discord
+import pytest
+from discord.ext import commands
+
+from bot_client.bot import MikuBot, minimal_intents
+from bot_client.cogs.events import EventsCog
+from bot_client.cogs.voice import VoiceCog
+from bot_client.config import BotConfig, PermissionsConfig
+from bot_client.discord_adapter import SAFE_MENTIONS, DiscordChatOps, channel_is_full, join_request, to_incoming
+from bot_client.graph_api import FeatureState, GraphClient, GraphHealth, StageHealth
+from bot_client.permissions import is_allowed
+from bot_client.session import NOT_IN_SESSION, NOT_IN_VOICE, EndReason, SessionStatus, SessionState, SubmitResult, VoiceSession
+from bot_client.status import format_status
+
+
+def role(name):
+    r = MagicMock(spec=discord.Role)
+    r.name = name
+    return r
+
+
+def member(mid=3, roles=(), admin=False, voice_channel=None):
+    m = MagicMock(spec=discord.Member)
+    m.id = mid
+    m.roles = [role(n) for n in roles]
+    m.guild_permissions = discord.Permissions(administrator=admin)
+    m.voice = SimpleNamespace(channel=voice_channel) if voice_channel is not None else None
+    return m
+
+
+def voice_channel(cid=4, limit=0, members=0, can_move=False):
+    ch = MagicMock(spec=discord.VoiceChannel)
+    ch.id = cid
+    ch.user_limit = limit
+    ch.members = [member(100 + i) for i in range(members)]
+    ch.permissions_for.return_value = discord.Permissions(move_members=can_move)
+    return ch
+
+
+async def make_bot(permissions=PermissionsConfig()):
+    graph = AsyncMock(spec=GraphClient)
+    bot = MikuBot(BotConfig(permissions=permissions, sync_app_commands=False), graph)
+    bot.manager = AsyncMock(spec=bot.manager)
+    bot.ops = AsyncMock(spec=DiscordChatOps)
+    await bot.add_cog(VoiceCog(bot))
+    await bot.add_cog(EventsCog(bot))
+    return bot, graph
+
+
+def context(author, guild_id=1, channel_id=10):
+    ctx = AsyncMock(spec=commands.Context)
+    ctx.author = author
+    ctx.guild = MagicMock(spec=discord.Guild)
+    ctx.guild.id = guild_id
+    ctx.guild.me = member(42)
+    ctx.guild.voice_client = None
+    ctx.channel = MagicMock(spec=discord.TextChannel)
+    ctx.channel.id = channel_id
+    ctx.interaction = None
+    ctx.message = AsyncMock(spec=discord.Message)
+    return ctx
+
+
+def test_intents_are_minimal():
+    intents = minimal_intents()
+    assert intents.guilds and intents.guild_messages and intents.message_content and intents.voice_states
+    assert not intents.members and not intents.presences and not intents.dm_messages
+
+
+async def test_commands_are_hybrid_prefix_and_slash():
+    bot, _ = await make_bot()
+    group = bot.get_command("miku")
+    assert group is not None
+    assert {c.name for c in group.commands} == {"join", "leave", "stop", "say", "voice-status"}
+    slash = bot.tree.get_command("miku")
+    assert slash is not None and {c.name for c in slash.commands} >= {"join", "leave", "stop", "say", "voice-status"}
+
+
+async def test_join_is_refused_without_the_configured_role():
+    bot, _ = await make_bot(PermissionsConfig(join=("DJ",)))
+    cog = bot.get_cog("Voice")
+    ctx = context(member(roles=("Fans",), voice_channel=voice_channel()))
+    await cog.join.callback(cog, ctx, None)
+    assert "permission" in ctx.reply.await_args.args[0] and "DJ" in ctx.reply.await_args.args[0]
+    bot.manager.join.assert_not_awaited()
+
+
+async def test_join_with_the_role_asks_the_manager_for_the_authors_channel():
+    bot, _ = await make_bot(PermissionsConfig(join=("DJ",)))
+    bot.manager.join.return_value = SimpleNamespace(ok=True, message="🎤 Joined!")
+    cog = bot.get_cog("Voice")
+    ctx = context(member(roles=("dj",), voice_channel=voice_channel(cid=77)))
+    await cog.join.callback(cog, ctx, None)
+    request = bot.manager.join.await_args.args[0]
+    assert request.voice_channel_id == 77 and request.text_channel_id == 10 and not request.channel_full
+    ctx.reply.assert_awaited_with("🎤 Joined!", mention_author=False)
+
+
+async def test_leave_and_stop_without_a_session_say_so():
+    bot, _ = await make_bot()
+    bot.manager.get = MagicMock(return_value=None)
+    cog = bot.get_cog("Voice")
+    for command in (cog.leave, cog.stop):
+        ctx = context(member())
+        await command.callback(cog, ctx)
+        ctx.reply.assert_awaited_once_with(NOT_IN_SESSION, mention_author=False)
+
+
+async def test_say_speaks_verbatim_and_stop_reports_dropped_prompts():
+    bot, _ = await make_bot()
+    session = AsyncMock(spec=VoiceSession)
+    session.submit.return_value = SubmitResult(True)
+    session.stop_speaking.return_value = 2
+    bot.manager.get = MagicMock(return_value=session)
+    cog = bot.get_cog("Voice")
+    ctx = context(member())
+    await cog.say.callback(cog, ctx, text="Hello everyone!")
+    session.submit.assert_awaited_once_with("Hello everyone!", kind="say")
+    ctx.message.add_reaction.assert_awaited_once_with("🎤")
+    ctx = context(member())
+    await cog.stop.callback(cog, ctx)
+    assert "dropped 2 waiting prompts" in ctx.reply.await_args.args[0]
+
+
+def test_join_request_resolution_and_full_channels():
+    guild = SimpleNamespace(id=1, me=member(42))
+    req, _ = join_request(guild=guild, author=member(voice_channel=None), text_channel_id=10, named_channel=None)
+    assert req.voice_channel_id is None
+    named = voice_channel(cid=9)
+    req, target = join_request(guild=guild, author=member(voice_channel=voice_channel(cid=5)), text_channel_id=10,
+                               named_channel=named)
+    assert req.voice_channel_id == 9 and target is named
+    assert channel_is_full(voice_channel(limit=2, members=2), guild.me)
+    assert not channel_is_full(voice_channel(limit=2, members=2, can_move=True), guild.me)
+    assert not channel_is_full(voice_channel(limit=0, members=50), guild.me)
+
+
+async def test_not_in_voice_is_the_plans_message():
+    from bot_client.session import SessionManager, PresenceKeeper, JoinRequest
+    manager = SessionManager(AsyncMock(spec=GraphClient), BotConfig(), PresenceKeeper(AsyncMock()))
+    outcome = await manager.join(JoinRequest(1, 2, 3, None), AsyncMock(), AsyncMock())
+    assert outcome.message == NOT_IN_VOICE == "❌ You must be in a voice channel!"
+
+
+async def test_being_kicked_from_voice_ends_the_session():
+    bot, _ = await make_bot()
+    bot._connection.user = MagicMock(id=42)
+    session = AsyncMock(spec=VoiceSession)
+    session.voice_channel_id = 4
+    bot.manager.get = MagicMock(return_value=session)
+    cog = bot.get_cog("Events")
+    me = member(42)
+    me.guild = SimpleNamespace(id=1)
+    before = SimpleNamespace(channel=SimpleNamespace(id=4))
+    after = SimpleNamespace(channel=None)
+    await cog.on_voice_state_update(me, before, after)
+    session.end.assert_awaited_once_with(EndReason.KICKED)
+
+
+async def test_deleting_the_prompt_channel_ends_the_session():
+    bot, _ = await make_bot()
+    session = AsyncMock(spec=VoiceSession)
+    session.info = SimpleNamespace(session_id="s1")
+    bot.manager.by_prompt_channel = MagicMock(return_value=session)
+    channel = MagicMock(spec=discord.TextChannel)
+    channel.id = 10
+    await bot.get_cog("Events").on_guild_channel_delete(channel)
+    session.end.assert_awaited_once_with(EndReason.PROMPT_CHANNEL_DELETED)
+
+
+def test_to_incoming_reads_a_discord_message():
+    msg = MagicMock(spec=discord.Message)
+    msg.id, msg.content = 555, "<@42> hi <@77>"
+    msg.author = member(3)
+    msg.author.display_name, msg.author.name, msg.author.bot = "Rin", "rin", False
+    msg.guild = SimpleNamespace(id=1, name="Crypton")
+    msg.channel = SimpleNamespace(id=10, name="voice-chat")
+    kaito = SimpleNamespace(id=77, display_name="Kaito", name="kaito")
+    miku = SimpleNamespace(id=42, display_name="Miku", name="miku")
+    msg.mentions = [miku, kaito]
+    msg.channel_mentions, msg.role_mentions = [], []
+    msg.attachments = []
+    msg.reference = None
+    msg.created_at = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
+    incoming = to_incoming(msg, 42)
+    assert incoming.mentions_bot and incoming.mention_names["<@77>"] == "@Kaito"
+    event = incoming.to_event()
+    assert event["event_id"] == "message:555" and event["channel_name"] == "voice-chat"
+    assert event["timestamp"] == dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc).timestamp()
+
+
+async def test_chat_ops_reply_never_pings_everyone_and_survives_a_deleted_target():
+    client = MagicMock(spec=discord.Client)
+    channel = AsyncMock(spec=discord.TextChannel)
+    partial = MagicMock(spec=discord.PartialMessage)
+    partial.to_reference.return_value = "REF"
+    channel.get_partial_message = MagicMock(return_value=partial)
+    client.get_channel.return_value = channel
+    await DiscordChatOps(client).reply(10, 55, "hi @everyone")
+    partial.to_reference.assert_called_once_with(fail_if_not_exists=False)
+    channel.send.assert_awaited_once_with("hi @everyone", reference="REF", allowed_mentions=SAFE_MENTIONS)
+    assert SAFE_MENTIONS.everyone is False and SAFE_MENTIONS.roles is False
+
+
+def test_permissions_admin_override_and_open_commands():
+    cfg = PermissionsConfig(stop=("Mods",))
+    assert is_allowed("join", [], False, cfg)
+    assert not is_allowed("stop", ["Fans"], False, cfg)
+    assert is_allowed("stop", [], True, cfg)
+    assert not is_allowed("stop", [], True, PermissionsConfig(stop=("Mods",), admins_always_allowed=False))
+
+
+def test_voice_status_text():
+    status = SessionStatus("s1", SessionState.ACTIVE, 4, 10, 125.0, True, 2, True, (310.0, 280.0),
+                           {"frames_played": 500, "underruns": 1, "fill_frames": 5}, ("vision",))
+    health = GraphHealth(True, (StageHealth("tts", "espeak", True), StageHealth("vc", "world", True)))
+    text = format_status(status, [FeatureState("vision", True), FeatureState("autonomous_engine", False)], health)
+    assert "<#4>" in text and "<#10>" in text and "Prompts waiting: 2" in text and "2m 05s" in text
+    assert "310 ms" in text and "Features blocked: vision" in text and "tts: espeak" in text
+    assert "Not in a voice session" in format_status(None, None, None)

@@ -19,11 +19,19 @@ import yaml
 from ray import serve
 from ray.serve import Application
 
+from deployments.brain import Brain
 from deployments.ingress import VoiceGraph
 from deployments.stages import RVCVoice, SopranoTTS, TextLLM
 from graph.voice_config import VoiceConfig
 
-DEPLOYMENTS = {"TextLLM": TextLLM, "SopranoTTS": SopranoTTS, "RVCVoice": RVCVoice, "VoiceGraph": VoiceGraph}
+DEPLOYMENTS = {
+    "TextLLM": TextLLM,
+    "SopranoTTS": SopranoTTS,
+    "RVCVoice": RVCVoice,
+    "Brain": Brain,
+    "VoiceGraph": VoiceGraph,
+}
+APP_ARGS = ("llm", "tts", "vc", "voice", "controller", "brain")
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
 
@@ -31,9 +39,9 @@ def build_app(args: dict[str, Any], deployment_options: dict[str, dict] | None =
     """Compose the graph. `deployment_options` (name -> options) mirrors a config file's `deployments:`."""
     args = dict(args or {})
     options = deployment_options or {}
-    unknown = sorted(set(args) - {"llm", "tts", "vc", "voice", "controller"})
+    unknown = sorted(set(args) - set(APP_ARGS))
     if unknown:
-        raise ValueError(f"app args: unknown key(s) {unknown}; expected llm, tts, vc, voice, controller")
+        raise ValueError(f"app args: unknown key(s) {unknown}; expected {', '.join(APP_ARGS)}")
     VoiceConfig.from_dict(args.get("voice"))  # fail at build time, not in a replica
 
     def deployment(name: str):
@@ -42,7 +50,13 @@ def build_app(args: dict[str, Any], deployment_options: dict[str, dict] | None =
     llm = deployment("TextLLM").bind(args.get("llm") or {"backend": "echo"})
     tts = deployment("SopranoTTS").bind(args.get("tts") or {"backend": "espeak"})
     vc = deployment("RVCVoice").bind(args.get("vc") or {"backend": "world"})
-    return deployment("VoiceGraph").bind(llm, tts, vc, args.get("voice") or {}, args.get("controller") or {})
+    controller = dict(args.get("controller") or {})
+    brain = deployment("Brain").bind(
+        config=args.get("brain"),
+        llm=llm,  # the brain writes its text replies with the same TextLLM deployment
+        controller={"name": controller.get("actor_name", "FeatureController"), "namespace": "miku"},
+    )
+    return deployment("VoiceGraph").bind(llm, tts, vc, args.get("voice") or {}, controller, brain)
 
 
 def load_serve_config(path: str | Path) -> dict[str, Any]:

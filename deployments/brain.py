@@ -20,6 +20,9 @@ from typing import Any
 import ray
 from ray import serve
 
+from graph.types import LLMRequest
+from ray.serve.handle import DeploymentHandle
+
 from graph.backends.base import create_backend
 from graph.brain.brain import Brain as BrainLogic
 from graph.brain.brain import BrainConfig
@@ -64,6 +67,15 @@ class ControllerFeatureCheck:
             raise
 
 
+def _complete_via_handle(handle: DeploymentHandle, max_tokens: int = 256, temperature: float = 0.8):
+    async def complete(prompt: str, system: str | None) -> str:
+        request = LLMRequest(prompt=prompt, system=system, max_tokens=max_tokens, temperature=temperature)
+        tokens = [token async for token in handle.options(stream=True).stream.remote(request)]
+        return "".join(tokens).strip()
+
+    return complete
+
+
 @serve.deployment(name="Brain", num_replicas=1, max_ongoing_requests=64, ray_actor_options={"num_cpus": 0})
 class Brain:
     """`handle_event(event) -> {"actions": [...]}`, plus `current_mood`, `voice_prompt`, `snapshot`."""
@@ -71,14 +83,17 @@ class Brain:
     async def __init__(
         self,
         config: dict[str, Any] | str | None = None,
-        llm: dict[str, Any] | None = None,
+        llm: "dict[str, Any] | DeploymentHandle | None" = None,
         controller: dict[str, Any] | bool | None = None,
         tick_interval_s: float = 30.0,
     ):
         brain_config = _load_config(config)
         complete = None
         self._backend = None
-        if llm:
+        if isinstance(llm, DeploymentHandle):
+            # share the app's TextLLM deployment (one model on the GPU) instead of a second client
+            complete = _complete_via_handle(llm)
+        elif llm:
             self._backend = create_backend("llm", llm)
             complete = complete_from_backend(self._backend)
         check_feature = None

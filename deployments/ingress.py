@@ -23,6 +23,7 @@ from ray.serve.handle import DeploymentHandle
 from deployments import auth
 from deployments.controller import CONTROLLER_NAME, get_or_create_controller
 from deployments.metrics import graph_metrics
+from deployments import routes_events
 from deployments.routes_sessions import router as sessions_router
 from deployments.routes_sessions import use_controller
 from graph.conversation import VoiceConversation
@@ -37,12 +38,14 @@ from graph.pipeline import (
 )
 from graph.protocol import ProtocolError, SpeakRequest, parse_client_message, sanitize_text, to_wire
 from graph.types import FRAME_BYTES, AudioChunk, LLMRequest, StageError, TTSOptions, VCOptions, VCResult
+from graph.moods import load_moods
 from graph.voice_config import VoiceConfig
 
 log = logging.getLogger("ray.serve")
 
 app = FastAPI(title="Miku voice graph", version="0.1.0")
 app.include_router(sessions_router)
+app.include_router(routes_events.router)
 
 
 def _as_stage_error(error: BaseException, stage: str, backend: str) -> StageError:
@@ -235,6 +238,7 @@ class VoiceGraph:
         vc: DeploymentHandle,
         config: dict,
         controller_config: dict | None = None,
+        brain: DeploymentHandle | None = None,
     ):
         self.config = VoiceConfig.from_dict(config)
         auth.configure(auth.resolve_token(self.config.token, self.config.token_file))
@@ -245,6 +249,10 @@ class VoiceGraph:
             get_or_create_controller, controller_config or None, name=actor_name
         )
         use_controller(actor_name)
+        self.brain = brain
+        # POST /v1/events reaches the Brain of this same application, whatever the app is called
+        routes_events.configure(app_name=serve.get_replica_context().app_name)
+        self.moods = load_moods()
         self.llm, self.tts, self.vc = llm, tts, vc
         self.metrics = graph_metrics()
         self.names = {}
@@ -257,13 +265,40 @@ class VoiceGraph:
 
     # ---- the utterance path, shared by WS /v1/voice and the CLI's handle call ----
 
-    def _utterance(self, request: SpeakRequest) -> Utterance:
+    async def _utterance(self, request: SpeakRequest) -> Utterance:
         cfg = self.config
         llm_request = None
+        pitch = request.pitch_shift
         if request.mode is UtteranceMode.PROMPT:
             llm_request = LLMRequest(prompt=request.text, system=cfg.system_prompt, max_tokens=cfg.max_tokens)
-        pitch = request.pitch_shift
+            if request.session_id and self.brain is not None:
+                llm_request, mood = await self._session_prompt(request, llm_request)
+                if pitch is None and mood in self.moods:
+                    pitch = self.moods[mood].pitch_shift or None  # emotion-aware speech
         return Utterance(request.id, request.text, request.mode, llm_request, TTSOptions(), VCOptions(pitch_shift=pitch))
+
+    async def _session_prompt(self, request: SpeakRequest, fallback: LLMRequest) -> tuple[LLMRequest, str | None]:
+        """The brain's prompt for this voice session: persona, the server's mood, the last few messages."""
+        try:
+            session = await asyncio.wait_for(self.controller.session.remote(request.session_id), timeout=2)
+            prompt = await asyncio.wait_for(
+                self.brain.voice_prompt.remote(
+                    session.guild_id, session.text_channel_id, session.user_id, "", request.text
+                ),
+                timeout=2,
+            )
+        except Exception as error:  # an unknown session or a slow brain must not cost the user their answer
+            log.warning("voice prompt for session %s fell back to the default: %s", request.session_id, error)
+            return fallback, None
+        history = tuple((str(role), str(content)) for role, content in prompt.get("history", ()))
+        built = LLMRequest(
+            prompt=prompt.get("user") or request.text,
+            system=prompt.get("system") or fallback.system,
+            history=history,
+            max_tokens=min(fallback.max_tokens, int(prompt.get("max_tokens") or fallback.max_tokens)),
+            temperature=float(prompt.get("temperature") or fallback.temperature),
+        )
+        return built, prompt.get("mood") or None
 
     async def _run_utterance(self, request: SpeakRequest) -> AsyncIterator:
         inflight = InflightCalls()
@@ -273,7 +308,7 @@ class VoiceGraph:
             observer=self.metrics,
         )
         try:
-            async for event in pipeline.run(self._utterance(request)):
+            async for event in pipeline.run(await self._utterance(request)):
                 self._observe(event, request.mode)
                 yield event
         finally:

@@ -101,6 +101,7 @@ def graph_server(ray_cluster, serve_http_port, llm_server, tmp_path_factory):
             "voice": {"token": GRAPH_TOKEN, "stage_timeout_s": 20},
             # a short lease so tests of vanished clients finish quickly; state in a fresh directory
             "controller": {"state_dir": str(tmp_path_factory.mktemp("controller")), "lease_s": 4},
+            "brain": {"memory_path": str(tmp_path_factory.mktemp("brain") / "memory.sqlite3")},
         },
     )
     yield GraphServer(serve_http_port, GRAPH_TOKEN, handle, llm_server)

@@ -11,11 +11,9 @@ import pytest
 from graph.controller import HeadroomVerdict
 from graph.telemetry import (
     GB,
-    MB,
     DeviceStats,
     GpuTelemetry,
     ProbeState,
-    TelemetrySnapshot,
     VendorStatus,
     VramHeadroom,
     VramVerdict,

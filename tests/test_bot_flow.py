@@ -258,6 +258,7 @@ async def test_text_chat_during_a_session_is_queued_then_replayed_once(graph):
     assert await manager.leave(GUILD) is None
     assert reports and reports[0].complete and reports[0].acked >= 1
     replies_after = [c for c in ops.reply.await_args_list if c.args[:2] == (777, 501)]
+    print("during:", [c.args[2] for c in replies_during], "after:", [c.args[2] for c in replies_after])
     assert len(replies_after) == len(replies_during) + 1  # answered once, after the session
     ready, held = await graph.replay_batch()
     assert ready and not held  # acknowledged: nothing left to replay

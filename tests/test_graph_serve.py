@@ -219,3 +219,22 @@ async def test_graph_metrics_reach_rays_metrics_endpoint(graph_server):
             await asyncio.sleep(2)
     missing = [name for name in wanted if name not in text]
     assert not missing, f"metrics not exported: {missing}"
+
+
+async def test_a_session_prompt_uses_the_brains_persona_and_mood(graph_server):
+    body = {"guild_id": "g-voice-prompt", "voice_channel_id": "vc1", "text_channel_id": "tc1", "user_id": "u1"}
+    async with aiohttp.ClientSession(headers=graph_server.auth_headers) as http:
+        async with http.post(f"{graph_server.base_url}/v1/sessions", json=body) as response:
+            assert response.status == 201, await response.text()
+            session_id = (await response.json())["session_id"]
+        try:
+            async with await open_voice(graph_server) as ws:
+                events, audio = await utterance(
+                    ws, {"type": "prompt", "id": "sp", "text": "What do you like to sing?", "session_id": session_id}
+                )
+            assert events[-1]["status"] == "ok" and audio
+            record = graph_server.llm_server.last("What do you like to sing?")
+            assert "Hatsune Miku" in record.system and "mood" in record.system.lower()
+        finally:
+            async with http.delete(f"{graph_server.base_url}/v1/sessions/{session_id}") as response:
+                assert response.status == 200

@@ -61,7 +61,8 @@ class SopranoInProcessTTS(TTSBackend):
     "lmdeploy"; named differently because `backend` picks this class in config), `chunk_size` (LM tokens per
     streamed piece; 1 = lowest latency), sampling `temperature`/`top_p`/`repetition_penalty`.
 
-    The model loads in `warmup()` (the deployment calls it at start; `synthesize` loads on first use
+    Soprano has one voice and no speed control: `TTSOptions.voice`/`speed` are ignored (the RVC
+    stage makes the voice). The model loads in `warmup()` (the deployment calls it at start; `synthesize` loads on first use
     otherwise). soprano-tts warms itself up with one sentence while loading; `warmup()` also runs one
     streamed sentence so the streaming path is hot before the first user.
     """

@@ -30,6 +30,7 @@ class RequestRecord:
     path: str
     prompt: str
     model: str | None
+    system: str | None = None
     tokens_sent: int = 0
     finished: bool = False
     disconnected: bool = False
@@ -101,7 +102,8 @@ class LLMTestServer:
 
         final = {"id": "chatcmpl-1", "object": "chat.completion.chunk",
                  "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}
-        return await self._stream(request, prompt, body.get("model"), chunk, final, done_line=True)
+        system = next((m["content"] for m in body["messages"] if m["role"] == "system"), None)
+        return await self._stream(request, prompt, body.get("model"), chunk, final, done_line=True, system=system)
 
     async def _completions(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()
@@ -120,8 +122,8 @@ class LLMTestServer:
 
         return await self._stream(request, body["prompt"], None, chunk, {"content": "", "stop": True}, done_line=False)
 
-    async def _stream(self, request, prompt, model, chunk, final, done_line: bool) -> web.StreamResponse:
-        record = RequestRecord(request.path, prompt, model)
+    async def _stream(self, request, prompt, model, chunk, final, done_line: bool, system=None) -> web.StreamResponse:
+        record = RequestRecord(request.path, prompt, model, system)
         self.requests.append(record)
         if "[fail500]" in prompt:
             record.finished = True

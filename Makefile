@@ -1,14 +1,17 @@
 # Bootstraps everything on a fresh machine: Debian packages (as root), .venv, the project.
 #   make demo   speak a sentence through the whole graph into out/demo.wav
-#   make test   the test suite
+#   make test   the test suite (installs the model-backend extras too, to test their real loading code)
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed
+PIP := $(PY) -m pip --disable-pip-version-check
 DEBIAN_PACKAGES := espeak-ng libopus0
-EXTRAS ?= test
+TEST_EXTRAS := test,bench,soprano,rvc,llamacpp
+SOPRANO_TTS := soprano-tts==0.2.0
+# llama-cpp-python builds llama.cpp from source: portable CPU build, no server/examples/tests
+LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF -DGGML_BLAS=OFF -DLLAMA_CURL=OFF
 
-.PHONY: demo test serve bench deps venv clean
+.PHONY: demo test serve bench deps venv venv-test clean
 
 deps:
 	@scripts/ensure-debian-packages.sh $(DEBIAN_PACKAGES)
@@ -16,13 +19,21 @@ deps:
 $(PY):
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11 or newer is needed (set PYTHON=...)")'
 	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
 
-$(STAMP): pyproject.toml | $(PY)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[$(EXTRAS)]'
-	@touch $(STAMP)
+$(VENV)/.installed-base: pyproject.toml | $(PY)
+	$(PIP) install --quiet -e .
+	@touch $@
 
-venv: deps $(STAMP)
+$(VENV)/.installed-test: pyproject.toml | $(PY)
+	@echo "Installing the project with its test and model-backend extras (a first build of llama-cpp-python takes minutes) ..."
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(PIP) install --quiet -e '.[$(TEST_EXTRAS)]'
+	$(PIP) install --quiet --no-deps $(SOPRANO_TTS)
+	@touch $@ $(VENV)/.installed-base
+
+venv: deps $(VENV)/.installed-base
+
+venv-test: deps $(VENV)/.installed-test
 
 demo: venv
 	@mkdir -p out
@@ -31,14 +42,14 @@ demo: venv
 	@echo "Your demo is in out/demo.wav (48 kHz stereo, exactly what Discord would get)."
 	@echo "Listen with: aplay out/demo.wav   - or open it in any audio player."
 
-test: venv
+test: venv-test
 	$(PY) -m pytest -q
 
 serve: venv
 	$(VENV)/bin/miku serve
 
-bench: venv
+bench: venv-test
 	$(PY) benchmarks/voice_latency.py
 
 clean:
-	rm -rf $(VENV) out .pytest_cache
+	rm -rf $(VENV) out .pytest_cache .hypothesis

@@ -105,6 +105,9 @@ class ServeGraph:
     token = "bench-token"
 
     def __init__(self, args):
+        for setting in args.serve_env:
+            key, _, value = setting.partition("=")
+            os.environ[key] = value  # inherited by Ray's processes: Serve reads its flags at start
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
         import ray
@@ -240,6 +243,7 @@ async def main_async(args) -> dict:
         graph.close()
     result = {
         "benchmark": "voice_latency",
+        "serve_env": args.serve_env,
         "timings": {"llm_first_token_ms": args.llm_first_token_ms, "llm_tokens_per_s": args.llm_tokens_per_s,
                     "tts_first_audio_ms": args.tts_first_audio_ms, "tts_rtf": args.tts_rtf, "vc_ms_per_chunk": args.vc_ms},
         "a_inproc": summary(a_times),
@@ -275,6 +279,8 @@ def main() -> None:
     parser.add_argument("--tts-rtf", type=float, default=0.1)
     parser.add_argument("--vc-ms", type=float, default=25)
     parser.add_argument("--skip-serve", action="store_true", help="only the in-process runs (no Ray)")
+    parser.add_argument("--serve-env", action="append", default=[], metavar="KEY=VALUE",
+                        help="environment for Ray/Serve (e.g. RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD=0)")
     args = parser.parse_args()
     result = asyncio.run(main_async(args))
     result["session"] = simulated_session_underruns(args, args.session_minutes)

@@ -64,6 +64,7 @@ class StageHealth:
     stage: str
     backend: str
     ok: bool
+    placement: str = ""  # the custom resources the replica holds (which GPU), e.g. "gtx1660"
 
 
 @dataclass(frozen=True)
@@ -117,7 +118,9 @@ def parse_health(body: Any) -> GraphHealth:
         ok = item.get("ok")
         if ok is None:
             ok = str(item.get("status", "")).lower() in ("ok", "up", "healthy", "ready")
-        stages.append(StageHealth(str(item.get("stage", "?")), str(item.get("backend", "?")), bool(ok)))
+        resources = item.get("resources")
+        placement = ", ".join(sorted(resources)) if isinstance(resources, dict) else ""
+        stages.append(StageHealth(str(item.get("stage", "?")), str(item.get("backend", "?")), bool(ok), placement))
     overall = body.get("ok")
     if overall is None:
         overall = str(body.get("status", "ok")).lower() in ("ok", "up", "healthy", "ready") and all(

@@ -39,7 +39,8 @@ def format_status(
         )
     if health is not None:
         routing = ", ".join(
-            f"{s.stage}: {s.backend}{'' if s.ok else ' (down)'}" for s in health.stages
+            f"{s.stage}: {s.backend}{f' on {s.placement}' if s.placement else ''}{'' if s.ok else ' (down)'}"
+            for s in health.stages
         ) or "unknown"
         lines.append(f"GPU routing / backends: {routing}")
     if features is not None:

@@ -39,6 +39,7 @@ from graph.pipeline import (
 from graph.protocol import ProtocolError, SpeakRequest, parse_client_message, sanitize_text, to_wire
 from graph.types import FRAME_BYTES, AudioChunk, LLMRequest, StageError, TTSOptions, VCOptions, VCResult
 from graph.moods import load_moods
+from graph.telemetry import VramHeadroom
 from graph.voice_config import VoiceConfig
 
 log = logging.getLogger("ray.serve")
@@ -244,9 +245,11 @@ class VoiceGraph:
         auth.configure(auth.resolve_token(self.config.token, self.config.token_file))
         controller_config = dict(controller_config or {})
         actor_name = controller_config.pop("actor_name", CONTROLLER_NAME)
+        # a second concurrent session is admitted only if the RX 6800 keeps VRAM headroom
+        headroom = VramHeadroom(**controller_config.pop("vram_headroom", {}))
         # the session controller is a detached actor: created once per cluster, found again after restarts
         self.controller = await asyncio.to_thread(
-            get_or_create_controller, controller_config or None, name=actor_name
+            get_or_create_controller, controller_config or None, name=actor_name, headroom=headroom
         )
         use_controller(actor_name)
         self.brain = brain

@@ -1,29 +1,38 @@
-"""`POST /v1/events`: a Discord event in, the brain's actions out (an APIRouter the ingress includes).
+"""Event and autonomous-engine routes (an APIRouter the ingress includes).
 
-The body is validated here against the event models (`graph.brain.events`), so a malformed event is a
-422 listing every bad field and never reaches the brain. The brain is the `Brain` deployment of the
-Serve application named `BRAIN_APP_NAME` (set it, or call `configure(app_name=...)`, in the ingress
-replica before serving; default "miku").
+- `POST /v1/events`: a Discord event in, the brain's actions out. The body is validated here against
+  the event models (`graph.brain.events`, plus `server_config` below), so a malformed event is a 422
+  listing every bad field and never reaches the brain. Fields the brain's models do not know are passed
+  on untouched (the autonomous engine reads e.g. a presence's `kind` and `activity_type`).
+- `GET /v1/autonomous/actions?wait=S[&guild_id=G][&limit=N]`: long-poll the actions the autonomous
+  engine decided on its ticks; returned actions are removed (each is carried out once).
+- `GET /v1/autonomous/explain?guild_id=G`: the engine's signals and checks for one server (debugging).
+- `GET /v1/autonomous/servers`: the servers the engine tracks and their allow-lists.
+
+The brain is the `Brain` deployment of the Serve application named `BRAIN_APP_NAME` (set it, or call
+`configure(app_name=...)`, in the ingress replica before serving; default "miku").
 """
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal, Union
 
-from fastapi import APIRouter, Body, Depends, HTTPException, status
+from fastapi import APIRouter, Body, Depends, HTTPException, Query, Request, status
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from deployments.auth import require_token
-from graph.brain.events import Event, EventValidationError
+from graph.brain.events import EventValidationError, MemberJoinEvent, MessageEvent, MoodEvent, PresenceEvent
 
 BRAIN_APP_NAME = "miku"
 BRAIN_DEPLOYMENT_NAME = "Brain"
+MAX_WAIT_S = 60.0
 
 router = APIRouter()
 
 
 def configure(app_name: str | None = None, deployment_name: str | None = None) -> None:
-    """Point the route at another application's (or deployment name's) brain."""
+    """Point the routes at another application's (or deployment name's) brain."""
     global BRAIN_APP_NAME, BRAIN_DEPLOYMENT_NAME
     if app_name:
         BRAIN_APP_NAME = app_name
@@ -36,13 +45,80 @@ def get_brain_handle() -> DeploymentHandle:
     return serve.get_deployment_handle(BRAIN_DEPLOYMENT_NAME, app_name=BRAIN_APP_NAME)
 
 
+def _id_text(value: Any) -> Any:
+    return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+
+Snowflake = Annotated[str, BeforeValidator(_id_text), Field(pattern=r"^[0-9]{1,20}$")]
+
+
+class ServerConfigEvent(BaseModel):
+    """Where Miku may speak up on her own in one server, and its local time zone.
+
+    `allowed_channels` empty = stop acting (and tracking) in that server. Send it when the bot joins a
+    server or its settings change; the graph keeps it in memory, so send it again after a graph restart
+    (the client does so on every `on_ready`).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    type: Literal["server_config"]
+    event_id: str | None = Field(default=None, max_length=200)
+    guild_id: Snowflake
+    allowed_channels: list[Snowflake] = Field(max_length=500)
+    home_channel_id: Snowflake | None = None
+    timezone: str = Field(default="UTC", max_length=64)
+    enabled: bool = True
+
+
+AnyEvent = Annotated[
+    Union[MessageEvent, PresenceEvent, MemberJoinEvent, MoodEvent, ServerConfigEvent], Field(discriminator="type")
+]
+
+
 @router.post("/v1/events", dependencies=[Depends(require_token)])
 async def post_event(
-    event: Annotated[Event, Body()],
+    event: Annotated[AnyEvent, Body()],
+    request: Request,
     brain: Annotated[DeploymentHandle, Depends(get_brain_handle)],
 ) -> dict[str, Any]:
     """Handle one event; returns `{"actions": [...]}` (see docs/brain.md for every action type)."""
+    raw = await request.json()  # FastAPI already read and parsed it: this is the cached body
+    payload = {**raw, **event.model_dump(mode="json")} if isinstance(raw, dict) else event.model_dump(mode="json")
     try:
-        return await brain.handle_event.remote(event.model_dump(mode="json"))
+        return await brain.handle_event.remote(payload)
     except EventValidationError as exc:  # the brain validates again; keep its answer a 422 too
         raise HTTPException(status_code=status.HTTP_422_UNPROCESSABLE_ENTITY, detail=exc.errors) from None
+
+
+@router.get("/v1/autonomous/actions", dependencies=[Depends(require_token)])
+async def take_autonomous_actions(
+    brain: Annotated[DeploymentHandle, Depends(get_brain_handle)],
+    wait: Annotated[float, Query(ge=0, le=MAX_WAIT_S, description="seconds to wait for an action")] = 0.0,
+    guild_id: Annotated[str | None, Query(pattern=r"^[0-9]{1,20}$")] = None,
+    limit: Annotated[int | None, Query(ge=1, le=100)] = None,
+) -> dict[str, Any]:
+    """`{"actions": [...]}`: autonomous `send` actions to carry out, removed from the graph's outbox.
+
+    Answers as soon as there is one, else with an empty list after `wait` seconds (long-poll).
+    """
+    return await brain.take_autonomous_actions.remote(wait, guild_id, limit)
+
+
+@router.get("/v1/autonomous/explain", dependencies=[Depends(require_token)])
+async def explain_autonomous(
+    brain: Annotated[DeploymentHandle, Depends(get_brain_handle)],
+    guild_id: Annotated[str, Query(pattern=r"^[0-9]{1,20}$")],
+) -> dict[str, Any]:
+    """The engine's gate, mood, signals, every action's check (no roll) and its recent decisions."""
+    explained = await brain.explain_autonomous.remote(guild_id)
+    if explained is None:
+        raise HTTPException(status_code=status.HTTP_404_NOT_FOUND,
+                            detail=f"server {guild_id} is not configured for the autonomous engine")
+    return explained
+
+
+@router.get("/v1/autonomous/servers", dependencies=[Depends(require_token)])
+async def autonomous_servers(brain: Annotated[DeploymentHandle, Depends(get_brain_handle)]) -> dict[str, Any]:
+    """`{"servers": [{"guild_id", "allowed_channels", "home_channel_id", "timezone", "enabled"}]}`."""
+    return {"servers": await brain.autonomous_servers.remote()}

@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 import ray
 from ray import serve
 
+from deployments.telemetry import TelemetryExporter
 from graph.backends import create_backend
 from graph.types import AudioChunk, LLMRequest, StageStatus, TTSOptions, VCOptions, VCResult
 
@@ -25,6 +26,9 @@ class _BackendHost:
         self.backend = create_backend(self.stage, config)
         await self.backend.warmup()
         self.ready_s = time.monotonic() - started
+        # each stage replica reports the GPUs it can see (absent on a CPU machine) as Ray gauges
+        self.telemetry = TelemetryExporter()
+        self.telemetry.start()
 
     async def status(self) -> StageStatus:
         context = ray.get_runtime_context()
@@ -35,9 +39,12 @@ class _BackendHost:
             "node_id": context.get_node_id(),
             "resources": {k: v for k, v in context.get_assigned_resources().items() if k != "CPU"},
         }
+        if self.telemetry.latest is not None:
+            detail["gpu"] = self.telemetry.latest.as_dict()
         return StageStatus(self.stage, detail.get("backend", self.backend.name), True, detail)
 
     async def __del__(self) -> None:
+        await self.telemetry.stop()
         await self.backend.aclose()
 
 

@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Protocol
 
+import numpy as np
+
 from graph.audio import AudioOutput
 from graph.text import SegmenterConfig, SentenceAggregator, SpeechSegmenter
 from graph.trace import Milestone, PlayoutMeter, UtteranceTrace
@@ -84,6 +86,7 @@ class PipelineConfig:
     audio_queue_size: int = 4
     max_frames_per_message: int = 25  # 500 ms of audio per binary message at most
     stage_timeout_s: float = 30.0  # no token / audio from a stage for this long -> StageError
+    vc_group_s: float = 0.2  # TTS pieces already waiting are sent to VC together, up to this much audio
     aggregation: Aggregation = Aggregation.EARLY_FIRST_CHUNK
     segmenter: SegmenterConfig = field(default_factory=SegmenterConfig)
 
@@ -215,9 +218,17 @@ class UtterancePipeline:
         try:
             context: object | None = None
             segment_start = False
+            lookahead: list = []
             while True:
-                item = await audio_q.get()
+                item = lookahead.pop() if lookahead else await audio_q.get()
                 if item is _END:
+                    if context is not None:
+                        # a stateful VC (RVC) holds back a short tail for its crossfade: an empty chunk flushes it
+                        flushed = await self._convert(AudioChunk(np.zeros(0, np.float32), output.sample_rate or 48_000), utterance, context)
+                        for message in self._frame_messages(utterance.id, output.push(flushed.audio)):
+                            meter.on_frames(message.frame_count * FRAME_MS / 1000.0)
+                            frames += message.frame_count
+                            yield message
                     break
                 if isinstance(item, _StageFailure):
                     raise item.error
@@ -226,15 +237,9 @@ class UtterancePipeline:
                     segment_start = True  # a new TTS chunk: de-click where it joins the last one
                     yield item
                     continue
+                item = self._coalesce(item, audio_q, lookahead)
                 started = self.clock()
-                try:
-                    result = await self._timed(
-                        self.calls.vc(item, utterance.vc_options, context), "vc", self.calls.vc_name
-                    )
-                except StageError:
-                    raise
-                except Exception as error:  # a crashed backend or replica, not a user error
-                    raise StageError("vc", self.calls.vc_name, describe_error(error)) from error
+                result = await self._convert(item, utterance, context)
                 self.observer.stage_latency("vc", (self.clock() - started) * 1000.0)
                 context = result.context
                 segment_start = False
@@ -263,6 +268,32 @@ class UtterancePipeline:
         yield UtteranceEnded(
             utterance.id, status, trace.as_dict_ms(), frames, chunks, meter.underruns
         )
+
+    def _coalesce(self, first: AudioChunk, audio_q: asyncio.Queue, lookahead: list) -> AudioChunk:
+        """Join TTS pieces that are already waiting (never wait for more) into one VC call.
+
+        Small TTS pieces (Soprano streams ~64 ms) would each pay a VC call and its context overhead.
+        """
+        pieces = [first]
+        seconds = first.duration_s
+        while seconds < self.config.vc_group_s and not audio_q.empty():
+            following = audio_q.get_nowait()
+            if not isinstance(following, AudioChunk) or following.sample_rate != first.sample_rate:
+                lookahead.append(following)  # a chunk marker, the end or a failure: handled next turn
+                break
+            pieces.append(following)
+            seconds += following.duration_s
+        if len(pieces) == 1:
+            return first
+        return AudioChunk(np.concatenate([p.samples for p in pieces]), first.sample_rate)
+
+    async def _convert(self, chunk: AudioChunk, utterance: Utterance, context: object | None) -> VCResult:
+        try:
+            return await self._timed(self.calls.vc(chunk, utterance.vc_options, context), "vc", self.calls.vc_name)
+        except StageError:
+            raise
+        except Exception as error:  # a crashed backend or replica, not a user error
+            raise StageError("vc", self.calls.vc_name, describe_error(error)) from error
 
     def _frame_messages(self, utterance_id: str, pcm: bytes) -> list[AudioFrames]:
         step = self.config.max_frames_per_message * FRAME_BYTES

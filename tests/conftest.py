@@ -29,6 +29,7 @@ def ray_cluster():
 
     if not ray.is_initialized():
         ray.init(
+            address="local",  # never attach to a cluster someone started with `ray start`
             num_cpus=2,
             resources=dict(FAKE_GPU_RESOURCES),
             include_dashboard=False,

@@ -220,8 +220,19 @@ def test_permissions_admin_override_and_open_commands():
 def test_voice_status_text():
     status = SessionStatus("s1", SessionState.ACTIVE, 4, 10, 125.0, True, 2, True, (310.0, 280.0),
                            {"frames_played": 500, "underruns": 1, "fill_frames": 5}, ("vision",))
-    health = GraphHealth(True, (StageHealth("tts", "espeak", True), StageHealth("vc", "world", True)))
+    health = GraphHealth(True, (StageHealth("tts", "espeak", True, "gtx1660"), StageHealth("vc", "world", True)))
     text = format_status(status, [FeatureState("vision", True), FeatureState("autonomous_engine", False)], health)
     assert "<#4>" in text and "<#10>" in text and "Prompts waiting: 2" in text and "2m 05s" in text
-    assert "310 ms" in text and "Features blocked: vision" in text and "tts: espeak" in text
+    assert "310 ms" in text and "Features blocked: vision" in text and "tts: espeak on gtx1660" in text
     assert "Not in a voice session" in format_status(None, None, None)
+
+
+def test_parse_health_reads_the_graphs_shape():
+    from bot_client.graph_api import parse_health
+
+    health = parse_health({"status": "degraded", "stages": {
+        "llm": {"ok": True, "backend": "openai", "resources": {"rx6800": 0.1}},
+        "tts": {"ok": False, "error": "replica died"},
+        "vc": {"ok": True, "backend": "world", "resources": {"rx6800": 0.2}}}})
+    assert not health.ok and not health.stage_ok("tts", "vc") and health.stage_ok("vc")
+    assert health.backends()["llm"] == "openai" and health.stages[0].placement == "rx6800"

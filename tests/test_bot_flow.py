@@ -23,6 +23,7 @@ from bot_client.jitter import FRAME_BYTES
 from bot_client.loopback import RecordingVoiceClient, aligned_snr_db
 from bot_client.router import MessageRouter
 from bot_client.session import JoinRequest, PresenceKeeper, SessionManager
+from bot_client.status import format_status
 
 ROOT = Path(__file__).resolve().parent.parent
 GUILD, USER, PROMPT_CHANNEL, VOICE_CHANNEL = 9001, 9002, 9003, 9004
@@ -141,6 +142,8 @@ async def test_join_prompt_frames_leave_with_features_blocked_and_restored(graph
     status = session.status()
     assert status.recent_ttfa_ms and status.recent_ttfa_ms[0] > 0
     assert await session.report_playback()  # underruns and frames reach the graph's metrics route
+    report = format_status(status, await graph.features(), await graph.health())
+    assert "tts: espeak on gtx1660" in report and "vision" in report and "Prompts waiting: 0" in report
 
     assert await manager.leave(GUILD) is None
     await wait_for(lambda: link.player is not None and not link.player.is_alive(), what="player stop")

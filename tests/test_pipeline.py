@@ -22,7 +22,7 @@ from graph.pipeline import (
     UtteranceStarted,
     UtteranceStatus,
 )
-from graph.types import FRAME_BYTES, LLMRequest, StageError
+from graph.types import FRAME_BYTES, AudioChunk, LLMRequest, StageError, VCResult
 
 
 async def collect(pipeline, utterance):
@@ -222,3 +222,55 @@ async def test_any_tts_rate_comes_out_as_48k_frames(rate):
     seconds = len(pcm) / FRAME_BYTES * 0.02
     expected = sum(max(0.2, len(e.text) / 14.0) for e in events if isinstance(e, ChunkSpoken))
     assert abs(seconds - expected) < 0.05  # resampled, framed, padded by less than one frame
+
+
+class TailHoldingVC(VCBackend):
+    """Like RVC: keeps the last 480 samples of each call back for a crossfade; an empty chunk flushes them."""
+
+    name = "tail"
+
+    def __init__(self):
+        self.calls = []
+
+    async def convert(self, chunk, options, context):
+        self.calls.append(len(chunk.samples))
+        held = context if context is not None else np.zeros(0, np.float32)
+        joined = np.concatenate([held, chunk.samples])
+        if len(chunk.samples) == 0:
+            return VCResult(AudioChunk(joined, chunk.sample_rate), None)
+        return VCResult(AudioChunk(joined[:-480], chunk.sample_rate), joined[-480:])
+
+
+async def test_a_stateful_vc_is_flushed_at_the_end_so_nothing_is_lost():
+
+    tts = SimulatedTTS(first_audio_s=0, real_time_factor=0, sample_rate=48000)
+    vc = TailHoldingVC()
+    events = await collect(
+        UtterancePipeline(StageCalls.from_backends(EchoLLM(), tts, vc)),
+        Utterance("u", "One short sentence.", UtteranceMode.SAY),
+    )
+    assert vc.calls[-1] == 0  # the flush call
+    spoken = sum(max(0.2, len(e.text) / 14.0) for e in events if isinstance(e, ChunkSpoken))
+    pcm_seconds = len(frames_of(events)) / FRAME_BYTES * 0.02
+    assert abs(pcm_seconds - spoken) < 0.021  # only end padding, the held tail was not dropped
+
+
+async def test_tts_pieces_that_are_already_waiting_go_to_vc_together():
+    tts = SimulatedTTS(first_audio_s=0, real_time_factor=0, sample_rate=32000, piece_s=0.064)
+    calls = []
+
+    class CountingVC(VCBackend):
+        name = "counting"
+
+        async def convert(self, chunk, options, context):
+            calls.append(chunk.duration_s)
+            await asyncio.sleep(0.01)  # while VC works, more TTS pieces queue up
+            return VCResult(chunk, None)
+
+    events = await collect(
+        UtterancePipeline(StageCalls.from_backends(EchoLLM(), tts, CountingVC())),
+        Utterance("u", "A sentence long enough to make many small pieces of audio.", UtteranceMode.SAY),
+    )
+    pieces = sum(int(np.ceil(max(0.2, len(e.text) / 14.0) / 0.064)) for e in events if isinstance(e, ChunkSpoken))
+    assert len(calls) < pieces and max(calls) <= 0.2 + 0.064 + 1e-6
+    assert events[-1].status is UtteranceStatus.OK

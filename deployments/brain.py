@@ -37,6 +37,7 @@ from ray.serve.handle import DeploymentHandle
 
 from graph.autonomous import (
     DEFAULT_AUTONOMOUS_CONFIG_PATH,
+    AutonomousConfig,
     AutonomousConfigError,
     AutonomousDecision,
     AutonomousEngine,
@@ -69,8 +70,10 @@ from graph.types import LLMRequest
 
 log = logging.getLogger(__name__)
 
-DEFAULT_CONFIG_FILE = Path(__file__).resolve().parent.parent / "configs" / "brain.yaml"
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_CONFIG_FILE = REPO_ROOT / "configs" / "brain.yaml"
 SERVER_CONFIG_EVENT = "server_config"
+INVALID_KEY = "invalid"  # handle_event's answer for a malformed event: the route makes it a 422
 MAX_POLL_WAIT_S = 60.0
 
 
@@ -128,8 +131,10 @@ class AutonomousHosting:
             raise ValueError("autonomous.outbox_size must be >= 1 and max_action_age_s > 0")
         return settings
 
-    def engine_config(self):
-        path = Path(self.config_path)
+    def engine_config(self) -> AutonomousConfig:
+        """configs/autonomous.yaml (or `config_path`, relative to the repository) with the overrides."""
+        path = Path(self.config_path).expanduser()
+        path = path if path.is_absolute() else REPO_ROOT / path
         try:
             data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
         except OSError as exc:
@@ -139,7 +144,7 @@ class AutonomousHosting:
         return parse_autonomous_config(_deep_merge(data, self.engine), source=f"{path} + overrides")
 
 
-def _load_config(config: dict[str, Any] | str | Path | None) -> tuple[BrainConfig, Mapping[str, Any] | None]:
+def load_brain_config(config: dict[str, Any] | str | Path | None) -> tuple[BrainConfig, Mapping[str, Any] | None]:
     """The brain's config, and its `autonomous` mapping (which BrainConfig itself does not know)."""
     if config is None:
         config = DEFAULT_CONFIG_FILE
@@ -679,7 +684,7 @@ class Brain:
         tick_interval_s: float = 30.0,
         autonomous: dict[str, Any] | str | None = None,
     ):
-        brain_config, autonomous_from_config = _load_config(config)
+        brain_config, autonomous_from_config = load_brain_config(config)
         hosting = AutonomousHosting.from_sources(autonomous, autonomous_from_config)
         complete = None
         self._backend = None
@@ -707,10 +712,17 @@ class Brain:
             self._tasks.append(loop.create_task(_tick_forever("autonomous", hosting.tick_interval_s, self._autonomous.tick)))
 
     async def handle_event(self, event: dict[str, Any]) -> dict[str, Any]:
-        """One client event. `server_config` sets a server's autonomous allow-list and time zone."""
-        if event.get("type") == SERVER_CONFIG_EVENT:
-            return await self.configure_server(event)
-        result = await self._brain.handle_event(event)
+        """One client event -> `{"actions": [...]}`; a malformed one -> `{"actions": [], "invalid": [errors]}`.
+
+        (Errors come back as data: EventValidationError does not survive Ray's exception pickling.)
+        `server_config` sets a server's autonomous allow-list and time zone.
+        """
+        try:
+            if event.get("type") == SERVER_CONFIG_EVENT:
+                return await self.configure_server(event)
+            result = await self._brain.handle_event(event)
+        except EventValidationError as exc:
+            return {"actions": [], INVALID_KEY: exc.errors}
         if self._autonomous is not None:
             try:
                 result["actions"].extend(await self._autonomous.on_event(event, list(result["actions"])))

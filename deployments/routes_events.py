@@ -22,7 +22,8 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from deployments.auth import require_token
-from graph.brain.events import EventValidationError, MemberJoinEvent, MessageEvent, MoodEvent, PresenceEvent
+from deployments.brain import INVALID_KEY
+from graph.brain.events import MemberJoinEvent, MessageEvent, MoodEvent, PresenceEvent
 
 BRAIN_APP_NAME = "miku"
 BRAIN_DEPLOYMENT_NAME = "Brain"
@@ -85,10 +86,10 @@ async def post_event(
     """Handle one event; returns `{"actions": [...]}` (see docs/brain.md for every action type)."""
     raw = await request.json()  # FastAPI already read and parsed it: this is the cached body
     payload = {**raw, **event.model_dump(mode="json")} if isinstance(raw, dict) else event.model_dump(mode="json")
-    try:
-        return await brain.handle_event.remote(payload)
-    except EventValidationError as exc:  # the brain validates again; keep its answer a 422 too
-        raise HTTPException(status_code=status.HTTP_422_UNPROCESSABLE_ENTITY, detail=exc.errors) from None
+    result = await brain.handle_event.remote(payload)
+    if result.get(INVALID_KEY):  # the brain validates again (and checks a server_config's time zone)
+        raise HTTPException(status_code=status.HTTP_422_UNPROCESSABLE_ENTITY, detail=result[INVALID_KEY])
+    return result
 
 
 @router.get("/v1/autonomous/actions", dependencies=[Depends(require_token)])

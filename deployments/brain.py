@@ -359,7 +359,7 @@ class AutonomousHost:
         )
         self.outbox = AutonomousOutbox(settings.outbox_size, settings.max_action_age_s, monotonic)
         self._servers: dict[int, ServerSettings] = {s.guild_id: s for s in config.servers}
-        self._presence: OrderedDict[str, tuple[str, str | None]] = OrderedDict()  # user -> (status, activity)
+        self._presence: OrderedDict[str, tuple[str, str | None]] = OrderedDict()  # guild:user -> (status, activity)
         self._names: OrderedDict[str, tuple[str, str]] = OrderedDict()  # channel -> (guild name, channel name)
         self._recent: dict[int, deque[dict[str, Any]]] = {}
         self._sync_seq = 0
@@ -429,8 +429,9 @@ class AutonomousHost:
         if isinstance(event, PresenceEvent):
             if event.guild_id is None:
                 return None
-            previous = self._presence.get(event.user_id)
-            self._remember(self._presence, event.user_id, (event.status, event.activity))
+            key = f"{event.guild_id}:{event.user_id}"  # Discord reports presence once per shared server
+            previous = self._presence.get(key)
+            self._remember(self._presence, key, (event.status, event.activity))
             kind = raw.get("kind")
             activity_name = raw.get("activity_name") or event.activity
             if kind not in ("activity_started", "came_online"):
@@ -497,9 +498,12 @@ class AutonomousHost:
         guild_id = _snowflake(getattr(event, "guild_id", None))
         if payload is None or guild_id is None or guild_id not in self._servers:
             return []
-        outcome = self._feed(payload)
-        if isinstance(event, MessageEvent):
-            self._note_brain_speaking(event, brain_actions)
+        spoke = [a for a in brain_actions if a.get("type") in _SPEAKING_ACTIONS]
+        if isinstance(event, MemberJoinEvent) and spoke:
+            outcome = EventOutcome.IGNORED  # the brain welcomed them already: nothing left to engage
+        else:
+            outcome = self._feed(payload)
+        self._note_brain_speaking(event, guild_id, spoke)
         self._sync_mood(guild_id)
         if (outcome is not EventOutcome.APPLIED or brain_actions or not self.settings.decide_on_event
                 or isinstance(event, MoodEvent)):
@@ -512,13 +516,14 @@ class AutonomousHost:
         self.stats["inline"] += 1
         return [await self._action_for(decision)]
 
-    def _note_brain_speaking(self, event: MessageEvent, brain_actions: list[dict[str, Any]]) -> None:
-        """The brain answered in this server: she has spoken, so the engine must not pile on."""
-        for index, action in enumerate(brain_actions):
-            channel = action.get("channel_id") or event.channel_id
-            if action.get("type") in _SPEAKING_ACTIONS and _snowflake(channel) is not None:
-                self._feed({"type": "message", "event_id": f"brain-action:{event.message_id}:{index}",
-                            "guild_id": event.guild_id, "channel_id": channel,
+    def _note_brain_speaking(self, event: Any, guild_id: int, spoke: list[dict[str, Any]]) -> None:
+        """The brain answered (a reply, a welcome...): she has spoken there, so the engine must not pile on."""
+        key = event.message_id if isinstance(event, MessageEvent) else event.event_id
+        for index, action in enumerate(spoke):
+            channel = _snowflake(action.get("channel_id") or getattr(event, "channel_id", None))
+            if channel is not None:
+                self._feed({"type": "message", "event_id": f"brain-action:{key}:{index}",
+                            "guild_id": guild_id, "channel_id": channel,
                             "author_id": _snowflake(self.brain.config.self_user_id) or 0,
                             "timestamp": self._clock(), "is_miku": True})
 

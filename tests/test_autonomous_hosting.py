@@ -183,6 +183,9 @@ async def test_presence_changes_and_moods_reach_the_engine(host_factory):
     await _post(host, {"type": "presence", "event_id": "p2", "guild_id": guild, "user_id": "61", "status": "online", "activity": "Minecraft"})
     await _post(host, {"type": "presence", "event_id": "p3", "guild_id": guild, "user_id": "62", "status": "online"})
     await _post(host, {"type": "member_join", "event_id": "j1", "guild_id": guild, "user_id": "63", "user_name": "Len"})
+    welcome = await _post(host, {"type": "member_join", "event_id": "j2", "guild_id": guild, "user_id": "64",
+                                 "user_name": "Kaito", "channel_id": "5"})
+    assert [a["type"] for a in welcome] == ["send"]  # the brain welcomed Kaito: not engaged a second time
     pending = host.explain(int(guild))["signals"]["pending"]
     assert [(p["user_id"], p["source"], p["activity"]) for p in pending] == [
         ("61", "activity_started", "Minecraft"), ("62", "came_online", None), ("63", "member_join", None)]
@@ -469,3 +472,25 @@ async def test_poller_hands_actions_to_the_client_executor(auto_app):
             await refused.poll_once(wait_s=0)
     finally:
         await refused.stop()
+
+
+async def test_the_default_graph_app_hosts_the_engine(graph_server):
+    """The session's shared app (configs/local.yaml, default engine settings) serves the same routes."""
+    guild = _guild()
+    base, headers = graph_server.base_url, graph_server.auth_headers
+    async with aiohttp.ClientSession(headers=headers) as http:
+        config = {"type": "server_config", "guild_id": guild, "allowed_channels": ["3501", "3502"],
+                  "home_channel_id": "3502", "timezone": "America/New_York"}
+        async with http.post(f"{base}/v1/events", json=config) as response:
+            assert response.status == 200, await response.text()
+            assert (await response.json())["autonomous"]["home_channel_id"] == "3502"
+        async with http.get(f"{base}/v1/autonomous/explain", params={"guild_id": guild}) as response:
+            explained = await response.json()
+        assert explained["settings"]["timezone"] == "America/New_York" and explained["mood"] == "neutral"
+        assert explained["gate"] in ("starting_up", "paused", "active")
+        assert [c["action"] for c in explained["checks"]] == [
+            "join_conversation", "engage_user", "fomo", "break_silence", "share_something"]
+        async with http.post(f"{base}/v1/events", json={**config, "allowed_channels": []}) as response:
+            assert (await response.json())["autonomous"]["tracked"] is False
+        async with http.get(f"{base}/v1/autonomous/explain", params={"guild_id": guild}) as response:
+            assert response.status == 404

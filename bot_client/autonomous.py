@@ -5,7 +5,8 @@ wait in an outbox on the graph. `AutonomousPoller` long-polls `GET /v1/autonomou
 (the graph answers as soon as an action is ready, or with nothing after S seconds) and passes every
 batch to a callable, normally `ActionExecutor.execute` (the actions are ordinary `send` actions, see
 docs/autonomous.md). On errors it backs off exponentially (with jitter) up to `max_backoff_s`, and it
-stops cleanly: `stop()` cancels the pending poll and closes its HTTP session.
+stops cleanly: `stop()` cancels the pending poll and closes its HTTP session. The first successful poll
+after failures calls `on_recovered` (the bot re-sends its server settings: a restarted graph lost them).
 
 It keeps its own aiohttp session because a long-poll outlives the GraphClient's short request timeout.
 """
@@ -42,6 +43,7 @@ class AutonomousPoller:
         max_backoff_s: float = 60.0,
         rng: random.Random | None = None,
         sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
+        on_recovered: Callable[[], Awaitable[Any]] | None = None,
     ) -> None:
         if wait_s < 0 or interval_s < 0 or initial_backoff_s <= 0 or max_backoff_s < initial_backoff_s:
             raise ValueError("wait_s/interval_s must be >= 0 and 0 < initial_backoff_s <= max_backoff_s")
@@ -54,6 +56,7 @@ class AutonomousPoller:
         self.max_backoff_s = max_backoff_s
         self._rng = rng or random.Random()
         self._sleep = sleep
+        self.on_recovered = on_recovered  # awaited after the first good poll that follows failures
         self._http: aiohttp.ClientSession | None = None
         self._task: asyncio.Task | None = None
         self._stopping = False
@@ -110,7 +113,12 @@ class AutonomousPoller:
                     log.warning("autonomous poll failed (%s); retrying in %.1f s", exc, delay)
                     await self._sleep(delay)
                     continue
-                self.failures = 0
+                recovered, self.failures = self.failures > 0, 0
+                if recovered and self.on_recovered is not None:
+                    try:
+                        await self.on_recovered()
+                    except Exception:  # a failing hook must not end polling
+                        log.exception("the autonomous poller's recovery hook failed")
                 if actions:
                     self._executing = True
                     try:

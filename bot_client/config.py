@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import enum
 import os
+import re
+import zoneinfo
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -64,6 +66,34 @@ class SessionConfig:
 
 
 @dataclass(frozen=True)
+class AutonomousServerConfig:
+    """Where Miku may speak up on her own in one server (an empty allow-list: nowhere)."""
+
+    guild_id: int
+    allowed_channels: tuple[int, ...] = ()
+    home_channel_id: int | None = None  # None: the graph uses the first allowed channel
+    timezone: str | None = None  # IANA name; None: the graph's default (UTC)
+
+
+@dataclass(frozen=True)
+class AutonomousConfig:
+    """The graph's autonomous engine as seen from the bot: polling its actions and telling it where to speak.
+
+    A server not listed in `servers` never gets a message from her on her own.
+    """
+
+    enabled: bool = True
+    wait_s: float = 25.0  # long-poll of GET /v1/autonomous/actions (the graph allows up to 60 s)
+    servers: dict[int, AutonomousServerConfig] = field(default_factory=dict)
+
+    def server(self, guild_id: int | str) -> AutonomousServerConfig | None:
+        try:
+            return self.servers.get(int(guild_id))
+        except (TypeError, ValueError):
+            return None
+
+
+@dataclass(frozen=True)
 class BotConfig:
     command_prefix: str = "!"
     group_name: str = "miku"
@@ -71,6 +101,7 @@ class BotConfig:
     permissions: PermissionsConfig = field(default_factory=PermissionsConfig)
     playback: PlaybackConfig = field(default_factory=PlaybackConfig)
     session: SessionConfig = field(default_factory=SessionConfig)
+    autonomous: AutonomousConfig = field(default_factory=AutonomousConfig)
     seen_messages: int = 5000  # how many message ids are remembered to act on each message once
     sync_app_commands: bool = True
 
@@ -92,6 +123,60 @@ class BotConfig:
         raise ConfigError("no graph token: set MIKU_GRAPH_TOKEN, graph.token or graph.token_file")
 
 
+_SNOWFLAKE = re.compile(r"^[0-9]{1,20}$")
+_MAX_POLL_WAIT_S = 60.0  # the graph refuses longer long-polls
+
+
+def _snowflake(value: Any, path: str) -> int:
+    """A Discord id from YAML: an integer or a string of digits."""
+    if isinstance(value, bool) or not isinstance(value, (int, str)) or not _SNOWFLAKE.match(str(value)):
+        raise ConfigError(f"{path} must be a Discord id (digits), got {value!r}")
+    return int(value)
+
+
+def _autonomous_server(guild_id: int, data: Any, path: str) -> AutonomousServerConfig:
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must be a mapping, got {type(data).__name__}")
+    unknown = sorted(set(data) - {"allowed_channels", "home_channel_id", "timezone"})
+    if unknown:
+        raise ConfigError(f"unknown key(s) in {path}: {', '.join(map(str, unknown))}")
+    channels = data.get("allowed_channels") or []
+    if isinstance(channels, (int, str)) and not isinstance(channels, bool):
+        channels = [channels]
+    if not isinstance(channels, list):
+        raise ConfigError(f"{path}.allowed_channels must be a list of channel ids")
+    allowed = tuple(dict.fromkeys(_snowflake(c, f"{path}.allowed_channels") for c in channels))
+    home = data.get("home_channel_id")
+    home_id = None if home is None else _snowflake(home, f"{path}.home_channel_id")
+    if home_id is not None and home_id not in allowed:
+        raise ConfigError(f"{path}.home_channel_id {home_id} is not in {path}.allowed_channels")
+    timezone = data.get("timezone")
+    if timezone is not None:
+        if not isinstance(timezone, str) or not timezone.strip():
+            raise ConfigError(f"{path}.timezone must be an IANA time zone name, got {timezone!r}")
+        try:
+            zoneinfo.ZoneInfo(timezone)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            raise ConfigError(f"{path}.timezone {timezone!r} is not a known IANA time zone") from None
+    return AutonomousServerConfig(guild_id, allowed, home_id, timezone)
+
+
+def _autonomous_servers(data: Any, path: str) -> dict[int, AutonomousServerConfig]:
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must be a mapping of guild id -> settings, got {type(data).__name__}")
+    servers: dict[int, AutonomousServerConfig] = {}
+    for key, value in data.items():
+        guild_id = _snowflake(key, f"{path} key")
+        if guild_id in servers:
+            raise ConfigError(f"{path}.{guild_id} is listed twice")
+        servers[guild_id] = _autonomous_server(guild_id, value, f"{path}.{guild_id}")
+    return servers
+
+
 def _build(cls: type, data: Any, where: str) -> Any:
     if data is None:
         return cls()
@@ -105,8 +190,10 @@ def _build(cls: type, data: Any, where: str) -> Any:
     for name, value in data.items():
         path = f"{where}.{name}" if where else name
         default = getattr(cls(), name)
-        if isinstance(default, (GraphConfig, PermissionsConfig, PlaybackConfig, SessionConfig)):
+        if isinstance(default, (GraphConfig, PermissionsConfig, PlaybackConfig, SessionConfig, AutonomousConfig)):
             kwargs[name] = _build(type(default), value, path)
+        elif cls is AutonomousConfig and name == "servers":
+            kwargs[name] = _autonomous_servers(value, path)
         elif isinstance(default, PromptMode):
             try:
                 kwargs[name] = PromptMode(str(value).lower())
@@ -154,4 +241,7 @@ def load_config(path: str | os.PathLike[str] | None) -> BotConfig:
         raise ConfigError("playback.prebuffer_ms must be a multiple of 20 (one Discord frame)")
     if config.session.max_prompt_chars <= 0:
         raise ConfigError("session.max_prompt_chars must be positive")
+    wait_s = config.autonomous.wait_s
+    if wait_s is None or not 0 < wait_s <= _MAX_POLL_WAIT_S:
+        raise ConfigError(f"autonomous.wait_s must be more than 0 and at most {_MAX_POLL_WAIT_S:g} s, got {wait_s!r}")
     return config

@@ -37,7 +37,7 @@ from graph.pipeline import (
     UtterancePipeline,
 )
 from graph.protocol import ProtocolError, SpeakRequest, parse_client_message, sanitize_text, to_wire
-from graph.types import FRAME_BYTES, AudioChunk, LLMRequest, StageError, TTSOptions, VCOptions, VCResult
+from graph.types import LLMRequest, StageError, TTSOptions, VCOptions, VCResult
 from graph.moods import load_moods
 from graph.telemetry import VramHeadroom
 from graph.voice_config import VoiceConfig
@@ -221,6 +221,38 @@ def _s16_stereo_to_f32_mono(pcm: bytes) -> np.ndarray:
     return (frames[:, 0].astype(np.float32) / 32768.0).astype("<f4")
 
 
+def _sender(websocket: WebSocket):
+    """One send coroutine per connection: JSON for dicts, binary for audio, one message at a time."""
+    lock = asyncio.Lock()
+
+    async def send(message: bytes | dict) -> None:
+        async with lock:
+            if isinstance(message, bytes):
+                await websocket.send_bytes(message)
+            else:
+                await websocket.send_json(message)
+
+    return send
+
+
+async def _receive_until_closed(websocket: WebSocket, handle_raw) -> None:
+    """Hand every client message to `handle_raw` until the client goes away.
+
+    The receive loop runs all the time (even while audio is being sent), so a closed client is noticed
+    at once and its in-flight work can be cancelled.
+    """
+    try:
+        while True:
+            message = await websocket.receive()
+            if message["type"] == "websocket.disconnect":
+                return
+            raw = message.get("text") if message.get("text") is not None else message.get("bytes")
+            if raw is not None:
+                await handle_raw(raw)
+    except WebSocketDisconnect:
+        return
+
+
 class PlaybackReport(BaseModel):
     """What a client reports about its own playback (jitter buffer), for the graph's metrics."""
 
@@ -375,28 +407,12 @@ class VoiceGraph:
             await websocket.close(code=1008, reason="missing or wrong bearer token")
             return
         await websocket.accept()
-
-        async def send(message: bytes | dict) -> None:
-            if isinstance(message, bytes):
-                await websocket.send_bytes(message)
-            else:
-                await websocket.send_json(message)
-
         conversation = VoiceConversation(
-            self._run_utterance, send, self.config.max_pending_prompts, self.config.max_prompt_chars
+            self._run_utterance, _sender(websocket), self.config.max_pending_prompts, self.config.max_prompt_chars
         )
         speaker = asyncio.create_task(conversation.run())
         try:
-            # the receive loop runs all the time, so a closed client is noticed at once
-            while True:
-                message = await websocket.receive()
-                if message["type"] == "websocket.disconnect":
-                    break
-                raw = message.get("text") if message.get("text") is not None else message.get("bytes")
-                if raw is not None:
-                    await conversation.handle_raw(raw)
-        except WebSocketDisconnect:
-            pass
+            await _receive_until_closed(websocket, conversation.handle_raw)
         finally:
             await conversation.close()
             speaker.cancel()
@@ -409,26 +425,9 @@ class VoiceGraph:
             await websocket.close(code=1008, reason="missing or wrong bearer token")
             return
         await websocket.accept()
-        send_lock = asyncio.Lock()
-
-        async def send(message: bytes | dict) -> None:
-            async with send_lock:
-                if isinstance(message, bytes):
-                    await websocket.send_bytes(message)
-                else:
-                    await websocket.send_json(message)
-
-        stream = TokenStreamSession(self, send)
+        stream = TokenStreamSession(self, _sender(websocket))
         try:
-            while True:
-                message = await websocket.receive()
-                if message["type"] == "websocket.disconnect":
-                    break
-                raw = message.get("text") if message.get("text") is not None else message.get("bytes")
-                if raw is not None:
-                    await stream.handle_raw(raw)
-        except WebSocketDisconnect:
-            pass
+            await _receive_until_closed(websocket, stream.handle_raw)
         finally:
             await stream.close()
 

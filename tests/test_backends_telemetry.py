@@ -115,11 +115,13 @@ async def test_ray_gauges_reach_prometheus_with_the_ray_prefix(ray_cluster):
             for _ in range(150):  # bounded: Ray flushes metrics to the node agent every few seconds
                 async with session.get(f"http://127.0.0.1:{port}/metrics") as response:
                     text = await response.text()
-                used = re.search(r'ray_miku_gpu_vram_used_bytes\{[^}]*resource="rx6800"[^}]*\} ([0-9.e+]+)', text)
-                available = re.search(r'ray_miku_gpu_telemetry_available\{[^}]*vendor="amd"[^}]*\} ([0-9.e+]+)', text)
+                # other processes of the shared cluster (the graph's stage replicas) export their own,
+                # GPU-less readings of the same gauges: look for this exporter's values among them
+                used = [float(v) for v in re.findall(r'ray_miku_gpu_vram_used_bytes\{[^}]*resource="rx6800"[^}]*\} ([0-9.e+]+)', text)]
+                available = [float(v) for v in re.findall(r'ray_miku_gpu_telemetry_available\{[^}]*vendor="amd"[^}]*\} ([0-9.e+]+)', text)]
                 graph_names = {"ray_miku_frames_sent_total", "ray_miku_time_to_first_audio_ms_bucket"}
-                if used and available and all(name in text for name in graph_names):
-                    found = {"used": float(used.group(1)), "available": float(available.group(1))}
+                if 1.0 in available and any(abs(u - 9.5 * GB) < 1e6 for u in used) and all(name in text for name in graph_names):
+                    found = {"used": next(u for u in used if abs(u - 9.5 * GB) < 1e6), "available": 1.0}
                     break
                 await asyncio.sleep(0.2)
         assert found == {"used": pytest.approx(9.5 * GB), "available": 1.0}

@@ -1,7 +1,7 @@
 """Carrying out the brain's actions and replaying the held queue, with AsyncMock(spec=...) stand-ins."""
 from __future__ import annotations
 
-from unittest.mock import AsyncMock, call
+from unittest.mock import AsyncMock
 
 from bot_client.actions import ActionExecutor, ChatOps, QueueReplayer
 from bot_client.graph_api import GraphClient, GraphError, GraphUnavailable, QueuedMessage

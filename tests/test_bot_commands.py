@@ -6,7 +6,6 @@ from types import SimpleNamespace
 from unittest.mock import AsyncMock, MagicMock
 
 import discord
-import pytest
 from discord.ext import commands
 
 from bot_client.bot import MikuBot, minimal_intents

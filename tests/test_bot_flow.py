@@ -17,7 +17,7 @@ import pytest
 
 from bot_client.actions import ActionExecutor, ChatOps
 from bot_client.config import BotConfig, PlaybackConfig, SessionConfig
-from bot_client.graph_api import GraphAuthError, GraphClient, GraphUnavailable
+from bot_client.graph_api import GraphAuthError, GraphClient
 from bot_client.inputs import IncomingMessage
 from bot_client.jitter import FRAME_BYTES
 from bot_client.loopback import RecordingVoiceClient, aligned_snr_db

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 
 import numpy as np
-import pytest
 
 from bot_client.jitter import FRAME_BYTES, JitterBuffer
 from bot_client.loopback import RecordingVoiceClient, aligned_snr_db

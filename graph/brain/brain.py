@@ -50,7 +50,7 @@ from graph.brain.heartflow import ChatState, HeartFlow, HeartFlowConfig, SubFlow
 from graph.brain.judge import JudgeCache, LLMJudge
 from graph.brain.memory import MemoryStore, StoredMessage, importance_score
 from graph.brain.moods import MoodScheduler, MoodState, load_mood_descriptions, mood_scope
-from graph.brain.personas import Persona, PersonaLibrary, load_personas
+from graph.brain.personas import PersonaLibrary, load_personas
 from graph.brain.prompts import ChatContext, PromptBuilder
 
 log = logging.getLogger(__name__)

@@ -4,6 +4,8 @@ It also connects the graph's autonomous engine (docs/autonomous.md, "Hosting"): 
 `on_guild_join` it tells the graph where Miku may speak up on her own (`server_config` events built by
 `server_config_events`), an `AutonomousPoller` fetches what the engine decided, and `AutonomyGuard`
 makes sure an autonomous message only ever goes to a channel this bot's config allows.
+With `autonomous.presence_events` on, `minimal_intents` adds the privileged presences and members
+intents and the events cog forwards activity starts and joins (`presence.py`).
 """
 from __future__ import annotations
 
@@ -122,13 +124,22 @@ class GuardedExecutor(ActionExecutor):
         return await super().execute(self.guard.filter(actions), event)
 
 
-def minimal_intents() -> discord.Intents:
-    """Guilds, guild messages with their content (prompts and prefix commands), and voice states."""
+def minimal_intents(config: BotConfig | AutonomousConfig | None = None) -> discord.Intents:
+    """Guilds, guild messages with their content (prompts and prefix commands), and voice states.
+
+    With `autonomous.presence_events` on, also presences and members (both privileged: they must be
+    enabled in the Discord developer portal too), so presence updates and member joins arrive for the
+    autonomous engine.
+    """
     intents = discord.Intents.none()
     intents.guilds = True
     intents.guild_messages = True
     intents.message_content = True
     intents.voice_states = True
+    autonomous = config.autonomous if isinstance(config, BotConfig) else config
+    if autonomous is not None and autonomous.presence_events:
+        intents.presences = True
+        intents.members = True
     return intents
 
 
@@ -136,7 +147,7 @@ class MikuBot(commands.Bot):
     def __init__(self, config: BotConfig, graph: GraphClient) -> None:
         super().__init__(
             command_prefix=commands.when_mentioned_or(config.command_prefix),
-            intents=minimal_intents(),
+            intents=minimal_intents(config),
             help_command=None,
             allowed_mentions=discord.AllowedMentions(everyone=False, roles=False, replied_user=False),
         )

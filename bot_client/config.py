@@ -79,11 +79,15 @@ class AutonomousServerConfig:
 class AutonomousConfig:
     """The graph's autonomous engine as seen from the bot: polling its actions and telling it where to speak.
 
-    A server not listed in `servers` never gets a message from her on her own.
+    A server not listed in `servers` never gets a message from her on her own, and with
+    `presence_events` its presence changes and joins are not forwarded either.
     """
 
     enabled: bool = True
     wait_s: float = 25.0  # long-poll of GET /v1/autonomous/actions (the graph allows up to 60 s)
+    # Ask Discord for the privileged presences + members intents and forward activity starts, members
+    # coming online and joins (so "engage user" can fire). Off: the intents stay minimal.
+    presence_events: bool = False
     servers: dict[int, AutonomousServerConfig] = field(default_factory=dict)
 
     def server(self, guild_id: int | str) -> AutonomousServerConfig | None:

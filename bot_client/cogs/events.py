@@ -1,5 +1,8 @@
 """Listeners: prompt-channel messages go to the voice session, every other message to `POST /v1/events`;
-the bot's own voice state and channel deletions end sessions that cannot go on."""
+the bot's own voice state and channel deletions end sessions that cannot go on. With
+`autonomous.presence_events` on, activity starts, members coming online and joins in configured servers
+go to `POST /v1/events` too (built by `presence.py`), and the actions the graph answers are carried out
+like a message's."""
 from __future__ import annotations
 
 import logging
@@ -9,6 +12,8 @@ import discord
 from discord.ext import commands
 
 from ..discord_adapter import to_incoming
+from ..graph_api import GraphError
+from ..presence import Activity, member_join_event, presence_event
 from ..session import EndReason, own_voice_change, OwnVoiceChange
 
 if TYPE_CHECKING:
@@ -61,3 +66,65 @@ class EventsCog(commands.Cog, name="Events"):
         if session is not None:
             log.info("prompt channel %s deleted; ending session %s", channel.id, session.info.session_id)
             await session.end(EndReason.PROMPT_CHANNEL_DELETED)
+
+    # --- presence and joins for the autonomous engine ---------------------------------------------
+
+    def _tracks(self, guild_id: int) -> bool:
+        """Presence and joins are forwarded only when switched on and only for configured servers."""
+        autonomous = self.bot.config.autonomous
+        return autonomous.enabled and autonomous.presence_events and autonomous.server(guild_id) is not None
+
+    def _is_self_or_bot(self, member: discord.Member) -> bool:
+        me = self.bot.user
+        return bool(member.bot) or (me is not None and member.id == me.id)
+
+    @commands.Cog.listener()
+    async def on_presence_update(self, before: discord.Member, after: discord.Member) -> None:
+        if after.guild is None or not self._tracks(after.guild.id) or self._is_self_or_bot(after):
+            return
+        event = presence_event(
+            after.guild.id, after.id, after.display_name, bool(after.bot),
+            _status(before.status), _status(after.status),
+            _activities(before.activities), _activities(after.activities),
+        )
+        if event is not None:
+            await self._forward(event)
+
+    @commands.Cog.listener()
+    async def on_member_join(self, member: discord.Member) -> None:
+        if not self._tracks(member.guild.id) or self._is_self_or_bot(member):
+            return
+        # The brain's welcome goes to the server's system channel, and only when she may speak there.
+        server = self.bot.config.autonomous.server(member.guild.id)
+        system = member.guild.system_channel
+        welcome = system.id if system is not None and system.id in server.allowed_channels else None
+        event = member_join_event(member.guild.id, member.id, member.display_name, bool(member.bot), welcome)
+        if event is not None:
+            await self._forward(event)
+
+    async def _forward(self, event: dict) -> str:
+        """Post the event and carry out what the graph answers; returns `event` or `event_failed`."""
+        try:
+            actions = await self.bot.graph.post_event(event)
+        except GraphError as exc:
+            log.warning("event %s not handled: %s", event["event_id"], exc.message)
+            return "event_failed"
+        report = await self.bot.executor.execute(actions, event)
+        if report.failed:
+            log.warning("actions for %s partly failed: %s", event["event_id"], report.failed)
+        return "event"
+
+
+def _status(status: discord.Status | str | None) -> str:
+    return str(getattr(status, "value", status) or "")
+
+
+def _activities(activities: tuple[discord.activity.ActivityTypes, ...] | list | None) -> list[Activity]:
+    """(type name, name) of each activity, e.g. ("playing", "Minecraft"); unnamed ones are skipped."""
+    out: list[Activity] = []
+    for activity in activities or ():
+        kind = getattr(activity, "type", None)
+        name = getattr(activity, "name", None)
+        if kind is not None and name:
+            out.append((kind.name if isinstance(kind, discord.ActivityType) else str(kind), str(name)))
+    return out

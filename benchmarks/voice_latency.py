@@ -113,7 +113,7 @@ class ServeGraph:
         import ray
         from ray import serve
 
-        from deployments.app import build_app
+        from deployments.app import compose_app
 
         ray.init(num_cpus=2, resources={"gtx1660": 1, "rx6800": 1}, include_dashboard=False,
                  _node_ip_address="127.0.0.1", logging_level="ERROR", log_to_driver=False)
@@ -126,7 +126,7 @@ class ServeGraph:
             "SopranoTTS": {"ray_actor_options": {"num_cpus": 0, "resources": {"gtx1660": 0.5}}},
             "RVCVoice": {"ray_actor_options": {"num_cpus": 0, "resources": {"rx6800": 0.2}}},
         }
-        serve.run(build_app({**stage_configs(args), "voice": {"token": self.token}}, options), name="bench", route_prefix="/")
+        serve.run(compose_app({**stage_configs(args), "voice": {"token": self.token}}, options), name="bench", route_prefix="/")
         self.ws = None
 
     async def connect(self):

@@ -35,7 +35,12 @@ APP_ARGS = ("llm", "tts", "vc", "voice", "controller", "brain")
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
 
-def build_app(args: dict[str, Any], deployment_options: dict[str, dict] | None = None) -> Application:
+def build_app(args: dict[str, Any]) -> Application:
+    """The builder `serve run configs/*.yaml` calls (Serve requires exactly one parameter)."""
+    return compose_app(args)
+
+
+def compose_app(args: dict[str, Any], deployment_options: dict[str, dict] | None = None) -> Application:
     """Compose the graph. `deployment_options` (name -> options) mirrors a config file's `deployments:`."""
     args = dict(args or {})
     options = deployment_options or {}
@@ -43,6 +48,11 @@ def build_app(args: dict[str, Any], deployment_options: dict[str, dict] | None =
     if unknown:
         raise ValueError(f"app args: unknown key(s) {unknown}; expected {', '.join(APP_ARGS)}")
     VoiceConfig.from_dict(args.get("voice"))  # fail at build time, not in a replica
+    tts_backend = (args.get("tts") or {}).get("backend")
+    vc_backend = (args.get("vc") or {}).get("backend")
+    if tts_backend == "remote-pipeline" and vc_backend != "passthrough":
+        # the remote Soprano->RVC service already converted the voice: converting again would garble it
+        raise ValueError(f"tts backend 'remote-pipeline' needs vc backend 'passthrough', got {vc_backend!r}")
 
     def deployment(name: str):
         return DEPLOYMENTS[name].options(**options[name]) if name in options else DEPLOYMENTS[name]
@@ -130,7 +140,7 @@ def deploy_config(
     http = config.get("http_options") or {}
     serve.start(http_options={"host": http.get("host", "127.0.0.1"), "port": http.get("port", 8000)})
     return serve.run(
-        build_app(args, options),
+        compose_app(args, options),
         name=app_name or app_config.get("name", "miku"),
         route_prefix=route_prefix if route_prefix is not None else app_config.get("route_prefix", "/"),
     )

@@ -20,7 +20,7 @@ SCRIPT = textwrap.dedent(
     services.get_node_ip_address = lambda address=None: "127.0.0.1"
     from ray import serve
     from ray.cluster_utils import Cluster
-    from deployments.app import CONFIG_DIR, build_app, deployment_options_of, load_serve_config
+    from deployments.app import CONFIG_DIR, compose_app, deployment_options_of, load_serve_config
 
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "node_ip_address": "127.0.0.1"})
     nvidia = cluster.add_node(num_cpus=0, resources={"gtx1660": 1}, node_ip_address="127.0.0.1")
@@ -31,7 +31,7 @@ SCRIPT = textwrap.dedent(
     args = {"llm": {"backend": "echo"}, "tts": {"backend": "espeak"}, "vc": {"backend": "passthrough"},
             "voice": {"token": "t"}, "controller": {"state_dir": os.environ["STATE_DIR"]}}
     serve.start(http_options={"host": "127.0.0.1", "port": int(os.environ["PORT"])})
-    handle = serve.run(build_app(args, options), name="miku", route_prefix="/")
+    handle = serve.run(compose_app(args, options), name="miku", route_prefix="/")
     import urllib.request
     health = json.load(urllib.request.urlopen(f"http://127.0.0.1:{os.environ['PORT']}/healthz"))
     print("RESULT " + json.dumps({"nodes": {"nvidia": nvidia.node_id, "amd": amd.node_id}, "health": health}))

@@ -1,0 +1,36 @@
+"""The application builder rejects configurations that cannot work, before anything is deployed."""
+import pytest
+
+from deployments.app import build_app
+
+
+def test_unknown_app_args_are_named():
+    with pytest.raises(ValueError, match=r"unknown key\(s\) \['lmm'\]"):
+        build_app({"lmm": {"backend": "echo"}})
+
+
+def test_remote_pipeline_needs_passthrough_vc():
+    with pytest.raises(ValueError, match="needs vc backend 'passthrough'"):
+        build_app({"tts": {"backend": "remote-pipeline", "url": "ws://127.0.0.1:8765/ws/stream"}, "vc": {"backend": "world"}})
+
+
+def test_bad_voice_settings_fail_at_build_time():
+    with pytest.raises(ValueError, match="max_prompt_chars must be a positive integer"):
+        build_app({"voice": {"max_prompt_chars": 0}})
+    with pytest.raises(ValueError, match=r"unknown key\(s\) \['tokn'\]"):
+        build_app({"voice": {"tokn": "x"}})
+
+
+def test_a_valid_config_builds_an_application():
+    app = build_app({"llm": {"backend": "echo"}, "tts": {"backend": "espeak"}, "vc": {"backend": "passthrough"}})
+    assert type(app).__name__ == "Application"
+
+
+def test_the_builder_takes_exactly_the_args_dict_as_serve_run_requires():
+    import inspect
+
+    from deployments.app import load_serve_config, CONFIG_DIR
+
+    assert list(inspect.signature(build_app).parameters) == ["args"]
+    for name in ("local.yaml", "miku-box.yaml"):
+        assert load_serve_config(CONFIG_DIR / name)["applications"][0]["import_path"] == "deployments.app:build_app"

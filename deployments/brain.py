@@ -149,16 +149,9 @@ def load_brain_config(config: dict[str, Any] | str | Path | None) -> tuple[Brain
     if config is None:
         config = DEFAULT_CONFIG_FILE
     if isinstance(config, (str, Path)):
-        path = Path(config)
-        try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except FileNotFoundError:
-            raise FileNotFoundError(f"brain config {path} not found") from None
-        if not isinstance(data, Mapping):
-            raise ValueError(f"{path}: the brain config must be a mapping")
+        data = BrainConfig.read_file(config)
     else:
-        data = config
-    data = dict(data.get("brain", data))
+        data = dict(config.get("brain", config))
     autonomous = data.pop("autonomous", None)
     return BrainConfig.from_mapping(data), autonomous
 

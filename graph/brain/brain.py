@@ -137,8 +137,9 @@ class BrainConfig:
                 kwargs[key] = str(default if default.is_absolute() else base / default)
         return cls(**kwargs)
 
-    @classmethod
-    def load(cls, path: str | Path) -> "BrainConfig":
+    @staticmethod
+    def read_file(path: str | Path) -> dict[str, Any]:
+        """The `brain:` mapping of a config file (or the whole file when it has no `brain:` key)."""
         path = Path(path)
         try:
             data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
@@ -146,7 +147,11 @@ class BrainConfig:
             raise FileNotFoundError(f"brain config {path} not found") from None
         if not isinstance(data, Mapping):
             raise ValueError(f"{path}: the brain config must be a mapping")
-        return cls.from_mapping(data.get("brain", data))
+        return dict(data.get("brain", data))
+
+    @classmethod
+    def load(cls, path: str | Path) -> "BrainConfig":
+        return cls.from_mapping(cls.read_file(path))
 
 
 @dataclass(frozen=True)

@@ -12,11 +12,14 @@ import asyncio
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import discord
 from discord import opus
 from discord.player import AudioPlayer
+
+if TYPE_CHECKING:  # numpy is imported where it is used, off the bot's start-up path
+    import numpy as np
 
 
 def ensure_opus() -> None:

@@ -215,6 +215,17 @@ class UtterancePipeline:
             asyncio.create_task(self._tts_stage(utterance, trace, text_q, audio_q)),
         ]
         status = UtteranceStatus.OK
+
+        def framed(pcm: bytes) -> list[AudioFrames]:
+            """`pcm` as frame messages, counted for the trace, the playout meter and the end event."""
+            nonlocal frames
+            messages = self._frame_messages(utterance.id, pcm)
+            for message in messages:
+                trace.mark(Milestone.FIRST_FRAME)
+                meter.on_frames(message.frame_count * FRAME_MS / 1000.0)
+                frames += message.frame_count
+            return messages
+
         try:
             context: object | None = None
             segment_start = False
@@ -225,9 +236,7 @@ class UtterancePipeline:
                     if context is not None:
                         # a stateful VC (RVC) holds back a short tail for its crossfade: an empty chunk flushes it
                         flushed = await self._convert(AudioChunk(np.zeros(0, np.float32), output.sample_rate or 48_000), utterance, context)
-                        for message in self._frame_messages(utterance.id, output.push(flushed.audio)):
-                            meter.on_frames(message.frame_count * FRAME_MS / 1000.0)
-                            frames += message.frame_count
+                        for message in framed(output.push(flushed.audio)):
                             yield message
                     break
                 if isinstance(item, _StageFailure):
@@ -242,17 +251,12 @@ class UtterancePipeline:
                 result = await self._convert(item, utterance, context)
                 self.observer.stage_latency("vc", (self.clock() - started) * 1000.0)
                 context = result.context
-                segment_start = False
                 trace.mark(Milestone.FIRST_VC_AUDIO)
-                for message in self._frame_messages(utterance.id, output.push(result.audio, segment_start)):
-                    trace.mark(Milestone.FIRST_FRAME)
-                    meter.on_frames(message.frame_count * FRAME_MS / 1000.0)
-                    frames += message.frame_count
+                pcm = output.push(result.audio, segment_start)
+                segment_start = False
+                for message in framed(pcm):
                     yield message
-            for message in self._frame_messages(utterance.id, output.finish()):
-                trace.mark(Milestone.FIRST_FRAME)
-                meter.on_frames(message.frame_count * FRAME_MS / 1000.0)
-                frames += message.frame_count
+            for message in framed(output.finish()):
                 yield message
         except StageError as error:
             status = UtteranceStatus.ERROR

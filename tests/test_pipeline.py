@@ -274,3 +274,27 @@ async def test_tts_pieces_that_are_already_waiting_go_to_vc_together():
     pieces = sum(int(np.ceil(max(0.2, len(e.text) / 14.0) / 0.064)) for e in events if isinstance(e, ChunkSpoken))
     assert len(calls) < pieces and max(calls) <= 0.2 + 0.064 + 1e-6
     assert events[-1].status is UtteranceStatus.OK
+
+
+class StepTTS(TTSBackend):
+    """Each chunk is a constant level, alternating sign: joined raw, the chunks would click."""
+
+    name = "step"
+
+    def __init__(self):
+        self.sign = 1.0
+
+    async def synthesize(self, text, options):
+        self.sign = -self.sign
+        yield AudioChunk(np.full(4800, 0.5 * self.sign, np.float32), 48000)
+
+
+async def test_chunks_of_an_utterance_are_de_clicked_where_they_join():
+    events = await collect(
+        UtterancePipeline(StageCalls.from_backends(EchoLLM(), StepTTS(), PassthroughVC())),
+        Utterance("u", "First sentence here. Second sentence here.", UtteranceMode.SAY),
+    )
+    assert sum(isinstance(e, ChunkSpoken) for e in events) == 2
+    left = np.frombuffer(frames_of(events), dtype="<i2").reshape(-1, 2)[:, 0].astype(np.int32)
+    # a raw -0.5 -> +0.5 join would jump by ~32767 in one sample; the fade keeps every step small
+    assert np.abs(np.diff(left)).max() < 2000

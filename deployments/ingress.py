@@ -8,6 +8,7 @@ generating). Routes of the session controller and the brain are mounted from the
 # No `from __future__ import annotations` here: Serve's class-based FastAPI views need real annotations
 # to recognise `WebSocket` parameters (with strings, the handshake is refused with 403).
 import asyncio
+import json
 import logging
 from collections.abc import AsyncIterator
 from typing import Any
@@ -152,8 +153,6 @@ class TokenStreamSession:
         self.count = 0
 
     async def handle_raw(self, raw: str | bytes) -> None:
-        import json
-
         try:
             message = json.loads(raw.decode("utf-8", errors="ignore") if isinstance(raw, bytes) else raw)
             if not isinstance(message, dict):
@@ -365,8 +364,6 @@ class VoiceGraph:
 
     async def speak(self, message: dict) -> AsyncIterator[bytes | dict]:
         """One utterance as the exact WebSocket messages `WS /v1/voice` would send (for the CLI)."""
-        import json
-
         try:
             request = parse_client_message(json.dumps(message), self.config.max_prompt_chars)
         except ProtocolError as error:

@@ -73,7 +73,7 @@ async def test_prompt_streams_llm_tokens_to_discord_frames(graph_server):
     assert end["status"] == "ok" and end["frames"] == len(audio) // FRAME_BYTES > 25
     for milestone in ("first_token", "first_chunk", "first_tts_audio", "first_vc_audio", "first_frame", "end"):
         assert milestone in end["timings"]
-    request = graph_server.llm_server.last("Say hello!")
+    request = await graph_server.llm_server.settled("Say hello!")
     assert request.finished and request.model == "miku-test" and request.path == "/v1/chat/completions"
     pcm = np.frombuffer(audio, dtype="<i2").reshape(-1, 2)
     assert np.array_equal(pcm[:, 0], pcm[:, 1]) and np.abs(pcm).max() > 1000

@@ -26,7 +26,7 @@ async def tokens_of(backend, prompt: str) -> str:
 async def test_each_format_streams_the_whole_reply(llm_server, backend, path):
     text = await tokens_of(backend(llm_server.url), f"hello via {path}")
     assert text == REPLY
-    record = llm_server.last(f"hello via {path}")
+    record = await llm_server.settled(f"hello via {path}")
     assert record.path == path and record.finished
     if path != "/completion":
         assert record.model == "qwen-7b"  # llama-swap picks the server by this name

@@ -90,6 +90,18 @@ class LLMTestServer:
             raise AssertionError(f"no request with {marker!r} reached the LLM server")
         return matching[-1]
 
+    async def settled(self, marker: str, timeout_s: float = 10.0) -> RequestRecord:
+        """The last request with `marker`, once the server has finished handling it.
+
+        The server runs on its own thread, so a client can read the final message before the
+        handler resumes and records the outcome; waiting here keeps assertions free of that race.
+        """
+        record = self.last(marker)
+        async with asyncio.timeout(timeout_s):
+            while record.ended is None:
+                await asyncio.sleep(0.01)
+        return record
+
     # ---- handlers ----
 
     async def _chat(self, request: web.Request) -> web.StreamResponse:
@@ -148,9 +160,10 @@ class LLMTestServer:
                 record.tokens_sent += 1
                 await asyncio.sleep(delay)
             else:
-                await response.write(f"data: {json.dumps(final)}\n\n".encode())
-                if done_line:
-                    await response.write(b"data: [DONE]\n\n")
+                # Finished means the whole reply and its final message went out; a client that
+                # closes as soon as it reads them must not turn that into a disconnect.
+                final_bytes = f"data: {json.dumps(final)}\n\n" + ("data: [DONE]\n\n" if done_line else "")
+                await response.write(final_bytes.encode())
                 record.finished = True
             await response.write_eof()
         except (ConnectionResetError, asyncio.CancelledError):

@@ -9,6 +9,8 @@ DEFAULT_SYSTEM_PROMPT = (
     "Answer in one to three short spoken sentences. No lists, no markdown, no emoji, no stage directions."
 )
 
+STAGE_TRANSPORTS = ("grpc", "actor")
+
 
 @dataclass(frozen=True)
 class VoiceConfig:
@@ -19,6 +21,9 @@ class VoiceConfig:
     max_tokens: int = 200
     stage_timeout_s: float = 30.0
     system_prompt: str = DEFAULT_SYSTEM_PROMPT
+    # How the ingress reaches the model stages: "grpc" sends each call straight to the replica's gRPC
+    # server (about half the latency of a Ray actor call per hop); "actor" is Ray's object-store path.
+    stage_transport: str = "grpc"
 
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None) -> VoiceConfig:
@@ -32,6 +37,8 @@ class VoiceConfig:
             value = getattr(config, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"voice config: {name} must be a positive integer, got {value!r}")
+        if config.stage_transport not in STAGE_TRANSPORTS:
+            raise ValueError(f"voice config: stage_transport must be one of {list(STAGE_TRANSPORTS)}, got {config.stage_transport!r}")
         if config.stage_timeout_s <= 0:
             raise ValueError(f"voice config: stage_timeout_s must be positive, got {config.stage_timeout_s!r}")
         return config

@@ -238,3 +238,50 @@ async def test_a_session_prompt_uses_the_brains_persona_and_mood(graph_server):
         finally:
             async with http.delete(f"{graph_server.base_url}/v1/sessions/{session_id}") as response:
                 assert response.status == 200
+
+
+@pytest.mark.parametrize("transport", ["grpc", "actor"])
+async def test_a_stage_replica_killed_mid_utterance_ends_it_with_an_error_and_the_graph_recovers(ray_cluster, llm_server, transport):
+    """SIGKILL of the TTS replica while it speaks: the user gets an error naming the stage (not a hang),
+    the LLM upstream is stopped, and once Serve has replaced the replica the next utterance plays."""
+    import ray
+    from ray import serve
+
+    from deployments.app import build_app
+
+    app = build_app(
+        {"llm": {"backend": "openai", "url": llm_server.url}, "tts": {"backend": "espeak"},
+         "vc": {"backend": "passthrough"}, "voice": {"token": "t", "stage_timeout_s": 20, "stage_transport": transport}}
+    )
+    handle = serve.run(app, name="miku-crash", route_prefix="/crash")  # the app's own replicas, killed freely
+    try:
+        def tts_replicas() -> list[str]:
+            return [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
+                    if a["name"].startswith("SERVE_REPLICA::miku-crash#SopranoTTS")]
+
+        [victim] = tts_replicas()
+        messages = []
+        async with asyncio.timeout(60):
+            stream = handle.options(stream=True).speak.remote({"type": "prompt", "id": "k", "text": "[slow] crash"})
+            async for message in stream:
+                messages.append(message)
+                if isinstance(message, bytes) and sum(isinstance(m, bytes) for m in messages) == 1:
+                    ray.kill(ray.get_actor(victim, namespace="serve"), no_restart=True)
+        error = next(m for m in messages if isinstance(m, dict) and m["type"] == "error")
+        end = messages[-1]
+        assert error["stage"] == "tts" and "replica" in error["message"], error
+        assert end["type"] == "utterance.end" and end["status"] == "error"
+        record = llm_server.last("[slow] crash")
+        async with asyncio.timeout(10):
+            while not record.disconnected:
+                await asyncio.sleep(0.05)
+        assert not record.finished
+        async with asyncio.timeout(90):  # Serve notices the dead replica and starts another
+            while True:
+                replies = [m async for m in handle.options(stream=True).speak.remote({"type": "say", "id": "r", "text": "Back again."})]
+                if replies[-1].get("status") == "ok":
+                    break
+                await asyncio.sleep(1)
+        assert any(isinstance(m, bytes) for m in replies) and tts_replicas() != [victim]
+    finally:
+        serve.delete("miku-crash")

@@ -100,11 +100,19 @@ def milestone_medians(timings: list[dict]) -> dict:
 
 
 class ServeGraph:
-    """The graph deployed on a fresh local Ray, reached over the WebSocket contract."""
+    """The graph deployed on a fresh local Ray, reached over the WebSocket contract.
+
+    One application per stage transport (`voice.stage_transport`), sharing the cluster, so the
+    transports are compared side by side; the first is (b).
+    """
 
     token = "bench-token"
 
     def __init__(self, args):
+        from deployments.app import PROXY_ENV
+
+        for key, value in PROXY_ENV.items():
+            os.environ.setdefault(key, value)  # what `miku serve` and `ray start` in the docs use
         for setting in args.serve_env:
             key, _, value = setting.partition("=")
             os.environ[key] = value  # inherited by Ray's processes: Serve reads its flags at start
@@ -123,28 +131,34 @@ class ServeGraph:
         serve.start(http_options={"host": "127.0.0.1", "port": self.port})
         options = {
             "TextLLM": {"ray_actor_options": {"num_cpus": 0, "resources": {"rx6800": 0.1}}},
-            "SopranoTTS": {"ray_actor_options": {"num_cpus": 0, "resources": {"gtx1660": 0.5}}},
+            "SopranoTTS": {"ray_actor_options": {"num_cpus": 0, "resources": {"gtx1660": 0.4}}},
             "RVCVoice": {"ray_actor_options": {"num_cpus": 0, "resources": {"rx6800": 0.2}}},
         }
-        serve.run(compose_app({**stage_configs(args), "voice": {"token": self.token}}, options), name="bench", route_prefix="/")
-        self.ws = None
+        self.transports = args.transports
+        for transport in self.transports:
+            voice = {"token": self.token, "stage_transport": transport}
+            serve.run(compose_app({**stage_configs(args), "voice": voice}, options),
+                      name=f"bench-{transport}", route_prefix=f"/{transport}")
+        self.ws = {}
 
     async def connect(self):
         import websockets
 
-        self.ws = await websockets.connect(
-            f"ws://127.0.0.1:{self.port}/v1/voice",
-            additional_headers={"Authorization": f"Bearer {self.token}"},
-            max_size=None,
-        )
+        for transport in self.transports:
+            self.ws[transport] = await websockets.connect(
+                f"ws://127.0.0.1:{self.port}/{transport}/v1/voice",
+                additional_headers={"Authorization": f"Bearer {self.token}"},
+                max_size=None,
+            )
 
-    async def ttfa(self, index: int, milestones: list | None = None) -> float:
+    async def ttfa(self, transport: str, index: int, milestones: list | None = None) -> float:
+        ws = self.ws[transport]
         request = {"type": "prompt", "id": f"b{index}", "text": PROMPT}
         started = time.perf_counter()
-        await self.ws.send(json.dumps(request))
+        await ws.send(json.dumps(request))
         first = None
         while True:
-            message = await self.ws.recv()
+            message = await ws.recv()
             if isinstance(message, bytes):
                 if first is None:
                     first = (time.perf_counter() - started) * 1000
@@ -157,10 +171,12 @@ class ServeGraph:
                     milestones.append(event["timings"])
                 return first
 
-    def close(self):
+    async def close(self):
         import ray
         from ray import serve
 
+        for ws in self.ws.values():
+            await ws.close()
         serve.shutdown()
         ray.shutdown()
 
@@ -213,8 +229,10 @@ async def rss_growth(args, utterances: int) -> dict:
 
 
 async def main_async(args) -> dict:
-    a_times, b_times, c_times, short_a, short_c = [], [], [], [], []
-    a_marks, b_marks = [], []
+    a_times, c_times, short_a, short_c = [], [], [], []
+    a_marks = []
+    b_times = {t: [] for t in args.transports}
+    b_marks = {t: [] for t in args.transports}
     early = inproc_pipeline(args, Aggregation.EARLY_FIRST_CHUNK)
     sentences = inproc_pipeline(args, Aggregation.SENTENCES_ONLY)
     early_short = inproc_pipeline(args, Aggregation.EARLY_FIRST_CHUNK, reply=SHORT_OPENING_REPLY)
@@ -225,22 +243,23 @@ async def main_async(args) -> dict:
         graph = ServeGraph(args)
         await graph.connect()
         for i in range(3):  # warm-up: first calls pay for connection and replica start-up
-            await graph.ttfa(-i - 1)
+            for transport in args.transports:
+                await graph.ttfa(transport, -i - 1)
     for i in range(3):
         await ttfa_inproc(early, -i - 1)
         await ttfa_inproc(sentences, -i - 1)
     for i in range(args.utterances):
         a_times.append(await ttfa_inproc(early, i, a_marks))
         if graph:
-            b_times.append(await graph.ttfa(i, b_marks))
+            for transport in args.transports:
+                b_times[transport].append(await graph.ttfa(transport, i, b_marks[transport]))
         c_times.append(await ttfa_inproc(sentences, i))
         if i < 10:
             short_a.append(await ttfa_inproc(early_short, i))
             short_c.append(await ttfa_inproc(sentences_short, i))
         print(f"  {i + 1}/{args.utterances}", file=sys.stderr, end="\r")
     if graph:
-        await graph.ws.close()
-        graph.close()
+        await graph.close()
     result = {
         "benchmark": "voice_latency",
         "serve_env": args.serve_env,
@@ -256,13 +275,22 @@ async def main_async(args) -> dict:
     }
     result["a_milestones_p50_ms"] = milestone_medians(a_marks)
     if graph:
-        result["b_serve"] = summary(b_times)
-        result["b_milestones_p50_ms"] = milestone_medians(b_marks)
-        deltas = [b - a for a, b in zip(a_times, b_times)]
-        result["b_overhead_ms"] = {
-            "p50": round(result["b_serve"]["p50_ms"] - result["a_inproc"]["p50_ms"], 2),
-            "p95": round(result["b_serve"]["p95_ms"] - result["a_inproc"]["p95_ms"], 2),
-            "paired_median": round(statistics.median(deltas), 2),
+        def overhead(times: list[float]) -> dict:
+            return {
+                "p50": round(statistics.median(times) - statistics.median(a_times), 2),
+                "p95": round(percentile(times, 95) - percentile(a_times, 95), 2),
+                "paired_median": round(statistics.median([b - a for a, b in zip(a_times, times)]), 2),
+            }
+
+        main_transport = args.transports[0]
+        result["b_stage_transport"] = main_transport
+        result["b_serve"] = summary(b_times[main_transport])
+        result["b_milestones_p50_ms"] = milestone_medians(b_marks[main_transport])
+        result["b_overhead_ms"] = overhead(b_times[main_transport])
+        result["b_by_stage_transport"] = {
+            transport: {**summary(b_times[transport]), "overhead_ms": overhead(b_times[transport]),
+                        "milestones_p50_ms": milestone_medians(b_marks[transport])}
+            for transport in args.transports
         }
     result["rss"] = await rss_growth(args, args.rss_utterances)
     return result
@@ -279,6 +307,8 @@ def main() -> None:
     parser.add_argument("--tts-rtf", type=float, default=0.1)
     parser.add_argument("--vc-ms", type=float, default=25)
     parser.add_argument("--skip-serve", action="store_true", help="only the in-process runs (no Ray)")
+    parser.add_argument("--transports", type=lambda text: text.split(","), default=["grpc", "actor"],
+                        help="stage transports to deploy side by side; the first is (b) (default: grpc,actor)")
     parser.add_argument("--serve-env", action="append", default=[], metavar="KEY=VALUE",
                         help="environment for Ray/Serve (e.g. RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD=0)")
     args = parser.parse_args()

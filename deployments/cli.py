@@ -51,6 +51,10 @@ def connect_ray(address: str | None, progress: Progress, dashboard: bool = False
         pass
     progress("Starting a local Ray (about 5 s) with resources gtx1660 and rx6800 ...")
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    from deployments.app import PROXY_ENV
+
+    for key, value in PROXY_ENV.items():
+        os.environ.setdefault(key, value)  # inherited by the Serve proxy this Ray will start
     ray.init(
         resources=dict(LOCAL_RESOURCES),
         include_dashboard=dashboard,

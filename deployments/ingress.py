@@ -10,6 +10,7 @@ generating). Routes of the session controller and the brain are mounted from the
 import asyncio
 import json
 import logging
+from collections import OrderedDict
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -45,6 +46,7 @@ from graph.telemetry import VramHeadroom
 from graph.voice_config import VoiceConfig
 
 log = logging.getLogger("ray.serve")
+SESSION_PLACES_KEPT = 256  # voice sessions whose guild/channel/user the ingress remembers
 
 app = FastAPI(title="Miku voice graph", version="0.1.0")
 app.include_router(sessions_router)
@@ -98,6 +100,13 @@ class InflightCalls:
         return len(self._responses)
 
 
+def with_transport(handle: DeploymentHandle, transport: str) -> DeploymentHandle:
+    """`handle` set to call its replicas over `transport` ("grpc" or Ray's "actor" path)."""
+    if transport == "grpc":
+        return handle.options(_by_reference=False, request_serialization="pickle", response_serialization="pickle")
+    return handle
+
+
 class HandleStages:
     """StageCalls over Serve handles for one utterance, with cancellation tracking.
 
@@ -108,10 +117,7 @@ class HandleStages:
 
     def __init__(self, llm: DeploymentHandle, tts: DeploymentHandle, vc: DeploymentHandle, names: dict[str, str],
                  transport: str = "grpc"):
-        if transport == "grpc":
-            fast = {"_by_reference": False, "request_serialization": "pickle", "response_serialization": "pickle"}
-            llm, tts, vc = (handle.options(**fast) for handle in (llm, tts, vc))
-        self.llm, self.tts, self.vc = llm, tts, vc
+        self.llm, self.tts, self.vc = (with_transport(handle, transport) for handle in (llm, tts, vc))
         self.names = names
 
     def calls(self, inflight: InflightCalls) -> StageCalls:
@@ -295,7 +301,10 @@ class VoiceGraph:
             get_or_create_controller, controller_config or None, name=actor_name, headroom=headroom
         )
         use_controller(actor_name)
-        self.brain = brain
+        self.brain = with_transport(brain, self.config.stage_transport) if brain is not None else None
+        # where each voice session talks (guild, channel, user) never changes, so one controller call
+        # per session is enough; later prompts go straight to the brain (one hop less before the LLM)
+        self.session_places: OrderedDict[str, tuple[int, int, int]] = OrderedDict()
         # POST /v1/events reaches the Brain of this same application, whatever the app is called
         routes_events.configure(app_name=serve.get_replica_context().app_name)
         self.moods = load_moods()
@@ -326,12 +335,9 @@ class VoiceGraph:
     async def _session_prompt(self, request: SpeakRequest, fallback: LLMRequest) -> tuple[LLMRequest, str | None]:
         """The brain's prompt for this voice session: persona, the server's mood, the last few messages."""
         try:
-            session = await asyncio.wait_for(self.controller.session.remote(request.session_id), timeout=2)
+            guild_id, channel_id, user_id = await self._session_place(request.session_id)
             prompt = await asyncio.wait_for(
-                self.brain.voice_prompt.remote(
-                    session.guild_id, session.text_channel_id, session.user_id, "", request.text
-                ),
-                timeout=2,
+                self.brain.voice_prompt.remote(guild_id, channel_id, user_id, "", request.text), timeout=2
             )
         except Exception as error:  # an unknown session or a slow brain must not cost the user their answer
             log.warning("voice prompt for session %s fell back to the default: %s", request.session_id, error)
@@ -345,6 +351,17 @@ class VoiceGraph:
             temperature=float(prompt.get("temperature") or fallback.temperature),
         )
         return built, prompt.get("mood") or None
+
+    async def _session_place(self, session_id: str) -> tuple[int, int, int]:
+        place = self.session_places.get(session_id)
+        if place is None:
+            session = await asyncio.wait_for(self.controller.session.remote(session_id), timeout=2)
+            place = (session.guild_id, session.text_channel_id, session.user_id)
+            self.session_places[session_id] = place
+            while len(self.session_places) > SESSION_PLACES_KEPT:
+                self.session_places.popitem(last=False)
+        self.session_places.move_to_end(session_id)
+        return place
 
     async def _run_utterance(self, request: SpeakRequest) -> AsyncIterator:
         inflight = InflightCalls()

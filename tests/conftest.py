@@ -28,6 +28,10 @@ def ray_cluster():
     import ray
 
     if not ray.is_initialized():
+        from deployments.app import PROXY_ENV
+
+        for key, value in PROXY_ENV.items():  # the proxy transport the graph ships with, so tests exercise it
+            os.environ.setdefault(key, value)
         ray.init(
             address="local",  # never attach to a cluster someone started with `ray start`
             num_cpus=2,

@@ -232,9 +232,15 @@ async def test_a_session_prompt_uses_the_brains_persona_and_mood(graph_server):
                 events, audio = await utterance(
                     ws, {"type": "prompt", "id": "sp", "text": "What do you like to sing?", "session_id": session_id}
                 )
-            assert events[-1]["status"] == "ok" and audio
-            record = graph_server.llm_server.last("What do you like to sing?")
-            assert "Hatsune Miku" in record.system and "mood" in record.system.lower()
+                assert events[-1]["status"] == "ok" and audio
+                # a later prompt of the same session (its place is remembered by then) gets the persona too
+                events, audio = await utterance(
+                    ws, {"type": "prompt", "id": "sp2", "text": "And after that?", "session_id": session_id}
+                )
+                assert events[-1]["status"] == "ok" and audio
+            for prompt in ("What do you like to sing?", "And after that?"):
+                record = graph_server.llm_server.last(prompt)
+                assert "Hatsune Miku" in record.system and "mood" in record.system.lower()
         finally:
             async with http.delete(f"{graph_server.base_url}/v1/sessions/{session_id}") as response:
                 assert response.status == 200
@@ -250,7 +256,9 @@ async def test_a_stage_replica_killed_mid_utterance_ends_it_with_an_error_and_th
     from deployments.app import build_app
 
     app = build_app(
-        {"llm": {"backend": "openai", "url": llm_server.url}, "tts": {"backend": "espeak"},
+        # a TTS that takes seconds per chunk, so the kill lands inside a synthesize call
+        {"llm": {"backend": "openai", "url": llm_server.url},
+         "tts": {"backend": "simulated", "chars_per_second": 2, "piece_s": 0.1, "real_time_factor": 1.0},
          "vc": {"backend": "passthrough"}, "voice": {"token": "t", "stage_timeout_s": 20, "stage_transport": transport}}
     )
     handle = serve.run(app, name="miku-crash", route_prefix="/crash")  # the app's own replicas, killed freely
@@ -278,7 +286,7 @@ async def test_a_stage_replica_killed_mid_utterance_ends_it_with_an_error_and_th
         assert not record.finished
         async with asyncio.timeout(90):  # Serve notices the dead replica and starts another
             while True:
-                replies = [m async for m in handle.options(stream=True).speak.remote({"type": "say", "id": "r", "text": "Back again."})]
+                replies = [m async for m in handle.options(stream=True).speak.remote({"type": "say", "id": "r", "text": "Hi."})]
                 if replies[-1].get("status") == "ok":
                     break
                 await asyncio.sleep(1)

@@ -1,0 +1,107 @@
+"""What one Serve hop costs, by transport: Ray's actor-task path against the replica's gRPC server.
+
+The voice graph makes four hops on the way to the first audio (proxy -> ingress, ingress -> TextLLM,
+-> SopranoTTS, -> RVCVoice), so the cost of one hop, times four, is the floor of the Serve overhead
+that `voice_latency.py` measures. A caller deployment calls an echo deployment the way the ingress
+calls the stages: unary (like RVCVoice.convert, with a 200 ms audio chunk) and streaming (like
+TextLLM.stream and SopranoTTS.synthesize), alternating the two transports call by call so machine noise
+hits both alike. Prints JSON as its last line.
+
+    python benchmarks/serve_hops.py [--calls 300]
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import numpy as np  # noqa: E402
+
+from graph.types import AudioChunk, VCResult  # noqa: E402
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))]
+
+
+def summary(values: list[float]) -> dict:
+    return {"p50_ms": round(statistics.median(values), 3), "p95_ms": round(percentile(values, 95), 3), "n": len(values)}
+
+
+def build(calls: int):
+    from ray import serve
+
+    from deployments.ingress import with_transport
+
+    @serve.deployment(ray_actor_options={"num_cpus": 0})
+    class Stage:
+        async def convert(self, chunk: AudioChunk) -> VCResult:
+            return VCResult(AudioChunk(chunk.samples, chunk.sample_rate))
+
+        async def stream(self, pieces: int):
+            for i in range(pieces):
+                yield f" token{i}"
+
+    @serve.deployment(ray_actor_options={"num_cpus": 0})
+    class Caller:
+        def __init__(self, stage):
+            self.stages = {transport: with_transport(stage, transport) for transport in ("actor", "grpc")}
+
+        async def measure(self, n: int) -> dict:
+            chunk = AudioChunk(np.zeros(9600, np.float32), 48_000)  # 200 ms, what VC gets per call
+            times = {t: {"unary_audio": [], "stream_first": [], "stream_20": []} for t in self.stages}
+            for _ in range(n):
+                for transport, stage in self.stages.items():
+                    started = time.perf_counter()
+                    await stage.convert.remote(chunk)
+                    times[transport]["unary_audio"].append((time.perf_counter() - started) * 1000)
+                    started = time.perf_counter()
+                    first = None
+                    async for _ in stage.options(stream=True).stream.remote(20):
+                        if first is None:
+                            first = (time.perf_counter() - started) * 1000
+                    times[transport]["stream_first"].append(first)
+                    times[transport]["stream_20"].append((time.perf_counter() - started) * 1000)
+            return {t: {k: summary(v) for k, v in kinds.items()} for t, kinds in times.items()}
+
+    return Caller.bind(Stage.bind())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--calls", type=int, default=300)
+    args = parser.parse_args()
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    import ray
+    from ray import serve
+
+    ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", logging_level="ERROR", log_to_driver=False)
+    try:
+        handle = serve.run(build(args.calls), name="hops", route_prefix=None)
+
+        async def run() -> dict:
+            await handle.measure.remote(20)  # warm-up: connections, channels, replica start
+            return await handle.measure.remote(args.calls)
+
+        result = asyncio.run(run())
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+    ratios = {
+        kind: round(result["grpc"][kind]["p50_ms"] / result["actor"][kind]["p50_ms"], 3)
+        for kind in result["grpc"]
+    }
+    print(json.dumps({"benchmark": "serve_hops", "calls": args.calls, **result, "grpc_over_actor_p50": ratios}))
+
+
+if __name__ == "__main__":
+    main()

@@ -15,6 +15,12 @@ from typing import Any
 import aiohttp
 
 from graph.backends.base import LLMBackend
+from graph.backends.http import (
+    HTTPStreamClient,
+    end_response,
+    http_url,
+    raise_for_status,
+)
 from graph.llm_stream import LLMStreamError, LLMStreamParser, StreamFormat
 from graph.types import LLMRequest, StageError
 
@@ -53,13 +59,10 @@ class _StreamingHTTPBackend(LLMBackend):
         api_key: str | None = None,
         assistant_name: str = "Miku",
     ):
-        if not url or not url.startswith(("http://", "https://")):
-            raise ValueError(f"{self.name} LLM: url must start with http:// or https://, got {url!r}")
-        self.url = url.rstrip("/")
-        self.timeout = aiohttp.ClientTimeout(total=None, connect=connect_timeout_s, sock_read=timeout_s)
+        self.url = http_url(url, f"{self.name} LLM")
+        self.http = HTTPStreamClient(timeout_s, connect_timeout_s)
         self.api_key = api_key
         self.assistant_name = assistant_name
-        self._session: aiohttp.ClientSession | None = None
 
     def describe(self) -> dict:
         return {"backend": self.name, "url": self.url}
@@ -77,14 +80,8 @@ class _StreamingHTTPBackend(LLMBackend):
     def _parser_format(self) -> StreamFormat:
         return self.stream_format
 
-    async def _client(self) -> aiohttp.ClientSession:
-        if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession(timeout=self.timeout)
-        return self._session
-
     async def aclose(self) -> None:
-        if self._session is not None:
-            await self._session.close()
+        await self.http.aclose()
 
     async def stream(self, request: LLMRequest) -> AsyncIterator[str]:
         endpoint = self._endpoint()
@@ -92,16 +89,12 @@ class _StreamingHTTPBackend(LLMBackend):
         if self.api_key:
             headers["Authorization"] = f"Bearer {self.api_key}"
         parser = LLMStreamParser(self._parser_format())
-        session = await self._client()
-        try:
-            response = await session.post(endpoint, json=self._body(request), headers=headers)
-        except (aiohttp.ClientError, OSError, TimeoutError) as error:
-            raise StageError("llm", self.label, f"cannot reach the LLM at {endpoint}: {error or type(error).__name__}") from error
+        response = await self.http.post(
+            "llm", self.label, endpoint, self._body(request), headers, f"cannot reach the LLM at {endpoint}"
+        )
         finished = False
         try:
-            if response.status != 200:
-                body = (await response.text(errors="replace"))[:300].strip()
-                raise StageError("llm", self.label, f"HTTP {response.status} from {endpoint}: {body}")
+            await raise_for_status(response, "llm", self.label, f" from {endpoint}")
             async for data in response.content.iter_any():
                 for token in parser.feed(data):
                     yield token
@@ -120,11 +113,7 @@ class _StreamingHTTPBackend(LLMBackend):
         except (aiohttp.ClientError, TimeoutError) as error:
             raise StageError("llm", self.label, f"the stream from {endpoint} broke: {error or type(error).__name__}") from error
         finally:
-            if finished:
-                response.release()
-            else:
-                # closing (not releasing) drops the connection: the server sees the client leave and stops
-                response.close()
+            end_response(response, finished)
 
 
 class OpenAIBackend(_StreamingHTTPBackend):

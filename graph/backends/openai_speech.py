@@ -19,6 +19,12 @@ import aiohttp
 import numpy as np
 
 from graph.backends.base import TTSBackend
+from graph.backends.http import (
+    HTTPStreamClient,
+    end_response,
+    http_url,
+    raise_for_status,
+)
 from graph.backends.pcm import BadAudio, check_samples
 from graph.types import AudioChunk, StageError, TTSOptions
 
@@ -139,11 +145,9 @@ class OpenAISpeechTTS(TTSBackend):
         connect_timeout_s: float = 5.0,
         piece_ms: float = 100.0,
     ):
-        if not url or not url.startswith(("http://", "https://")):
-            raise ValueError(f"openai-speech: url must start with http:// or https://, got {url!r}")
+        base = http_url(url, "openai-speech")
         if response_format not in ("wav", "pcm"):
             raise ValueError(f"openai-speech: response_format must be 'wav' or 'pcm', got {response_format!r}")
-        base = url.rstrip("/")
         self.endpoint = f"{base}/audio/speech" if base.endswith("/v1") else f"{base}/v1/audio/speech"
         self.model = model
         self.voice = voice
@@ -151,8 +155,7 @@ class OpenAISpeechTTS(TTSBackend):
         self.pcm_rate = int(sample_rate)
         self.api_key = api_key
         self.piece_ms = piece_ms
-        self.timeout = aiohttp.ClientTimeout(total=None, connect=connect_timeout_s, sock_read=timeout_s)
-        self._session: aiohttp.ClientSession | None = None
+        self.http = HTTPStreamClient(timeout_s, connect_timeout_s)
         self.sample_rate: int | None = self.pcm_rate if response_format == "pcm" else None
 
     @property
@@ -169,11 +172,6 @@ class OpenAISpeechTTS(TTSBackend):
             "sample_rate": self.sample_rate,
         }
 
-    async def _client(self) -> aiohttp.ClientSession:
-        if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession(timeout=self.timeout)
-        return self._session
-
     async def warmup(self) -> None:
         async for _ in self.synthesize("Ready.", TTSOptions()):
             pass
@@ -189,16 +187,10 @@ class OpenAISpeechTTS(TTSBackend):
         if options.speed != 1.0:
             body["speed"] = options.speed
         headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
-        session = await self._client()
-        try:
-            response = await session.post(self.endpoint, json=body, headers=headers)
-        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-            raise StageError("tts", self.label, f"cannot reach the speech server: {exc or type(exc).__name__}") from exc
+        response = await self.http.post("tts", self.label, self.endpoint, body, headers, "cannot reach the speech server")
         finished = False
         try:
-            if response.status != 200:
-                detail = (await response.text(errors="replace"))[:300].strip()
-                raise StageError("tts", self.label, f"HTTP {response.status}: {detail}")
+            await raise_for_status(response, "tts", self.label)
             async for chunk in self._decode(response):
                 yield chunk
             finished = True
@@ -207,10 +199,7 @@ class OpenAISpeechTTS(TTSBackend):
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise StageError("tts", self.label, f"the audio stream broke: {exc or type(exc).__name__}") from exc
         finally:
-            if finished:
-                response.release()
-            else:
-                response.close()  # drop the connection so the server stops synthesising
+            end_response(response, finished)
 
     async def _decode(self, response: aiohttp.ClientResponse) -> AsyncIterator[AudioChunk]:
         wav = WavStreamParser() if self.response_format == "wav" else None
@@ -244,5 +233,4 @@ class OpenAISpeechTTS(TTSBackend):
             yield AudioChunk(np.concatenate(pending), self.sample_rate)
 
     async def aclose(self) -> None:
-        if self._session is not None:
-            await self._session.close()
+        await self.http.aclose()

@@ -20,7 +20,6 @@ import json
 import os
 import shutil
 import socket
-import statistics
 import sys
 import tempfile
 import time
@@ -29,20 +28,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks.stats import summary_ms  # noqa: E402
 from graph.controller import ControllerConfig, SessionController, SessionRequest  # noqa: E402
 
 TOKEN = "controller-bench-token"
 REQUEST = SessionRequest(guild_id="g", voice_channel_id="v", text_channel_id="t", user_id="u")
 
 
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))]
-
-
 def summary(values_s: list[float]) -> dict:
-    ms = [v * 1000 for v in values_s]
-    return {"p50_ms": round(statistics.median(ms), 3), "p95_ms": round(percentile(ms, 95), 3), "n": len(ms)}
+    return summary_ms([v * 1000 for v in values_s])
 
 
 def timed(call) -> float:

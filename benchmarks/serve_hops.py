@@ -15,7 +15,6 @@ import argparse
 import asyncio
 import json
 import os
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -24,16 +23,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np  # noqa: E402
 
+from benchmarks.stats import summary_ms  # noqa: E402
 from graph.types import AudioChunk, VCResult  # noqa: E402
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))]
-
-
-def summary(values: list[float]) -> dict:
-    return {"p50_ms": round(statistics.median(values), 3), "p95_ms": round(percentile(values, 95), 3), "n": len(values)}
 
 
 def build(calls: int):
@@ -70,7 +61,7 @@ def build(calls: int):
                             first = (time.perf_counter() - started) * 1000
                     times[transport]["stream_first"].append(first)
                     times[transport]["stream_20"].append((time.perf_counter() - started) * 1000)
-            return {t: {k: summary(v) for k, v in kinds.items()} for t, kinds in times.items()}
+            return {t: {k: summary_ms(v) for k, v in kinds.items()} for t, kinds in times.items()}
 
     return Caller.bind(Stage.bind())
 

@@ -27,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import psutil  # noqa: E402
 
+from benchmarks.stats import percentile, summary_ms  # noqa: E402
 from graph.backends.simple import PassthroughVC  # noqa: E402,F401
 from graph.backends.simulated import (  # noqa: E402
     DEFAULT_REPLY,
@@ -50,14 +51,8 @@ from graph.types import LLMRequest  # noqa: E402
 PROMPT = "Tell me about your favourite song."
 
 
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    index = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
-    return ordered[index]
-
-
 def summary(values: list[float]) -> dict:
-    return {"p50_ms": round(statistics.median(values), 2), "p95_ms": round(percentile(values, 95), 2), "n": len(values)}
+    return summary_ms(values, digits=2)
 
 
 def stage_configs(args, reply: str = DEFAULT_REPLY) -> dict:

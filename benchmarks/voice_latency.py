@@ -302,8 +302,8 @@ def main() -> None:
     parser.add_argument("--tts-rtf", type=float, default=0.1)
     parser.add_argument("--vc-ms", type=float, default=25)
     parser.add_argument("--skip-serve", action="store_true", help="only the in-process runs (no Ray)")
-    parser.add_argument("--transports", type=lambda text: text.split(","), default=["grpc", "actor"],
-                        help="stage transports to deploy side by side; the first is (b) (default: grpc,actor)")
+    parser.add_argument("--transports", type=lambda text: text.split(","), default=["direct", "grpc", "actor"],
+                        help="stage transports to deploy side by side; the first is (b) (default: direct,grpc,actor)")
     parser.add_argument("--serve-env", action="append", default=[], metavar="KEY=VALUE",
                         help="environment for Ray/Serve (e.g. RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD=0)")
     args = parser.parse_args()

@@ -1,9 +1,10 @@
 """`VoiceGraph`, the ingress deployment: HTTP/WebSocket contract in front of the model stages.
 
 It drives each utterance through `graph.pipeline.UtterancePipeline`, reaching the TextLLM, SopranoTTS
-and RVCVoice deployments through handles. Every handle call of an utterance is tracked so an interrupt
-or a vanished client `.cancel()`s all of them (cancelling only the local task would leave the LLM
-generating). Routes of the session controller and the brain are mounted from their own routers.
+and RVCVoice deployments over direct stage links found through their handles (`voice.stage_transport:
+direct`, the default) or through the handles themselves (`grpc`, `actor`). Every stage call of an
+utterance is tracked so an interrupt or a vanished client `.cancel()`s all of them (cancelling only the
+local task would leave the LLM generating). Routes of the session controller and the brain are mounted from their own routers.
 """
 # No `from __future__ import annotations` here: Serve's class-based FastAPI views need real annotations
 # to recognise `WebSocket` parameters (with strings, the handshake is refused with 403).
@@ -40,6 +41,7 @@ from graph.pipeline import (
     UtterancePipeline,
 )
 from graph.protocol import ProtocolError, SpeakRequest, parse_client_message, sanitize_text, to_wire
+from graph.stage_link import LinkLost, StageLink
 from graph.types import LLMRequest, StageError, TTSOptions, VCOptions, VCResult
 from graph.moods import load_moods
 from graph.telemetry import VramHeadroom
@@ -101,8 +103,10 @@ class InflightCalls:
 
 
 def with_transport(handle: DeploymentHandle, transport: str) -> DeploymentHandle:
-    """`handle` set to call its replicas over `transport` ("grpc" or Ray's "actor" path)."""
-    if transport == "grpc":
+    """`handle` set to call its replicas over `transport` ("grpc" or Ray's "actor" path).
+
+    "direct" is the stage links' choice; what still goes through the handle then goes over gRPC."""
+    if transport in ("grpc", "direct"):
         return handle.options(_by_reference=False, request_serialization="pickle", response_serialization="pickle")
     return handle
 
@@ -158,6 +162,88 @@ class HandleStages:
             raise _as_stage_error(error, stage, self.names.get(stage, stage)) from None
         finally:
             inflight.discard(response)
+
+
+class LinkStages:
+    """StageCalls over direct stage links (graph.stage_link): the voice path's data plane.
+
+    Serve's router picks the replica once, when `link_endpoint()` is called through the handle; the
+    ingress then keeps one WebSocket per stage open to it. A link that breaks (the replica died or was
+    replaced) fails its calls with a StageError at once and is found again through the handle on the
+    next call, so Serve's restart brings the voice back by itself. The cost: Serve's router and
+    autoscaler do not see these calls, so a stage with several replicas keeps each ingress replica on
+    one of them; use "grpc" where a stage is scaled out and load has to spread per call.
+    """
+
+    def __init__(self, llm: DeploymentHandle, tts: DeploymentHandle, vc: DeploymentHandle, names: dict[str, str]):
+        self.handles = {stage: with_transport(handle, "grpc") for stage, handle in (("llm", llm), ("tts", tts), ("vc", vc))}
+        self.names = names
+        self.links: dict[str, StageLink] = {}
+        self._finding = {stage: asyncio.Lock() for stage in self.handles}
+
+    async def connect(self) -> None:
+        """Open every link now, so the first utterance does not pay for it."""
+        await asyncio.gather(*(self._link(stage) for stage in self.handles))
+
+    async def aclose(self) -> None:
+        await asyncio.gather(*(link.aclose() for link in self.links.values()), return_exceptions=True)
+
+    def calls(self, inflight: InflightCalls) -> StageCalls:
+        return StageCalls(
+            llm=lambda request: self._stream("llm", "stream", inflight, request),
+            tts=lambda text, options: self._stream("tts", "synthesize", inflight, text, options),
+            vc=lambda chunk, options, context: self._unary("vc", "convert", inflight, chunk, options, context),
+            llm_name=self.names.get("llm", "llm"),
+            tts_name=self.names.get("tts", "tts"),
+            vc_name=self.names.get("vc", "vc"),
+        )
+
+    async def _link(self, stage: str) -> StageLink:
+        async with self._finding[stage]:
+            link = self.links.get(stage)
+            if link is None or link.broken:
+                try:
+                    endpoint = await self.handles[stage].link_endpoint.remote()
+                except (RayTaskError, RayActorError, grpc.aio.AioRpcError) as error:
+                    raise _as_stage_error(error, stage, self.names.get(stage, stage)) from None
+                link = self.links[stage] = StageLink(endpoint)
+            await self._open(stage, link)
+            return link
+
+    async def _open(self, stage: str, link: StageLink) -> None:
+        try:
+            await link.open()
+        except LinkLost as error:
+            raise StageError(stage, self.names.get(stage, stage), f"cannot reach the stage's replica ({error})") from None
+
+    def _lost(self, stage: str) -> StageError:
+        return StageError(stage, self.names.get(stage, stage), "the link to the stage's replica broke; Serve is restarting it")
+
+    async def _stream(self, stage: str, method: str, inflight: InflightCalls, *args) -> AsyncIterator[Any]:
+        link = await self._link(stage)
+        try:
+            call = await link.stream(method, *args)
+            inflight.add(call)
+            try:
+                async for item in call:
+                    yield item
+            finally:
+                call.cancel()
+                inflight.discard(call)
+        except LinkLost:
+            raise self._lost(stage) from None
+
+    async def _unary(self, stage: str, method: str, inflight: InflightCalls, *args) -> Any:
+        link = await self._link(stage)
+        try:
+            call = await link.start_unary(method, *args)
+            inflight.add(call)
+            try:
+                return await call.result()
+            finally:
+                inflight.discard(call)
+        except LinkLost:
+            raise self._lost(stage) from None
 
 
 class TokenStreamSession:
@@ -316,7 +402,11 @@ class VoiceGraph:
             backend = status.detail.get("backend", "?")
             url = status.detail.get("url")
             self.names[stage] = f"{backend} {url}" if url else backend
-        self.stages = HandleStages(llm, tts, vc, self.names, self.config.stage_transport)
+        if self.config.stage_transport == "direct":
+            self.stages = LinkStages(llm, tts, vc, self.names)
+            await self.stages.connect()
+        else:
+            self.stages = HandleStages(llm, tts, vc, self.names, self.config.stage_transport)
 
     # ---- the utterance path, shared by WS /v1/voice and the CLI's handle call ----
 

@@ -4,6 +4,10 @@ Each one hosts a backend from `graph.backends` chosen by config; placement (whic
 CPUs, device env vars) comes from the Serve config file, never from code. Streaming methods are async
 generators called with `handle.options(stream=True)`; when the caller cancels, Serve cancels the
 generator here and the backend closes its upstream (HTTP stream, subprocess, worker request).
+
+Each replica also serves the same methods over a direct stage link (graph.stage_link), the voice path's
+data plane with `voice.stage_transport: direct`: the ingress asks `link_endpoint()` through its Serve
+handle, then keeps a WebSocket open to this replica. A link that drops cancels its calls here too.
 """
 from __future__ import annotations
 
@@ -15,20 +19,33 @@ from ray import serve
 
 from deployments.telemetry import TelemetryExporter
 from graph.backends import create_backend
+from graph.pipeline import backend_label
+from graph.stage_link import CallKind, LinkEndpoint, LinkMethod, StageLinkServer
 from graph.types import AudioChunk, LLMRequest, StageStatus, TTSOptions, VCOptions, VCResult
 
 
 class _BackendHost:
     stage = "?"
 
+    def _link_methods(self) -> dict[str, LinkMethod]:
+        raise NotImplementedError
+
     async def _start(self, config: dict) -> None:
         started = time.monotonic()
         self.backend = create_backend(self.stage, config)
         await self.backend.warmup()
         self.ready_s = time.monotonic() - started
+        # on the node's address (what Ray uses), so an ingress on another node can reach it
+        self.link = StageLinkServer(self._link_methods(), stage=self.stage, backend=backend_label(self.backend),
+                                    host=ray.util.get_node_ip_address())
+        self.endpoint = await self.link.start()
         # each stage replica reports the GPUs it can see (absent on a CPU machine) as Ray gauges
         self.telemetry = TelemetryExporter()
         self.telemetry.start()
+
+    async def link_endpoint(self) -> LinkEndpoint:
+        """Where this replica's stage link listens, and its secret (only ever handed out through Ray)."""
+        return self.endpoint
 
     async def status(self) -> StageStatus:
         context = ray.get_runtime_context()
@@ -44,6 +61,7 @@ class _BackendHost:
         return StageStatus(self.stage, detail.get("backend", self.backend.name), True, detail)
 
     async def __del__(self) -> None:
+        await self.link.aclose()
         await self.telemetry.stop()
         await self.backend.aclose()
 
@@ -54,6 +72,9 @@ class TextLLM(_BackendHost):
 
     async def __init__(self, config: dict):
         await self._start(config)
+
+    def _link_methods(self) -> dict[str, LinkMethod]:
+        return {"stream": LinkMethod(CallKind.STREAM, self.stream)}
 
     async def stream(self, request: LLMRequest) -> AsyncIterator[str]:
         async for token in self.backend.stream(request):
@@ -67,6 +88,9 @@ class SopranoTTS(_BackendHost):
     async def __init__(self, config: dict):
         await self._start(config)
 
+    def _link_methods(self) -> dict[str, LinkMethod]:
+        return {"synthesize": LinkMethod(CallKind.STREAM, self.synthesize)}
+
     async def synthesize(self, text: str, options: TTSOptions) -> AsyncIterator[AudioChunk]:
         async for chunk in self.backend.synthesize(text, options):
             yield chunk
@@ -78,6 +102,9 @@ class RVCVoice(_BackendHost):
 
     async def __init__(self, config: dict):
         await self._start(config)
+
+    def _link_methods(self) -> dict[str, LinkMethod]:
+        return {"convert": LinkMethod(CallKind.UNARY, self.convert)}
 
     async def convert(self, chunk: AudioChunk, options: VCOptions, context: object | None) -> VCResult:
         return await self.backend.convert(chunk, options, context)

@@ -58,13 +58,14 @@ class StageCalls:
             llm=llm.stream,
             tts=tts.synthesize,
             vc=vc.convert,
-            llm_name=_backend_label(llm),
-            tts_name=_backend_label(tts),
-            vc_name=_backend_label(vc),
+            llm_name=backend_label(llm),
+            tts_name=backend_label(tts),
+            vc_name=backend_label(vc),
         )
 
 
-def _backend_label(backend) -> str:
+def backend_label(backend) -> str:
+    """How errors name a backend: its kind, and its URL where it has one."""
     described = backend.describe()
     url = described.get("url")
     return f"{described.get('backend', backend.name)} {url}" if url else str(described.get("backend"))

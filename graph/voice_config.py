@@ -9,7 +9,7 @@ DEFAULT_SYSTEM_PROMPT = (
     "Answer in one to three short spoken sentences. No lists, no markdown, no emoji, no stage directions."
 )
 
-STAGE_TRANSPORTS = ("grpc", "actor")
+STAGE_TRANSPORTS = ("direct", "grpc", "actor")
 
 
 @dataclass(frozen=True)
@@ -21,9 +21,11 @@ class VoiceConfig:
     max_tokens: int = 200
     stage_timeout_s: float = 30.0
     system_prompt: str = DEFAULT_SYSTEM_PROMPT
-    # How the ingress reaches the model stages: "grpc" sends each call straight to the replica's gRPC
-    # server (about half the latency of a Ray actor call per hop); "actor" is Ray's object-store path.
-    stage_transport: str = "grpc"
+    # How the ingress reaches the model stages: "direct" keeps a WebSocket open to each stage replica
+    # (found through Serve; a fraction of a Serve call's latency per hop, but Serve's router does not
+    # spread its calls); "grpc" sends each call through Serve's handle straight to the replica's gRPC
+    # server; "actor" is Ray's actor-task path.
+    stage_transport: str = "direct"
 
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None) -> VoiceConfig:

@@ -19,7 +19,7 @@ def test_bad_voice_settings_fail_at_build_time():
         build_app({"voice": {"max_prompt_chars": 0}})
     with pytest.raises(ValueError, match=r"unknown key\(s\) \['tokn'\]"):
         build_app({"voice": {"tokn": "x"}})
-    with pytest.raises(ValueError, match=r"stage_transport must be one of \['grpc', 'actor'\], got 'http'"):
+    with pytest.raises(ValueError, match=r"stage_transport must be one of \['direct', 'grpc', 'actor'\], got 'http'"):
         build_app({"voice": {"stage_transport": "http"}})
 
 

@@ -246,7 +246,7 @@ async def test_a_session_prompt_uses_the_brains_persona_and_mood(graph_server):
                 assert response.status == 200
 
 
-@pytest.mark.parametrize("transport", ["grpc", "actor"])
+@pytest.mark.parametrize("transport", ["direct", "grpc", "actor"])
 async def test_a_stage_replica_killed_mid_utterance_ends_it_with_an_error_and_the_graph_recovers(ray_cluster, llm_server, transport):
     """SIGKILL of the TTS replica while it speaks: the user gets an error naming the stage (not a hang),
     the LLM upstream is stopped, and once Serve has replaced the replica the next utterance plays."""

@@ -1,7 +1,10 @@
 """Time to first audio of the voice graph, side by side in one run.
 
   (a) inproc     the graph logic in one process, no Ray (graph.pipeline with simulated model timings)
-  (b) serve      the same, through the Ray Serve deployments and the WebSocket contract
+  (b) serve      the same, through the Ray Serve deployments and the WebSocket contract, as shipped: direct
+                 stage links and the ingress's direct voice port (found with GET /v1/voice/direct). The
+                 same run also measures every other stage transport (`--transports`) and the way in
+                 through Serve's HTTP proxy (`--entries`), side by side.
   (c) sentences  (a) with sentence-only aggregation, as common voice-agent frameworks do
 
 Runs are interleaved a, b, c, a, b, c... so machine noise hits all three alike. Also: underruns after the
@@ -97,8 +100,9 @@ def milestone_medians(timings: list[dict]) -> dict:
 class ServeGraph:
     """The graph deployed on a fresh local Ray, reached over the WebSocket contract.
 
-    One application per stage transport (`voice.stage_transport`), sharing the cluster, so the
-    transports are compared side by side; the first is (b).
+    One application per stage transport (`voice.stage_transport`), sharing the cluster, each reached
+    through every entry: its direct voice port ("port") and Serve's HTTP proxy ("proxy"). The first
+    transport through the first entry is (b).
     """
 
     token = "bench-token"
@@ -124,12 +128,15 @@ class ServeGraph:
             sock.bind(("127.0.0.1", 0))
             self.port = sock.getsockname()[1]
         serve.start(http_options={"host": "127.0.0.1", "port": self.port})
+        # every app gets its share of the two fake GPUs, or the last one would wait forever for its replicas
+        share = 0.9 / len(args.transports)
         options = {
-            "TextLLM": {"ray_actor_options": {"num_cpus": 0, "resources": {"rx6800": 0.1}}},
-            "SopranoTTS": {"ray_actor_options": {"num_cpus": 0, "resources": {"gtx1660": 0.4}}},
-            "RVCVoice": {"ray_actor_options": {"num_cpus": 0, "resources": {"rx6800": 0.2}}},
+            "TextLLM": {"ray_actor_options": {"num_cpus": 0, "resources": {"rx6800": round(share / 3, 3)}}},
+            "SopranoTTS": {"ray_actor_options": {"num_cpus": 0, "resources": {"gtx1660": round(share, 3)}}},
+            "RVCVoice": {"ray_actor_options": {"num_cpus": 0, "resources": {"rx6800": round(share * 2 / 3, 3)}}},
         }
         self.transports = args.transports
+        self.entries = args.entries
         for transport in self.transports:
             voice = {"token": self.token, "stage_transport": transport}
             serve.run(compose_app({**stage_configs(args), "voice": voice}, options),
@@ -137,17 +144,25 @@ class ServeGraph:
         self.ws = {}
 
     async def connect(self):
+        import aiohttp
         import websockets
 
+        headers = {"Authorization": f"Bearer {self.token}"}
         for transport in self.transports:
-            self.ws[transport] = await websockets.connect(
-                f"ws://127.0.0.1:{self.port}/{transport}/v1/voice",
-                additional_headers={"Authorization": f"Bearer {self.token}"},
-                max_size=None,
-            )
+            urls = {"proxy": f"ws://127.0.0.1:{self.port}/{transport}/v1/voice"}
+            async with aiohttp.ClientSession() as http:  # what the bot client does to find the voice port
+                async with http.get(f"http://127.0.0.1:{self.port}/{transport}/v1/voice/direct", headers=headers) as response:
+                    response.raise_for_status()
+                    urls["port"] = (await response.json())["voice"]
+            for entry in self.entries:
+                self.ws[transport, entry] = await websockets.connect(urls[entry], additional_headers=headers, max_size=None)
 
-    async def ttfa(self, transport: str, index: int, milestones: list | None = None) -> float:
-        ws = self.ws[transport]
+    @property
+    def variants(self) -> list[tuple[str, str]]:
+        return [(transport, entry) for transport in self.transports for entry in self.entries]
+
+    async def ttfa(self, variant: tuple[str, str], index: int, milestones: list | None = None) -> float:
+        ws = self.ws[variant]
         request = {"type": "prompt", "id": f"b{index}", "text": PROMPT}
         started = time.perf_counter()
         await ws.send(json.dumps(request))
@@ -226,8 +241,9 @@ async def rss_growth(args, utterances: int) -> dict:
 async def main_async(args) -> dict:
     a_times, c_times, short_a, short_c = [], [], [], []
     a_marks = []
-    b_times = {t: [] for t in args.transports}
-    b_marks = {t: [] for t in args.transports}
+    variants = [(t, e) for t in args.transports for e in args.entries]
+    b_times = {v: [] for v in variants}
+    b_marks = {v: [] for v in variants}
     early = inproc_pipeline(args, Aggregation.EARLY_FIRST_CHUNK)
     sentences = inproc_pipeline(args, Aggregation.SENTENCES_ONLY)
     early_short = inproc_pipeline(args, Aggregation.EARLY_FIRST_CHUNK, reply=SHORT_OPENING_REPLY)
@@ -238,16 +254,16 @@ async def main_async(args) -> dict:
         graph = ServeGraph(args)
         await graph.connect()
         for i in range(3):  # warm-up: first calls pay for connection and replica start-up
-            for transport in args.transports:
-                await graph.ttfa(transport, -i - 1)
+            for variant in variants:
+                await graph.ttfa(variant, -i - 1)
     for i in range(3):
         await ttfa_inproc(early, -i - 1)
         await ttfa_inproc(sentences, -i - 1)
     for i in range(args.utterances):
         a_times.append(await ttfa_inproc(early, i, a_marks))
         if graph:
-            for transport in args.transports:
-                b_times[transport].append(await graph.ttfa(transport, i, b_marks[transport]))
+            for variant in variants:
+                b_times[variant].append(await graph.ttfa(variant, i, b_marks[variant]))
         c_times.append(await ttfa_inproc(sentences, i))
         if i < 10:
             short_a.append(await ttfa_inproc(early_short, i))
@@ -277,15 +293,15 @@ async def main_async(args) -> dict:
                 "paired_median": round(statistics.median([b - a for a, b in zip(a_times, times)]), 2),
             }
 
-        main_transport = args.transports[0]
-        result["b_stage_transport"] = main_transport
-        result["b_serve"] = summary(b_times[main_transport])
-        result["b_milestones_p50_ms"] = milestone_medians(b_marks[main_transport])
-        result["b_overhead_ms"] = overhead(b_times[main_transport])
-        result["b_by_stage_transport"] = {
-            transport: {**summary(b_times[transport]), "overhead_ms": overhead(b_times[transport]),
-                        "milestones_p50_ms": milestone_medians(b_marks[transport])}
-            for transport in args.transports
+        main = variants[0]
+        result["b_stage_transport"], result["b_entry"] = main
+        result["b_serve"] = summary(b_times[main])
+        result["b_milestones_p50_ms"] = milestone_medians(b_marks[main])
+        result["b_overhead_ms"] = overhead(b_times[main])
+        result["b_variants"] = {
+            f"{transport}+{entry}": {**summary(b_times[transport, entry]), "overhead_ms": overhead(b_times[transport, entry]),
+                                     "milestones_p50_ms": milestone_medians(b_marks[transport, entry])}
+            for transport, entry in variants
         }
     result["rss"] = await rss_growth(args, args.rss_utterances)
     return result
@@ -304,6 +320,8 @@ def main() -> None:
     parser.add_argument("--skip-serve", action="store_true", help="only the in-process runs (no Ray)")
     parser.add_argument("--transports", type=lambda text: text.split(","), default=["direct", "grpc", "actor"],
                         help="stage transports to deploy side by side; the first is (b) (default: direct,grpc,actor)")
+    parser.add_argument("--entries", type=lambda text: text.split(","), default=["port", "proxy"],
+                        help="ways in to deploy side by side: the ingress's direct voice port, Serve's proxy (default: port,proxy)")
     parser.add_argument("--serve-env", action="append", default=[], metavar="KEY=VALUE",
                         help="environment for Ray/Serve (e.g. RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD=0)")
     args = parser.parse_args()

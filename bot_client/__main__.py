@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
             print("error: libopus is missing: apt-get install libopus0", file=sys.stderr)
             return 2
     graph = GraphClient(config.graph.url, graph_token, request_timeout_s=config.graph.request_timeout_s,
-                        connect_timeout_s=config.graph.connect_timeout_s)
+                        connect_timeout_s=config.graph.connect_timeout_s, direct_voice=config.graph.direct_voice)
     bot = MikuBot(config, graph)
     try:
         bot.run(token, log_handler=None)

@@ -34,6 +34,7 @@ class GraphConfig:
     token_file: str | None = None
     request_timeout_s: float = 10.0
     connect_timeout_s: float = 5.0
+    direct_voice: bool = True  # use the ingress's own voice port when the graph offers one (lower latency)
 
 
 @dataclass(frozen=True)

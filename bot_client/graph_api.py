@@ -139,9 +139,11 @@ class GraphClient:
         *,
         request_timeout_s: float = 10.0,
         connect_timeout_s: float = 5.0,
+        direct_voice: bool = True,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.token = token
+        self.direct_voice = direct_voice
         self._timeout = aiohttp.ClientTimeout(total=request_timeout_s, connect=connect_timeout_s)
         self.connect_timeout_s = connect_timeout_s
         self._http: aiohttp.ClientSession | None = None
@@ -293,10 +295,28 @@ class GraphClient:
         on_event: Callable[[dict], Awaitable[None] | None],
         on_closed: Callable[[BaseException | None], Awaitable[None] | None] | None = None,
     ) -> "VoiceStream":
+        """Open the voice WebSocket: on the graph's direct voice port when it offers one, else via Serve."""
+        direct = await self.direct_voice_url() if self.direct_voice else None
+        if direct is not None:
+            stream = VoiceStream(direct, self.auth_headers, on_audio, on_event, on_closed, open_timeout=self.connect_timeout_s)
+            try:
+                await stream.open()
+                return stream
+            except GraphUnavailable as exc:  # e.g. the port is not reachable from this host: the proxy still is
+                log.warning("direct voice port %s unreachable (%s); using the graph's WS /v1/voice", direct, exc)
         stream = VoiceStream(self.ws_url("/v1/voice"), self.auth_headers, on_audio, on_event, on_closed,
                              open_timeout=self.connect_timeout_s)
         await stream.open()
         return stream
+
+    async def direct_voice_url(self) -> str | None:
+        """`GET /v1/voice/direct`: where the ingress serves WS /v1/voice itself, or None (older graph, or off)."""
+        try:
+            body = await self._request("GET", "/v1/voice/direct")
+        except SessionGone:  # 404: this graph serves voice only through Serve's routes
+            return None
+        url = body.get("voice") if isinstance(body, dict) else None
+        return url if isinstance(url, str) and url.startswith(("ws://", "wss://")) else None
 
 
 class VoiceStream:

@@ -20,6 +20,7 @@ import numpy as np
 from fastapi import Depends, FastAPI, WebSocket, WebSocketDisconnect
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
+import ray
 from ray import serve
 from ray.exceptions import RayActorError, RayTaskError
 from ray.serve.handle import DeploymentHandle
@@ -30,6 +31,7 @@ from deployments.metrics import graph_metrics
 from deployments import routes_events
 from deployments.routes_sessions import router as sessions_router
 from deployments.routes_sessions import use_controller
+from deployments.voice_port import DirectVoicePort
 from graph.conversation import VoiceConversation
 from graph.pipeline import (
     PipelineConfig,
@@ -338,12 +340,8 @@ def _sender(websocket: WebSocket):
     return send
 
 
-async def _receive_until_closed(websocket: WebSocket, handle_raw) -> None:
-    """Hand every client message to `handle_raw` until the client goes away.
-
-    The receive loop runs all the time (even while audio is being sent), so a closed client is noticed
-    at once and its in-flight work can be cancelled.
-    """
+async def _starlette_messages(websocket: WebSocket) -> AsyncIterator[str | bytes]:
+    """The client's messages on a Serve route, until the client goes away."""
     try:
         while True:
             message = await websocket.receive()
@@ -351,7 +349,7 @@ async def _receive_until_closed(websocket: WebSocket, handle_raw) -> None:
                 return
             raw = message.get("text") if message.get("text") is not None else message.get("bytes")
             if raw is not None:
-                await handle_raw(raw)
+                yield raw
     except WebSocketDisconnect:
         return
 
@@ -407,6 +405,25 @@ class VoiceGraph:
             await self.stages.connect()
         else:
             self.stages = HandleStages(llm, tts, vc, self.names, self.config.stage_transport)
+        self.voice_port = await self._open_voice_port() if self.config.direct_voice else None
+
+    async def _open_voice_port(self) -> DirectVoicePort | None:
+        cfg = self.config
+        advertised = ray.util.get_node_ip_address() if cfg.direct_host in ("0.0.0.0", "::") else cfg.direct_host
+        port = DirectVoicePort({"/v1/voice": self._voice_session, "/ws/stream": self._token_stream_session},
+                               cfg.direct_host, cfg.direct_port, advertised)
+        try:
+            await port.start()
+        except OSError as error:  # e.g. a fixed port taken by another replica: clients use Serve's routes
+            log.warning("direct voice port %s:%s not opened (%s); voice stays on Serve's routes", cfg.direct_host, cfg.direct_port, error)
+            return None
+        return port
+
+    async def __del__(self) -> None:
+        if self.voice_port is not None:
+            await self.voice_port.aclose()
+        if isinstance(self.stages, LinkStages):
+            await self.stages.aclose()
 
     # ---- the utterance path, shared by WS /v1/voice and the CLI's handle call ----
 
@@ -523,16 +540,7 @@ class VoiceGraph:
             await websocket.close(code=1008, reason="missing or wrong bearer token")
             return
         await websocket.accept()
-        conversation = VoiceConversation(
-            self._run_utterance, _sender(websocket), self.config.max_pending_prompts, self.config.max_prompt_chars
-        )
-        speaker = asyncio.create_task(conversation.run())
-        try:
-            await _receive_until_closed(websocket, conversation.handle_raw)
-        finally:
-            await conversation.close()
-            speaker.cancel()
-            await asyncio.gather(speaker, return_exceptions=True)
+        await self._voice_session(_sender(websocket), _starlette_messages(websocket))
 
     @app.websocket("/ws/stream")
     async def rvc_compatible_stream(self, websocket: WebSocket) -> None:
@@ -541,9 +549,36 @@ class VoiceGraph:
             await websocket.close(code=1008, reason="missing or wrong bearer token")
             return
         await websocket.accept()
-        stream = TokenStreamSession(self, _sender(websocket))
+        await self._token_stream_session(_sender(websocket), _starlette_messages(websocket))
+
+    @app.get("/v1/voice/direct", dependencies=[Depends(auth.require_token)])
+    async def direct_voice(self) -> JSONResponse:
+        """Where this replica serves the voice routes itself (deployments/voice_port.py)."""
+        if self.voice_port is None:
+            return JSONResponse({"detail": "no direct voice port on this replica; use WS /v1/voice"}, status_code=404)
+        return JSONResponse({"voice": self.voice_port.url("/v1/voice"), "stream": self.voice_port.url("/ws/stream")})
+
+    # ---- the two WebSocket sessions, whichever way the client came in ----
+
+    async def _voice_session(self, send, messages: AsyncIterator[str | bytes]) -> None:
+        conversation = VoiceConversation(
+            self._run_utterance, send, self.config.max_pending_prompts, self.config.max_prompt_chars
+        )
+        speaker = asyncio.create_task(conversation.run())
         try:
-            await _receive_until_closed(websocket, stream.handle_raw)
+            # read all the time (even while audio is being sent): a closed client is noticed at once
+            async for raw in messages:
+                await conversation.handle_raw(raw)
+        finally:
+            await conversation.close()
+            speaker.cancel()
+            await asyncio.gather(speaker, return_exceptions=True)
+
+    async def _token_stream_session(self, send, messages: AsyncIterator[str | bytes]) -> None:
+        stream = TokenStreamSession(self, send)
+        try:
+            async for raw in messages:
+                await stream.handle_raw(raw)
         finally:
             await stream.close()
 

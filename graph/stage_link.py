@@ -67,6 +67,11 @@ class LinkLost(ConnectionError):
     """The link to the replica broke (the replica died, restarted or the network failed)."""
 
 
+def ws_url(host: str, port: int, path: str = "") -> str:
+    """ws://host:port/path, with an IPv6 address bracketed."""
+    return f"ws://[{host}]:{port}{path}" if ":" in host else f"ws://{host}:{port}{path}"
+
+
 def _dumps(message: tuple) -> bytes:
     return pickle.dumps(message, protocol=_PICKLE)
 
@@ -98,8 +103,7 @@ class StageLinkServer:
         return self.endpoint(port)
 
     def endpoint(self, port: int) -> LinkEndpoint:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return LinkEndpoint(f"ws://{host}:{port}", self.token)
+        return LinkEndpoint(ws_url(self.host, port), self.token)
 
     async def aclose(self) -> None:
         if self._server is not None:

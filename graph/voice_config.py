@@ -26,6 +26,11 @@ class VoiceConfig:
     # spread its calls); "grpc" sends each call through Serve's handle straight to the replica's gRPC
     # server; "actor" is Ray's actor-task path.
     stage_transport: str = "direct"
+    # The ingress also serves WS /v1/voice and /ws/stream on a port of its own (no Serve proxy on the
+    # voice path); clients find it with GET /v1/voice/direct. Port 0: any free port.
+    direct_voice: bool = True
+    direct_host: str = "127.0.0.1"
+    direct_port: int = 0
 
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None) -> VoiceConfig:
@@ -41,6 +46,10 @@ class VoiceConfig:
                 raise ValueError(f"voice config: {name} must be a positive integer, got {value!r}")
         if config.stage_transport not in STAGE_TRANSPORTS:
             raise ValueError(f"voice config: stage_transport must be one of {list(STAGE_TRANSPORTS)}, got {config.stage_transport!r}")
+        if not isinstance(config.direct_voice, bool):
+            raise ValueError(f"voice config: direct_voice must be true or false, got {config.direct_voice!r}")
+        if isinstance(config.direct_port, bool) or not isinstance(config.direct_port, int) or not 0 <= config.direct_port <= 65535:
+            raise ValueError(f"voice config: direct_port must be a port number (0 = any free port), got {config.direct_port!r}")
         if config.stage_timeout_s <= 0:
             raise ValueError(f"voice config: stage_timeout_s must be positive, got {config.stage_timeout_s!r}")
         return config

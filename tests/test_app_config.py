@@ -21,6 +21,10 @@ def test_bad_voice_settings_fail_at_build_time():
         build_app({"voice": {"tokn": "x"}})
     with pytest.raises(ValueError, match=r"stage_transport must be one of \['direct', 'grpc', 'actor'\], got 'http'"):
         build_app({"voice": {"stage_transport": "http"}})
+    with pytest.raises(ValueError, match=r"direct_port must be a port number \(0 = any free port\), got 70000"):
+        build_app({"voice": {"direct_port": 70000}})
+    with pytest.raises(ValueError, match=r"direct_voice must be true or false, got 'yes'"):
+        build_app({"voice": {"direct_voice": "yes"}})
 
 
 def test_a_valid_config_builds_an_application():

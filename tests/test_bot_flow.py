@@ -24,6 +24,7 @@ from bot_client.loopback import RecordingVoiceClient, aligned_snr_db
 from bot_client.router import MessageRouter
 from bot_client.session import JoinRequest, PresenceKeeper, SessionManager
 from bot_client.status import format_status
+from tests.conftest import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 GUILD, USER, PROMPT_CHANNEL, VOICE_CHANNEL = 9001, 9002, 9003, 9004
@@ -265,3 +266,30 @@ async def test_text_chat_during_a_session_is_queued_then_replayed_once(graph):
     assert len(replies_after) == len(replies_during) + 1  # answered once, after the session
     ready, held = await graph.replay_batch()
     assert ready and not held  # acknowledged: nothing left to replay
+
+
+async def test_the_bot_opens_voice_on_the_direct_port_and_falls_back_to_serves_route(graph, graph_server, monkeypatch):
+    direct = await graph.direct_voice_url()
+    assert direct.startswith("ws://") and direct.endswith("/v1/voice") and not direct.startswith(graph.ws_url(""))
+
+    async def opened_url(client: GraphClient) -> str:
+        stream = await client.open_voice(lambda b: None, lambda e: None)
+        try:
+            assert stream.is_open
+            return stream.url
+        finally:
+            await stream.close()
+
+    assert await opened_url(graph) == direct
+    proxy_only = GraphClient(graph_server.base_url, graph_server.token, direct_voice=False)
+    try:
+        assert await opened_url(proxy_only) == graph.ws_url("/v1/voice")
+    finally:
+        await proxy_only.close()
+
+    # a voice port this host cannot reach (e.g. a firewall) must not cost the user their voice
+    async def unreachable():
+        return f"ws://127.0.0.1:{free_port()}/v1/voice"
+
+    monkeypatch.setattr(graph, "direct_voice_url", unreachable)
+    assert await opened_url(graph) == graph.ws_url("/v1/voice")

@@ -1,6 +1,7 @@
 """The whole graph on a real local Ray with Serve: WS /v1/voice, /ws/stream, /healthz, auth, interrupt,
 disconnect, upstream failures and metrics. The LLM stage talks to a real SSE server (tests/support)."""
 import asyncio
+import copy
 import json
 import time
 
@@ -12,6 +13,23 @@ from websockets.exceptions import InvalidStatus
 
 from graph.types import FRAME_BYTES
 from tests.conftest import METRICS_PORT
+
+
+@pytest.fixture(params=["serve", "direct"])
+async def voice_entry(request, graph_server):
+    """The voice routes as a client reaches them: through Serve's proxy, or on the ingress's direct port
+    (found the way clients find it, GET /v1/voice/direct)."""
+    if request.param == "serve":
+        return graph_server
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"{graph_server.base_url}/v1/voice/direct", headers=graph_server.auth_headers) as response:
+            assert response.status == 200
+            urls = await response.json()
+    assert urls["voice"].endswith("/v1/voice") and urls["stream"].endswith("/ws/stream")
+    direct = copy.copy(graph_server)
+    direct.ws_url = urls["voice"].removesuffix("/v1/voice")
+    assert direct.ws_url != graph_server.ws_url
+    return direct
 
 
 async def open_voice(graph, token=None):
@@ -48,22 +66,36 @@ async def test_healthz_lists_every_stage_without_auth(graph_server):
     assert body["stages"]["tts"]["backend"] == "espeak" and body["stages"]["vc"]["backend"] == "world"
 
 
-async def test_missing_or_wrong_token_is_rejected_before_any_work(graph_server):
-    before = len(graph_server.llm_server.requests)
-    for headers in ({}, {"Authorization": "Bearer nope"}, {"Authorization": graph_server.token}):
+async def test_missing_or_wrong_token_is_rejected_before_any_work(voice_entry, graph_server):
+    before = len(voice_entry.llm_server.requests)
+    # Serve's route refuses the handshake with 403; the direct port answers 401 before upgrading
+    refused = 403 if voice_entry is graph_server else 401
+    for headers in ({}, {"Authorization": "Bearer nope"}, {"Authorization": voice_entry.token}):
         with pytest.raises(InvalidStatus) as caught:
-            await websockets.connect(f"{graph_server.ws_url}/v1/voice", additional_headers=headers)
-        assert caught.value.response.status_code == 403
+            await websockets.connect(f"{voice_entry.ws_url}/v1/voice", additional_headers=headers)
+        assert caught.value.response.status_code == refused
         with pytest.raises(InvalidStatus):
-            await websockets.connect(f"{graph_server.ws_url}/ws/stream", additional_headers=headers)
+            await websockets.connect(f"{voice_entry.ws_url}/ws/stream", additional_headers=headers)
     async with aiohttp.ClientSession() as http:
-        async with http.post(f"{graph_server.base_url}/v1/metrics/playback", json={"underruns": 1}) as response:
+        async with http.post(f"{voice_entry.base_url}/v1/metrics/playback", json={"underruns": 1}) as response:
             assert response.status == 401
-    assert len(graph_server.llm_server.requests) == before
+        async with http.get(f"{voice_entry.base_url}/v1/voice/direct") as response:
+            assert response.status == 401  # where the voice port is, is not public either
+    assert len(voice_entry.llm_server.requests) == before
 
 
-async def test_prompt_streams_llm_tokens_to_discord_frames(graph_server):
-    async with await open_voice(graph_server) as ws:
+async def test_the_direct_voice_port_serves_only_the_voice_routes(graph_server):
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"{graph_server.base_url}/v1/voice/direct", headers=graph_server.auth_headers) as response:
+            port_base = (await response.json())["voice"].removesuffix("/v1/voice")
+    for path in ("/healthz", "/v1/sessions", "/v1/voice/extra"):
+        with pytest.raises(InvalidStatus) as caught:
+            await websockets.connect(f"{port_base}{path}", additional_headers=graph_server.auth_headers)
+        assert caught.value.response.status_code == 404
+
+
+async def test_prompt_streams_llm_tokens_to_discord_frames(voice_entry):
+    async with await open_voice(voice_entry) as ws:
         events, audio = await utterance(ws, {"type": "prompt", "id": "p1", "text": "Say hello!"})
     kinds = [e["type"] for e in events]
     assert kinds[0] == "utterance.start" and kinds[-1] == "utterance.end" and "chunk" in kinds
@@ -73,19 +105,19 @@ async def test_prompt_streams_llm_tokens_to_discord_frames(graph_server):
     assert end["status"] == "ok" and end["frames"] == len(audio) // FRAME_BYTES > 25
     for milestone in ("first_token", "first_chunk", "first_tts_audio", "first_vc_audio", "first_frame", "end"):
         assert milestone in end["timings"]
-    request = await graph_server.llm_server.settled("Say hello!")
+    request = await voice_entry.llm_server.settled("Say hello!")
     assert request.finished and request.model == "miku-test" and request.path == "/v1/chat/completions"
     pcm = np.frombuffer(audio, dtype="<i2").reshape(-1, 2)
     assert np.array_equal(pcm[:, 0], pcm[:, 1]) and np.abs(pcm).max() > 1000
 
 
-async def test_say_speaks_verbatim_without_the_llm(graph_server):
-    before = len(graph_server.llm_server.requests)
-    async with await open_voice(graph_server) as ws:
+async def test_say_speaks_verbatim_without_the_llm(voice_entry):
+    before = len(voice_entry.llm_server.requests)
+    async with await open_voice(voice_entry) as ws:
         events, audio = await utterance(ws, {"type": "say", "id": "s1", "text": "Testing, one two three."})
     assert events[-1]["status"] == "ok" and len(audio) >= 25 * FRAME_BYTES
     assert " ".join(e["text"] for e in events if e["type"] == "chunk").replace(" ,", ",").startswith("Testing")
-    assert len(graph_server.llm_server.requests) == before
+    assert len(voice_entry.llm_server.requests) == before
 
 
 async def wait_until(predicate, timeout=15.0):
@@ -96,9 +128,9 @@ async def wait_until(predicate, timeout=15.0):
         await asyncio.sleep(0.05)
 
 
-async def test_interrupt_stops_the_upstream_llm(graph_server):
-    server = graph_server.llm_server
-    async with await open_voice(graph_server) as ws:
+async def test_interrupt_stops_the_upstream_llm(voice_entry):
+    server = voice_entry.llm_server
+    async with await open_voice(voice_entry) as ws:
         await ws.send(json.dumps({"type": "prompt", "id": "long", "text": "[slow] interrupt me"}))
         async with asyncio.timeout(30):
             while not isinstance(await ws.recv(), bytes):
@@ -121,9 +153,9 @@ async def test_interrupt_stops_the_upstream_llm(graph_server):
         assert events[-1]["status"] == "ok" and audio
 
 
-async def test_client_disconnect_stops_the_upstream_llm(graph_server):
-    server = graph_server.llm_server
-    ws = await open_voice(graph_server)
+async def test_client_disconnect_stops_the_upstream_llm(voice_entry):
+    server = voice_entry.llm_server
+    ws = await open_voice(voice_entry)
     await ws.send(json.dumps({"type": "prompt", "id": "gone", "text": "[slow] then I vanish"}))
     async with asyncio.timeout(30):
         while not isinstance(await ws.recv(), bytes):
@@ -167,8 +199,8 @@ async def test_unreachable_llm_is_reported_by_url(ray_cluster, serve_http_port):
         serve.delete("miku-unreachable")
 
 
-async def test_bad_messages_get_errors_and_the_connection_stays_open(graph_server):
-    async with await open_voice(graph_server) as ws:
+async def test_bad_messages_get_errors_and_the_connection_stays_open(voice_entry):
+    async with await open_voice(voice_entry) as ws:
         for raw, fragment in (("{not json", "not JSON"), (json.dumps({"type": "say", "id": "e", "text": ""}), "empty"),
                               (json.dumps({"type": "say", "id": "l", "text": "a" * 4001}), "too long")):
             await ws.send(raw)
@@ -178,9 +210,9 @@ async def test_bad_messages_get_errors_and_the_connection_stays_open(graph_serve
         assert events[-1]["status"] == "ok" and audio
 
 
-async def test_ws_stream_compatibility_route(graph_server):
-    headers = {"Authorization": f"Bearer {graph_server.token}"}
-    async with websockets.connect(f"{graph_server.ws_url}/ws/stream", additional_headers=headers, max_size=None) as ws:
+async def test_ws_stream_compatibility_route(voice_entry):
+    headers = {"Authorization": f"Bearer {voice_entry.token}"}
+    async with websockets.connect(f"{voice_entry.ws_url}/ws/stream", additional_headers=headers, max_size=None) as ws:
         await ws.send("nonsense")
         assert "error" in json.loads(await asyncio.wait_for(ws.recv(), 10))
         for token in ["Hello", " there,", " this is", " the old", " API."]:

@@ -1,0 +1,91 @@
+"""The ingress's direct voice port: `WS /v1/voice` and `WS /ws/stream` served by the ingress replica itself.
+
+Through Serve's HTTP proxy every client message reaches the replica over a proxy hop plus an actor
+long-poll, and every frame goes back through the proxy: about 10 ms per round trip on the 2-core box this
+project is measured on (benchmarks/voice_latency.py, "b_via_proxy"). Voice is the one path where those
+milliseconds are heard, so the ingress also serves its two WebSocket routes on a port of its own, from
+the event loop that runs the pipeline (no proxy, no thread hand-off). Same protocol, same bearer token.
+
+Clients find the port with `GET /v1/voice/direct` on the Serve port; that call also picks the ingress
+replica, so connections spread over replicas the way Serve spreads requests. Every other route, and any
+client that does not ask, stays on Serve's proxy, which keeps working unchanged.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from http import HTTPStatus
+
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.exceptions import ConnectionClosed
+
+from deployments import auth
+from graph.stage_link import ws_url
+
+log = logging.getLogger("ray.serve")
+
+# prompts are capped far lower (voice.max_prompt_chars), but an oversized message must get the
+# protocol's clear error event, not a closed connection, so the socket's own limit is generous
+MAX_MESSAGE_BYTES = 16 * 2**20
+
+Send = Callable[[bytes | dict], Awaitable[None]]
+# a route's session: given how to send and the client's raw messages, run until the client is gone
+VoiceRoute = Callable[[Send, AsyncIterator[str | bytes]], Awaitable[None]]
+
+
+class DirectVoicePort:
+    """A WebSocket server for the voice routes, on the replica's own event loop."""
+
+    def __init__(self, routes: dict[str, VoiceRoute], host: str, port: int = 0, advertised_host: str | None = None):
+        self.routes = dict(routes)
+        self.host = host
+        self.port = port
+        self.advertised_host = advertised_host or host
+        self._server: Server | None = None
+
+    async def start(self) -> int:
+        self._server = await serve(
+            self._serve_connection, self.host, self.port, process_request=self._admit,
+            max_size=MAX_MESSAGE_BYTES, compression=None, ping_interval=20, ping_timeout=20,
+        )
+        self.port = next(iter(self._server.sockets)).getsockname()[1]
+        return self.port
+
+    def url(self, path: str) -> str:
+        return ws_url(self.advertised_host, self.port, path)
+
+    async def aclose(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+            self._server = None
+
+    def _admit(self, connection: ServerConnection, request):
+        # the route and the token are checked before the handshake completes: a refused client costs nothing
+        if request.path.split("?", 1)[0] not in self.routes:
+            return connection.respond(HTTPStatus.NOT_FOUND, f"no voice route {request.path}; this port serves {sorted(self.routes)}\n")
+        if not auth.token_matches(request.headers.get("Authorization")):
+            response = connection.respond(HTTPStatus.UNAUTHORIZED, "missing or wrong bearer token\n")
+            response.headers["WWW-Authenticate"] = "Bearer"
+            return response
+        return None
+
+    async def _serve_connection(self, connection: ServerConnection) -> None:
+        route = self.routes[connection.request.path.split("?", 1)[0]]
+
+        async def send(message: bytes | dict) -> None:
+            await connection.send(message if isinstance(message, bytes) else json.dumps(message))
+
+        try:
+            await route(send, _messages(connection))
+        except ConnectionClosed:
+            pass  # the client went away while we were sending; the route has already cleaned up
+
+
+async def _messages(connection: ServerConnection) -> AsyncIterator[str | bytes]:
+    try:
+        async for message in connection:
+            yield message
+    except ConnectionClosed:
+        return

@@ -27,6 +27,7 @@ from ray.serve.handle import DeploymentHandle
 
 from deployments import auth
 from deployments.controller import CONTROLLER_NAME, get_or_create_controller
+from deployments.heap import freeze_startup_heap
 from deployments.metrics import graph_metrics
 from deployments import routes_events
 from deployments.routes_sessions import router as sessions_router
@@ -406,6 +407,7 @@ class VoiceGraph:
         else:
             self.stages = HandleStages(llm, tts, vc, self.names, self.config.stage_transport)
         self.voice_port = await self._open_voice_port() if self.config.direct_voice else None
+        freeze_startup_heap()  # last: everything set up so far lives as long as the replica
 
     async def _open_voice_port(self) -> DirectVoicePort | None:
         cfg = self.config

@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator
 import ray
 from ray import serve
 
+from deployments.heap import freeze_startup_heap
 from deployments.telemetry import TelemetryExporter
 from graph.backends import create_backend
 from graph.pipeline import backend_label
@@ -42,6 +43,7 @@ class _BackendHost:
         # each stage replica reports the GPUs it can see (absent on a CPU machine) as Ray gauges
         self.telemetry = TelemetryExporter()
         self.telemetry.start()
+        freeze_startup_heap()  # last: everything set up so far lives as long as the replica
 
     async def link_endpoint(self) -> LinkEndpoint:
         """Where this replica's stage link listens, and its secret (only ever handed out through Ray)."""

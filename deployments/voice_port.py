@@ -48,6 +48,9 @@ class DirectVoicePort:
         self._server = await serve(
             self._serve_connection, self.host, self.port, process_request=self._admit,
             max_size=MAX_MESSAGE_BYTES, compression=None, ping_interval=20, ping_timeout=20,
+            # a fixed port is shared (SO_REUSEPORT) so a replica replacing this one can open it before
+            # this one has gone; the old replica keeps its connections until Serve stops it
+            reuse_port=self.port != 0,
         )
         self.port = next(iter(self._server.sockets)).getsockname()[1]
         return self.port

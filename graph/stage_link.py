@@ -37,10 +37,12 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
 from graph.types import StageError
 
-# a dead peer on another node shows up within PING_INTERVAL_S + PING_TIMEOUT_S; on the same node, or
-# when the process is killed, the kernel closes the socket and the link notices at once
-PING_INTERVAL_S = 5.0
-PING_TIMEOUT_S = 5.0
+# a killed process's socket is closed by the kernel, so the link notices at once; a host that vanishes
+# shows up within PING_INTERVAL_S + PING_TIMEOUT_S. The timeout is generous because a replica busy with
+# a model (GIL-heavy work between awaits) must not lose its link for answering a ping late; a stage
+# that stalls mid-utterance is the pipeline's stage_timeout_s to catch.
+PING_INTERVAL_S = 10.0
+PING_TIMEOUT_S = 20.0
 _PICKLE = pickle.HIGHEST_PROTOCOL
 
 

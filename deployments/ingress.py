@@ -422,9 +422,10 @@ class VoiceGraph:
         return port
 
     async def __del__(self) -> None:
-        if self.voice_port is not None:
+        # getattr: a constructor that failed part-way still gets here
+        if getattr(self, "voice_port", None) is not None:
             await self.voice_port.aclose()
-        if isinstance(self.stages, LinkStages):
+        if isinstance(getattr(self, "stages", None), LinkStages):
             await self.stages.aclose()
 
     # ---- the utterance path, shared by WS /v1/voice and the CLI's handle call ----

@@ -63,9 +63,13 @@ class _BackendHost:
         return StageStatus(self.stage, detail.get("backend", self.backend.name), True, detail)
 
     async def __del__(self) -> None:
-        await self.link.aclose()
-        await self.telemetry.stop()
-        await self.backend.aclose()
+        # getattr: a constructor that failed part-way (e.g. a missing model) still gets here
+        if getattr(self, "link", None) is not None:
+            await self.link.aclose()
+        if getattr(self, "telemetry", None) is not None:
+            await self.telemetry.stop()
+        if getattr(self, "backend", None) is not None:
+            await self.backend.aclose()
 
 
 @serve.deployment(name="TextLLM", ray_actor_options={"num_cpus": 0}, max_ongoing_requests=16)

@@ -39,7 +39,7 @@ class LinkedStage:
         return await self.link.call("convert", chunk)
 
     async def stream(self, pieces: int):
-        async for item in await self.link.stream("stream", pieces):
+        async for item in await self.link.start("stream", pieces):
             yield item
 
 

@@ -210,14 +210,11 @@ class LinkStages:
                 except (RayTaskError, RayActorError, grpc.aio.AioRpcError) as error:
                     raise _as_stage_error(error, stage, self.names.get(stage, stage)) from None
                 link = self.links[stage] = StageLink(endpoint)
-            await self._open(stage, link)
+            try:
+                await link.open()
+            except LinkLost as error:
+                raise StageError(stage, self.names.get(stage, stage), f"cannot reach the stage's replica ({error})") from None
             return link
-
-    async def _open(self, stage: str, link: StageLink) -> None:
-        try:
-            await link.open()
-        except LinkLost as error:
-            raise StageError(stage, self.names.get(stage, stage), f"cannot reach the stage's replica ({error})") from None
 
     def _lost(self, stage: str) -> StageError:
         return StageError(stage, self.names.get(stage, stage), "the link to the stage's replica broke; Serve is restarting it")
@@ -225,7 +222,7 @@ class LinkStages:
     async def _stream(self, stage: str, method: str, inflight: InflightCalls, *args) -> AsyncIterator[Any]:
         link = await self._link(stage)
         try:
-            call = await link.stream(method, *args)
+            call = await link.start(method, *args)
             inflight.add(call)
             try:
                 async for item in call:
@@ -239,7 +236,7 @@ class LinkStages:
     async def _unary(self, stage: str, method: str, inflight: InflightCalls, *args) -> Any:
         link = await self._link(stage)
         try:
-            call = await link.start_unary(method, *args)
+            call = await link.start(method, *args)
             inflight.add(call)
             try:
                 return await call.result()

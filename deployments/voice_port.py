@@ -2,7 +2,7 @@
 
 Through Serve's HTTP proxy every client message reaches the replica over a proxy hop plus an actor
 long-poll, and every frame goes back through the proxy: about 10 ms per round trip on the 2-core box this
-project is measured on (benchmarks/voice_latency.py, "b_via_proxy"). Voice is the one path where those
+project is measured on (benchmarks/voice_latency.py, variants "+port" against "+proxy"). Voice is the one path where those
 milliseconds are heard, so the ingress also serves its two WebSocket routes on a port of its own, from
 the event loop that runs the pipeline (no proxy, no thread hand-off). Same protocol, same bearer token.
 
@@ -13,7 +13,6 @@ client that does not ask, stays on Serve's proxy, which keeps working unchanged.
 from __future__ import annotations
 
 import json
-import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from http import HTTPStatus
 
@@ -22,8 +21,6 @@ from websockets.exceptions import ConnectionClosed
 
 from deployments import auth
 from graph.stage_link import ws_url
-
-log = logging.getLogger("ray.serve")
 
 # prompts are capped far lower (voice.max_prompt_chars), but an oversized message must get the
 # protocol's clear error event, not a closed connection, so the socket's own limit is generous

@@ -25,7 +25,7 @@ import hmac
 import itertools
 import pickle
 import secrets
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from enum import Enum
 from http import HTTPStatus
@@ -217,12 +217,10 @@ class LinkCall:
 class StageLink:
     """The client side: one WebSocket to one replica, with many calls multiplexed on it."""
 
-    def __init__(self, endpoint: LinkEndpoint, *, open_timeout: float = 5.0,
-                 connector: Callable[..., Awaitable[ClientConnection]] = connect):
+    def __init__(self, endpoint: LinkEndpoint, *, open_timeout: float = 5.0):
         self.url = endpoint.url
         self._token = endpoint.token
         self._open_timeout = open_timeout
-        self._connector = connector
         self._connection: ClientConnection | None = None
         self._connecting = asyncio.Lock()
         self._reader: asyncio.Task | None = None
@@ -238,7 +236,7 @@ class StageLink:
             if self.broken:
                 raise LinkLost(f"the link to {self.url} is broken")
             try:
-                self._connection = await self._connector(
+                self._connection = await connect(
                     self.url, additional_headers={"Authorization": f"Bearer {self._token}"},
                     open_timeout=self._open_timeout, compression=None, max_size=None,
                     ping_interval=PING_INTERVAL_S, ping_timeout=PING_TIMEOUT_S,
@@ -248,17 +246,9 @@ class StageLink:
                 raise LinkLost(f"cannot open the link to {self.url}: {error}") from None
             self._reader = asyncio.create_task(self._read(self._connection))
 
-    async def stream(self, method: str, *args: Any) -> LinkCall:
-        """Start a streaming call; iterate what it returns."""
-        return await self._start(method, args)
-
     async def call(self, method: str, *args: Any) -> Any:
         """A unary call, awaited to its result."""
-        return await (await self._start(method, args)).result()
-
-    async def start_unary(self, method: str, *args: Any) -> LinkCall:
-        """Start a unary call and return it (so it can be cancelled); `await call.result()`."""
-        return await self._start(method, args)
+        return await (await self.start(method, *args)).result()
 
     async def aclose(self) -> None:
         self.broken = True
@@ -272,7 +262,8 @@ class StageLink:
     def in_flight(self) -> int:
         return len(self._calls)
 
-    async def _start(self, method: str, args: tuple) -> LinkCall:
+    async def start(self, method: str, *args: Any) -> LinkCall:
+        """Start a call and return it: iterate it (a stream) or await `result()` (unary); it can be cancelled."""
         await self.open()
         call = LinkCall(self, next(self._ids))
         self._calls[call.id] = call

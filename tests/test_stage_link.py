@@ -63,7 +63,7 @@ async def served():
 
 async def test_a_stream_yields_every_item_in_order(served):
     _, _, link, _ = served
-    assert [item async for item in await link.stream("count", 50)] == list(range(50))
+    assert [item async for item in await link.start("count", 50)] == list(range(50))
     assert link.in_flight == 0
 
 
@@ -78,7 +78,7 @@ async def test_calls_are_multiplexed_on_one_link(served):
     _, _, link, _ = served
 
     async def collect(n):
-        return [item async for item in await link.stream("count", n, 0.001)]
+        return [item async for item in await link.start("count", n, 0.001)]
 
     results = await asyncio.gather(*(collect(n) for n in (5, 20, 10)))
     assert results == [list(range(5)), list(range(20)), list(range(10))]
@@ -87,19 +87,19 @@ async def test_calls_are_multiplexed_on_one_link(served):
 async def test_errors_arrive_as_stage_errors_and_the_link_stays_usable(served):
     _, _, link, _ = served
     with pytest.raises(StageError) as raised:
-        [item async for item in await link.stream("fail", "stage")]
+        [item async for item in await link.start("fail", "stage")]
     assert (raised.value.stage, raised.value.backend, raised.value.message) == ("tts", "espeak", "voice not installed")
     with pytest.raises(StageError) as raised:
-        [item async for item in await link.stream("fail", "other")]
+        [item async for item in await link.start("fail", "other")]
     assert raised.value.stage == "tts" and raised.value.message == "the last line says what went wrong"
     with pytest.raises(StageError, match="the link has no method 'nope'"):
         await link.call("nope")
-    assert [item async for item in await link.stream("count", 3)] == [0, 1, 2]
+    assert [item async for item in await link.start("count", 3)] == [0, 1, 2]
 
 
 async def test_stopping_early_cancels_the_call_on_the_server(served):
     stage, _, link, _ = served
-    stream = await link.stream("count", 10_000, 0.01, "early")
+    stream = await link.start("count", 10_000, 0.01, "early")
     async for item in stream:
         if item == 2:
             break
@@ -113,7 +113,7 @@ async def test_stopping_early_cancels_the_call_on_the_server(served):
 
 async def test_cancel_stops_a_call_that_has_not_answered_yet(served):
     stage, _, link, _ = served
-    call = await link.stream("count", 1, 30, "slow")
+    call = await link.start("count", 1, 30, "slow")
     await asyncio.wait_for(stage.started.wait(), 5)
     call.cancel()
     async with asyncio.timeout(5):
@@ -123,7 +123,7 @@ async def test_cancel_stops_a_call_that_has_not_answered_yet(served):
 
 async def test_a_client_that_disappears_has_its_calls_cancelled(served):
     stage, _, link, _ = served
-    await link.stream("count", 10_000, 0.01, "orphan")
+    await link.start("count", 10_000, 0.01, "orphan")
     await asyncio.wait_for(stage.started.wait(), 5)
     await link.aclose()  # the ingress replica went away mid-utterance
     async with asyncio.timeout(5):
@@ -168,7 +168,7 @@ async def test_a_replica_killed_mid_stream_breaks_the_call_at_once_and_the_link_
         received = []
         with pytest.raises(LinkLost):
             async with asyncio.timeout(10):  # well under the ping timeout: the closed socket is noticed
-                async for item in await link.stream("count", 10_000, 0.01):
+                async for item in await link.start("count", 10_000, 0.01):
                     received.append(item)
                     if item == 3:
                         os.kill(pid, signal.SIGKILL)

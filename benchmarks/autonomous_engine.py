@@ -40,7 +40,7 @@ from graph.autonomous import (  # noqa: E402
     load_autonomous_config,
     server_settings,
 )
-from graph.moods import KNOWN_MOODS, load_moods  # noqa: E402
+from graph.brain.mood_profiles import KNOWN_MOODS, load_moods  # noqa: E402
 
 DOC = ROOT / "docs" / "autonomous.md"
 PLOT = ROOT / "docs" / "autonomous-week.png"

@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.stats import percentile  # noqa: E402
-from graph.types import AudioChunk, LLMRequest, TTSOptions, VCOptions  # noqa: E402
+from graph.voice.types import AudioChunk, LLMRequest, TTSOptions, VCOptions  # noqa: E402
 from tests.tiny_models import build_tiny_gguf, build_tiny_rvc, cached_tiny_soprano  # noqa: E402
 
 
@@ -37,7 +37,7 @@ def summary(values_s: list[float]) -> dict[str, float]:
 
 
 async def bench_soprano(rounds: int) -> dict:
-    from graph.backends.soprano import SopranoInProcessTTS
+    from graph.backends.tts.soprano import SopranoInProcessTTS
 
     tts = SopranoInProcessTTS(model_path=str(cached_tiny_soprano(10)), device="cpu")
     await tts.warmup()
@@ -74,7 +74,7 @@ async def bench_soprano(rounds: int) -> dict:
 async def bench_rvc(rounds: int, workdir: Path) -> dict:
     import onnxruntime as ort
 
-    from graph.backends.rvc_onnx import RVCOnnxVC
+    from graph.backends.vc.rvc_onnx import RVCOnnxVC
 
     files = build_tiny_rvc(workdir / "rvc", sample_rate=48_000)
     vc = RVCOnnxVC(model_path=str(files["synth"]), content_encoder_path=str(files["content"]), seed=0)
@@ -126,7 +126,7 @@ async def bench_rvc(rounds: int, workdir: Path) -> dict:
 
 
 async def bench_llama(rounds: int, workdir: Path) -> dict:
-    from graph.backends.llamacpp_python import LlamaCppPythonLLM
+    from graph.backends.llm.llamacpp_python import LlamaCppPythonLLM
 
     path = build_tiny_gguf(workdir / "tiny.gguf")
     llm = LlamaCppPythonLLM(model_path=str(path), n_ctx=512, mode="completions")

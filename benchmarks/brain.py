@@ -20,7 +20,15 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from graph.brain import Brain, BrainConfig  # noqa: E402
-from graph.brain.daylog import ALLOWED_BOT_ID, DAY_START, DeterministicLLM, ReplayClock, VoiceSessionBlackouts, generate_day, replay  # noqa: E402
+from graph.brain.daylog import (  # noqa: E402
+    ALLOWED_BOT_ID,
+    DAY_START,
+    DeterministicLLM,
+    ReplayClock,
+    VoiceSessionBlackouts,
+    generate_day,
+    replay,
+)
 from graph.brain.judge import JudgeCache, JudgeRequest, LLMJudge  # noqa: E402
 from graph.brain.memory import MemoryStore, StoredMessage  # noqa: E402
 

@@ -29,7 +29,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.stats import summary_ms  # noqa: E402
-from graph.controller import ControllerConfig, SessionController, SessionRequest  # noqa: E402
+from graph.controller.config import ControllerConfig  # noqa: E402
+from graph.controller.sessions import SessionRequest  # noqa: E402
+from graph.controller.state_machine import SessionController  # noqa: E402
 
 TOKEN = "controller-bench-token"
 REQUEST = SessionRequest(guild_id="g", voice_channel_id="v", text_channel_id="t", user_id="u")
@@ -85,8 +87,12 @@ def main() -> None:
     from ray import serve
 
     from deployments import auth
-    from deployments.controller import CONTROLLER_NAMESPACE, get_or_create_controller, shutdown_controller
-    from deployments.routes_sessions import router, use_controller
+    from deployments.controller.actor import (
+        CONTROLLER_NAMESPACE,
+        get_or_create_controller,
+        shutdown_controller,
+    )
+    from deployments.controller.routes import router, use_controller
 
     scratch = tempfile.mkdtemp(prefix="miku-ctl-bench-")
     result: dict = {"benchmark": "controller_latency", "calls": args.calls, "cycles": args.cycles}

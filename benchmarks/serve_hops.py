@@ -1,5 +1,5 @@
 """What one hop to a stage costs, by transport: Ray's actor-task path, the replica's gRPC server, and the
-direct stage link (graph/stage_link.py, a WebSocket kept open to the replica).
+direct stage link (graph/voice/stage_link.py, a WebSocket kept open to the replica).
 
 The voice graph makes four hops on the way to the first audio (proxy -> ingress, ingress -> TextLLM,
 -> SopranoTTS, -> RVCVoice), so the cost of one hop, times four, is the floor of the Serve overhead
@@ -25,8 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import numpy as np  # noqa: E402
 
 from benchmarks.stats import summary_ms  # noqa: E402
-from graph.stage_link import CallKind, LinkMethod, StageLink, StageLinkServer  # noqa: E402
-from graph.types import AudioChunk, VCResult  # noqa: E402
+from graph.voice.stage_link import CallKind, LinkMethod, StageLink, StageLinkServer  # noqa: E402
+from graph.voice.types import AudioChunk, VCResult  # noqa: E402
 
 
 class LinkedStage:
@@ -46,7 +46,7 @@ class LinkedStage:
 def build(calls: int):
     from ray import serve
 
-    from deployments.ingress import with_transport
+    from deployments.voice.ingress import with_transport
 
     @serve.deployment(ray_actor_options={"num_cpus": 0})
     class Stage:

@@ -1,6 +1,6 @@
 """Time to first audio of the voice graph, side by side in one run.
 
-  (a) inproc     the graph logic in one process, no Ray (graph.pipeline with simulated model timings)
+  (a) inproc     the graph logic in one process, no Ray (graph.voice.pipeline with simulated model timings)
   (b) serve      the same, through the Ray Serve deployments and the WebSocket contract, as shipped: direct
                  stage links and the ingress's direct voice port (found with GET /v1/voice/direct). The
                  same run also measures every other stage transport (`--transports`) and the way in
@@ -31,7 +31,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import psutil  # noqa: E402
 
 from benchmarks.stats import percentile, summary_ms  # noqa: E402
-from graph.backends.simple import PassthroughVC  # noqa: E402,F401
 from graph.backends.simulated import (  # noqa: E402
     DEFAULT_REPLY,
     SHORT_OPENING_REPLY,
@@ -39,7 +38,8 @@ from graph.backends.simulated import (  # noqa: E402
     SimulatedTTS,
     SimulatedVC,
 )
-from graph.pipeline import (  # noqa: E402
+from graph.backends.vc.passthrough import PassthroughVC  # noqa: E402,F401
+from graph.voice.pipeline import (  # noqa: E402
     Aggregation,
     AudioFrames,
     PipelineConfig,
@@ -49,7 +49,7 @@ from graph.pipeline import (  # noqa: E402
     UtteranceMode,
     UtterancePipeline,
 )
-from graph.types import LLMRequest  # noqa: E402
+from graph.voice.types import LLMRequest  # noqa: E402
 
 PROMPT = "Tell me about your favourite song."
 

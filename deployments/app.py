@@ -19,10 +19,10 @@ import yaml
 from ray import serve
 from ray.serve import Application
 
-from deployments.brain import Brain
-from deployments.ingress import VoiceGraph
-from deployments.stages import RVCVoice, SopranoTTS, TextLLM
-from graph.voice_config import VoiceConfig
+from deployments.brain.deployment import Brain
+from deployments.voice.ingress import VoiceGraph
+from deployments.voice.stages import RVCVoice, SopranoTTS, TextLLM
+from graph.voice.config import VoiceConfig
 
 DEPLOYMENTS = {
     "TextLLM": TextLLM,

@@ -105,7 +105,7 @@ def play(path: Path) -> None:
 
 
 def run_utterance(args, message: dict, overrides: dict) -> int:
-    from graph.audio import write_wav
+    from graph.voice.audio import write_wav
 
     progress = Progress(args.quiet)
     started_ray = connect_ray(args.address, progress)

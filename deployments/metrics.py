@@ -15,7 +15,7 @@ _RTF_BOUNDARIES = [0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0]
 
 
 class GraphMetrics:
-    """Implements graph.pipeline.StageObserver and the ingress's own counters."""
+    """Implements graph.voice.pipeline.StageObserver and the ingress's own counters."""
 
     def __init__(self) -> None:
         self.time_to_first_audio = metrics.Histogram(

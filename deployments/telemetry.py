@@ -1,4 +1,4 @@
-"""Export GPU telemetry (`graph.telemetry`) as Ray metrics gauges, from inside any replica or actor.
+"""Export GPU telemetry (`graph.controller.telemetry`) as Ray metrics gauges, from inside any replica or actor.
 
 Why: VRAM and utilisation per card belong next to the graph's latency metrics in Grafana, and the
 numbers must come from the node that owns the card (each replica reports the GPUs its process can
@@ -22,7 +22,7 @@ from functools import cache
 
 from ray.util import metrics
 
-from graph.telemetry import GpuTelemetry, ProbeState, TelemetrySnapshot
+from graph.controller.telemetry import GpuTelemetry, ProbeState, TelemetrySnapshot
 
 log = logging.getLogger(__name__)
 

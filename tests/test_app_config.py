@@ -35,7 +35,7 @@ def test_a_valid_config_builds_an_application():
 def test_the_builder_takes_exactly_the_args_dict_as_serve_run_requires():
     import inspect
 
-    from deployments.app import load_serve_config, CONFIG_DIR
+    from deployments.app import CONFIG_DIR, load_serve_config
 
     assert list(inspect.signature(build_app).parameters) == ["args"]
     for name in ("local.yaml", "miku-box.yaml"):

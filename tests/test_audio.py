@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import soxr
 
-from graph.audio import (
+from graph.voice.audio import (
     AudioOutput,
     FadeShape,
     FrameAssembler,
@@ -22,7 +22,7 @@ from graph.audio import (
     wav_bytes,
     write_wav,
 )
-from graph.types import FRAME_BYTES, FRAME_SAMPLES, AudioChunk
+from graph.voice.types import FRAME_BYTES, FRAME_SAMPLES, AudioChunk
 
 RATES = [16000, 22050, 24000, 32000, 44100]
 

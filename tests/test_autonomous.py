@@ -32,7 +32,13 @@ from graph.autonomous import (
     parse_event,
     server_settings,
 )
-from graph.moods import DEFAULT_MOODS_PATH, KNOWN_MOODS, MoodConfigError, load_moods, parse_moods
+from graph.brain.mood_profiles import (
+    DEFAULT_MOODS_PATH,
+    KNOWN_MOODS,
+    MoodConfigError,
+    load_moods,
+    parse_moods,
+)
 
 # Wednesday 5 June 2024, 10:00 UTC: daytime on a weekday.
 T0 = datetime(2024, 6, 5, 10, 0, tzinfo=timezone.utc).timestamp()

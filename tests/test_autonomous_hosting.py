@@ -20,7 +20,7 @@ import pytest
 from bot_client.actions import ActionExecutor
 from bot_client.autonomous import AutonomousPoller
 from bot_client.graph_api import GraphAuthError, GraphClient
-from deployments.brain import (
+from deployments.brain.deployment import (
     AutonomousHost,
     AutonomousHosting,
     ControllerPause,
@@ -294,7 +294,7 @@ def auto_app(ray_cluster, serve_http_port, tmp_path_factory):
     from ray import serve
 
     from deployments.app import build_app
-    from deployments.controller import shutdown_controller
+    from deployments.controller.actor import shutdown_controller
 
     args = {
         "llm": {"backend": "echo"},
@@ -442,7 +442,7 @@ async def test_messages_in_a_channel_not_allowed_produce_nothing(auto_app):
 
 
 async def test_a_missing_controller_actor_pauses_the_engine(ray_cluster):
-    from deployments.brain import ControllerFeatureCheck
+    from deployments.brain.deployment import ControllerFeatureCheck
 
     pause = ControllerPause(ControllerFeatureCheck(f"absent-{uuid.uuid4().hex[:6]}", "miku", missing_allows=False))
     assert await pause.refresh() is True and pause.reason.startswith("controller unreachable (LookupError")

@@ -14,9 +14,9 @@ import pytest
 import pytest_asyncio
 
 from graph.backends import create_backend
-from graph.backends.llamacpp_python import LlamaCppPythonLLM
-from graph.backends.llm_http import OpenAIBackend
-from graph.types import LLMRequest, StageError
+from graph.backends.llm.http_servers import OpenAIBackend
+from graph.backends.llm.llamacpp_python import LlamaCppPythonLLM
+from graph.voice.types import LLMRequest, StageError
 from tests.conftest import free_port
 from tests.tiny_models import build_tiny_gguf
 

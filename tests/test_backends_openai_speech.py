@@ -15,11 +15,11 @@ import pytest
 import pytest_asyncio
 from aiohttp import web
 
-from graph.audio import wav_bytes
 from graph.backends import create_backend
-from graph.backends.openai_speech import OpenAISpeechTTS, WavStreamParser
 from graph.backends.pcm import BadAudio
-from graph.types import StageError, TTSOptions
+from graph.backends.tts.openai_speech import OpenAISpeechTTS, WavStreamParser
+from graph.voice.audio import wav_bytes
+from graph.voice.types import StageError, TTSOptions
 from tests.conftest import free_port
 from tests.tiny_models import SOPRANO_TOKEN_SAMPLES, cached_tiny_soprano
 

@@ -11,8 +11,8 @@ import pytest_asyncio
 import websockets
 
 from graph.backends import create_backend
-from graph.backends.remote_pipeline import RemotePipelineTTS
-from graph.types import StageError, TTSOptions
+from graph.backends.tts.remote_pipeline import RemotePipelineTTS
+from graph.voice.types import StageError, TTSOptions
 from tests.conftest import free_port
 
 RATE = 48_000

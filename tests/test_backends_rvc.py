@@ -8,8 +8,13 @@ import pytest
 from onnx import TensorProto, helper
 
 from graph.backends import create_backend
-from graph.backends.rvc_onnx import RVCContext, RVCOnnxVC, coarse_pitch, resolve_providers
-from graph.types import AudioChunk, StageError, VCOptions
+from graph.backends.vc.rvc_onnx import (
+    RVCContext,
+    RVCOnnxVC,
+    coarse_pitch,
+    resolve_providers,
+)
+from graph.voice.types import AudioChunk, StageError, VCOptions
 from tests.tiny_models import build_tiny_rvc
 
 

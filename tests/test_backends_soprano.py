@@ -8,8 +8,12 @@ import pytest
 import pytest_asyncio
 
 from graph.backends import create_backend
-from graph.backends.soprano import SOPRANO_SAMPLE_RATE, SopranoInProcessTTS, check_model_dir
-from graph.types import StageError, TTSOptions
+from graph.backends.tts.soprano import (
+    SOPRANO_SAMPLE_RATE,
+    SopranoInProcessTTS,
+    check_model_dir,
+)
+from graph.voice.types import StageError, TTSOptions
 from tests.tiny_models import SOPRANO_TOKEN_SAMPLES, cached_tiny_soprano
 
 TOKENS = 10  # the tiny LM speaks exactly this many audio tokens per sentence

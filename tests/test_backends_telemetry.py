@@ -8,8 +8,8 @@ import re
 import aiohttp
 import pytest
 
-from graph.controller import HeadroomVerdict
-from graph.telemetry import (
+from graph.controller.headroom import HeadroomVerdict
+from graph.controller.telemetry import (
     GB,
     DeviceStats,
     GpuTelemetry,
@@ -99,9 +99,8 @@ def test_bad_limits_fail_fast():
 
 
 async def test_ray_gauges_reach_prometheus_with_the_ray_prefix(ray_cluster):
-    from deployments.telemetry import TelemetryExporter
-
     from deployments.metrics import graph_metrics
+    from deployments.telemetry import TelemetryExporter
 
     exporter = TelemetryExporter(telemetry=box(9.5).snapshot, interval_s=0.2)
     exporter.start()

@@ -1,4 +1,4 @@
-"""`soprano-zmq` client against the real worker process (`python -m deployments.soprano_worker`):
+"""`soprano-zmq` client against the real worker process (`python -m deployments.voice.soprano_worker`):
 round trip, the real Soprano backend inside the worker, worker crash and restart, timeouts, cancel."""
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ import zmq
 import zmq.asyncio
 
 from graph.backends import create_backend
-from graph.backends.soprano_zmq import PROTOCOL, SopranoZmqTTS
-from graph.types import StageError, TTSOptions
+from graph.backends.tts.soprano_zmq import PROTOCOL, SopranoZmqTTS
+from graph.voice.types import StageError, TTSOptions
 from tests.conftest import free_port
 from tests.tiny_models import SOPRANO_TOKEN_SAMPLES, cached_tiny_soprano
 
@@ -39,7 +39,7 @@ class Worker:
     def start(self, ready_timeout_s: float = 120.0) -> "Worker":
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "deployments.soprano_worker", "--host", "127.0.0.1", "--port", str(self.port), *self.args],
+            [sys.executable, "-m", "deployments.voice.soprano_worker", "--host", "127.0.0.1", "--port", str(self.port), *self.args],
             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )
         deadline = time.monotonic() + ready_timeout_s

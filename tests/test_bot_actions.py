@@ -4,7 +4,12 @@ from __future__ import annotations
 from unittest.mock import AsyncMock
 
 from bot_client.actions import ActionExecutor, ChatOps, QueueReplayer
-from bot_client.graph_api import GraphClient, GraphError, GraphUnavailable, QueuedMessage
+from bot_client.graph_api import (
+    GraphClient,
+    GraphError,
+    GraphUnavailable,
+    QueuedMessage,
+)
 
 EVENT = {"type": "message", "event_id": "message:55", "channel_id": "10", "message_id": "55", "guild_id": "7",
          "author_id": "3", "content": "draw me a cat", "timestamp": 1.0}

@@ -17,7 +17,13 @@ import pytest
 from bot_client.actions import ChatOps
 from bot_client.autonomous import AutonomousPoller
 from bot_client.bot import AutonomyGuard, GuardedExecutor, MikuBot, server_config_events
-from bot_client.config import AutonomousConfig, AutonomousServerConfig, BotConfig, ConfigError, load_config
+from bot_client.config import (
+    AutonomousConfig,
+    AutonomousServerConfig,
+    BotConfig,
+    ConfigError,
+    load_config,
+)
 from bot_client.graph_api import GraphClient, GraphUnavailable
 from bot_client.session import SessionManager
 

@@ -12,10 +12,24 @@ from bot_client.bot import MikuBot, minimal_intents
 from bot_client.cogs.events import EventsCog
 from bot_client.cogs.voice import VoiceCog
 from bot_client.config import BotConfig, PermissionsConfig
-from bot_client.discord_adapter import SAFE_MENTIONS, DiscordChatOps, channel_is_full, join_request, to_incoming
+from bot_client.discord_adapter import (
+    SAFE_MENTIONS,
+    DiscordChatOps,
+    channel_is_full,
+    join_request,
+    to_incoming,
+)
 from bot_client.graph_api import FeatureState, GraphClient, GraphHealth, StageHealth
 from bot_client.permissions import is_allowed
-from bot_client.session import NOT_IN_SESSION, NOT_IN_VOICE, EndReason, SessionStatus, SessionState, SubmitResult, VoiceSession
+from bot_client.session import (
+    NOT_IN_SESSION,
+    NOT_IN_VOICE,
+    EndReason,
+    SessionState,
+    SessionStatus,
+    SubmitResult,
+    VoiceSession,
+)
 from bot_client.status import format_status
 
 
@@ -142,7 +156,7 @@ def test_join_request_resolution_and_full_channels():
 
 
 async def test_not_in_voice_is_the_plans_message():
-    from bot_client.session import SessionManager, PresenceKeeper, JoinRequest
+    from bot_client.session import JoinRequest, PresenceKeeper, SessionManager
     manager = SessionManager(AsyncMock(spec=GraphClient), BotConfig(), PresenceKeeper(AsyncMock()))
     outcome = await manager.join(JoinRequest(1, 2, 3, None), AsyncMock(), AsyncMock())
     assert outcome.message == NOT_IN_VOICE == "❌ You must be in a voice channel!"

@@ -18,7 +18,13 @@ import pytest
 from bot_client.actions import ChatOps, ExecutionReport
 from bot_client.bot import GuardedExecutor, MikuBot, minimal_intents
 from bot_client.cogs.events import EventsCog
-from bot_client.config import AutonomousConfig, AutonomousServerConfig, BotConfig, ConfigError, load_config
+from bot_client.config import (
+    AutonomousConfig,
+    AutonomousServerConfig,
+    BotConfig,
+    ConfigError,
+    load_config,
+)
 from bot_client.graph_api import GraphClient, GraphUnavailable
 from bot_client.presence import (
     ACTIVITY_STARTED,

@@ -8,7 +8,14 @@ import pytest
 from bot_client.actions import ActionExecutor, ChatOps
 from bot_client.config import BotConfig
 from bot_client.graph_api import FeatureState, GraphClient, GraphUnavailable
-from bot_client.inputs import Attachment, IncomingMessage, SeenMessages, check_prompt, clean_prompt, split_for_discord
+from bot_client.inputs import (
+    Attachment,
+    IncomingMessage,
+    SeenMessages,
+    check_prompt,
+    clean_prompt,
+    split_for_discord,
+)
 from bot_client.router import GRAPH_DOWN_REPLY, MessageRouter
 from bot_client.session import SessionManager, SubmitResult, VoiceSession
 

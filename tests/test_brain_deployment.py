@@ -6,15 +6,16 @@ import pytest
 from fastapi import FastAPI
 from ray import serve
 
-from deployments import auth, routes_events
-from deployments.brain import Brain
+from deployments import auth
+from deployments.brain import routes as brain_routes
+from deployments.brain.deployment import Brain
 
 APP = "brain-test"
 PREFIX = "/brain-test"
 TOKEN = "brain-test-token-0123"
 
 events_app = FastAPI()
-events_app.include_router(routes_events.router)
+events_app.include_router(brain_routes.router)
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0})
@@ -24,7 +25,7 @@ class EventsIngress:
 
     def __init__(self, brain_handle):
         auth.configure(TOKEN)
-        routes_events.configure(app_name=APP)
+        brain_routes.configure(app_name=APP)
         self.brain = brain_handle
 
 
@@ -82,11 +83,16 @@ async def test_blackouts_from_the_real_controller_actor(ray_cluster, tmp_path):
     import random
     import uuid
 
-    from deployments.brain import ControllerFeatureCheck
-    from deployments.controller import get_or_create_controller, shutdown_controller
+    from deployments.brain.deployment import ControllerFeatureCheck
+    from deployments.controller.actor import (
+        get_or_create_controller,
+        shutdown_controller,
+    )
     from graph.brain import Brain as BrainLogic
     from graph.brain import BrainConfig
-    from graph.controller import IMAGE_MESSAGE, ControllerConfig, SessionRequest
+    from graph.controller.config import ControllerConfig
+    from graph.controller.features import IMAGE_MESSAGE
+    from graph.controller.sessions import SessionRequest
 
     name = f"FeatureController-brain-{uuid.uuid4().hex[:8]}"
     actor = get_or_create_controller(ControllerConfig(state_dir=str(tmp_path / "controller"), lease_s=60), name=name)

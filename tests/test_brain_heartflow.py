@@ -8,9 +8,21 @@ from pathlib import Path
 
 import pytest
 
-from graph.brain import Brain, BrainConfig, EventValidationError, FeatureCheck, parse_event
+from graph.brain import (
+    Brain,
+    BrainConfig,
+    EventValidationError,
+    FeatureCheck,
+    parse_event,
+)
 from graph.brain.brain import parse_plan
-from graph.brain.heartflow import ChatState, GlobalState, HeartFlow, HeartFlowConfig, StateLimits
+from graph.brain.heartflow import (
+    ChatState,
+    GlobalState,
+    HeartFlow,
+    HeartFlowConfig,
+    StateLimits,
+)
 from graph.brain.judge import JUDGE_SYSTEM
 
 REPO = Path(__file__).resolve().parents[1]

@@ -9,7 +9,12 @@ import pytest
 
 from graph.brain.memory import DEFERRED, MemoryStore, StoredMessage, importance_score
 from graph.brain.moods import MoodScheduler, mood_scope
-from graph.brain.personas import PersonaError, PersonaLibrary, load_personas, parse_modelfile
+from graph.brain.personas import (
+    PersonaError,
+    PersonaLibrary,
+    load_personas,
+    parse_modelfile,
+)
 from graph.brain.prompts import ChatContext, PromptBuilder
 
 REPO = Path(__file__).resolve().parents[1]

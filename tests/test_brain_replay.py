@@ -13,7 +13,14 @@ from pathlib import Path
 import pytest
 
 from graph.brain import Brain, BrainConfig
-from graph.brain.daylog import ALLOWED_BOT_ID, DeterministicLLM, ReplayClock, VoiceSessionBlackouts, generate_day, replay
+from graph.brain.daylog import (
+    ALLOWED_BOT_ID,
+    DeterministicLLM,
+    ReplayClock,
+    VoiceSessionBlackouts,
+    generate_day,
+    replay,
+)
 from graph.brain.heartflow import GlobalState
 
 REPO = Path(__file__).resolve().parents[1]

@@ -1,4 +1,4 @@
-"""Unit tests for the session controller state machine (graph/controller.py) and its SQLite checkpoint.
+"""Unit tests for the session controller state machine (graph/controller/state_machine.py) and its SQLite checkpoint.
 
 Time is an injected clock, ids come from a counter, so every test is deterministic. Faults are real ones:
 a second SQLite connection holding the write lock, a state directory that is a file.
@@ -16,27 +16,27 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from graph.checkpoint import DB_FILE_NAME, SqliteCheckpoint
-from graph.controller import (
+from graph.controller.audit import AuditAction
+from graph.controller.checkpoint import DB_FILE_NAME, SqliteCheckpoint, StateDirError
+from graph.controller.config import ControllerConfig
+from graph.controller.errors import (
+    CheckpointError,
+    SessionConflict,
+    SessionGone,
+    UnknownFeature,
+    UnknownSession,
+)
+from graph.controller.features import (
     CONFLICT_MESSAGE,
     IMAGE_MESSAGE,
     TEXT_QUEUE_FEATURE,
     VISION_MESSAGE,
-    AuditAction,
-    CheckpointError,
-    ControllerConfig,
     Effect,
-    HeadroomVerdict,
-    IncomingMessage,
-    SessionConflict,
-    SessionController,
-    SessionGone,
-    SessionRequest,
-    SessionState,
-    StateDirError,
-    UnknownFeature,
-    UnknownSession,
 )
+from graph.controller.headroom import HeadroomVerdict
+from graph.controller.sessions import SessionRequest, SessionState
+from graph.controller.state_machine import SessionController
+from graph.controller.text_queue import IncomingMessage
 
 CONFIG_FILE = Path(__file__).resolve().parents[1] / "configs" / "controller.yaml"
 ALL_FEATURES = (

@@ -1,5 +1,5 @@
-"""Ray tests for the FeatureController actor and its HTTP routes (deployments/controller.py,
-deployments/routes_sessions.py): SIGKILL mid-session, lease expiry, concurrent starts, the routes through a
+"""Ray tests for the FeatureController actor and its HTTP routes (deployments/controller/actor.py,
+deployments/controller/routes.py): SIGKILL mid-session, lease expiry, concurrent starts, the routes through a
 real Serve FastAPI ingress, and a startup error for an unwritable state directory.
 
 Each actor gets its own name and state directory so other test modules' controllers are untouched, and is
@@ -18,22 +18,18 @@ import pytest
 from fastapi import FastAPI
 
 from deployments import auth
-from deployments.controller import (
+from deployments.controller.actor import (
     CONTROLLER_NAMESPACE,
     ControllerStartupError,
     get_or_create_controller,
     shutdown_controller,
 )
-from deployments.routes_sessions import router, use_controller
-from graph.controller import (
-    CONFLICT_MESSAGE,
-    VISION_MESSAGE,
-    ControllerConfig,
-    IncomingMessage,
-    SessionConflict,
-    SessionGone,
-    SessionRequest,
-)
+from deployments.controller.routes import router, use_controller
+from graph.controller.config import ControllerConfig
+from graph.controller.errors import SessionConflict, SessionGone
+from graph.controller.features import CONFLICT_MESSAGE, VISION_MESSAGE
+from graph.controller.sessions import SessionRequest
+from graph.controller.text_queue import IncomingMessage
 from tests.conftest import free_port
 
 TOKEN = "controller-test-token"

@@ -2,9 +2,14 @@
 import asyncio
 import json
 
-from graph.conversation import VoiceConversation
-from graph.pipeline import AudioFrames, UtteranceEnded, UtteranceStarted, UtteranceStatus
-from graph.types import FRAME_BYTES
+from graph.voice.conversation import VoiceConversation
+from graph.voice.pipeline import (
+    AudioFrames,
+    UtteranceEnded,
+    UtteranceStarted,
+    UtteranceStatus,
+)
+from graph.voice.types import FRAME_BYTES
 
 
 class ScriptedUtterances:

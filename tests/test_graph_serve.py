@@ -11,7 +11,7 @@ import pytest
 import websockets
 from websockets.exceptions import InvalidStatus
 
-from graph.types import FRAME_BYTES
+from graph.voice.types import FRAME_BYTES
 from tests.conftest import METRICS_PORT
 
 

@@ -3,8 +3,8 @@ import asyncio
 
 import pytest
 
-from graph.backends.llm_http import LlamaCppBackend, OpenAIBackend
-from graph.types import LLMRequest, StageError
+from graph.backends.llm.http_servers import LlamaCppBackend, OpenAIBackend
+from graph.voice.types import LLMRequest, StageError
 from tests.support.llm_server import REPLY
 
 

@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from graph.llm_stream import (
+from graph.voice.llm_stream import (
     LLMStreamError,
     LLMStreamParser,
     SSEDecoder,

@@ -5,11 +5,12 @@ import numpy as np
 import pytest
 
 from graph.backends.base import LLMBackend, TTSBackend, VCBackend
-from graph.backends.espeak import EspeakTTS
-from graph.backends.simple import EchoLLM, PassthroughVC
+from graph.backends.llm.echo import EchoLLM
 from graph.backends.simulated import SimulatedTTS
-from graph.backends.world import WorldVC
-from graph.pipeline import (
+from graph.backends.tts.espeak import EspeakTTS
+from graph.backends.vc.passthrough import PassthroughVC
+from graph.backends.vc.world import WorldVC
+from graph.voice.pipeline import (
     AudioFrames,
     ChunkSpoken,
     PipelineConfig,
@@ -22,7 +23,7 @@ from graph.pipeline import (
     UtteranceStarted,
     UtteranceStatus,
 )
-from graph.types import FRAME_BYTES, AudioChunk, LLMRequest, StageError, VCResult
+from graph.voice.types import FRAME_BYTES, AudioChunk, LLMRequest, StageError, VCResult
 
 
 async def collect(pipeline, utterance):

@@ -3,8 +3,13 @@ import json
 
 import pytest
 
-from graph.pipeline import UtteranceMode
-from graph.protocol import InterruptRequest, ProtocolError, parse_client_message, sanitize_text
+from graph.voice.pipeline import UtteranceMode
+from graph.voice.protocol import (
+    InterruptRequest,
+    ProtocolError,
+    parse_client_message,
+    sanitize_text,
+)
 
 
 def msg(**fields) -> str:

@@ -1,4 +1,4 @@
-"""The direct stage link (graph.stage_link): calls, streams, errors, cancellation, auth and a dying peer,
+"""The direct stage link (graph.voice.stage_link): calls, streams, errors, cancellation, auth and a dying peer,
 over real WebSockets on loopback."""
 import asyncio
 import multiprocessing
@@ -10,8 +10,15 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
-from graph.stage_link import CallKind, LinkEndpoint, LinkLost, LinkMethod, StageLink, StageLinkServer
-from graph.types import AudioChunk, StageError
+from graph.voice.stage_link import (
+    CallKind,
+    LinkEndpoint,
+    LinkLost,
+    LinkMethod,
+    StageLink,
+    StageLinkServer,
+)
+from graph.voice.types import AudioChunk, StageError
 
 
 class Stage:

@@ -1,4 +1,4 @@
-"""Tests for graph.text: the streaming speech segmenter and its cleaner.
+"""Tests for graph.voice.segmenter: the streaming speech segmenter and its cleaner.
 
 The central property: the chunks never depend on how the text is split into feed() calls.
 """
@@ -12,7 +12,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from graph.text import SegmenterConfig, SentenceAggregator, SpeechSegmenter, clean_for_speech
+from graph.voice.segmenter import (
+    SegmenterConfig,
+    SentenceAggregator,
+    SpeechSegmenter,
+    clean_for_speech,
+)
 
 CORPUS_FILE = Path(__file__).parent / "data" / "segmenter_corpus.txt"
 

@@ -1,4 +1,4 @@
-"""The ingress's direct voice port (deployments/voice_port.py) on its own, without Ray: routing, auth,
+"""The ingress's direct voice port (deployments/voice/voice_port.py) on its own, without Ray: routing, auth,
 messages both ways, and a fixed port shared with the replica that replaces this one."""
 import json
 import socket
@@ -8,7 +8,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
 from deployments import auth
-from deployments.voice_port import DirectVoicePort
+from deployments.voice.voice_port import DirectVoicePort
 from tests.conftest import free_port
 
 TOKEN = "voice-port-token"

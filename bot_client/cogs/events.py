@@ -14,7 +14,7 @@ from discord.ext import commands
 from ..discord_adapter import to_incoming
 from ..graph_api import GraphError
 from ..presence import Activity, member_join_event, presence_event
-from ..session import EndReason, own_voice_change, OwnVoiceChange
+from ..session import EndReason, OwnVoiceChange, own_voice_change
 
 if TYPE_CHECKING:
     from ..bot import MikuBot

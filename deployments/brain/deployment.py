@@ -45,8 +45,10 @@ from graph.autonomous import (
     EventOutcome,
     ServerSettings,
     parse_autonomous_config,
-    parse_event as parse_autonomous_event,
     server_settings,
+)
+from graph.autonomous import (
+    parse_event as parse_autonomous_event,
 )
 from graph.backends.base import create_backend
 from graph.brain.brain import Brain as BrainLogic
@@ -61,16 +63,18 @@ from graph.brain.events import (
     MoodEvent,
     PresenceEvent,
     Prompt,
+)
+from graph.brain.events import (
     parse_event as parse_brain_event,
 )
 from graph.brain.llm import complete_from_backend
+from graph.brain.mood_profiles import load_moods
 from graph.brain.prompts import ChatContext
-from graph.moods import load_moods
-from graph.types import LLMRequest
+from graph.voice.types import LLMRequest
 
 log = logging.getLogger(__name__)
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_CONFIG_FILE = REPO_ROOT / "configs" / "brain.yaml"
 SERVER_CONFIG_EVENT = "server_config"
 INVALID_KEY = "invalid"  # handle_event's answer for a malformed event: the route makes it a 422
@@ -694,7 +698,10 @@ class Brain:
             complete = complete_from_backend(self._backend)
         check_feature = pause_check = None
         if controller is not False:
-            from deployments.controller import CONTROLLER_NAME, CONTROLLER_NAMESPACE
+            from deployments.controller.actor import (
+                CONTROLLER_NAME,
+                CONTROLLER_NAMESPACE,
+            )
 
             target = controller if isinstance(controller, dict) else {}
             name, namespace = target.get("name", CONTROLLER_NAME), target.get("namespace", CONTROLLER_NAMESPACE)

@@ -22,7 +22,7 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from deployments.auth import require_token
-from deployments.brain import INVALID_KEY
+from deployments.brain.deployment import INVALID_KEY
 from graph.brain.events import MemberJoinEvent, MessageEvent, MoodEvent, PresenceEvent
 
 BRAIN_APP_NAME = "miku"

@@ -1,4 +1,4 @@
-"""The `FeatureController` Ray actor: hosts graph.controller.SessionController for the whole cluster.
+"""The `FeatureController` Ray actor: hosts graph.controller.state_machine.SessionController for the whole cluster.
 
 One named, detached actor (`FeatureController` in namespace `miku`) so every replica, job and the bot's
 routes talk to the same sessions, blackouts and text queue. Ray restarts it when its process dies
@@ -24,28 +24,29 @@ from ray.actor import ActorHandle
 from ray.util import metrics
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from graph.controller import (
-    AckResult,
-    AuditEntry,
-    CheckResult,
-    ControllerConfig,
-    ControllerStats,
-    EnqueueResult,
-    HeadroomProbe,
-    IncomingMessage,
-    ReplayBatch,
+from graph.controller.audit import AuditEntry
+from graph.controller.config import ControllerConfig
+from graph.controller.features import CheckResult
+from graph.controller.headroom import HeadroomProbe
+from graph.controller.sessions import (
     Session,
-    SessionController,
     SessionEnded,
     SessionRequest,
     SessionStarted,
+)
+from graph.controller.state_machine import ControllerStats, SessionController
+from graph.controller.text_queue import (
+    AckResult,
+    EnqueueResult,
+    IncomingMessage,
+    ReplayBatch,
 )
 
 log = logging.getLogger(__name__)
 
 CONTROLLER_NAME = "FeatureController"
 CONTROLLER_NAMESPACE = "miku"
-DEFAULT_CONFIG_FILE = Path(__file__).resolve().parent.parent / "configs" / "controller.yaml"
+DEFAULT_CONFIG_FILE = Path(__file__).resolve().parents[2] / "configs" / "controller.yaml"
 # A call in flight when the actor process dies is re-run on the restarted actor; every method is safe to
 # re-run (idempotent or keyed), and a few retries ride out a restart without failing the request.
 MAX_TASK_RETRIES = 3
@@ -104,7 +105,7 @@ class ControllerMetrics:
 
 @ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=MAX_TASK_RETRIES)
 class FeatureController:
-    """The actor. Methods mirror SessionController; refusals raise graph.controller.ControllerError subclasses
+    """The actor. Methods mirror SessionController; refusals raise graph.controller.errors.ControllerError subclasses
     (through Ray they arrive as RayTaskError whose `.cause` is the original error)."""
 
     async def __init__(self, config: ControllerConfig, headroom: HeadroomProbe | None = None):

@@ -34,8 +34,10 @@ from pydantic import BaseModel, BeforeValidator, Field
 from ray.actor import ActorHandle
 
 from deployments import auth
-from deployments.controller import CONTROLLER_NAME, CONTROLLER_NAMESPACE
-from graph.controller import ControllerError, IncomingMessage, SessionRequest
+from deployments.controller.actor import CONTROLLER_NAME, CONTROLLER_NAMESPACE
+from graph.controller.errors import ControllerError
+from graph.controller.sessions import SessionRequest
+from graph.controller.text_queue import IncomingMessage
 
 
 class ControllerUnavailable(Exception):

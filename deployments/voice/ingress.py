@@ -1,6 +1,6 @@
 """`VoiceGraph`, the ingress deployment: HTTP/WebSocket contract in front of the model stages.
 
-It drives each utterance through `graph.pipeline.UtterancePipeline`, reaching the TextLLM, SopranoTTS
+It drives each utterance through `graph.voice.pipeline.UtterancePipeline`, reaching the TextLLM, SopranoTTS
 and RVCVoice deployments over direct stage links found through their handles (`voice.stage_transport:
 direct`, the default) or through the handles themselves (`grpc`, `actor`). Every stage call of an
 utterance is tracked so an interrupt or a vanished client `.cancel()`s all of them (cancelling only the
@@ -17,45 +17,51 @@ from typing import Any
 
 import grpc
 import numpy as np
+import ray
 from fastapi import Depends, FastAPI, WebSocket, WebSocketDisconnect
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
-import ray
 from ray import serve
 from ray.exceptions import RayActorError, RayTaskError
 from ray.serve.handle import DeploymentHandle
 
 from deployments import auth
-from deployments.controller import CONTROLLER_NAME, get_or_create_controller
+from deployments.brain import routes as brain_routes
+from deployments.controller.actor import CONTROLLER_NAME, get_or_create_controller
+from deployments.controller.routes import router as sessions_router
+from deployments.controller.routes import use_controller
 from deployments.heap import freeze_startup_heap
 from deployments.metrics import graph_metrics
-from deployments import routes_events
-from deployments.routes_sessions import router as sessions_router
-from deployments.routes_sessions import use_controller
-from deployments.voice_port import DirectVoicePort
-from graph.conversation import VoiceConversation
-from graph.pipeline import (
+from deployments.voice.voice_port import DirectVoicePort
+from graph.brain.mood_profiles import load_moods
+from graph.controller.telemetry import VramHeadroom
+from graph.voice.config import VoiceConfig
+from graph.voice.conversation import VoiceConversation
+from graph.voice.pipeline import (
     PipelineConfig,
     StageCalls,
+    Utterance,
     UtteranceEnded,
     UtteranceFailed,
-    Utterance,
     UtteranceMode,
     UtterancePipeline,
 )
-from graph.protocol import ProtocolError, SpeakRequest, parse_client_message, sanitize_text, to_wire
-from graph.stage_link import LinkLost, StageLink
-from graph.types import LLMRequest, StageError, TTSOptions, VCOptions, VCResult
-from graph.moods import load_moods
-from graph.telemetry import VramHeadroom
-from graph.voice_config import VoiceConfig
+from graph.voice.protocol import (
+    ProtocolError,
+    SpeakRequest,
+    parse_client_message,
+    sanitize_text,
+    to_wire,
+)
+from graph.voice.stage_link import LinkLost, StageLink
+from graph.voice.types import LLMRequest, StageError, TTSOptions, VCOptions, VCResult
 
 log = logging.getLogger("ray.serve")
 SESSION_PLACES_KEPT = 256  # voice sessions whose guild/channel/user the ingress remembers
 
 app = FastAPI(title="Miku voice graph", version="0.1.0")
 app.include_router(sessions_router)
-app.include_router(routes_events.router)
+app.include_router(brain_routes.router)
 
 
 def _as_stage_error(error: BaseException, stage: str, backend: str) -> StageError:
@@ -168,7 +174,7 @@ class HandleStages:
 
 
 class LinkStages:
-    """StageCalls over direct stage links (graph.stage_link): the voice path's data plane.
+    """StageCalls over direct stage links (graph.voice.stage_link): the voice path's data plane.
 
     Serve's router picks the replica once, when `link_endpoint()` is called through the handle; the
     ingress then keeps one WebSocket per stage open to it. A link that breaks (the replica died or was
@@ -388,7 +394,7 @@ class VoiceGraph:
         # per session is enough; later prompts go straight to the brain (one hop less before the LLM)
         self.session_places: OrderedDict[str, tuple[int, int, int]] = OrderedDict()
         # POST /v1/events reaches the Brain of this same application, whatever the app is called
-        routes_events.configure(app_name=serve.get_replica_context().app_name)
+        brain_routes.configure(app_name=serve.get_replica_context().app_name)
         self.moods = load_moods()
         self.llm, self.tts, self.vc = llm, tts, vc
         self.metrics = graph_metrics()
@@ -553,7 +559,7 @@ class VoiceGraph:
 
     @app.get("/v1/voice/direct", dependencies=[Depends(auth.require_token)])
     async def direct_voice(self) -> JSONResponse:
-        """Where this replica serves the voice routes itself (deployments/voice_port.py)."""
+        """Where this replica serves the voice routes itself (deployments/voice/voice_port.py)."""
         if self.voice_port is None:
             return JSONResponse({"detail": "no direct voice port on this replica; use WS /v1/voice"}, status_code=404)
         return JSONResponse({"voice": self.voice_port.url("/v1/voice"), "stream": self.voice_port.url("/ws/stream")})

@@ -1,10 +1,10 @@
 """The Soprano worker process: hosts a TTS backend behind a ZeroMQ ROUTER socket for `soprano-zmq`.
 
-    python -m deployments.soprano_worker --port 5555 --model-path /models/soprano-1.1-80m --device cuda
-    python -m deployments.soprano_worker --port 5555 --backend espeak     # model-free, for testing
+    python -m deployments.voice.soprano_worker --port 5555 --model-path /models/soprano-1.1-80m --device cuda
+    python -m deployments.voice.soprano_worker --port 5555 --backend espeak     # model-free, for testing
 
 Why it exists: the existing setup runs Soprano in its own process/container on port 5555; this is
-that process, speaking the `miku-tts/1` protocol documented in `graph/backends/soprano_zmq.py`. It
+that process, speaking the `miku-tts/1` protocol documented in `graph/backends/tts/soprano_zmq.py`. It
 hosts any `TTSBackend` from the registry (Soprano by default), loads and warms it before binding, so
 a client that can connect can be served at once. No Ray here: it is a plain process.
 
@@ -27,8 +27,18 @@ import zmq.asyncio
 
 from graph.backends import create_backend
 from graph.backends.base import TTSBackend
-from graph.backends.soprano_zmq import AUDIO, CANCEL, END, ERROR, PING, PONG, SYNTH, decode, encode
-from graph.types import StageError, TTSOptions
+from graph.backends.tts.soprano_zmq import (
+    AUDIO,
+    CANCEL,
+    END,
+    ERROR,
+    PING,
+    PONG,
+    SYNTH,
+    decode,
+    encode,
+)
+from graph.voice.types import StageError, TTSOptions
 
 log = logging.getLogger("soprano_worker")
 
@@ -141,7 +151,7 @@ class SopranoWorker:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m deployments.soprano_worker", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m deployments.voice.soprano_worker", description=__doc__.split("\n\n")[0])
     parser.add_argument("--port", type=int, default=5555)
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 inside a container)")
     parser.add_argument("--backend", default="soprano", help="TTS backend to host (default soprano)")

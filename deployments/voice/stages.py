@@ -5,7 +5,7 @@ CPUs, device env vars) comes from the Serve config file, never from code. Stream
 generators called with `handle.options(stream=True)`; when the caller cancels, Serve cancels the
 generator here and the backend closes its upstream (HTTP stream, subprocess, worker request).
 
-Each replica also serves the same methods over a direct stage link (graph.stage_link), the voice path's
+Each replica also serves the same methods over a direct stage link (graph.voice.stage_link), the voice path's
 data plane with `voice.stage_transport: direct`: the ingress asks `link_endpoint()` through its Serve
 handle, then keeps a WebSocket open to this replica. A link that drops cancels its calls here too.
 """
@@ -20,9 +20,16 @@ from ray import serve
 from deployments.heap import freeze_startup_heap
 from deployments.telemetry import TelemetryExporter
 from graph.backends import create_backend
-from graph.pipeline import backend_label
-from graph.stage_link import CallKind, LinkEndpoint, LinkMethod, StageLinkServer
-from graph.types import AudioChunk, LLMRequest, StageStatus, TTSOptions, VCOptions, VCResult
+from graph.voice.pipeline import backend_label
+from graph.voice.stage_link import CallKind, LinkEndpoint, LinkMethod, StageLinkServer
+from graph.voice.types import (
+    AudioChunk,
+    LLMRequest,
+    StageStatus,
+    TTSOptions,
+    VCOptions,
+    VCResult,
+)
 
 
 class _BackendHost:

@@ -20,7 +20,7 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
 from deployments import auth
-from graph.stage_link import ws_url
+from graph.voice.stage_link import ws_url
 
 # prompts are capped far lower (voice.max_prompt_chars), but an oversized message must get the
 # protocol's clear error event, not a closed connection, so the socket's own limit is generous

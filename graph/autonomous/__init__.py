@@ -3,7 +3,7 @@
 Public API (everything a host needs):
 
     config = load_autonomous_config()            # configs/autonomous.yaml, validated
-    moods = load_moods()                          # configs/moods.yaml, validated (graph.moods)
+    moods = load_moods()                          # configs/moods.yaml, validated (graph.brain.mood_profiles)
     engine = AutonomousEngine(config, moods, clock=time.time, rng=random.Random(), is_paused=lambda: False)
     engine.configure_server(server_settings({"guild_id": ..., "allowed_channels": [...], "timezone": ...}))
     engine.on_event(parse_event(json_payload))    # -> EventOutcome (APPLIED / DUPLICATE / IGNORED)

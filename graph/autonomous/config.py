@@ -14,9 +14,16 @@ from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
-from graph.moods import TRAITS, MoodProfile
+from graph.brain.mood_profiles import TRAITS, MoodProfile
 
 DEFAULT_AUTONOMOUS_CONFIG_PATH = Path(__file__).resolve().parents[2] / "configs" / "autonomous.yaml"
 

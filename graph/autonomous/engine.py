@@ -41,9 +41,20 @@ from graph.autonomous.events import (
     PresenceKind,
 )
 from graph.autonomous.prompts import build_prompt
-from graph.autonomous.rules import MoodFactors, Proposal, iter_proposals, mood_factors, propose_all
-from graph.autonomous.state import ChannelActivity, PendingSignal, ServerState, SignalSource
-from graph.moods import TRAITS, MoodProfile
+from graph.autonomous.rules import (
+    MoodFactors,
+    Proposal,
+    iter_proposals,
+    mood_factors,
+    propose_all,
+)
+from graph.autonomous.state import (
+    ChannelActivity,
+    PendingSignal,
+    ServerState,
+    SignalSource,
+)
+from graph.brain.mood_profiles import TRAITS, MoodProfile
 
 _WEEKDAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
 

@@ -6,9 +6,14 @@ times, activities and the mood sentence.
 """
 from __future__ import annotations
 
-from graph.autonomous.decision import ActionKind, ChannelSignals, PendingView, ServerSignals
+from graph.autonomous.decision import (
+    ActionKind,
+    ChannelSignals,
+    PendingView,
+    ServerSignals,
+)
 from graph.autonomous.state import SignalSource
-from graph.moods import MoodProfile
+from graph.brain.mood_profiles import MoodProfile
 
 _ACTIVITY_VERBS = {
     "playing": "started playing",

@@ -17,9 +17,15 @@ from graph.autonomous.config import (
     JoinConversationRule,
     ShareSomethingRule,
 )
-from graph.autonomous.decision import ActionCheck, ActionKind, ChannelSignals, PendingView, ServerSignals
+from graph.autonomous.decision import (
+    ActionCheck,
+    ActionKind,
+    ChannelSignals,
+    PendingView,
+    ServerSignals,
+)
 from graph.autonomous.state import SignalSource
-from graph.moods import MoodProfile
+from graph.brain.mood_profiles import MoodProfile
 
 
 @dataclass(frozen=True, slots=True)

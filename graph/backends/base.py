@@ -5,7 +5,7 @@ Contract for implementers:
   fast with a clear `ValueError`/`FileNotFoundError` naming what is wrong (missing model file, bad URL).
 - Streaming methods are async generators; cancellation (`CancelledError`, `aclose()`) must stop the
   upstream work (close the HTTP response, kill the subprocess, stop the worker request).
-- Failures the user should hear about raise `graph.types.StageError(stage, backend, message)`.
+- Failures the user should hear about raise `graph.voice.types.StageError(stage, backend, message)`.
 - CPU-heavy synchronous work runs in `asyncio.to_thread` so a replica's event loop stays free.
 """
 from __future__ import annotations
@@ -15,7 +15,7 @@ from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator
 from typing import Any
 
-from graph.types import AudioChunk, LLMRequest, TTSOptions, VCOptions, VCResult
+from graph.voice.types import AudioChunk, LLMRequest, TTSOptions, VCOptions, VCResult
 
 
 class Backend(ABC):
@@ -55,25 +55,25 @@ class VCBackend(Backend):
 # name -> "module:Class". Modules are imported on first use so optional extras stay optional.
 BACKENDS: dict[str, dict[str, str]] = {
     "llm": {
-        "openai": "graph.backends.llm_http:OpenAIBackend",
-        "llamacpp": "graph.backends.llm_http:LlamaCppBackend",
-        "echo": "graph.backends.simple:EchoLLM",
+        "openai": "graph.backends.llm.http_servers:OpenAIBackend",
+        "llamacpp": "graph.backends.llm.http_servers:LlamaCppBackend",
+        "echo": "graph.backends.llm.echo:EchoLLM",
         "simulated": "graph.backends.simulated:SimulatedLLM",
-        "llama-cpp-python": "graph.backends.llamacpp_python:LlamaCppPythonLLM",
+        "llama-cpp-python": "graph.backends.llm.llamacpp_python:LlamaCppPythonLLM",
     },
     "tts": {
-        "espeak": "graph.backends.espeak:EspeakTTS",
+        "espeak": "graph.backends.tts.espeak:EspeakTTS",
         "simulated": "graph.backends.simulated:SimulatedTTS",
-        "soprano": "graph.backends.soprano:SopranoInProcessTTS",
-        "soprano-zmq": "graph.backends.soprano_zmq:SopranoZmqTTS",
-        "openai-speech": "graph.backends.openai_speech:OpenAISpeechTTS",
-        "remote-pipeline": "graph.backends.remote_pipeline:RemotePipelineTTS",
+        "soprano": "graph.backends.tts.soprano:SopranoInProcessTTS",
+        "soprano-zmq": "graph.backends.tts.soprano_zmq:SopranoZmqTTS",
+        "openai-speech": "graph.backends.tts.openai_speech:OpenAISpeechTTS",
+        "remote-pipeline": "graph.backends.tts.remote_pipeline:RemotePipelineTTS",
     },
     "vc": {
-        "world": "graph.backends.world:WorldVC",
-        "passthrough": "graph.backends.simple:PassthroughVC",
+        "world": "graph.backends.vc.world:WorldVC",
+        "passthrough": "graph.backends.vc.passthrough:PassthroughVC",
         "simulated": "graph.backends.simulated:SimulatedVC",
-        "rvc-onnx": "graph.backends.rvc_onnx:RVCOnnxVC",
+        "rvc-onnx": "graph.backends.vc.rvc_onnx:RVCOnnxVC",
     },
 }
 

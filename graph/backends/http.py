@@ -10,7 +10,7 @@ from typing import Any
 
 import aiohttp
 
-from graph.types import StageError
+from graph.voice.types import StageError
 
 
 def http_url(url: str, what: str) -> str:

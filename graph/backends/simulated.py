@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import numpy as np
 
 from graph.backends.base import LLMBackend, TTSBackend, VCBackend
-from graph.types import AudioChunk, LLMRequest, TTSOptions, VCOptions, VCResult
+from graph.voice.types import AudioChunk, LLMRequest, TTSOptions, VCOptions, VCResult
 
 Sleep = Callable[[float], Awaitable[None]]
 

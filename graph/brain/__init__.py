@@ -7,7 +7,7 @@
 - `personas` / `moods` / `prompts`: who she is, how she feels, and the one prompt builder
 - `brain`: `Brain.handle_event(event) -> {"actions": [...]}` tying it together
 
-`deployments/brain.py` hosts a `Brain` on Ray Serve; docs/brain.md documents the contract.
+`deployments/brain/deployment.py` hosts a `Brain` on Ray Serve; docs/brain.md documents the contract.
 """
 from graph.brain.brain import Brain, BrainConfig
 from graph.brain.events import EventValidationError, FeatureCheck, Prompt, parse_event

@@ -18,11 +18,11 @@ from dataclasses import dataclass, fields, replace
 from typing import Any, ClassVar
 
 from graph.brain.events import (
+    FEATURE_IMAGE_GENERATION,
+    FEATURE_VISION,
     BlockedAction,
     BrainAction,
     DrawAction,
-    FEATURE_IMAGE_GENERATION,
-    FEATURE_VISION,
     FeatureCheck,
     LookAction,
     MessageEvent,

@@ -14,7 +14,13 @@ import random
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from graph.brain.actions import CORE_ACTIONS, ActionContext, ActivationType, BaseAction, ChatMode
+from graph.brain.actions import (
+    CORE_ACTIONS,
+    ActionContext,
+    ActivationType,
+    BaseAction,
+    ChatMode,
+)
 from graph.brain.judge import JudgeRequest, LLMJudge
 
 log = logging.getLogger(__name__)

@@ -25,7 +25,14 @@ from typing import Any
 
 import yaml
 
-from graph.brain.actions import CORE_ACTIONS, ActionContext, ActionRegistry, BaseAction, ChatMode, default_registry
+from graph.brain.actions import (
+    CORE_ACTIONS,
+    ActionContext,
+    ActionRegistry,
+    BaseAction,
+    ChatMode,
+    default_registry,
+)
 from graph.brain.activation import ActionModifier, ActivationResult
 from graph.brain.events import (
     ALLOW,
@@ -49,7 +56,12 @@ from graph.brain.events import (
 from graph.brain.heartflow import ChatState, HeartFlow, HeartFlowConfig, SubFlow
 from graph.brain.judge import JudgeCache, LLMJudge
 from graph.brain.memory import MemoryStore, StoredMessage, importance_score
-from graph.brain.moods import MoodScheduler, MoodState, load_mood_descriptions, mood_scope
+from graph.brain.moods import (
+    MoodScheduler,
+    MoodState,
+    load_mood_descriptions,
+    mood_scope,
+)
 from graph.brain.personas import PersonaLibrary, load_personas
 from graph.brain.prompts import ChatContext, PromptBuilder
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 
 from graph.backends.base import LLMBackend
-from graph.types import LLMRequest
+from graph.voice.types import LLMRequest
 
 Complete = Callable[[str, str | None], Awaitable[str]]
 

@@ -14,7 +14,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-DEFAULT_MOODS_PATH = Path(__file__).resolve().parent.parent / "configs" / "moods.yaml"
+DEFAULT_MOODS_PATH = Path(__file__).resolve().parents[2] / "configs" / "moods.yaml"
 
 # Every mood the bot can be in; the file must give a profile for each.
 KNOWN_MOODS: tuple[str, ...] = (

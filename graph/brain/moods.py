@@ -1,6 +1,6 @@
 """Moods per server (and per DM): which one is current, rotated on a schedule and changed by command.
 
-Mood profiles (name -> description and traits) come from `graph.moods.load_moods` (configs/moods.yaml);
+Mood profiles (name -> description and traits) come from `graph.brain.mood_profiles.load_moods` (configs/moods.yaml);
 this module only keeps the *current* mood per scope. The scope is the guild id, or `dm:<channel>` for
 DMs. Rotation picks a different mood at random (injected rng) after a random interval in the configured
 range. `current(guild_id)` is what the prompt builder and the voice graph read.
@@ -103,7 +103,7 @@ class MoodScheduler:
 
 
 def load_mood_descriptions(path: str) -> dict[str, str]:
-    """name -> description from the moods file (validated by graph.moods)."""
-    from graph.moods import load_moods
+    """name -> description from the moods file (validated by graph.brain.mood_profiles)."""
+    from graph.brain.mood_profiles import load_moods
 
     return {name: profile.description for name, profile in load_moods(path).items()}

@@ -2,7 +2,7 @@
 
 A voice session needs the box's GPUs, so while Miku is in voice the bot switches features off (vision, image
 generation...), queues ordinary text-channel messages and moves text inference to the RX 6800. This module
-decides all of that and nothing else; `deployments/controller.py` hosts it in a restartable Ray actor.
+decides all of that and nothing else; `deployments/controller/actor.py` hosts it in a restartable Ray actor.
 
 Rules it keeps:
 - `check(feature)` is the one question everything asks; a feature is in blackout exactly while at least one
@@ -19,491 +19,49 @@ Not thread-safe: the caller serialises calls (the Ray actor runs them on one eve
 """
 from __future__ import annotations
 
-import enum
 import logging
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from graph.checkpoint import CheckpointWriteError, SqliteCheckpoint, StateDirError
+from graph.controller.audit import AuditAction, AuditEntry
+from graph.controller.checkpoint import CheckpointWriteError, SqliteCheckpoint
+from graph.controller.config import ControllerConfig
+from graph.controller.errors import (
+    CheckpointError,
+    SessionConflict,
+    SessionGone,
+    UnknownFeature,
+    UnknownSession,
+)
+from graph.controller.features import (
+    CAPACITY_MESSAGE,
+    CONFLICT_MESSAGE,
+    QUEUE_DROPPED_MESSAGE,
+    TEXT_QUEUE_FEATURE,
+    CheckResult,
+    Effect,
+)
+from graph.controller.headroom import HeadroomProbe, HeadroomVerdict
+from graph.controller.sessions import (
+    Session,
+    SessionEnded,
+    SessionRequest,
+    SessionStarted,
+    SessionState,
+)
+from graph.controller.text_queue import (
+    AckResult,
+    EnqueueResult,
+    IncomingMessage,
+    QueuedMessage,
+    ReplayBatch,
+)
 
 log = logging.getLogger(__name__)
-
-__all__ = [
-    "AckResult",
-    "AuditAction",
-    "AuditEntry",
-    "CheckResult",
-    "CheckpointError",
-    "ControllerConfig",
-    "ControllerError",
-    "ControllerStats",
-    "DEFAULT_FEATURES",
-    "Effect",
-    "EnqueueResult",
-    "FeatureSpec",
-    "HeadroomProbe",
-    "HeadroomVerdict",
-    "IncomingMessage",
-    "QueuedMessage",
-    "ReplayBatch",
-    "Session",
-    "SessionConflict",
-    "SessionController",
-    "SessionEnded",
-    "SessionGone",
-    "SessionRequest",
-    "SessionStarted",
-    "SessionState",
-    "StateDirError",
-    "UnknownFeature",
-    "UnknownSession",
-]
-
-TEXT_QUEUE_FEATURE = "text_channel_messages"
-DEFAULT_PERSONA = "default"
-
-
-# --------------------------------------------------------------------------------------------- errors
-class ControllerError(Exception):
-    """A request the controller refuses; `http_status` is what the HTTP route answers, `message` the text."""
-
-    http_status = 500
-
-    def __init__(self, message: str):
-        super().__init__(message)
-        self.message = message
-
-
-class SessionConflict(ControllerError):
-    """A session is active (and no more are allowed) or the GPUs lack headroom; message is user-facing."""
-
-    http_status = 409
-
-
-class UnknownSession(ControllerError):
-    http_status = 404
-
-
-class SessionGone(ControllerError):
-    """The session ended or its lease ran out: the client must start a new one."""
-
-    http_status = 410
-
-
-class UnknownFeature(ControllerError):
-    http_status = 404
-
-
-class CheckpointError(ControllerError):
-    """The change could not be made durable, so it was not made at all."""
-
-    http_status = 503
-
-
-# --------------------------------------------------------------------------------------------- features
-class Effect(enum.Enum):
-    """What a voice session does to a feature while it holds it."""
-
-    BLOCKED = "blocked"  # refused, with a user-facing message
-    DISABLED = "disabled"  # refused silently
-    LOCKED = "locked"  # refused silently
-    PAUSED = "paused"  # background job skips its runs
-    QUEUED = "queued"  # not handled now: enqueue for replay after the session
-    ROUTED = "routed"  # allowed, but served by another backend (`route`)
-
-    @property
-    def allows(self) -> bool:
-        return self is Effect.ROUTED
-
-    @property
-    def silent(self) -> bool:
-        return self is not Effect.BLOCKED
-
-
-@dataclass(frozen=True)
-class FeatureSpec:
-    """One feature a session switches, with its default user-facing message (BLOCKED features only)."""
-
-    feature_id: str
-    effect: Effect
-    message: str | None = None
-    normal_route: str | None = None  # ROUTED features: the route outside sessions
-    session_route: str | None = None  # ROUTED features: the route during a session
-
-    def __post_init__(self) -> None:
-        if not self.feature_id:
-            raise ValueError("feature_id must not be empty")
-        if self.effect is Effect.ROUTED and not self.session_route:
-            raise ValueError(f"routed feature {self.feature_id!r} needs a session_route")
-
-
-VISION_MESSAGE = (
-    "🎤 I can't look at images or videos right now, I'm talking in voice chat! Send it again after I leave."
-)
-IMAGE_MESSAGE = (
-    "🎤 I can't draw right now, I'm talking in voice chat! Ask me again after I leave the voice channel."
-)
-CONFLICT_MESSAGE = "❌ Already in a voice session! Use `!miku leave` first."
-CAPACITY_MESSAGE = "❌ Not enough GPU memory for another voice session right now."
-QUEUE_DROPPED_MESSAGE = (
-    "⚠️ I'm in voice chat and my message queue is full, so the oldest {count} message(s) were dropped "
-    "and I won't reply to them."
-)
-
-DEFAULT_FEATURES: tuple[FeatureSpec, ...] = (
-    FeatureSpec("vision", Effect.BLOCKED, VISION_MESSAGE),
-    FeatureSpec("image_generation", Effect.BLOCKED, IMAGE_MESSAGE),
-    FeatureSpec("bipolar_mode", Effect.DISABLED),
-    FeatureSpec("profile_picture", Effect.LOCKED),
-    FeatureSpec("autonomous_engine", Effect.PAUSED),
-    FeatureSpec("scheduled_events", Effect.PAUSED),
-    FeatureSpec("figurine_notifier", Effect.PAUSED),
-    FeatureSpec(TEXT_QUEUE_FEATURE, Effect.QUEUED),
-    FeatureSpec("text_inference", Effect.ROUTED, normal_route="default", session_route="rx6800"),
-)
-
-# Message keys that are not feature ids.
-MESSAGE_KEYS = ("session_conflict", "capacity_short", "queue_dropped")
-
-
-@dataclass(frozen=True)
-class ControllerConfig:
-    """Controller settings (configs/controller.yaml). `messages` maps persona -> key -> text, where a key is a
-    feature id or one of MESSAGE_KEYS; the `default` persona fills gaps."""
-
-    state_dir: str = ".miku/controller"
-    lease_s: float = 30.0
-    queue_limit: int = 100
-    max_sessions: int = 1
-    configured_capacity: int = 1  # sessions the GPUs hold when no headroom probe (telemetry) is given
-    lease_check_interval_s: float = 1.0
-    checkpoint_busy_timeout_s: float = 2.0
-    ended_memory: int = 256  # ended session ids remembered so heartbeats get 410, not 404
-    audit_keep: int = 10_000
-    features: tuple[FeatureSpec, ...] = DEFAULT_FEATURES
-    messages: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        if self.lease_s <= 0:
-            raise ValueError(f"lease_s must be positive, got {self.lease_s}")
-        if self.queue_limit < 1:
-            raise ValueError(f"queue_limit must be at least 1, got {self.queue_limit}")
-        if self.max_sessions < 1:
-            raise ValueError(f"max_sessions must be at least 1, got {self.max_sessions}")
-        if self.configured_capacity < 1:
-            raise ValueError(f"configured_capacity must be at least 1, got {self.configured_capacity}")
-        if self.lease_check_interval_s <= 0:
-            raise ValueError("lease_check_interval_s must be positive")
-        if self.ended_memory < 1:
-            raise ValueError("ended_memory must be at least 1")
-        ids = [spec.feature_id for spec in self.features]
-        if len(set(ids)) != len(ids):
-            raise ValueError(f"duplicate feature ids in {ids}")
-        known = set(ids) | set(MESSAGE_KEYS)
-        for persona, table in self.messages.items():
-            unknown = set(table) - known
-            if unknown:
-                raise ValueError(f"messages.{persona} has unknown keys {sorted(unknown)}; known: {sorted(known)}")
-
-    @classmethod
-    def from_mapping(cls, data: Mapping[str, Any]) -> ControllerConfig:
-        """Build from a YAML mapping; `features` entries are {id, effect, message?, normal_route?, session_route?}."""
-        data = dict(data)
-        known = {f for f in cls.__dataclass_fields__}
-        unknown = set(data) - known
-        if unknown:
-            raise ValueError(f"unknown controller config keys {sorted(unknown)}; known: {sorted(known)}")
-        if "features" in data:
-            specs = []
-            for entry in data["features"]:
-                if isinstance(entry, FeatureSpec):
-                    specs.append(entry)
-                    continue
-                fields = dict(entry)
-                try:
-                    effect = Effect(fields.pop("effect"))
-                    feature_id = fields.pop("id")
-                    specs.append(FeatureSpec(feature_id, effect, **fields))
-                except (KeyError, ValueError, TypeError) as exc:
-                    choices = [e.value for e in Effect]
-                    raise ValueError(f"bad feature entry {dict(entry)!r} (effect one of {choices}): {exc}") from exc
-            data["features"] = tuple(specs)
-        if "messages" in data:
-            data["messages"] = {
-                str(persona): {str(k): str(v) for k, v in (table or {}).items()}
-                for persona, table in data["messages"].items()
-            }
-        if "state_dir" in data:
-            data["state_dir"] = str(data["state_dir"])
-        return cls(**data)
-
-    @classmethod
-    def from_file(cls, path: str | Path) -> ControllerConfig:
-        """Load configs/controller.yaml (or another YAML file of the same shape)."""
-        import yaml
-
-        with open(path, encoding="utf-8") as fh:
-            return cls.from_mapping(yaml.safe_load(fh) or {})
-
-    def message(self, key: str, persona: str | None, fallback: str | None) -> str | None:
-        for name in (persona, DEFAULT_PERSONA):
-            if name and key in self.messages.get(name, {}):
-                return self.messages[name][key]
-        return fallback
-
-
-# --------------------------------------------------------------------------------------------- headroom
-@dataclass(frozen=True)
-class HeadroomVerdict:
-    """Whether the GPUs can take one more concurrent session, and why (shown to the user when not)."""
-
-    admit: bool
-    reason: str = ""
-    free_mb: float | None = None
-    needed_mb: float | None = None
-
-
-HeadroomProbe = Callable[[], HeadroomVerdict]
-
-
-# --------------------------------------------------------------------------------------------- values
-class SessionState(enum.Enum):
-    ACTIVE = "active"
-    ENDED = "ended"
-    EXPIRED = "expired"
-
-
-@dataclass(frozen=True)
-class SessionRequest:
-    guild_id: str
-    voice_channel_id: str
-    text_channel_id: str
-    user_id: str
-    persona: str | None = None
-    request_id: str | None = None  # idempotency key: a retried start returns the same session
-
-
-@dataclass(frozen=True)
-class Session:
-    session_id: str
-    guild_id: str
-    voice_channel_id: str
-    text_channel_id: str
-    user_id: str
-    persona: str | None
-    request_id: str | None
-    started_at: float
-    last_heartbeat: float
-    lease_s: float
-    state: SessionState = SessionState.ACTIVE
-    ended_at: float | None = None
-
-    @property
-    def expires_at(self) -> float:
-        return self.last_heartbeat + self.lease_s
-
-    def to_dict(self) -> dict[str, Any]:
-        out = asdict(self)
-        out["state"] = self.state.value
-        out["expires_at"] = self.expires_at
-        return out
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> Session:
-        data = {k: v for k, v in data.items() if k != "expires_at"}
-        data["state"] = SessionState(data["state"])
-        return cls(**data)
-
-
-@dataclass(frozen=True)
-class CheckResult:
-    """The answer to `check(feature)`: may it run now, and if not, what (if anything) to tell the user."""
-
-    feature: str
-    allowed: bool
-    message: str | None  # user-facing text to post when refused; None when allowed or silent
-    silent: bool  # refused without telling the user
-    effect: Effect | None  # the blackout in force, None outside any session
-    route: str | None = None  # for routed features: which backend to use now
-    held_by: tuple[str, ...] = ()  # sessions holding the blackout
-
-    @property
-    def blocked(self) -> bool:
-        return not self.allowed
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "name": self.feature,
-            "allowed": self.allowed,
-            "blocked": self.blocked,
-            "message": self.message,
-            "silent": self.silent,
-            "effect": self.effect.value if self.effect else None,
-            "route": self.route,
-            "held_by": list(self.held_by),
-        }
-
-
-@dataclass(frozen=True)
-class SessionStarted:
-    session: Session
-    blackouts: tuple[CheckResult, ...]  # every feature as it is now
-    reused: bool = False  # a retried request got its existing session back
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "session_id": self.session.session_id,
-            "lease_s": self.session.lease_s,
-            "expires_at": self.session.expires_at,
-            "reused": self.reused,
-            "blackouts": [b.to_dict() for b in self.blackouts if b.effect is not None],
-        }
-
-
-@dataclass(frozen=True)
-class SessionEnded:
-    session_id: str
-    ended: bool  # False: it had already ended (a no-op)
-    state: SessionState
-    message: str
-    restored: tuple[str, ...] = ()  # features that came back on
-    replay_pending: int = 0  # queued messages waiting for the client to replay
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "session_id": self.session_id,
-            "ended": self.ended,
-            "state": self.state.value,
-            "message": self.message,
-            "restored": list(self.restored),
-            "replay_pending": self.replay_pending,
-        }
-
-
-@dataclass(frozen=True)
-class IncomingMessage:
-    """An ordinary text-channel message the client wants handled (now, or queued during a session)."""
-
-    channel_id: str
-    author_id: str
-    content: str
-    message_id: str | None = None  # Discord id: a retried enqueue of the same message is not stored twice
-    guild_id: str | None = None
-    sent_at: float | None = None  # Discord timestamp (epoch s); defaults to the controller's clock
-    event: Mapping[str, Any] = field(default_factory=dict)  # the event as the client sent it, handed back verbatim
-
-
-@dataclass(frozen=True)
-class QueuedMessage:
-    queue_id: int
-    channel_id: str
-    author_id: str
-    content: str
-    message_id: str | None
-    guild_id: str | None
-    sent_at: float
-    queued_at: float
-    event: Mapping[str, Any] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        out = asdict(self)
-        out["event"] = dict(self.event)
-        return out
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> QueuedMessage:
-        return cls(**data)
-
-
-@dataclass(frozen=True)
-class EnqueueResult:
-    queued: bool  # False: no session holds the queue, handle the message now
-    message: QueuedMessage | None = None
-    dropped: tuple[QueuedMessage, ...] = ()  # oldest messages pushed out by this one
-    warning: str | None = None  # user-facing text for the client to post when messages were dropped
-    duplicate: bool = False  # already queued (same message_id): nothing stored
-    reason: str | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "queued": self.queued,
-            "message": self.message.to_dict() if self.message else None,
-            "dropped": [m.to_dict() for m in self.dropped],
-            "warning": self.warning,
-            "duplicate": self.duplicate,
-            "reason": self.reason,
-        }
-
-
-@dataclass(frozen=True)
-class ReplayBatch:
-    ready: bool  # False while a session still holds the queue
-    messages: tuple[QueuedMessage, ...] = ()
-    remaining: int = 0  # all unacknowledged messages, including these
-    reason: str | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "ready": self.ready,
-            "messages": [m.to_dict() for m in self.messages],
-            "remaining": self.remaining,
-            "reason": self.reason,
-        }
-
-
-@dataclass(frozen=True)
-class AckResult:
-    acked: tuple[int, ...]
-    unknown: tuple[int, ...]  # never queued, or acknowledged before (acks are idempotent)
-    remaining: int
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"acked": list(self.acked), "unknown": list(self.unknown), "remaining": self.remaining}
-
-
-class AuditAction(enum.Enum):
-    SESSION_STARTED = "session_started"
-    SESSION_ENDED = "session_ended"
-    SESSION_EXPIRED = "session_expired"
-    FEATURES_RECONCILED = "features_reconciled"
-    MESSAGE_QUEUED = "message_queued"
-    MESSAGES_DROPPED = "messages_dropped"
-    MESSAGES_ACKED = "messages_acked"
-
-
-@dataclass(frozen=True)
-class AuditEntry:
-    seq: int
-    at: float
-    action: AuditAction
-    session_id: str | None
-    features: tuple[str, ...]  # features whose blackout switched on or off
-    detail: Mapping[str, Any] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "seq": self.seq,
-            "at": self.at,
-            "action": self.action.value,
-            "session_id": self.session_id,
-            "features": list(self.features),
-            "detail": dict(self.detail),
-        }
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> AuditEntry:
-        return cls(
-            seq=data["seq"],
-            at=data["at"],
-            action=AuditAction(data["action"]),
-            session_id=data["session_id"],
-            features=tuple(data["features"]),
-            detail=data["detail"],
-        )
 
 
 @dataclass(frozen=True)

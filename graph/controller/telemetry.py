@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass, field
 from types import ModuleType
 from typing import Any
 
-from graph.controller import HeadroomVerdict
+from graph.controller.headroom import HeadroomVerdict
 
 MB = 1024 * 1024
 GB = 1024 * MB
@@ -245,7 +245,7 @@ class WhenUnseen(enum.Enum):
 
 @dataclass
 class VramHeadroom:
-    """Plain callable for `graph.controller` (`headroom=`): may another voice session start?
+    """Plain callable for `graph.controller.state_machine` (`headroom=`): may another voice session start?
 
     `limits_gb`: per cluster resource, the most VRAM it may use while sessions run (the plans: the
     RX 6800 under 14 GB). `session_mb`: what one more session is expected to add on that card (KV

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import soxr
 
-from graph.types import (
+from graph.voice.types import (
     DISCORD_CHANNELS,
     DISCORD_SAMPLE_RATE,
     FRAME_BYTES,

@@ -14,8 +14,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from enum import Enum
 from typing import Any
 
-from graph.pipeline import AudioFrames, PipelineEvent, UtteranceEnded
-from graph.protocol import (
+from graph.voice.pipeline import AudioFrames, PipelineEvent, UtteranceEnded
+from graph.voice.protocol import (
     InterruptRequest,
     ProtocolError,
     SpeakRequest,

@@ -6,7 +6,7 @@ queues, so chunk n+1 is being synthesised while chunk n is converted and framed:
     text stage (LLM tokens or `say` text -> SpeechSegmenter) --text_q--> TTS stage --audio_q--> VC + framing
 
 `StageCalls` says how the stages are reached: in-process backends (tests, the benchmark's baseline) or
-Ray Serve handles (deployments/ingress.py). Cancelling the consumer cancels every stage task, and each
+Ray Serve handles (deployments/voice/ingress.py). Cancelling the consumer cancels every stage task, and each
 stage closes its upstream iterator so the model server stops generating too.
 """
 from __future__ import annotations
@@ -21,10 +21,10 @@ from typing import Protocol
 
 import numpy as np
 
-from graph.audio import AudioOutput
-from graph.text import SegmenterConfig, SentenceAggregator, SpeechSegmenter
-from graph.trace import Milestone, PlayoutMeter, UtteranceTrace
-from graph.types import (
+from graph.voice.audio import AudioOutput
+from graph.voice.segmenter import SegmenterConfig, SentenceAggregator, SpeechSegmenter
+from graph.voice.trace import Milestone, PlayoutMeter, UtteranceTrace
+from graph.voice.types import (
     FRAME_BYTES,
     FRAME_MS,
     AudioChunk,

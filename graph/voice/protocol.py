@@ -12,7 +12,7 @@ import unicodedata
 from dataclasses import dataclass
 from typing import Any
 
-from graph.pipeline import (
+from graph.voice.pipeline import (
     AudioFrames,
     ChunkSpoken,
     PipelineEvent,

@@ -5,7 +5,7 @@ hear the first word as soon as possible, and an LLM reply is full of things that
 (markdown, code, emoji, reasoning, tags, roleplay actions). `SpeechSegmenter` does both jobs on the
 token stream:
 
-1. `_StreamCleaner` removes what must not be spoken. It is a small state machine (`_CleanState`: normal
+1. `graph.voice.cleaner.StreamCleaner` removes what must not be spoken. It is a small state machine (`CleanState`: normal
    text, inside a code fence, inside ``<think>``) that releases only text it can already decide on: a
    buffer ending in ``*wav``, ``<spe``, ``[link](htt``, ``:-`` or half an emoji sequence is held until
    more text (or the end of the stream) settles it.
@@ -39,10 +39,9 @@ from __future__ import annotations
 
 import enum
 import re
-import unicodedata
 from dataclasses import dataclass
 
-import emoji as _emoji_data
+from graph.voice.cleaner import CLOSE_TO_OPEN, NEED_MORE, OPEN_TO_CLOSE, SENTENCE_END, StreamCleaner
 
 __all__ = [
     "SegmenterConfig",
@@ -89,84 +88,10 @@ class SegmenterConfig:
 
 
 # ---------------------------------------------------------------------------------------------------
-# Character tables
+# Character tables of the cutter
 # ---------------------------------------------------------------------------------------------------
 
-def _char_class(chars: set[str]) -> str:
-    """A regex character-class body matching exactly `chars`, compressed into ranges."""
-    points = sorted(ord(c) for c in chars)
-    parts: list[str] = []
-    i = 0
-    while i < len(points):
-        j = i
-        while j + 1 < len(points) and points[j + 1] == points[j] + 1:
-            j += 1
-        lo, hi = re.escape(chr(points[i])), re.escape(chr(points[j]))
-        parts.append(lo if i == j else f"{lo}-{hi}")
-        i = j + 1
-    return "".join(parts)
-
-
-# Every non-ASCII code point used by an emoji (incl. ZWJ parts, skin tones, regional indicators, tag
-# characters and the keycap mark), plus joiners/selectors and a few decorative symbols chat LLMs love.
-_EMOJI_CHARS: frozenset[str] = frozenset(
-    {ch for key in _emoji_data.EMOJI_DATA for ch in key if ord(ch) > 0x7F}
-    | set("\u200d\ufe0e\ufe0f\u20e3")
-    | set("♪♫♬♩☆★♡♥✧✦❀✿")
-)
-# Format / control characters that are never spoken (the rest of Cc/Cf is caught by category).
-_INVISIBLE = "\x00-\x08\x0b-\x1f\x7f-\x9f\u00ad\u200b-\u200f\u202a-\u202e\u2060-\u2064\ufeff\ud800-\udfff"
-# Characters the cleaner must look at; everything else is copied through in bulk.
-_CLEANER_SPECIAL = r"\n\r*_~`<\[!:;=\^>\\\-" + _INVISIBLE + _char_class(set(_EMOJI_CHARS))
-# Letters that can start an emoticon at the start of a token (xD, T_T, o/, O_o).
-_EMOTICON_LETTERS = "xXTOo"
-_TOKEN_START = " \t\u00a0\u3000“「『(（【"  # after these, a letter may start an emoticon
-# A run of ordinary text; it stops before a letter that may start an emoticon so that check always runs.
-_PLAIN = re.compile(
-    rf"(?:[^{_CLEANER_SPECIAL}\s{_TOKEN_START}]|[{_TOKEN_START}](?![{_EMOTICON_LETTERS}]))+"
-)
-
-_EMOTICONS = (
-    ":)", ":-)", ":(", ":-(", ";)", ";-)", ";(", ":')", ":'(", "=)", "=(", ":]", ":[", ":|", ":-|",
-    ":*", ":-*", ":-/", ";_;", "^_^", "^^", "^.^", "^-^", "-_-", ">_<", ">.<", "<3", "</3", "\\o/",
-    ":D", ":-D", ";D", ";-D", "=D", ":P", ":-P", ":p", ":-p", ";P", ";p", ":3", ":O", ":o", ":-O",
-    "xD", "XD", "xd", "xP", "XP", "T_T", "o_O", "O_o", "o/",
-)
-# Longest first so the alternation prefers ":-)" over ":-"; the last character may repeat (":)))", "xDDD").
-_EMOTICON_RE = re.compile(
-    "|".join(
-        re.escape(e[:-1]) + "(?:" + re.escape(e[-1]) + ")+"
-        for e in sorted(_EMOTICONS, key=len, reverse=True)
-    )
-)
-_EMOTICON_PREFIXES = frozenset(e[:k] for e in _EMOTICONS for k in range(1, len(e)))
-_EMOTICON_MAXLEN = max(len(e) for e in _EMOTICONS)
-
-_TAG_RE = re.compile(
-    r"""<(?:
-        (?P<url>https?://[^\s<>]+)              # autolink: keep the address
-      | a?:\w+:\d+                              # Discord custom emoji <:name:id>, <a:name:id>
-      | (?:@[!&]?|\#)\d+                        # Discord mentions <@id> <@!id> <@&id> <#id>
-      | t:\d+(?::[A-Za-z])?                     # Discord timestamp
-      | !--[^>]*--                              # HTML comment
-      | (?P<close>/)?(?P<name>[A-Za-z][\w:.-]*)(?:\s[^<>]*)?/?   # HTML / SSML tag
-    )>""",
-    re.X,
-)
-# Tags removed without leaving a space (they wrap words); any other tag becomes a space.
-_INLINE_TAGS = frozenset(
-    "b i u s em strong small mark code span sub sup del ins emphasis prosody say-as phoneme lang "
-    "voice audio".split()
-)
-_THINK_TAGS = frozenset({"think", "thinking"})
-_THINK_CLOSE = re.compile(r"</think(?:ing)?\s{0,2}>", re.I)
-_THINK_CLOSE_KEEP = len("</thinking") + 3  # tail kept while looking for a split closer
-
-_SENTENCE_END = ".!?…。！？"
 _CJK_SENTENCE_END = "。！？"
-_OPEN_TO_CLOSE = {"“": "”", "「": "」", "『": "』", "(": ")", "[": "]", "（": "）", "【": "】"}
-_CLOSE_TO_OPEN = {v: k for k, v in _OPEN_TO_CLOSE.items()}
-_CLOSERS = frozenset(_CLOSE_TO_OPEN) | {'"', "’"}
 
 # Abbreviations after which "." never ends a sentence (lowercase, without the final dot).
 _ABBREVIATIONS = frozenset(
@@ -186,17 +111,6 @@ _CJK = re.compile(f"[{_CJK_RANGES}]")
 _WORDS = re.compile(f"[{_CJK_RANGES}]|[^\\W_{_CJK_RANGES}]+")  # a CJK character counts as a word
 _SPACE_BEFORE_PUNCT = re.compile(r"\s+([,.!?;:…。！？、，])(?=\s|$)")
 _TRAILING_DASH = re.compile(r"\s+-{1,3}$")
-_PUNCTUATION_EMOJI = {"‼": "!!", "⁉": "?!"}  # emoji that still end a sentence
-
-
-class _Pending(enum.Enum):
-    """Returned by the lookahead helpers below when the text so far cannot decide (wait for more)."""
-
-    NEED_MORE = "need_more"
-
-
-_NEED_MORE = _Pending.NEED_MORE
-
 
 def _normalize(text: str) -> str:
     """Collapse whitespace and tidy the spaces that removed emoji/actions leave before punctuation."""
@@ -207,415 +121,6 @@ def _normalize(text: str) -> str:
 
 def _speakable(text: str) -> bool:
     return _HAS_WORD.search(text) is not None
-
-
-# ---------------------------------------------------------------------------------------------------
-# Stage 1: the streaming cleaner
-# ---------------------------------------------------------------------------------------------------
-
-class _CleanState(enum.Enum):
-    NORMAL = "normal"
-    IN_FENCE = "in_fence"  # inside ``` ... ```: dropped, even while the fence is still open
-    IN_THINK = "in_think"  # inside <think> ... </think>: dropped
-
-
-class _StreamCleaner:
-    """Removes unspeakable text from a stream; `feed` returns the clean text it could decide on."""
-
-    def __init__(self, config: SegmenterConfig):
-        self._cfg = config
-        self.reset()
-
-    def reset(self) -> None:
-        self._raw = ""  # raw text not decided yet
-        self._state = _CleanState.IN_THINK if self._cfg.reasoning_without_opener else _CleanState.NORMAL
-        self._line_start = True
-        self._prev = "\n"  # last raw character consumed (a stream starts like a line)
-        self._last_sig = ""  # last two non-space characters emitted
-        self._newline_since_sig = True
-
-    def feed(self, text: str) -> str:
-        self._raw += text
-        return self._run(final=False)
-
-    def flush(self) -> str:
-        out = self._run(final=True)
-        self.reset()
-        return out
-
-    # -- helpers ---------------------------------------------------------------------------------
-
-    def _emit(self, out: list[str], piece: str) -> None:
-        out.append(piece)
-        stripped = piece.rstrip()
-        if stripped:
-            before = stripped[:-1].rstrip()
-            self._last_sig = (before[-1] if before else self._last_sig[-1:]) + stripped[-1]
-            self._newline_since_sig = "\n" in piece[len(stripped):]
-        elif "\n" in piece:
-            self._newline_since_sig = True
-
-    def _at_sentence_start(self) -> bool:
-        if self._newline_since_sig or not self._last_sig:
-            return True
-        last = self._last_sig[-1]
-        if last in _SENTENCE_END:
-            return True
-        return last in _CLOSERS and len(self._last_sig) == 2 and self._last_sig[0] in _SENTENCE_END
-
-    # -- main loop -------------------------------------------------------------------------------
-
-    def _run(self, final: bool) -> str:
-        out: list[str] = []
-        raw = self._raw
-        pos = 0
-        while pos < len(raw):
-            n = len(raw)
-            if self._state is _CleanState.IN_THINK:
-                m = _THINK_CLOSE.search(raw, pos)
-                if m:
-                    pos = m.end()
-                    self._state = _CleanState.NORMAL
-                    continue
-                pos = n if final else max(pos, n - _THINK_CLOSE_KEEP)
-                break
-            if self._state is _CleanState.IN_FENCE:
-                idx = raw.find("```", pos)
-                if idx < 0:
-                    pos = n if final else max(pos, n - 2)
-                    break
-                end = idx
-                while end < n and raw[end] == "`":
-                    end += 1
-                if end == n and not final:  # the closing run may still grow; keep it
-                    pos = idx
-                    break
-                pos = end
-                self._state = _CleanState.NORMAL
-                continue
-            if self._line_start:
-                nxt = self._line_prefix(raw, pos, final)
-                if nxt is _NEED_MORE:
-                    break
-                pos = nxt
-                continue
-
-            ch = raw[pos]
-            prev = raw[pos - 1] if pos else self._prev
-            if ch in _EMOTICON_LETTERS and (prev.isspace() or prev in _TOKEN_START):
-                end = self._emoticon(raw, pos, prev, final)
-                if end is _NEED_MORE:
-                    break
-                if end:
-                    pos = end
-                    continue
-                m = _PLAIN.match(raw, pos)  # not an emoticon: ordinary text
-                self._emit(out, m.group())
-                pos = m.end()
-                continue
-            m = _PLAIN.match(raw, pos)
-            if m:
-                self._emit(out, m.group())
-                pos = m.end()
-                continue
-
-            # `ch` is special. Each branch either consumes something or breaks to wait for more text.
-            if ch == "\n" or ch in "\u2028\u2029\x85":
-                self._emit(out, "\n")
-                self._line_start = True
-                pos += 1
-            elif ch in _TOKEN_START:  # space or opener before a letter that may start an emoticon
-                self._emit(out, ch)
-                pos += 1
-            elif ch == "`":
-                end = pos
-                while end < n and raw[end] == "`":
-                    end += 1
-                if end == n and not final:
-                    break
-                if end - pos >= 3:
-                    self._state = _CleanState.IN_FENCE
-                    self._emit(out, "\n")  # code ends the sentence before it
-                pos = end  # `code span` markers are dropped, the code text is kept
-            elif ch == "*":
-                res = self._asterisk(raw, pos, final)
-                if res is _NEED_MORE:
-                    break
-                raw, pos = res
-            elif ch == "_":
-                end = pos
-                while end < n and raw[end] == "_":
-                    end += 1
-                if end == n and not final:
-                    break
-                after = raw[end] if end < n else ""
-                if prev.isalnum() and after.isalnum():
-                    self._emit(out, raw[pos:end])  # snake_case keeps its underscore
-                pos = end
-            elif ch == "~":
-                pos += 1  # ~~strike~~ markers and "hello~" decoration
-            elif ch == "[" or ch == "!":
-                res = self._link(raw, pos, final)
-                if res is _NEED_MORE:
-                    break
-                if res is False:
-                    self._emit(out, ch)
-                    pos += 1
-                else:
-                    raw = res
-            elif ch == "<":
-                res = self._angle(raw, pos, prev, final, out)
-                if res is _NEED_MORE:
-                    break
-                pos = res
-            elif ch in _PUNCTUATION_EMOJI:
-                self._emit(out, _PUNCTUATION_EMOJI[ch])
-                pos += 1
-            elif ch in _EMOJI_CHARS:
-                end = pos
-                while end < n and raw[end] in _EMOJI_CHARS:
-                    end += 1
-                if end == n and not final:  # a ZWJ, skin tone or flag half may follow
-                    break
-                self._emit(out, " ")
-                pos = end
-            elif ch in ":;=^>-\\":
-                end = self._emoticon(raw, pos, prev, final)
-                if end is _NEED_MORE:
-                    break
-                if end:
-                    pos = end
-                elif ch == "\\":
-                    if pos + 1 >= n and not final:
-                        break
-                    escaped = raw[pos + 1] if pos + 1 < n else ""
-                    if escaped and escaped in "*_`#[]()<>~\\!-+.":
-                        self._emit(out, escaped)  # markdown escape: keep the character itself
-                        pos += 2
-                    else:
-                        pos += 1
-                else:
-                    self._emit(out, ch)
-                    pos += 1
-            else:
-                cat = unicodedata.category(ch)
-                if cat in ("Cc", "Cf", "Cs", "Co", "Cn"):
-                    pass  # control / format / invalid characters are never spoken
-                elif ch.isspace():
-                    self._emit(out, " ")
-                else:
-                    self._emit(out, ch)
-                pos += 1
-
-        if pos:
-            self._prev = raw[pos - 1]
-        self._raw = raw[pos:]
-        return "".join(out)
-
-    # -- constructs ------------------------------------------------------------------------------
-
-    def _line_prefix(self, raw: str, pos: int, final: bool):
-        """At a line start, drop indentation and markdown line markers (# > - * + 1. ---)."""
-        n = len(raw)
-        j = pos
-        while j < n and raw[j] in " \t":
-            j += 1
-        if j == n:
-            if not final:
-                return _NEED_MORE
-            self._line_start = False
-            return j
-
-        def skip_spaces(k: int):
-            while k < n and raw[k] in " \t":
-                k += 1
-            return _NEED_MORE if (k == n and not final) else k
-
-        c = raw[j]
-        if c == "#":
-            k = j
-            while k < n and raw[k] == "#":
-                k += 1
-            if k == n:
-                if not final:
-                    return _NEED_MORE
-                self._line_start = False
-                return k
-            if k - j <= 6 and raw[k] in " \t":
-                k = skip_spaces(k)
-                if k is not _NEED_MORE:
-                    self._line_start = False
-                return k
-        elif c == ">":
-            if j + 1 >= n:
-                if not final:
-                    return _NEED_MORE
-                self._line_start = False
-                return j + 1
-            if raw[j + 1] not in "_.<:(":  # ">_<" ">.<" are emoticons, not quotes
-                return skip_spaces(j + 1)  # stay at line start: "> - item", "> > nested"
-        elif c in "-*_+•":
-            if c in "-*_":  # a horizontal rule (---, ***, ___, - - -) is dropped whole
-                k, marks = j, 0
-                while k < n and raw[k] in "-*_ \t":
-                    marks += raw[k] in "-*_"
-                    k += 1
-                if k == n and not final:
-                    return _NEED_MORE
-                if marks >= 3 and (k == n or raw[k] == "\n"):
-                    self._line_start = False
-                    return k
-            if c != "_":
-                if j + 1 >= n:
-                    if not final:
-                        return _NEED_MORE
-                    self._line_start = False
-                    return j + 1
-                if raw[j + 1] in " \t":  # list bullet
-                    k = skip_spaces(j + 1)
-                    if k is not _NEED_MORE:
-                        self._line_start = False
-                    return k
-        elif c.isdigit():
-            k = j
-            while k < n and raw[k].isdigit() and k - j < 4:
-                k += 1
-            if k + 1 >= n and not final:
-                return _NEED_MORE
-            if k - j <= 3 and k + 1 < n and raw[k] in ".)" and raw[k + 1] in " \t":  # "1. " "2) "
-                k = skip_spaces(k + 1)
-                if k is not _NEED_MORE:
-                    self._line_start = False
-                return k
-        self._line_start = False
-        return j
-
-    def _emoticon(self, raw: str, pos: int, prev: str, final: bool):
-        """End of the emoticon at `pos`, 0 if there is none, or _NEED_MORE."""
-        n = len(raw)
-        m = _EMOTICON_RE.match(raw, pos)
-        if m is None:
-            rest = raw[pos:n]
-            if not final and len(rest) < _EMOTICON_MAXLEN and rest in _EMOTICON_PREFIXES:
-                return _NEED_MORE
-            return 0
-        end = m.end()
-        if end == n and not final:  # it may repeat (":)))") or be glued to a word (":Dan")
-            return _NEED_MORE
-        if end < n and raw[end].isalnum():
-            return 0
-        if prev.isalnum() and any(c.isalnum() for c in m.group()):
-            return 0  # "Plan:D..." or "2:3" is not a face
-        return end
-
-    def _asterisk(self, raw: str, pos: int, final: bool):
-        """Bold markers, italics, roleplay actions and stray asterisks. Returns (raw, pos)."""
-        n = len(raw)
-        end = pos
-        while end < n and raw[end] == "*":
-            end += 1
-        if end == n and not final:
-            return _NEED_MORE
-        if end - pos >= 2 or end == n or raw[end].isspace():
-            return raw, end  # **bold** markers and stray asterisks are dropped, words kept
-        limit = pos + self._cfg.lookahead_limit
-        k = pos + 2
-        while True:
-            k = raw.find("*", k, limit)
-            if k < 0:
-                window = raw[pos:limit]
-                if final or "\n" in window or n >= limit:
-                    return raw, pos + 1  # no closer: a stray asterisk
-                return _NEED_MORE
-            if "\n" in raw[pos:k]:
-                return raw, pos + 1
-            if raw[k - 1].isspace() or raw[k - 1] == "*":
-                k += 1
-                continue
-            break
-        if self._cfg.strip_roleplay:
-            if self._at_sentence_start():
-                return raw, k + 1  # "*giggles* Hi!" / "Hi! *waves* How are you?"
-            j = k + 1
-            while j < n and raw[j] in " \t":
-                j += 1
-            if j == n and not final:
-                return _NEED_MORE
-            if j == n or raw[j] == "\n":
-                return raw, k + 1  # "That's so sweet *blushes*" at the end of its line
-        # Italics: drop both markers and go on with the words.
-        return raw[:pos] + raw[pos + 1 : k] + raw[k + 1 :], pos
-
-    def _link(self, raw: str, pos: int, final: bool):
-        """[text](url) / ![alt](url) -> text. Returns the rewritten raw, False (plain char) or _NEED_MORE."""
-        n = len(raw)
-        b = pos
-        if raw[pos] == "!":
-            if pos + 1 >= n:
-                return False if final else _NEED_MORE
-            if raw[pos + 1] != "[":
-                return False
-            b = pos + 1
-        limit = b + self._cfg.lookahead_limit
-        j = raw.find("]", b + 1, limit)
-        if j < 0:
-            if final or "\n" in raw[b:limit] or n >= limit:
-                return False
-            return _NEED_MORE
-        if "\n" in raw[b:j]:
-            return False
-        if j + 1 >= n:
-            return False if final else _NEED_MORE
-        if raw[j + 1] != "(":
-            return False
-        k = j + 2
-        while k < n and k < limit and raw[k] != ")" and not raw[k].isspace():
-            k += 1
-        if k >= limit:
-            return False
-        if k == n:
-            return False if final else _NEED_MORE
-        if raw[k] != ")":
-            return False
-        return raw[:pos] + raw[b + 1 : j] + raw[k + 1 :]
-
-    def _angle(self, raw: str, pos: int, prev: str, final: bool, out: list[str]):
-        """Tags, <think>, Discord emoji/mentions, autolinks and <3. Returns the new position."""
-        n = len(raw)
-        end = self._emoticon(raw, pos, prev, final)
-        if end is _NEED_MORE:
-            return _NEED_MORE
-        if end:
-            return end
-        if pos + 1 >= n:
-            if not final:
-                return _NEED_MORE
-            self._emit(out, "<")
-            return pos + 1
-        if not (raw[pos + 1].isalpha() or raw[pos + 1] in "/!:@#"):
-            self._emit(out, "<")
-            return pos + 1
-        limit = pos + self._cfg.lookahead_limit
-        k = raw.find(">", pos + 1, limit)
-        inner = raw[pos + 1 : k if k >= 0 else limit]
-        if "\n" in inner or "<" in inner or (k < 0 and (final or n >= limit)):
-            self._emit(out, "<")
-            return pos + 1
-        if k < 0:
-            return _NEED_MORE
-        m = _TAG_RE.fullmatch(raw, pos, k + 1)
-        if m is None:
-            self._emit(out, "<")
-            return pos + 1
-        if m.group("url"):
-            self._emit(out, m.group("url"))
-            return k + 1
-        name = (m.group("name") or "").lower()
-        if name in _THINK_TAGS and not m.group("close") and not raw[k - 1] == "/":
-            self._state = _CleanState.IN_THINK
-        elif name not in _INLINE_TAGS:
-            self._emit(out, " ")
-        return k + 1
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -637,9 +142,9 @@ def _update_depth(stack: tuple[str, ...], c: str, prev: str) -> tuple[tuple[str,
         if prev.isdigit():
             return stack, False  # 5'10": inches, not a quote
         return stack + ('"',), False
-    if c in _OPEN_TO_CLOSE:
+    if c in OPEN_TO_CLOSE:
         return stack + (c,), False
-    opener = _CLOSE_TO_OPEN.get(c)
+    opener = CLOSE_TO_OPEN.get(c)
     if opener is not None and opener in stack:
         idx = len(stack) - 1 - stack[::-1].index(opener)
         return stack[:idx], True
@@ -651,7 +156,7 @@ def _depth_after(text: str, stack: tuple[str, ...]) -> tuple[str, ...]:
     for c in text:
         if c == "\n":
             stack = ()
-        elif c == '"' or c in _OPEN_TO_CLOSE or c in _CLOSE_TO_OPEN:
+        elif c == '"' or c in OPEN_TO_CLOSE or c in CLOSE_TO_OPEN:
             stack, _ = _update_depth(stack, c, prev)
         prev = c
     return stack
@@ -735,7 +240,7 @@ class _ChunkCutter:
                 self._scan = n
                 return None
             res = self._resolve(ci, final)
-            if res is _NEED_MORE:
+            if res is NEED_MORE:
                 self._scan = ci
                 return None
             kind, end, nxt = res
@@ -762,21 +267,21 @@ class _ChunkCutter:
         return limit, _Cut.CAP  # one word longer than the cap
 
     def _resolve(self, i: int, final: bool):
-        """Decide the candidate at `i`: (kind, chunk end, next scan position) or _NEED_MORE."""
+        """Decide the candidate at `i`: (kind, chunk end, next scan position) or NEED_MORE."""
         buf = self._buf
         n = len(buf)
         c = buf[i]
         if c == "\n":
             self._depth = ()
             return _Cut.SENTENCE, i + 1, i + 1
-        if c == '"' or c in _OPEN_TO_CLOSE or c in _CLOSE_TO_OPEN:
+        if c == '"' or c in OPEN_TO_CLOSE or c in CLOSE_TO_OPEN:
             prev = buf[i - 1] if i else ""
             depth, closed = _update_depth(self._depth, c, prev)
-            if closed and not depth and prev and prev in _SENTENCE_END:
+            if closed and not depth and prev and prev in SENTENCE_END:
                 # "... he said "Stop!" Then": a sentence may end right after the quote.
                 res = self._after_sentence_end(i + 1, prev, final, token_start=None)
-                if res is _NEED_MORE:
-                    return _NEED_MORE
+                if res is NEED_MORE:
+                    return NEED_MORE
                 self._depth = depth
                 if res is not None and prev not in _CJK_SENTENCE_END:
                     return res[0], res[1], i + 1
@@ -785,30 +290,30 @@ class _ChunkCutter:
             return _Cut.SKIP, 0, i + 1
         if self._depth:
             return _Cut.SKIP, 0, i + 1  # nothing inside quotes or brackets is a boundary
-        if c in _SENTENCE_END:
+        if c in SENTENCE_END:
             j = i
-            while j < n and buf[j] in _SENTENCE_END:
+            while j < n and buf[j] in SENTENCE_END:
                 j += 1
             if j == n and not final:
-                return _NEED_MORE
+                return NEED_MORE
             run = buf[i:j]
             if any(ch in _CJK_SENTENCE_END for ch in run):
                 return _Cut.SENTENCE, j, j
             res = self._after_sentence_end(j, run, final, token_start=i if run == "." else None)
-            if res is _NEED_MORE:
-                return _NEED_MORE
+            if res is NEED_MORE:
+                return NEED_MORE
             if res is None:
                 return _Cut.SKIP, 0, j
             return res[0], res[1], j
         if c in ",;:":
             if i + 1 >= n:
-                return _NEED_MORE if not final else (_Cut.SKIP, 0, i + 1)
+                return NEED_MORE if not final else (_Cut.SKIP, 0, i + 1)
             if not buf[i + 1].isspace():
                 return _Cut.SKIP, 0, i + 1  # 1,000  10:30  https://
             if c == "," and i and buf[i - 1].isdigit():
                 m = _NONSPACE.search(buf, i + 1)
                 if m is None:
-                    return _NEED_MORE if not final else (_Cut.SKIP, 0, i + 1)
+                    return NEED_MORE if not final else (_Cut.SKIP, 0, i + 1)
                 if m.group().isdigit():
                     return _Cut.SKIP, 0, i + 1  # "Jan 1, 1980"
             return _Cut.CLAUSE, i + 1, i + 1
@@ -817,7 +322,7 @@ class _ChunkCutter:
         if c in "—–":
             if i and buf[i - 1].isdigit():
                 if i + 1 >= n:
-                    return _NEED_MORE if not final else (_Cut.SKIP, 0, i + 1)
+                    return NEED_MORE if not final else (_Cut.SKIP, 0, i + 1)
                 if buf[i + 1].isdigit():
                     return _Cut.SKIP, 0, i + 1  # 1990–2000
             return _Cut.CLAUSE, i + 1, i + 1
@@ -828,7 +333,7 @@ class _ChunkCutter:
         while j < n and buf[j] == "-":
             j += 1
         if j == n:
-            return _NEED_MORE if not final else (_Cut.SKIP, 0, j)
+            return NEED_MORE if not final else (_Cut.SKIP, 0, j)
         if not buf[j].isspace() or j - i > 3:
             return _Cut.SKIP, 0, j
         k = i - 1
@@ -837,20 +342,20 @@ class _ChunkCutter:
         if k >= 0 and buf[k].isdigit():
             m = _NONSPACE.search(buf, j)
             if m is None:
-                return _NEED_MORE if not final else (_Cut.SKIP, 0, j)
+                return NEED_MORE if not final else (_Cut.SKIP, 0, j)
             if m.group().isdigit():
                 return _Cut.SKIP, 0, j  # 3 - 2
         return _Cut.CLAUSE, j, j
 
     def _after_sentence_end(self, j: int, run: str, final: bool, token_start: int | None):
-        """Whether sentence punctuation `run` ending at `j` ends a sentence: (kind, end), None or _NEED_MORE.
+        """Whether sentence punctuation `run` ending at `j` ends a sentence: (kind, end), None or NEED_MORE.
 
         token_start is the run's position when it is a single "." (then the word before it is checked
         for abbreviations)."""
         buf = self._buf
         n = len(buf)
         if j == n:
-            return _NEED_MORE if not final else (_Cut.SENTENCE, j)
+            return NEED_MORE if not final else (_Cut.SENTENCE, j)
         if not buf[j].isspace():
             return None  # 3.5  e.g  example.com  "?!" inside a word
         ellipsis = "…" in run or ".." in run
@@ -861,7 +366,7 @@ class _ChunkCutter:
         if "\n" in buf[j:gap_end]:
             return _Cut.SENTENCE, j
         if m is None:
-            return _NEED_MORE if not final else (_Cut.SENTENCE, j)
+            return NEED_MORE if not final else (_Cut.SENTENCE, j)
         following = m.group()
         if ellipsis:
             return (_Cut.CLAUSE, j) if following.islower() else (_Cut.SENTENCE, j)
@@ -903,7 +408,7 @@ class SpeechSegmenter:
 
     def __init__(self, config: SegmenterConfig | None = None):
         self.config = config or SegmenterConfig()
-        self._cleaner = _StreamCleaner(self.config)
+        self._cleaner = StreamCleaner(self.config)
         self._cutter = _ChunkCutter(self.config, early_first_chunk=self._early_first_chunk)
 
     def feed(self, text: str) -> list[str]:
@@ -934,5 +439,5 @@ def clean_for_speech(text: str, config: SegmenterConfig | None = None) -> str:
     """Non-streaming cleaning (e.g. for `say`): the speakable text, whitespace collapsed to one line."""
     if not isinstance(text, str):
         raise TypeError(f"clean_for_speech() takes str, got {type(text).__name__}")
-    cleaner = _StreamCleaner(config or SegmenterConfig())
+    cleaner = StreamCleaner(config or SegmenterConfig())
     return _normalize(cleaner.feed(text) + cleaner.flush())

@@ -35,7 +35,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
-from graph.types import StageError
+from graph.voice.types import StageError
 
 # a killed process's socket is closed by the kernel, so the link notices at once; a host that vanishes
 # shows up within PING_INTERVAL_S + PING_TIMEOUT_S. The timeout is generous because a replica busy with

@@ -1,7 +1,7 @@
 """HTTP LLM backends: OpenAI-compatible SSE (llama-swap, llama.cpp server, vLLM...) and llama.cpp's
 native `/completion`.
 
-Both stream with aiohttp and parse with `graph.llm_stream`. Every failure becomes a `StageError` that
+Both stream with aiohttp and parse with `graph.voice.llm_stream`. Every failure becomes a `StageError` that
 names the backend and its URL, so the user hears *which* LLM is down. Closing the generator early
 (interrupt, client gone) closes the HTTP connection, which is how llama.cpp and llama-swap learn to
 stop generating.
@@ -21,8 +21,8 @@ from graph.backends.http import (
     http_url,
     raise_for_status,
 )
-from graph.llm_stream import LLMStreamError, LLMStreamParser, StreamFormat
-from graph.types import LLMRequest, StageError
+from graph.voice.llm_stream import LLMStreamError, LLMStreamParser, StreamFormat
+from graph.voice.types import LLMRequest, StageError
 
 log = logging.getLogger(__name__)
 

@@ -20,9 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from graph.backends.base import LLMBackend
-from graph.backends.llm_http import _messages, _plain_prompt
+from graph.backends.llm.http_servers import _messages, _plain_prompt
 from graph.backends.threaded import ThreadedStream
-from graph.types import LLMRequest, StageError
+from graph.voice.types import LLMRequest, StageError
 
 GGUF_MAGIC = b"GGUF"
 

@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator
 import numpy as np
 
 from graph.backends.base import TTSBackend
-from graph.types import AudioChunk, StageError, TTSOptions
+from graph.voice.types import AudioChunk, StageError, TTSOptions
 
 _WAV_HEADER_BYTES = 44  # espeak-ng writes the canonical 44-byte PCM header
 

@@ -26,7 +26,7 @@ from graph.backends.http import (
     raise_for_status,
 )
 from graph.backends.pcm import BadAudio, check_samples
-from graph.types import AudioChunk, StageError, TTSOptions
+from graph.voice.types import AudioChunk, StageError, TTSOptions
 
 _FORMAT_PCM, _FORMAT_FLOAT, _FORMAT_EXTENSIBLE = 1, 3, 0xFFFE
 

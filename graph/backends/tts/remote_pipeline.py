@@ -31,7 +31,7 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
 from graph.backends.base import TTSBackend
 from graph.backends.pcm import BadAudio, decode_float32
-from graph.types import AudioChunk, StageError, TTSOptions
+from graph.voice.types import AudioChunk, StageError, TTSOptions
 
 REMOTE_SAMPLE_RATE = 48_000
 

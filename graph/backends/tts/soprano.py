@@ -28,7 +28,7 @@ import numpy as np
 
 from graph.backends.base import TTSBackend
 from graph.backends.threaded import ThreadedStream
-from graph.types import AudioChunk, StageError, TTSOptions
+from graph.voice.types import AudioChunk, StageError, TTSOptions
 
 SOPRANO_SAMPLE_RATE = 32_000
 

@@ -1,4 +1,4 @@
-"""`soprano-zmq` TTS backend: talk to a Soprano worker process (`python -m deployments.soprano_worker`)
+"""`soprano-zmq` TTS backend: talk to a Soprano worker process (`python -m deployments.voice.soprano_worker`)
 over ZeroMQ, the way the existing setup runs Soprano in its own process or container on port 5555.
 
 Why a separate process: Soprano's CUDA context, its memory and any crash stay out of the graph's
@@ -40,7 +40,7 @@ from zmq.utils.monitor import parse_monitor_message
 
 from graph.backends.base import TTSBackend
 from graph.backends.pcm import BadAudio, decode_float32
-from graph.types import AudioChunk, StageError, TTSOptions
+from graph.voice.types import AudioChunk, StageError, TTSOptions
 
 log = logging.getLogger(__name__)
 

@@ -33,9 +33,9 @@ import numpy as np
 import pyworld
 import soxr
 
-from graph.audio import FadeShape, crossfade
 from graph.backends.base import VCBackend
-from graph.types import AudioChunk, StageError, VCOptions, VCResult
+from graph.voice.audio import FadeShape, crossfade
+from graph.voice.types import AudioChunk, StageError, VCOptions, VCResult
 
 CONTENT_RATE = 16_000
 CONTENT_HOP = 320  # ContentVec frames: 50 per second

@@ -12,7 +12,7 @@ import numpy as np
 import pyworld
 
 from graph.backends.base import VCBackend
-from graph.types import AudioChunk, StageError, VCOptions, VCResult
+from graph.voice.types import AudioChunk, StageError, VCOptions, VCResult
 
 
 class WorldVC(VCBackend):

@@ -1,0 +1,1 @@
+"""Host of the session controller: the `FeatureController` actor and its HTTP routes."""

@@ -1,0 +1,1 @@
+"""TTS backends (text -> mono float32 audio): espeak-ng, Soprano (in process, ZMQ worker, HTTP), the remote pipeline."""

@@ -1,0 +1,1 @@
+"""Voice-conversion backends (audio -> Miku's voice): WORLD, RVC's ONNX export, passthrough."""

@@ -1,0 +1,48 @@
+"""The audit log's entries: every session start, end, expiry and queue change, in order."""
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class AuditAction(enum.Enum):
+    SESSION_STARTED = "session_started"
+    SESSION_ENDED = "session_ended"
+    SESSION_EXPIRED = "session_expired"
+    FEATURES_RECONCILED = "features_reconciled"
+    MESSAGE_QUEUED = "message_queued"
+    MESSAGES_DROPPED = "messages_dropped"
+    MESSAGES_ACKED = "messages_acked"
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    seq: int
+    at: float
+    action: AuditAction
+    session_id: str | None
+    features: tuple[str, ...]  # features whose blackout switched on or off
+    detail: Mapping[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "seq": self.seq,
+            "at": self.at,
+            "action": self.action.value,
+            "session_id": self.session_id,
+            "features": list(self.features),
+            "detail": dict(self.detail),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> AuditEntry:
+        return cls(
+            seq=data["seq"],
+            at=data["at"],
+            action=AuditAction(data["action"]),
+            session_id=data["session_id"],
+            features=tuple(data["features"]),
+            detail=data["detail"],
+        )

@@ -12,6 +12,8 @@ from pathlib import Path
 
 from fastapi import Header, HTTPException, WebSocket, status
 
+from graph.files import create_private_file
+
 _expected_token: str | None = None
 
 
@@ -26,10 +28,13 @@ def resolve_token(token: str | None = None, token_file: str | None = None) -> st
         existing = path.read_text().strip()
         if existing:
             return existing
-    path.parent.mkdir(parents=True, exist_ok=True)
     fresh = secrets.token_urlsafe(24)
-    path.write_text(fresh + "\n")
-    path.chmod(0o600)
+    # 0600 from creation (no window where others can read it); another process won the race: use theirs
+    if not create_private_file(path, (fresh + "\n").encode()):
+        existing = path.read_text().strip()
+        if existing:
+            return existing
+        path.write_text(fresh + "\n")  # an empty file left behind, already tightened to 0600
     return fresh
 
 

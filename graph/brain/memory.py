@@ -15,6 +15,8 @@ from pathlib import Path
 
 import aiosqlite
 
+from graph.files import prepare_private_sqlite
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS messages (
     id INTEGER PRIMARY KEY,
@@ -109,8 +111,9 @@ class MemoryStore:
     @classmethod
     async def open(cls, path: str | Path = ":memory:") -> "MemoryStore":
         path = str(path)
-        if path != ":memory:":
-            Path(path).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        if path != ":memory:" and not path.startswith("file:"):
+            # queued messages and chat history: owner-only from creation, -wal/-shm inherit the mode
+            path = str(prepare_private_sqlite(path))
         db = await aiosqlite.connect(path)
         await db.execute("PRAGMA journal_mode=WAL")
         await db.execute("PRAGMA synchronous=NORMAL")

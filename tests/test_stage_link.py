@@ -5,11 +5,13 @@ import multiprocessing
 import os
 import signal
 
+import msgpack
 import numpy as np
 import pytest
 from websockets.asyncio.client import connect
-from websockets.exceptions import InvalidStatus
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 
+from graph.voice.link_codec import WireError, dumps, loads
 from graph.voice.stage_link import (
     CallKind,
     LinkEndpoint,
@@ -185,3 +187,102 @@ async def test_a_replica_killed_mid_stream_breaks_the_call_at_once_and_the_link_
     finally:
         process.kill()
         process.join(5)
+
+
+# -- the wire format: data only (graph.voice.link_codec) -------------------------------------------------
+
+
+class _Exploit:
+    """Unpickling this would run code: it creates a marker file."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+async def _refused(endpoint, frame: bytes) -> int:
+    """Send one raw frame with the right token; the server's close code."""
+    async with connect(endpoint.url, additional_headers={"Authorization": f"Bearer {endpoint.token}"}) as ws:
+        await ws.send(frame)
+        with pytest.raises(ConnectionClosed):
+            async with asyncio.timeout(10):
+                await ws.recv()
+        return ws.close_code
+
+
+async def test_a_pickled_payload_is_refused_and_never_executed(served, tmp_path):
+    import pickle
+
+    stage, _, link, endpoint = served
+    marker = tmp_path / "pwned"
+    frame = pickle.dumps(("call", 1, "count", (_Exploit(str(marker)),)))
+    assert await _refused(endpoint, frame) == 1008
+    assert not marker.exists() and not stage.started.is_set()
+    assert [item async for item in await link.start("count", 2)] == [0, 1]  # other connections unaffected
+
+
+@pytest.mark.parametrize("frame", [
+    msgpack.packb(("call", 1, "count", (msgpack.ExtType(9, b"x"),))),  # an unknown extension type
+    msgpack.packb(("call", 1, "count", (msgpack.ExtType(2, msgpack.packb(("os.system", ("id",)))),))),  # unknown tag
+    msgpack.packb(("call", 1, "count", (msgpack.ExtType(1, b"\x06\x00" + msgpack.packb(("|O8", (1,))) + b"\0" * 8),))),
+    msgpack.packb(("call", 1, "count", (msgpack.ExtType(1, b"\x06\x00" + msgpack.packb(("<f4", (4,))) + b"\0" * 3),))),
+    msgpack.packb(("call", "x", "count", ())),  # a call id that is not an integer
+    msgpack.packb(("call", 1, "count")),  # no args
+    b"\xc1 not msgpack",
+], ids=["unknown-ext", "unknown-tag", "object-dtype", "short-buffer", "bad-id", "no-args", "garbage"])
+async def test_a_frame_with_anything_but_allowed_data_closes_the_connection(served, frame):
+    stage, _, link, endpoint = served
+    assert await _refused(endpoint, frame) == 1008
+    assert not stage.started.is_set()
+    assert await link.call("convert", AudioChunk(np.zeros(4, np.float32), 16000), 2.0)
+
+
+def test_decoding_never_builds_a_class_outside_the_registry():
+    from graph.voice.link_codec import ALLOWED_DATACLASSES
+
+    assert set(ALLOWED_DATACLASSES) == {"llm.request", "tts.options", "vc.options", "audio.chunk", "vc.result",
+                                        "vc.rvc_context"}
+    with pytest.raises(WireError, match="type tag 'builtins.dict' is not allowed"):
+        loads(msgpack.packb(("item", 1, msgpack.ExtType(2, msgpack.packb(("builtins.dict", ()))))))
+    with pytest.raises(WireError, match="extension type 7"):
+        loads(msgpack.packb(("item", 1, msgpack.ExtType(7, b""))))
+    with pytest.raises(TypeError, match="cannot carry a _Exploit"):
+        dumps(("item", 1, _Exploit("x")))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64", "int16", "uint8", "complex64", ">i4", "bool"])
+def test_numpy_arrays_round_trip_exactly_with_dtype_and_shape(dtype):
+    rng = np.random.default_rng(7)
+    array = (rng.standard_normal((3, 5, 2)) * 1000).astype(dtype)
+    decoded = loads(dumps(("item", 1, array)))[2]
+    assert decoded.dtype == array.dtype and decoded.shape == array.shape and np.array_equal(decoded, array)
+    decoded += decoded  # writable, as a pickled array was
+    sliced = array[:, ::2]  # not contiguous
+    assert np.array_equal(loads(dumps(("item", 1, sliced)))[2], sliced)
+
+
+def test_every_type_that_crosses_a_link_round_trips():
+    from graph.backends.vc.rvc_onnx import RVCContext
+    from graph.voice.types import LLMRequest, TTSOptions, VCOptions, VCResult
+
+    samples = np.random.default_rng(1).uniform(-1, 1, 9600).astype(np.float32)
+    context = RVCContext(input_rate=16000, history=samples[:160].copy(), tail=samples[:48].copy(), chunks=3)
+    request = LLMRequest("hi", system="be Miku", history=(("user", "a"), ("assistant", "b")), max_tokens=7,
+                         temperature=0.5, stop=("\n",))
+    values = (request, TTSOptions("en-us+f3", 1.25), VCOptions(2.5), VCOptions(None), None, True, 3, "Miku 🎤")
+    assert loads(dumps(("call", 1, "m", values)))[3] == values
+    result = loads(dumps(("return", 1, VCResult(AudioChunk(samples, 48000), context))))[2]
+    assert isinstance(result, VCResult) and result.audio.sample_rate == 48000
+    assert np.array_equal(result.audio.samples, samples) and result.audio.samples.dtype == np.float32
+    assert isinstance(result.context, RVCContext) and result.context.chunks == 3 and result.context.input_rate == 16000
+    assert np.array_equal(result.context.history, context.history) and np.array_equal(result.context.tail, context.tail)
+    error = loads(dumps(("error", 1, StageError("vc", "rvc", "model missing"))))[2]
+    assert isinstance(error, StageError) and (error.stage, error.backend, error.message) == ("vc", "rvc", "model missing")
+
+
+def test_a_dataclass_that_refuses_its_fields_is_a_wire_error():
+    frame = msgpack.packb(("item", 1, msgpack.ExtType(2, msgpack.packb(("audio.chunk", ("not audio", 48000))))))
+    with pytest.raises(WireError):
+        loads(frame)

@@ -7,13 +7,15 @@ On this project's 2-core test box a Serve call costs 3-8 ms a hop (router, gRPC,
 message on an open WebSocket about 0.5 ms (benchmarks/serve_hops.py measures both side by side), and the
 first audio of an utterance waits on at least three such hops.
 
-Wire format: binary frames, each one pickled tuple.
+Wire format: binary frames, each one msgpack tuple (graph.voice.link_codec: data only, a fixed list of
+dataclasses and numpy arrays as raw buffers, never pickle, so a leaked secret can at worst send audio).
 
     client -> server   ("call", id, method, args)   ("cancel", id)
     server -> client   ("item", id, value)   ("end", id)   ("return", id, value)   ("error", id, StageError)
 
-Frames are unpickled, so the server accepts only a connection that presents its secret as a bearer
-token; the client learns it, with the address, from the replica through Ray. A call is cancelled when
+The server accepts only a connection that presents its secret as a bearer token; the client learns it,
+with the address, from the replica through Ray. A frame that does not decode closes the connection
+(code 1008): its sender is broken or hostile. A call is cancelled when
 the client says so or its connection drops: an interrupted utterance or a vanished ingress stops the
 backend's work (and the LLM's upstream stream) at once. Nothing here imports Ray.
 """
@@ -23,7 +25,6 @@ import asyncio
 import contextlib
 import hmac
 import itertools
-import pickle
 import secrets
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
@@ -34,7 +35,9 @@ from typing import Any
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
+from websockets.frames import CloseCode
 
+from graph.voice.link_codec import WireError, dumps, loads
 from graph.voice.types import StageError
 
 # a killed process's socket is closed by the kernel, so the link notices at once; a host that vanishes
@@ -43,7 +46,9 @@ from graph.voice.types import StageError
 # that stalls mid-utterance is the pipeline's stage_timeout_s to catch.
 PING_INTERVAL_S = 10.0
 PING_TIMEOUT_S = 20.0
-_PICKLE = pickle.HIGHEST_PROTOCOL
+# the largest frame either side accepts: a whole sentence of audio is a few MB; a frame bigger than
+# this is refused (connection closed) instead of being buffered
+MAX_FRAME_BYTES = 32 * 1024 * 1024
 
 
 class CallKind(str, Enum):
@@ -74,8 +79,8 @@ def ws_url(host: str, port: int, path: str = "") -> str:
     return f"ws://[{host}]:{port}{path}" if ":" in host else f"ws://{host}:{port}{path}"
 
 
-def _dumps(message: tuple) -> bytes:
-    return pickle.dumps(message, protocol=_PICKLE)
+def _close_reason(error: BaseException) -> str:
+    return str(error).encode()[:120].decode(errors="ignore")  # a close reason is at most 123 bytes
 
 
 def _as_stage_error(error: BaseException, stage: str, backend: str) -> StageError:
@@ -99,7 +104,7 @@ class StageLinkServer:
     async def start(self) -> LinkEndpoint:
         self._server = await serve(
             self._serve_connection, self.host, 0, process_request=self._authorize,
-            compression=None, max_size=None, ping_interval=PING_INTERVAL_S, ping_timeout=PING_TIMEOUT_S,
+            compression=None, max_size=MAX_FRAME_BYTES, ping_interval=PING_INTERVAL_S, ping_timeout=PING_TIMEOUT_S,
         )
         port = next(iter(self._server.sockets)).getsockname()[1]
         return self.endpoint(port)
@@ -125,9 +130,18 @@ class StageLinkServer:
             async for frame in connection:
                 if not isinstance(frame, bytes):
                     continue  # only our own client talks here, and it sends bytes
-                kind, call_id, *rest = pickle.loads(frame)
+                try:
+                    kind, call_id, *rest = loads(frame)
+                    if type(call_id) is not int:
+                        raise WireError("a call id is an integer")
+                    if kind == "call":
+                        method, args = rest
+                        if not isinstance(method, str) or not isinstance(args, tuple):
+                            raise WireError("a call is (\"call\", id, method name, args tuple)")
+                except (WireError, ValueError) as error:
+                    await connection.close(CloseCode.POLICY_VIOLATION, _close_reason(error))
+                    break
                 if kind == "call":
-                    method, args = rest
                     task = asyncio.create_task(self._run(connection, call_id, method, args))
                     calls[call_id] = task
                     task.add_done_callback(lambda _t, call_id=call_id: calls.pop(call_id, None))
@@ -149,16 +163,16 @@ class StageLinkServer:
             if method.kind is CallKind.STREAM:
                 async with contextlib.aclosing(method.function(*args)) as items:
                     async for item in items:
-                        await connection.send(_dumps(("item", call_id, item)))
-                await connection.send(_dumps(("end", call_id)))
+                        await connection.send(dumps(("item", call_id, item)))
+                await connection.send(dumps(("end", call_id)))
             else:
                 result = await method.function(*args)
-                await connection.send(_dumps(("return", call_id, result)))
+                await connection.send(dumps(("return", call_id, result)))
         except ConnectionClosed:
             return
         except Exception as error:  # the caller hears about it as a StageError, never as a hang
             with contextlib.suppress(ConnectionClosed):
-                await connection.send(_dumps(("error", call_id, _as_stage_error(error, self.stage, self.backend))))
+                await connection.send(dumps(("error", call_id, _as_stage_error(error, self.stage, self.backend))))
 
 
 class LinkCall:
@@ -238,7 +252,7 @@ class StageLink:
             try:
                 self._connection = await connect(
                     self.url, additional_headers={"Authorization": f"Bearer {self._token}"},
-                    open_timeout=self._open_timeout, compression=None, max_size=None,
+                    open_timeout=self._open_timeout, compression=None, max_size=MAX_FRAME_BYTES,
                     ping_interval=PING_INTERVAL_S, ping_timeout=PING_TIMEOUT_S,
                 )
             except (OSError, InvalidHandshake, TimeoutError) as error:
@@ -266,9 +280,10 @@ class StageLink:
         """Start a call and return it: iterate it (a stream) or await `result()` (unary); it can be cancelled."""
         await self.open()
         call = LinkCall(self, next(self._ids))
+        frame = dumps(("call", call.id, method, args))  # TypeError here for a value the link cannot carry
         self._calls[call.id] = call
         try:
-            await self._connection.send(_dumps(("call", call.id, method, args)))
+            await self._connection.send(frame)
         except ConnectionClosed:
             self._calls.pop(call.id, None)
             call.done = True
@@ -277,7 +292,7 @@ class StageLink:
 
     def _forget(self, call: LinkCall, tell_server: bool) -> None:
         if self._calls.pop(call.id, None) is not None and tell_server and not self.broken:
-            task = asyncio.ensure_future(self._send_quietly(_dumps(("cancel", call.id))))
+            task = asyncio.ensure_future(self._send_quietly(dumps(("cancel", call.id))))
             self._background.add(task)
             task.add_done_callback(self._background.discard)
 
@@ -288,7 +303,11 @@ class StageLink:
     async def _read(self, connection: ClientConnection) -> None:
         try:
             async for frame in connection:
-                kind, call_id, *rest = pickle.loads(frame)
+                try:
+                    kind, call_id, *rest = loads(frame)
+                except (WireError, ValueError) as error:  # the replica is not speaking the link's format
+                    await connection.close(CloseCode.POLICY_VIOLATION, _close_reason(error))
+                    break
                 call = self._calls.get(call_id)
                 if call is not None:  # replies to a cancelled call are dropped
                     call.replies.put_nowait((kind, *rest))

@@ -33,6 +33,20 @@ class Progress:
             print(f"[{time.monotonic() - self.started:5.1f}s] {message}", file=sys.stderr, flush=True)
 
 
+def ray_start_cluster_address() -> str | None:
+    """The address of a cluster that `ray start` started on this machine, if one is recorded."""
+    from ray._private.services import find_bootstrap_address
+
+    return find_bootstrap_address(None)
+
+
+def use_ray_token_if_available() -> None:
+    """Attaching to a cluster: send Ray's token when one is configured (RAY_AUTH_TOKEN, its file)."""
+    from ray._private.authentication.authentication_token_setup import maybe_enable_token_auth_if_token_available
+
+    maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
+
+
 def connect_ray(address: str | None, progress: Progress, dashboard: bool = False) -> bool:
     """Connect to a cluster, or start a local one. True when this process started it."""
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -41,32 +55,42 @@ def connect_ray(address: str | None, progress: Progress, dashboard: bool = False
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
         progress(f"Connecting to Ray at {address} ...")
+        use_ray_token_if_available()
         ray.init(address=address, logging_level="ERROR", log_to_driver=False)
         return False
-    try:
-        ray.init(address="auto", logging_level="ERROR", log_to_driver=False)
-        progress("Connected to the running Ray cluster.")
-        return False
-    except (ConnectionError, RuntimeError):
-        pass
+    started_by_ray_start = ray_start_cluster_address()
+    if started_by_ray_start:
+        # only a cluster from `ray start` (Ray records its address), never another program's ray.init()
+        try:
+            use_ray_token_if_available()
+            ray.init(address=started_by_ray_start, logging_level="ERROR", log_to_driver=False)
+            progress(f"Connected to the running Ray cluster at {started_by_ray_start}.")
+            return False
+        except (ConnectionError, RuntimeError) as error:
+            progress(f"The Ray cluster at {started_by_ray_start} does not answer ({error}); starting a local one.")
     progress("Starting a local Ray (about 5 s) with resources gtx1660 and rx6800 ...")
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     from deployments.app import PROXY_ENV
+    from deployments.local_ray import start_local_ray
 
     for key, value in PROXY_ENV.items():
         os.environ.setdefault(key, value)  # inherited by the Serve proxy this Ray will start
-    ray.init(
+    token = start_local_ray(  # loopback only, Ray token auth on (deployments/local_ray.py)
         resources=dict(LOCAL_RESOURCES),
         include_dashboard=dashboard,
-        _node_ip_address="127.0.0.1",  # a one-machine graph stays on loopback
         logging_level="ERROR",
         log_to_driver=False,
     )
+    progress(f"Ray listens on 127.0.0.1 only; its token (for `ray`, `serve`, the dashboard) is in {token.describe()}.")
     return True
 
 
 def deploy(config: Path, overrides: dict, progress: Progress, app_name: str):
+    import logging
+
     from deployments.app import deploy_config
+
+    # the progress lines say what happens; Serve's INFO lines (router objects, namespaces) only add noise
+    logging.getLogger("ray.serve").setLevel(logging.WARNING)
 
     progress(f"Deploying the graph from {config} (TextLLM, SopranoTTS, RVCVoice, VoiceGraph) ...")
     handle = deploy_config(config, app_name=app_name, route_prefix=None if app_name != "miku" else "/", overrides=overrides)
@@ -139,10 +163,27 @@ def run_utterance(args, message: dict, overrides: dict) -> int:
         return 1 if errors else 0
     finally:
         if started_ray:
-            import ray
+            shut_down(app_name, progress)
 
-            serve.shutdown()
-            ray.shutdown()
+
+def shut_down(app_name: str, progress: Progress) -> None:
+    """Stop the graph and the Ray this process started, quietly.
+
+    `serve.shutdown()` asks the Serve controller to shut down, and the controller ends by killing
+    itself: Ray then reports the driver's pending calls to it as "Task ServeController.graceful_shutdown
+    failed ... killed by `ray.kill`" - alarming, and harmless. Deleting the application instead tears
+    every replica down through its own teardown (links, backends, worker subprocesses), and
+    `ray.shutdown()` then stops the controller and the proxy with the rest of Ray after this driver has
+    disconnected, so nothing is left to report."""
+    import ray
+    from ray import serve
+
+    progress("Stopping the graph and Ray ...")
+    try:
+        serve.delete(app_name)
+    except Exception as error:  # a graph that failed to deploy: nothing to delete, Ray still stops
+        progress(f"  (the graph was not running: {error})")
+    ray.shutdown()
 
 
 def cmd_serve(args) -> int:

@@ -4,6 +4,7 @@ import asyncio
 import multiprocessing
 import os
 import signal
+import struct
 
 import msgpack
 import numpy as np
@@ -223,15 +224,28 @@ async def test_a_pickled_payload_is_refused_and_never_executed(served, tmp_path)
     assert [item async for item in await link.start("count", 2)] == [0, 1]  # other connections unaffected
 
 
+def frame_of(message, buffers: bytes = b"") -> bytes:
+    """A frame in the link's layout: [u32 body length][msgpack body][array bytes]."""
+    body = msgpack.packb(message)
+    return struct.pack("<I", len(body)) + body + buffers
+
+
+def array_ext(dtype: str, shape: tuple, offset: int, size: int) -> msgpack.ExtType:
+    return msgpack.ExtType(1, msgpack.packb((dtype, shape, offset, size)))
+
+
 @pytest.mark.parametrize("frame", [
-    msgpack.packb(("call", 1, "count", (msgpack.ExtType(9, b"x"),))),  # an unknown extension type
-    msgpack.packb(("call", 1, "count", (msgpack.ExtType(2, msgpack.packb(("os.system", ("id",)))),))),  # unknown tag
-    msgpack.packb(("call", 1, "count", (msgpack.ExtType(1, b"\x06\x00" + msgpack.packb(("|O8", (1,))) + b"\0" * 8),))),
-    msgpack.packb(("call", 1, "count", (msgpack.ExtType(1, b"\x06\x00" + msgpack.packb(("<f4", (4,))) + b"\0" * 3),))),
-    msgpack.packb(("call", "x", "count", ())),  # a call id that is not an integer
-    msgpack.packb(("call", 1, "count")),  # no args
+    frame_of(("call", 1, "count", (msgpack.ExtType(9, b"x"),))),  # an unknown extension type
+    frame_of(("call", 1, "count", (msgpack.ExtType(2, msgpack.packb(("os.system", ("id",)))),))),  # unknown tag
+    frame_of(("call", 1, "count", (array_ext("|O8", (1,), 0, 8),)), b"\0" * 8),  # object arrays unpickle
+    frame_of(("call", 1, "count", (array_ext("<f4", (4,), 0, 16),)), b"\0" * 12),  # bytes beyond the frame
+    frame_of(("call", 1, "count", (array_ext("<f4", (4,), 0, 12),)), b"\0" * 12),  # shape and size disagree
+    frame_of(("call", "x", "count", ())),  # a call id that is not an integer
+    frame_of(("call", 1, "count")),  # no args
+    frame_of(["call", 1, "count", ()])[:-2],  # a truncated body
     b"\xc1 not msgpack",
-], ids=["unknown-ext", "unknown-tag", "object-dtype", "short-buffer", "bad-id", "no-args", "garbage"])
+], ids=["unknown-ext", "unknown-tag", "object-dtype", "out-of-frame", "size-mismatch", "bad-id", "no-args",
+        "truncated", "garbage"])
 async def test_a_frame_with_anything_but_allowed_data_closes_the_connection(served, frame):
     stage, _, link, endpoint = served
     assert await _refused(endpoint, frame) == 1008
@@ -245,9 +259,9 @@ def test_decoding_never_builds_a_class_outside_the_registry():
     assert set(ALLOWED_DATACLASSES) == {"llm.request", "tts.options", "vc.options", "audio.chunk", "vc.result",
                                         "vc.rvc_context"}
     with pytest.raises(WireError, match="type tag 'builtins.dict' is not allowed"):
-        loads(msgpack.packb(("item", 1, msgpack.ExtType(2, msgpack.packb(("builtins.dict", ()))))))
+        loads(frame_of(("item", 1, msgpack.ExtType(2, msgpack.packb(("builtins.dict", ()))))))
     with pytest.raises(WireError, match="extension type 7"):
-        loads(msgpack.packb(("item", 1, msgpack.ExtType(7, b""))))
+        loads(frame_of(("item", 1, msgpack.ExtType(7, b""))))
     with pytest.raises(TypeError, match="cannot carry a _Exploit"):
         dumps(("item", 1, _Exploit("x")))
 
@@ -260,7 +274,16 @@ def test_numpy_arrays_round_trip_exactly_with_dtype_and_shape(dtype):
     assert decoded.dtype == array.dtype and decoded.shape == array.shape and np.array_equal(decoded, array)
     decoded += decoded  # writable, as a pickled array was
     sliced = array[:, ::2]  # not contiguous
-    assert np.array_equal(loads(dumps(("item", 1, sliced)))[2], sliced)
+    scalar, empty = np.array(3, dtype=dtype), np.zeros((0, 4), dtype=dtype)
+    many = loads(dumps(("item", 1, (sliced, scalar, empty, array))))[2]
+    assert [a.shape for a in many] == [sliced.shape, (), (0, 4), array.shape]
+    assert np.array_equal(many[0], sliced) and many[1] == scalar and np.array_equal(many[3], array)
+
+
+def test_nan_inf_and_signed_zero_survive_bit_for_bit():
+    special = np.array([np.nan, np.inf, -np.inf, -0.0, 1e-45, np.finfo(np.float32).max], dtype=np.float32)
+    decoded = loads(dumps(("item", 1, AudioChunk(special, 48000))))[2].samples
+    assert decoded.tobytes() == special.tobytes()
 
 
 def test_every_type_that_crosses_a_link_round_trips():
@@ -283,6 +306,6 @@ def test_every_type_that_crosses_a_link_round_trips():
 
 
 def test_a_dataclass_that_refuses_its_fields_is_a_wire_error():
-    frame = msgpack.packb(("item", 1, msgpack.ExtType(2, msgpack.packb(("audio.chunk", ("not audio", 48000))))))
+    frame = frame_of(("item", 1, msgpack.ExtType(2, msgpack.packb(("audio.chunk", ("not audio", 48000))))))
     with pytest.raises(WireError):
         loads(frame)

@@ -37,11 +37,45 @@ APP_ARGS = ("llm", "tts", "vc", "voice", "controller", "brain")
 # starts, so it belongs in the environment of whatever starts Ray: `ray start`, `miku serve`, tests.
 PROXY_ENV = {"RAY_SERVE_PROXY_USE_GRPC": "1"}
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+BUILDER_IMPORT_PATH = "deployments.app:build_app"
 
 
 def build_app(args: dict[str, Any]) -> Application:
-    """The builder `serve run configs/*.yaml` calls (Serve requires exactly one parameter)."""
-    return compose_app(args)
+    """The builder `serve run configs/*.yaml` calls (Serve requires exactly one parameter).
+
+    Serve applies the config's `deployments:` placement after the builder returns, and a replica whose
+    resource no node has waits forever without a word. So the builder looks up the config being
+    deployed (the Serve controller has it) and fails the deployment, naming the deployment, the missing
+    resource and the `ray start` line, when the cluster cannot place it."""
+    app = compose_app(args)
+    options = deployment_options_of(_config_being_deployed(args) or {})
+    if options:
+        import ray
+
+        problems = placement_problems(options, ray.cluster_resources())
+        if problems:
+            raise placement_error(options, problems)
+    return app
+
+
+def _config_being_deployed(args: dict[str, Any]) -> dict[str, Any] | None:
+    """The application config (with its `deployments:` list) that Serve is building with these args."""
+    import ray
+
+    if not ray.is_initialized():
+        return None  # built outside Serve (a test, a script): deploy_config() checks placement itself
+    try:
+        from ray.serve.context import _get_global_client
+
+        client = _get_global_client(raise_if_no_controller_running=False)
+        details = client.get_serve_details() if client is not None else {}
+    except Exception:  # no controller to ask: Serve itself is not deploying anything
+        return None
+    for app in (details.get("applications") or {}).values():
+        config = app.get("deployed_app_config") or {}
+        if config.get("import_path") == BUILDER_IMPORT_PATH and (config.get("args") or {}) == (args or {}):
+            return config
+    return None
 
 
 def compose_app(args: dict[str, Any], deployment_options: dict[str, dict] | None = None) -> Application:
@@ -97,6 +131,15 @@ class PlacementError(RuntimeError):
     pass
 
 
+RAY_BUILTIN_RESOURCES = {"CPU", "GPU", "memory", "object_store_memory"}
+
+
+def ray_start_line(resources: list[str]) -> str:
+    """The `ray start` command that gives a one-machine Ray these custom resources."""
+    declared = ", ".join(f'"{name}": 1' for name in resources)
+    return f"RAY_AUTH_MODE=token ray start --head --num-gpus=0 --resources='{{{declared}}}'"
+
+
 def placement_problems(deployment_options: dict[str, dict], cluster_resources: dict[str, float]) -> list[str]:
     """Which deployments cannot be placed on this cluster, and why (empty when all fit)."""
     problems = []
@@ -108,12 +151,20 @@ def placement_problems(deployment_options: dict[str, dict], cluster_resources: d
         for resource, amount in sorted(wanted.items()):
             have = cluster_resources.get(resource, 0.0)
             if have < amount:
-                problems.append(
-                    f"{name} needs {resource}={amount:g} but the cluster has {have:g}: start Ray with "
-                    f"`ray start --head --num-gpus=0 --resources='{{\"gtx1660\": 1, \"rx6800\": 1}}'` "
-                    f"(or add a node that has {resource})"
-                )
+                problems.append(f"{name} needs {resource}={amount:g} but the cluster has {have:g}")
     return problems
+
+
+def placement_error(deployment_options: dict[str, dict], problems: list[str]) -> PlacementError:
+    """One line (Ray folds similar log lines together): what is missing, then how to start Ray."""
+    custom = sorted({resource for options in deployment_options.values()
+                     for resource in ((options.get("ray_actor_options") or {}).get("resources") or {})
+                     if resource not in RAY_BUILTIN_RESOURCES})
+    return PlacementError(
+        f"cannot place the graph: {'; '.join(problems)}. Start Ray with those resources: "
+        f"`{ray_start_line(custom)}` (scripts/start-local-ray.sh does that on loopback only), "
+        "or add a node that has them."
+    )
 
 
 def deploy_config(
@@ -140,7 +191,7 @@ def deploy_config(
     options = deployment_options_of(app_config)
     problems = placement_problems(options, ray.cluster_resources())
     if problems:
-        raise PlacementError("cannot place the graph:\n  " + "\n  ".join(problems))
+        raise placement_error(options, problems)
     http = config.get("http_options") or {}
     serve.start(http_options={"host": http.get("host", "127.0.0.1"), "port": http.get("port", 8000)})
     return serve.run(

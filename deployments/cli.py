@@ -80,7 +80,13 @@ def connect_ray(address: str | None, progress: Progress, dashboard: bool = False
         logging_level="ERROR",
         log_to_driver=False,
     )
-    progress(f"Ray listens on 127.0.0.1 only; its token (for `ray`, `serve`, the dashboard) is in {token.describe()}.")
+    context = ray.get_runtime_context()
+    from ray._private.worker import get_dashboard_url
+
+    dashboard_url = get_dashboard_url() if dashboard else None
+    progress(f"Ray listens on 127.0.0.1 only (GCS {context.gcs_address}"
+             + (f", dashboard http://{dashboard_url}" if dashboard_url else "")
+             + f"); its token (for `ray`, `serve`, the dashboard) is in {token.describe()}.")
     return True
 
 
@@ -187,19 +193,26 @@ def shut_down(app_name: str, progress: Progress) -> None:
 
 
 def cmd_serve(args) -> int:
-    progress = Progress(args.quiet)
-    connect_ray(args.address, progress, dashboard=True)
+    from deployments.app import load_serve_config
     from deployments.auth import resolve_token
 
-    deploy(Path(args.config), {}, progress, "miku")
-    token_file = ".miku/token"
-    progress(f"Serving on http://127.0.0.1:8000 (bearer token: MIKU_GRAPH_TOKEN or {token_file}). Ctrl-C stops.")
-    resolve_token(None, token_file)
+    progress = Progress(args.quiet)
+    started_ray = connect_ray(args.address, progress, dashboard=True)
+    config = load_serve_config(args.config)
+    http = config.get("http_options") or {}
+    token_file = ((config["applications"][0].get("args") or {}).get("voice") or {}).get("token_file", ".miku/token")
     try:
+        deploy(Path(args.config), {}, progress, "miku")
+        resolve_token(None, token_file)  # the ingress created it already; this only reads it
+        progress(f"Serving on http://{http.get('host', '127.0.0.1')}:{http.get('port', 8000)} "
+                 f"(bearer token: MIKU_GRAPH_TOKEN or {token_file}). Ctrl-C stops.")
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:
         return 0
+    finally:
+        if started_ray:
+            shut_down("miku", progress)
 
 
 def main(argv: list[str] | None = None) -> int:

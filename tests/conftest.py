@@ -2,12 +2,15 @@
 from __future__ import annotations
 
 import os
+import secrets
 import socket
 
 import pytest
 
-# Ray's token auth is for multi-user clusters; the test cluster lives and dies on loopback.
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+# The session's Ray runs as `miku serve` runs its own (deployments/local_ray.py): loopback only, token
+# auth on. The token lives in this process's environment, so every Ray process, driver and subprocess
+# of the session inherits it and nothing is written to ~/.ray.
+os.environ.setdefault("RAY_AUTH_TOKEN", secrets.token_hex(32))
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 FAKE_GPU_RESOURCES = {"gtx1660": 1, "rx6800": 1}
@@ -32,12 +35,12 @@ def ray_cluster():
 
         for key, value in PROXY_ENV.items():  # the proxy transport the graph ships with, so tests exercise it
             os.environ.setdefault(key, value)
-        ray.init(
-            address="local",  # never attach to a cluster someone started with `ray start`
+        from deployments.local_ray import start_local_ray
+
+        start_local_ray(  # address="local": never attach to a cluster someone started with `ray start`
             num_cpus=2,
             resources=dict(FAKE_GPU_RESOURCES),
             include_dashboard=False,
-            _node_ip_address="127.0.0.1",
             namespace="miku-tests",
             _metrics_export_port=METRICS_PORT,
             log_to_driver=False,

@@ -40,11 +40,23 @@ def ray_start_cluster_address() -> str | None:
     return find_bootstrap_address(None)
 
 
+def prepare_to_attach(address: str) -> None:
+    """Before ray.init(address): send the token when one is configured, and keep a loopback address
+    as it is (on Linux Ray would swap 127.0.0.1 for the external address, where a loopback-only Ray
+    does not listen)."""
+    from deployments.local_ray import keep_ray_on_loopback
+
+    use_ray_token_if_available()
+    host = address.removeprefix("ray://").rsplit(":", 1)[0].strip("[]")
+    if host in ("127.0.0.1", "localhost", "::1"):
+        keep_ray_on_loopback()
+
+
 def use_ray_token_if_available() -> None:
     """Attaching to a cluster: send Ray's token when one is configured (RAY_AUTH_TOKEN, its file)."""
-    from ray._private.authentication.authentication_token_setup import maybe_enable_token_auth_if_token_available
+    from deployments.local_ray import use_token_if_available
 
-    maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
+    use_token_if_available()
 
 
 def connect_ray(address: str | None, progress: Progress, dashboard: bool = False) -> bool:
@@ -55,14 +67,14 @@ def connect_ray(address: str | None, progress: Progress, dashboard: bool = False
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
         progress(f"Connecting to Ray at {address} ...")
-        use_ray_token_if_available()
+        prepare_to_attach(address)
         ray.init(address=address, logging_level="ERROR", log_to_driver=False)
         return False
     started_by_ray_start = ray_start_cluster_address()
     if started_by_ray_start:
         # only a cluster from `ray start` (Ray records its address), never another program's ray.init()
         try:
-            use_ray_token_if_available()
+            prepare_to_attach(started_by_ray_start)
             ray.init(address=started_by_ray_start, logging_level="ERROR", log_to_driver=False)
             progress(f"Connected to the running Ray cluster at {started_by_ray_start}.")
             return False

@@ -76,6 +76,20 @@ def _refresh_ray_auth_config() -> None:
     AuthenticationTokenLoader.instance().reset_cache()
 
 
+def use_token_if_available(env: MutableMapping[str, str] = os.environ) -> bool:
+    """Attaching to a cluster: turn token auth on when a token is configured and RAY_AUTH_MODE is not
+    set (what Ray does for address="auto", without its warning). True when token auth is on."""
+    if "RAY_AUTH_MODE" in env:
+        return env["RAY_AUTH_MODE"].lower() == "token"
+    from ray._raylet import AuthenticationTokenLoader
+
+    if not AuthenticationTokenLoader.instance().has_token(ignore_auth_mode=True):
+        return False
+    env["RAY_AUTH_MODE"] = "token"
+    _refresh_ray_auth_config()
+    return True
+
+
 def start_local_ray(**init_kwargs: Any) -> RayToken:
     """`ray.init()` a new one-machine Ray on loopback with token auth; returns the token's source.
 

@@ -3,8 +3,9 @@
 #   - every Ray port on 127.0.0.1 (Ray's single-machine mode, RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0),
 #   - token authentication on, the token in ~/.ray/auth_token created 0600 from the start,
 #   - the two GPU stand-in resources the configs pin the stages to, and Serve's gRPC proxy transport.
-# Then, in any shell: RAY_AUTH_MODE=token serve run configs/local.yaml
-# Stop it with: ray stop.   Multi-node clusters: see docs/deploy.md (Security).
+# Then, in a shell with `export RAY_AUTH_MODE=token RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0` (clients too
+# must keep 127.0.0.1 as it is): serve run configs/local.yaml.  Stop it with: ray stop.
+# Multi-node clusters: see docs/deploy.md (Security).
 set -euo pipefail
 RAY="${RAY:-$(dirname "$0")/../.venv/bin/ray}"
 [ -x "$RAY" ] || RAY=ray
@@ -18,5 +19,12 @@ fi
 [ -f "$TOKEN_FILE" ] && chmod 600 "$TOKEN_FILE"
 
 export RAY_AUTH_MODE=token RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 RAY_SERVE_PROXY_USE_GRPC=1
-exec "$RAY" start --head --num-gpus=0 --resources="$RESOURCES" --node-ip-address=127.0.0.1 \
+"$RAY" start --head --num-gpus=0 --resources="$RESOURCES" --node-ip-address=127.0.0.1 \
     --dashboard-host=127.0.0.1 "$@"
+cat <<EOF
+
+Ray is up on 127.0.0.1 only, with token authentication (token: ${RAY_AUTH_TOKEN:+RAY_AUTH_TOKEN}${RAY_AUTH_TOKEN:-$TOKEN_FILE}).
+Commands that talk to it (serve run, serve status, ray status) need in their shell:
+    export RAY_AUTH_MODE=token RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0
+then:  serve run configs/local.yaml        (miku serve / miku say attach to it by themselves)
+EOF

@@ -187,3 +187,20 @@ def no_ray_start_cluster():
     from deployments.cli import ray_start_cluster_address
 
     assert ray_start_cluster_address() is None, "a `ray start` cluster is running on this machine"
+
+
+def test_the_ray_token_file_is_created_0600_and_then_reused(tmp_path):
+    from deployments.local_ray import provision_ray_token
+
+    previous = os.umask(0o022)  # the usual umask, under which Ray's own generator writes 0644
+    try:
+        env = {"RAY_AUTH_TOKEN_PATH": str(tmp_path / "ray" / "auth_token")}
+        token = provision_ray_token(env)
+        assert env["RAY_AUTH_MODE"] == "token" and token.path == tmp_path / "ray" / "auth_token"
+        assert re.fullmatch(r"[0-9a-f]{64}", token.value)
+        assert os.stat(token.path).st_mode & 0o777 == 0o600 and os.stat(tmp_path / "ray").st_mode & 0o777 == 0o700
+        assert provision_ray_token(env).value == token.value  # a second start keeps the cluster's token
+        from_env = provision_ray_token({"RAY_AUTH_TOKEN": "abc", "RAY_AUTH_TOKEN_PATH": str(tmp_path / "unused")})
+        assert from_env.value == "abc" and from_env.path is None and not (tmp_path / "unused").exists()
+    finally:
+        os.umask(previous)

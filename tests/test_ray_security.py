@@ -8,9 +8,11 @@ import json
 import os
 import queue
 import re
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import urllib.error
 import urllib.request
@@ -44,10 +46,15 @@ def private_config(tmp_path: Path) -> tuple[Path, int]:
     return path, port
 
 
-def cli_env() -> dict[str, str]:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    env.pop("RAY_ADDRESS", None)  # a fresh Ray of its own, as on a newcomer's machine
-    return env
+@pytest.fixture
+def cli_env():
+    """The CLI's environment: a fresh Ray of its own, as on a newcomer's machine. RAY_TMPDIR hides any
+    `ray start` cluster of this machine (the CLI would attach to it) and keeps the sessions apart."""
+    ray_tmp = tempfile.mkdtemp(prefix="mr", dir="/tmp")  # short: Ray's socket paths must fit 107 bytes
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_TMPDIR": ray_tmp}
+    env.pop("RAY_ADDRESS", None)
+    yield env
+    shutil.rmtree(ray_tmp, ignore_errors=True)
 
 
 class LineReader:
@@ -119,11 +126,11 @@ def stop(process: subprocess.Popen) -> None:
             process.wait(10)
 
 
-def test_miku_serve_listens_on_loopback_only_and_ray_refuses_callers_without_its_token(tmp_path):
+def test_miku_serve_listens_on_loopback_only_and_ray_refuses_callers_without_its_token(tmp_path, cli_env):
     config, proxy_port = private_config(tmp_path)
     token = os.environ["RAY_AUTH_TOKEN"]  # the session's (tests/conftest.py), inherited like a user's
     process = subprocess.Popen(
-        [sys.executable, "-m", "deployments.cli", "--config", str(config), "serve"], cwd=tmp_path, env=cli_env(),
+        [sys.executable, "-m", "deployments.cli", "--config", str(config), "serve"], cwd=tmp_path, env=cli_env,
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     try:
         output = LineReader(process)
@@ -168,25 +175,17 @@ def test_miku_serve_listens_on_loopback_only_and_ray_refuses_callers_without_its
         stop(process)
 
 
-def test_miku_say_ends_cleanly_without_alarming_shutdown_lines(tmp_path):
+def test_miku_say_ends_cleanly_without_alarming_shutdown_lines(tmp_path, cli_env):
     config, _ = private_config(tmp_path)
     out = tmp_path / "hello.wav"
     result = subprocess.run(
         [sys.executable, "-m", "deployments.cli", "--config", str(config), "say", "Hello.", "--out", str(out)],
-        cwd=tmp_path, env=cli_env(), capture_output=True, text=True, timeout=600)
+        cwd=tmp_path, env=cli_env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout + result.stderr
     assert out.stat().st_size > 44  # a WAV with audio in it
     alarming = [line for line in (result.stdout + result.stderr).splitlines() if ALARMING.search(line)]
     assert not alarming, "\n".join(alarming)
     assert "Stopping the graph and Ray" in result.stderr
-
-
-@pytest.fixture(autouse=True)
-def no_ray_start_cluster():
-    """The CLI attaches to a cluster from `ray start`; these tests need it to start its own."""
-    from deployments.cli import ray_start_cluster_address
-
-    assert ray_start_cluster_address() is None, "a `ray start` cluster is running on this machine"
 
 
 def test_the_ray_token_file_is_created_0600_and_then_reused(tmp_path):

@@ -6,6 +6,8 @@ a second SQLite connection holding the write lock, a state directory that is a f
 from __future__ import annotations
 
 import itertools
+import json
+import os
 import shutil
 import sqlite3
 import tempfile
@@ -17,7 +19,13 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from graph.controller.audit import AuditAction
-from graph.controller.checkpoint import DB_FILE_NAME, SqliteCheckpoint, StateDirError
+from graph.controller.checkpoint import (
+    DB_FILE_NAME,
+    SCHEMA_VERSION,
+    SqliteCheckpoint,
+    StateDelta,
+    StateDirError,
+)
 from graph.controller.config import ControllerConfig
 from graph.controller.errors import (
     CheckpointError,
@@ -337,12 +345,150 @@ def test_a_checkpoint_holder_without_a_session_is_released_on_load(tmp_path, clo
     store = SqliteCheckpoint(tmp_path)
     state = store.load()
     state["holders"] = {"vision": ["ghost"], "old_feature": ["ghost"]}
-    store.save(state)
+    store.replace(state)
     store.close()
     second = make(tmp_path, clock)
     assert_all_free(second)
     assert second.audit()[-1].action is AuditAction.FEATURES_RECONCILED
     second.close()
+
+
+class RecordingCheckpoint(SqliteCheckpoint):
+    """The real store, remembering what each change asked it to write."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.deltas: list[StateDelta] = []
+
+    def apply(self, delta, audit=()):
+        self.deltas.append(delta)
+        super().apply(delta, audit)
+
+
+def test_a_change_writes_only_the_rows_it_touches(tmp_path, clock):
+    store = RecordingCheckpoint(tmp_path)
+    ctl = SessionController(ControllerConfig(state_dir=str(tmp_path)), store, clock=clock, id_factory=lambda: "s1")
+    ctl.start_session(request())
+    big = "x" * 3900
+    for n in range(100):
+        ctl.enqueue(msg(n, event={"content": big}))
+    store.deltas.clear()
+
+    clock.advance(5)
+    ctl.heartbeat("s1")
+    (beat,) = store.deltas
+    assert [sid for sid, _ in beat.sessions_upserted] == ["s1"]
+    assert not (beat.queue_added or beat.queue_removed or beat.holders_added or beat.holders_removed)
+    assert not (beat.ended_added or beat.sessions_removed) and beat.counters == {}
+
+    ctl.enqueue(msg(100))  # the 101st: one row in, the oldest row out, nothing else rewritten
+    queued = store.deltas[-1]
+    assert [q for q, _ in queued.queue_added] == [101] and queued.queue_removed == [1]
+    assert queued.sessions_upserted == [] and set(queued.counters) == {"next_queue_id", "next_audit_seq", "dropped_total"}
+
+    ctl.end_session("s1")
+    ended = store.deltas[-1]
+    assert ended.sessions_removed == ["s1"] and [sid for sid, _ in ended.ended_added] == ["s1"]
+    assert {f for f, _ in ended.holders_removed} == set(ALL_FEATURES) and ended.queue_added == []
+    ctl.close()
+
+    reopened = make(tmp_path, clock)
+    assert [m.queue_id for m in reopened.queue()] == list(range(2, 102))
+    assert reopened.queue()[0].event == {"content": big}
+    assert reopened.session("s1").state is SessionState.ENDED
+    reopened.close()
+
+
+V1_SCHEMA = """
+CREATE TABLE state (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE audit (seq INTEGER PRIMARY KEY, at REAL NOT NULL, action TEXT NOT NULL, session_id TEXT,
+                    features TEXT NOT NULL, detail TEXT NOT NULL);
+"""
+
+
+def test_a_version_1_checkpoint_is_migrated_on_load(tmp_path, clock):
+    # Build the state with today's code, then write it the way version 1 did: one JSON blob.
+    source = make(tmp_path / "source", clock, max_sessions=2, configured_capacity=2)
+    source.start_session(request(1, persona="evil"))
+    source.start_session(request(2))
+    source.end_session("s1")
+    for n in range(3):
+        source.enqueue(msg(n, event={"n": n}))
+    before = (source.sessions(), source.features(), source.queue(), source.stats(), source.session("s1"))
+    audit = source.audit()
+    document = dict(source._state.to_dict(), version=1)
+    source.close()
+
+    old = tmp_path / "old"
+    old.mkdir()
+    conn = sqlite3.connect(old / DB_FILE_NAME)
+    conn.executescript(V1_SCHEMA)
+    conn.execute("INSERT INTO state VALUES ('controller', ?), ('opened', '1')", (json.dumps(document),))
+    conn.executemany(
+        "INSERT INTO audit VALUES (?, ?, ?, ?, ?, ?)",
+        [(e.seq, e.at, e.action.value, e.session_id, json.dumps(list(e.features)), json.dumps(dict(e.detail))) for e in audit],
+    )
+    conn.commit()
+    conn.close()
+
+    migrated = make(old, clock, max_sessions=2, configured_capacity=2)
+    assert (migrated.sessions(), migrated.features(), migrated.queue(), migrated.stats(), migrated.session("s1")) == before
+    assert migrated.audit() == audit
+    assert migrated.enqueue(msg(9)).message.queue_id == 4  # the counters came along
+    migrated.close()
+    store = SqliteCheckpoint(old)
+    assert store.schema_version() == SCHEMA_VERSION
+    tables = {name for (name,) in store._conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    assert "state" not in tables and {"sessions", "holders", "queue", "counters"} <= tables
+    store.close()
+
+
+def test_an_unknown_checkpoint_version_is_a_startup_error_and_keeps_the_file(tmp_path, clock):
+    conn = sqlite3.connect(tmp_path / DB_FILE_NAME)
+    conn.executescript(V1_SCHEMA)
+    conn.execute("INSERT INTO state VALUES ('controller', ?)", (json.dumps({"version": 7}),))
+    conn.commit()
+    conn.close()
+    with pytest.raises(StateDirError, match="version 7"):
+        make(tmp_path, clock)
+    conn = sqlite3.connect(tmp_path / DB_FILE_NAME)
+    assert conn.execute("SELECT value FROM state").fetchone() == ('{"version": 7}',)  # rolled back, not lost
+    conn.close()
+
+
+def _mode(path: Path) -> int:
+    return path.stat().st_mode & 0o777
+
+
+def test_checkpoint_files_are_private_from_creation(tmp_path, clock):
+    previous = os.umask(0o022)  # the usual umask, which would give 0644 files
+    try:
+        state_dir = tmp_path / "fresh" / "controller"
+        ctl = make(state_dir, clock)
+        db = state_dir / DB_FILE_NAME
+        files = [db, db.with_name(DB_FILE_NAME + "-wal"), db.with_name(DB_FILE_NAME + "-shm")]
+        assert all(f.exists() for f in files)  # WAL mode: SQLite made both side files at open
+        assert {f.name: _mode(f) for f in files} == {f.name: 0o600 for f in files}
+        assert _mode(state_dir) == 0o700
+        ctl.start_session(request())
+        assert {f.name: _mode(f) for f in files} == {f.name: 0o600 for f in files}
+        ctl.close()
+    finally:
+        os.umask(previous)
+
+
+def test_checkpoint_files_left_world_readable_by_an_old_build_are_tightened(tmp_path, clock):
+    first = make(tmp_path, clock)
+    first.start_session(request())
+    db = tmp_path / DB_FILE_NAME
+    side = [db.with_name(DB_FILE_NAME + s) for s in ("-wal", "-shm")]
+    for path in [db, *side]:
+        os.chmod(path, 0o644)
+    reopened = make(tmp_path, clock)  # opened while the first still holds the files
+    assert {p.name: _mode(p) for p in [db, *side]} == {p.name: 0o600 for p in [db, *side]}
+    assert [s.session_id for s in reopened.sessions()] == ["s1"]
+    reopened.close()
+    first.close()
 
 
 def test_unwritable_state_dir_is_a_startup_error(tmp_path, clock):

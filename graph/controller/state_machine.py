@@ -7,8 +7,10 @@ decides all of that and nothing else; `deployments/controller/actor.py` hosts it
 Rules it keeps:
 - `check(feature)` is the one question everything asks; a feature is in blackout exactly while at least one
   active session holds it, so a feature can never stay blocked with no session holding it.
-- Start, end and expiry are atomic: the new state is built aside, checkpointed in one SQLite transaction,
-  and only then swapped in. A failed write leaves the state as it was and the error says why.
+- Start, end and expiry are atomic: the new state is built aside (a shallow copy: the values are frozen),
+  the rows it changed are checkpointed in one SQLite transaction, and only then is it swapped in. A failed
+  write leaves the state as it was and the error says why. Only touched rows are written, so a heartbeat
+  or an enqueue costs the same with an empty queue or a full one.
 - Sessions live on leases renewed by heartbeats. Leases use the wall clock (injected) because the deadline
   must keep its meaning across a process or whole-cluster restart; a session whose lease ran out while
   nothing was running is expired on load and its features come back.
@@ -28,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from graph.controller.audit import AuditAction, AuditEntry
-from graph.controller.checkpoint import CheckpointWriteError, SqliteCheckpoint
+from graph.controller.checkpoint import SCHEMA_VERSION, CheckpointWriteError, SqliteCheckpoint, StateDelta
 from graph.controller.config import ControllerConfig
 from graph.controller.errors import (
     CheckpointError,
@@ -99,8 +101,9 @@ class _State:
         )
 
     def to_dict(self) -> dict[str, Any]:
+        """The whole state as one document (what `SqliteCheckpoint.load` returns)."""
         return {
-            "version": 1,
+            "version": SCHEMA_VERSION,
             "sessions": [s.to_dict() for s in self.sessions.values()],
             "holders": {f: sorted(ids) for f, ids in self.holders.items()},
             "ended": [s.to_dict() for s in self.ended.values()],
@@ -113,7 +116,7 @@ class _State:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> _State:
-        if data.get("version") != 1:
+        if data.get("version") not in (1, SCHEMA_VERSION):
             raise ValueError(f"unsupported controller checkpoint version {data.get('version')!r}")
         sessions = [Session.from_dict(s) for s in data["sessions"]]
         ended = [Session.from_dict(s) for s in data["ended"]]
@@ -127,6 +130,32 @@ class _State:
             dropped_total=data["dropped_total"],
             expired_total=data["expired_total"],
         )
+
+    def delta_to(self, new: _State) -> StateDelta:
+        """The rows that differ between this state and `new` (values are frozen: identity says unchanged)."""
+        delta = StateDelta()
+        old_sessions, new_sessions = self.sessions, new.sessions
+        delta.sessions_removed = [sid for sid in old_sessions if sid not in new_sessions]
+        delta.sessions_upserted = [
+            (sid, s.to_dict()) for sid, s in new_sessions.items() if old_sessions.get(sid) is not s
+        ]
+        delta.ended_removed = [sid for sid in self.ended if sid not in new.ended]
+        delta.ended_added = [(sid, s.to_dict()) for sid, s in new.ended.items() if sid not in self.ended]
+        for feature in {**self.holders, **new.holders}:
+            before = self.holders.get(feature, frozenset())
+            after = new.holders.get(feature, frozenset())
+            if before != after:
+                delta.holders_removed.extend((feature, sid) for sid in sorted(before - after))
+                delta.holders_added.extend((feature, sid) for sid in sorted(after - before))
+        if self.queue is not new.queue:
+            old_ids = {m.queue_id for m in self.queue}
+            new_ids = {m.queue_id for m in new.queue}
+            delta.queue_removed = [i for i in old_ids if i not in new_ids]
+            delta.queue_added = [(m.queue_id, m.to_dict()) for m in new.queue if m.queue_id not in old_ids]
+        for key in ("next_queue_id", "next_audit_seq", "dropped_total", "expired_total"):
+            if getattr(self, key) != getattr(new, key):
+                delta.counters[key] = getattr(new, key)
+        return delta
 
 
 class _Change:
@@ -441,7 +470,8 @@ class SessionController:
 
     def _commit(self, change: _Change) -> None:
         try:
-            self._store.save(change.state.to_dict(), [entry.to_dict() for entry in change.audit])
+            delta = self._state.delta_to(change.state)
+            self._store.apply(delta, [entry.to_dict() for entry in change.audit])
         except CheckpointWriteError as exc:
             raise CheckpointError(f"change not applied, state unchanged: {exc}") from exc
         self._state = change.state

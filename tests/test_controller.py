@@ -29,6 +29,8 @@ from graph.controller.checkpoint import (
 from graph.controller.config import ControllerConfig
 from graph.controller.errors import (
     CheckpointError,
+    InvalidRequest,
+    PayloadTooLarge,
     SessionConflict,
     SessionGone,
     UnknownFeature,
@@ -42,6 +44,12 @@ from graph.controller.features import (
     Effect,
 )
 from graph.controller.headroom import HeadroomVerdict
+from graph.controller.limits import (
+    MAX_CONTENT_CHARS,
+    MAX_EVENT_BYTES,
+    MAX_PAGE_BYTES,
+    SQLITE_MAX_INT,
+)
 from graph.controller.sessions import SessionRequest, SessionState
 from graph.controller.state_machine import SessionController
 from graph.controller.text_queue import IncomingMessage
@@ -583,6 +591,68 @@ def test_audit_records_every_change_with_its_features(ctl):
     assert set(entries[0].features) == set(ALL_FEATURES) == set(entries[2].features)
     assert entries[0].session_id == "s1" and entries[0].detail["guild_id"] == "g1"
     assert [e.seq for e in ctl.audit(after_seq=2, limit=1)] == [3]
+
+
+# ------------------------------------------------------------------------------------------ bounds and pages
+def test_oversized_or_non_json_messages_are_refused_and_nothing_is_stored(ctl):
+    ctl.start_session(request())
+    with pytest.raises(PayloadTooLarge, match="4000") as err:
+        ctl.enqueue(IncomingMessage("t1", "u9", "x" * (MAX_CONTENT_CHARS + 1)))
+    assert err.value.http_status == 413
+    with pytest.raises(PayloadTooLarge, match="event is") as err:
+        ctl.enqueue(IncomingMessage("t1", "u9", "hi", event={"blob": "y" * MAX_EVENT_BYTES}))
+    with pytest.raises(InvalidRequest, match="NaN") as err:
+        ctl.enqueue(IncomingMessage("t1", "u9", "hi", event={"x": float("nan")}))
+    assert err.value.http_status == 422
+    nested: dict = {}
+    for _ in range(5000):  # far deeper than Python's recursion limit: refused, not a RecursionError
+        nested = {"n": nested}
+    with pytest.raises(InvalidRequest, match="nested"):
+        ctl.enqueue(IncomingMessage("t1", "u9", "hi", event=nested))
+    assert ctl.queue() == () and ctl.stats().queue_length == 0
+    # the largest message allowed goes in whole
+    biggest = ctl.enqueue(IncomingMessage("t1", "u9", "é" * MAX_CONTENT_CHARS, event={"content": "é" * 4000}))
+    assert biggest.queued and ctl.queue()[0].content == "é" * MAX_CONTENT_CHARS
+
+
+def test_replay_pages_stay_under_the_byte_budget_and_walk_the_whole_queue(ctl):
+    ctl.start_session(request())
+    for n in range(100):
+        ctl.enqueue(msg(n, event={"content": "z" * 30_000}))  # ~3 MB in all
+    ctl.end_session("s1")
+    seen, after, pages = [], 0, 0
+    while True:
+        page = ctl.replay(limit=100, after_id=after)
+        pages += 1
+        assert len(json.dumps(page.to_dict()).encode()) <= MAX_PAGE_BYTES + 1024
+        assert page.remaining == 100 and page.messages
+        seen.extend(m.queue_id for m in page.messages)
+        if page.next_after_id is None:
+            break
+        assert page.next_after_id == page.messages[-1].queue_id
+        after = page.next_after_id
+    assert seen == list(range(1, 101)) and pages > 1
+    small = ctl.replay(limit=3, max_bytes=10**9)
+    assert [m.queue_id for m in small.messages] == [1, 2, 3] and small.next_after_id == 3
+    assert ctl.replay(after_id=SQLITE_MAX_INT).messages == ()
+    with pytest.raises(InvalidRequest, match="after_id"):
+        ctl.replay(after_id=2**63)
+
+
+def test_audit_pages_and_refuses_cursors_sqlite_cannot_hold(ctl):
+    ctl.start_session(request())
+    for n in range(5):
+        ctl.enqueue(msg(n))
+    first = ctl.audit_page(0, 4)
+    assert [e.seq for e in first.entries] == [1, 2, 3, 4] and first.next_after_seq == 4
+    last = ctl.audit_page(first.next_after_seq, 4)
+    assert [e.seq for e in last.entries] == [5, 6] and last.next_after_seq is None
+    assert ctl.audit_page(SQLITE_MAX_INT).entries == ()
+    for bad in (2**63, -1):
+        with pytest.raises(InvalidRequest, match="after_seq"):
+            ctl.audit_page(bad)
+    with pytest.raises(InvalidRequest, match="limit"):
+        ctl.audit_page(0, 0)
 
 
 # ------------------------------------------------------------------------------------------ invariant

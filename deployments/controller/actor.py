@@ -24,7 +24,7 @@ from ray.actor import ActorHandle
 from ray.util import metrics
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from graph.controller.audit import AuditEntry
+from graph.controller.audit import AuditEntry, AuditPage
 from graph.controller.config import ControllerConfig
 from graph.controller.features import CheckResult
 from graph.controller.headroom import HeadroomProbe
@@ -162,8 +162,8 @@ class FeatureController:
         finally:
             self._publish()
 
-    async def replay(self, limit: int | None = None) -> ReplayBatch:
-        return self._ctl.replay(limit)
+    async def replay(self, limit: int | None = None, after_id: int = 0) -> ReplayBatch:
+        return self._ctl.replay(limit, after_id=after_id)
 
     async def ack(self, queue_ids: Iterable[int]) -> AckResult:
         try:
@@ -177,6 +177,9 @@ class FeatureController:
     # ------------------------------------------------------------------ audit and stats
     async def audit(self, after_seq: int = 0, limit: int = 100) -> tuple[AuditEntry, ...]:
         return self._ctl.audit(after_seq, limit)
+
+    async def audit_page(self, after_seq: int = 0, limit: int = 100) -> AuditPage:
+        return self._ctl.audit_page(after_seq, limit)
 
     async def stats(self) -> ControllerStats:
         return self._ctl.stats()

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from graph.controller.audit import AuditAction, AuditEntry
+from graph.controller.audit import AuditAction, AuditEntry, AuditPage
 from graph.controller.checkpoint import SCHEMA_VERSION, CheckpointWriteError, SqliteCheckpoint, StateDelta
 from graph.controller.config import ControllerConfig
 from graph.controller.errors import (
@@ -48,6 +48,14 @@ from graph.controller.features import (
     Effect,
 )
 from graph.controller.headroom import HeadroomProbe, HeadroomVerdict
+from graph.controller.limits import (
+    MAX_PAGE_BYTES,
+    MAX_PAGE_ITEMS,
+    check_int_range,
+    check_message_size,
+    encoded_size,
+    take_within_budget,
+)
 from graph.controller.sessions import (
     Session,
     SessionEnded,
@@ -367,8 +375,11 @@ class SessionController:
     def enqueue(self, incoming: IncomingMessage, persona: str | None = None) -> EnqueueResult:
         """Queue a text-channel message while a session holds the queue; otherwise say to handle it now.
 
-        Bounded: past `queue_limit` the oldest are dropped and `warning` is the text to post about it.
+        Bounded: past `queue_limit` the oldest are dropped and `warning` is the text to post about it. A message
+        bigger than the queue stores is refused (PayloadTooLarge, 413; InvalidRequest, 422), even outside a
+        session, so a client learns of it at once rather than when a session starts.
         """
+        check_message_size(incoming.content, incoming.event)
         self.expire_stale()
         holders = self._state.holders.get(TEXT_QUEUE_FEATURE, frozenset())
         if not holders:
@@ -411,16 +422,24 @@ class SessionController:
         self._commit(change)
         return EnqueueResult(queued=True, message=message, dropped=dropped, warning=warning)
 
-    def replay(self, limit: int | None = None) -> ReplayBatch:
-        """The oldest unacknowledged messages, in order, once no session holds the queue. Changes nothing."""
+    def replay(
+        self, limit: int | None = None, *, after_id: int = 0, max_bytes: int = MAX_PAGE_BYTES
+    ) -> ReplayBatch:
+        """The oldest unacknowledged messages with queue_id > after_id, in order, once no session holds the
+        queue. Changes nothing. A page stops at `limit` messages or `max_bytes` of JSON, whichever comes first;
+        `next_after_id` is set when more follow."""
         if limit is not None and limit < 1:
             raise ValueError(f"limit must be at least 1, got {limit}")
+        check_int_range("after_id", after_id)
         self.expire_stale()
         queue = self._state.queue
         if self._state.holders.get(TEXT_QUEUE_FEATURE):
             return ReplayBatch(False, (), len(queue), "a voice session still holds the text queue")
-        batch = tuple(queue if limit is None else queue[:limit])
-        return ReplayBatch(True, batch, len(queue))
+        start = next((i for i, m in enumerate(queue) if m.queue_id > after_id), len(queue))
+        candidates = queue[start:] if limit is None else queue[start : start + limit]
+        batch = take_within_budget(candidates, lambda m: m.encoded_bytes, max_bytes)
+        more = start + len(batch) < len(queue)
+        return ReplayBatch(True, batch, len(queue), next_after_id=batch[-1].queue_id if batch and more else None)
 
     def ack(self, queue_ids: Iterable[int]) -> AckResult:
         """Remove replayed messages for good. Unknown or already acknowledged ids are reported, not errors."""
@@ -441,9 +460,20 @@ class SessionController:
 
     # ------------------------------------------------------------------ audit and stats
     def audit(self, after_seq: int = 0, limit: int = 100) -> tuple[AuditEntry, ...]:
-        if limit < 1:
-            raise ValueError(f"limit must be at least 1, got {limit}")
-        return tuple(AuditEntry.from_dict(row) for row in self._store.read_audit(after_seq, limit))
+        return self.audit_page(after_seq, limit, max_bytes=None).entries
+
+    def audit_page(self, after_seq: int = 0, limit: int = 100, *, max_bytes: int | None = MAX_PAGE_BYTES) -> AuditPage:
+        """Audit entries with seq > after_seq, oldest first: at most `limit` and (unless None) `max_bytes` of
+        JSON; `next_after_seq` is set when more follow."""
+        check_int_range("after_seq", after_seq)
+        check_int_range("limit", limit, 1, MAX_PAGE_ITEMS)
+        rows = self._store.read_audit(after_seq, limit + 1)  # one more: is there a next page?
+        page = rows[:limit]
+        if max_bytes is not None:
+            page = list(take_within_budget(page, encoded_size, max_bytes))
+        entries = tuple(AuditEntry.from_dict(row) for row in page)
+        more = len(rows) > len(page)
+        return AuditPage(entries, entries[-1].seq if entries and more else None)
 
     def stats(self) -> ControllerStats:
         state = self._state

@@ -41,6 +41,7 @@ from graph.controller.features import (
     IMAGE_MESSAGE,
     TEXT_QUEUE_FEATURE,
     VISION_MESSAGE,
+    VRAM_MESSAGE,
     Effect,
 )
 from graph.controller.headroom import HeadroomVerdict
@@ -52,7 +53,10 @@ from graph.controller.limits import (
 )
 from graph.controller.sessions import SessionRequest, SessionState
 from graph.controller.state_machine import SessionController
+from graph.controller.telemetry import VramHeadroom
 from graph.controller.text_queue import IncomingMessage
+from graph.controller.vram_watch import VramWatch, WatchUpdate
+from tests.support.vram import SettableRx6800, telemetry_with
 
 CONFIG_FILE = Path(__file__).resolve().parents[1] / "configs" / "controller.yaml"
 ALL_FEATURES = (
@@ -243,7 +247,8 @@ def test_unknown_session_ids_are_404s(ctl):
 def test_more_sessions_only_when_configured_and_headroom_admits(tmp_path, clock):
     verdicts = [HeadroomVerdict(True, "12 GB free"), HeadroomVerdict(False, "RX 6800 has 1.2 GB free, 3 GB needed")]
     ctl = make(tmp_path, clock, max_sessions=3, headroom=lambda: verdicts.pop(0))
-    ctl.start_session(request(1))  # the first session never asks the probe
+    verdicts.insert(0, HeadroomVerdict(True, "14 GB free"))  # every start asks the probe, the first one too
+    ctl.start_session(request(1))
     ctl.start_session(request(2))
     with pytest.raises(SessionConflict, match="1.2 GB free"):
         ctl.start_session(request(3))
@@ -270,10 +275,63 @@ def test_a_failing_headroom_probe_refuses_rather_than_risking_the_gpu(tmp_path, 
         raise RuntimeError("NVML not found")
 
     ctl = make(tmp_path, clock, max_sessions=2, headroom=broken)
-    ctl.start_session(request(1))
-    with pytest.raises(SessionConflict, match="NVML not found"):
-        ctl.start_session(request(2))
+    with pytest.raises(SessionConflict, match="NVML not found") as err:  # the first start asks it too
+        ctl.start_session(request(1))
+    assert err.value.message.startswith(VRAM_MESSAGE) and ctl.sessions() == ()
     ctl.close()
+
+
+def test_the_first_session_is_refused_when_the_rx6800_is_already_over_14_gb(tmp_path, clock):
+    card = SettableRx6800(tmp_path / "vram", used_gb=14.5)
+    ctl = make(tmp_path / "state", clock, headroom=VramHeadroom(telemetry=telemetry_with(card).snapshot))
+    with pytest.raises(SessionConflict) as err:
+        ctl.start_session(request())
+    assert err.value.message.startswith(VRAM_MESSAGE) and "rx6800 uses 14.5 GB" in err.value.message
+    assert err.value.http_status == 409 and ctl.sessions() == ()
+    assert_all_free(ctl)
+    card.set(9.0)  # the card frees up: the same request now starts
+    assert ctl.start_session(request()).session.session_id == "s1"
+    ctl.close()
+
+
+def test_a_persona_words_the_vram_refusal(tmp_path, clock):
+    card = SettableRx6800(tmp_path / "vram", used_gb=15.0)
+    config = ControllerConfig(state_dir=str(tmp_path / "state"), messages={"evil": {"vram_short": "no room."}})
+    ctl = SessionController.open(config, clock=clock, headroom=VramHeadroom(telemetry=telemetry_with(card).snapshot))
+    with pytest.raises(SessionConflict, match=r"^no room\. \(rx6800 uses 15.0 GB"):
+        ctl.start_session(request(persona="evil"))
+    ctl.close()
+
+
+def test_absent_telemetry_does_not_block_a_session_on_a_cpu_only_machine(tmp_path, clock):
+    # The real probes: no NVIDIA driver, no amdsmi here. Nothing to protect, so the session starts.
+    ctl = make(tmp_path, clock, headroom=VramHeadroom())
+    assert ctl.start_session(request()).session.session_id == "s1"
+    ctl.close()
+
+
+def test_vram_watch_warns_once_per_crossing_during_a_session(tmp_path):
+    card = SettableRx6800(tmp_path / "vram", used_gb=12.0)
+    limits = VramHeadroom(telemetry=telemetry_with(card).snapshot)
+    watch = VramWatch()
+    assert watch.observe(limits.excess(), at=1.0) == WatchUpdate() and watch.warnings() == ()
+    card.set(14.6)
+    first = watch.observe(limits.excess(), at=2.0)
+    assert [w.excess.resource for w in first.crossed] == ["rx6800"]
+    card.set(15.1)
+    still = watch.observe(limits.excess(), at=3.0)
+    assert still.crossed == () and still.recovered == ()  # still over: no second warning
+    (warning,) = watch.warnings()
+    body = warning.to_dict()
+    assert body["kind"] == "vram_over_limit" and body["since"] == 2.0 and body["used_gb"] == pytest.approx(15.1)
+    assert body["limit_gb"] == 14.0 and "over its 14 GB limit" in body["message"]
+    card.set(13.0)
+    assert watch.observe(limits.excess(), at=4.0).recovered == ("rx6800",) and watch.warnings() == ()
+    card.set(14.2)
+    again = watch.observe(limits.excess(), at=5.0)  # a new crossing is reported again
+    assert len(again.crossed) == 1 and watch.crossings_total == 2
+    assert watch.clear().recovered == ("rx6800",)
+    assert VramHeadroom().excess() == ()  # no card visible: nothing to warn about
 
 
 # ------------------------------------------------------------------------------------------ atomicity

@@ -185,12 +185,13 @@ async def start_session(body: StartSessionBody, controller: Controller) -> dict[
 
 @router.post("/v1/sessions/{session_id}/heartbeat")
 async def heartbeat(session_id: SessionId, controller: Controller) -> dict[str, Any]:
-    session = await controller.heartbeat.remote(session_id)
+    session, warnings = await controller.heartbeat_report.remote(session_id)
     return {
         "session_id": session.session_id,
         "state": session.state.value,
         "lease_s": session.lease_s,
         "expires_at": session.expires_at,
+        "warnings": [w.to_dict() for w in warnings],  # e.g. the RX 6800 over its VRAM limit
     }
 
 
@@ -202,8 +203,8 @@ async def end_session(session_id: SessionId, controller: Controller) -> dict[str
 
 @router.get("/v1/sessions")
 async def list_sessions(controller: Controller) -> dict[str, Any]:
-    sessions = await controller.sessions.remote()
-    return {"sessions": [s.to_dict() for s in sessions]}
+    sessions, warnings = await controller.sessions_report.remote()
+    return {"sessions": [s.to_dict() for s in sessions], "warnings": [w.to_dict() for w in warnings]}
 
 
 @router.get("/v1/sessions/{session_id}")

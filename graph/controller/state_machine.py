@@ -44,6 +44,7 @@ from graph.controller.features import (
     CONFLICT_MESSAGE,
     QUEUE_DROPPED_MESSAGE,
     TEXT_QUEUE_FEATURE,
+    VRAM_MESSAGE,
     CheckResult,
     Effect,
 )
@@ -245,10 +246,13 @@ class SessionController:
         active = len(self._state.sessions)
         if active >= self.config.max_sessions:
             raise SessionConflict(self.config.message("session_conflict", request.persona, CONFLICT_MESSAGE))
-        if active >= 1:
+        # Every start, the first one too, asks the VRAM probe when one is given (the RX 6800 may already be
+        # past its limit before any session); without one, only the configured capacity limits later starts.
+        if self._headroom is not None or active >= 1:
             verdict = self._headroom_verdict(active)
             if not verdict.admit:
-                text = self.config.message("capacity_short", request.persona, CAPACITY_MESSAGE)
+                key, fallback = ("capacity_short", CAPACITY_MESSAGE) if active else ("vram_short", VRAM_MESSAGE)
+                text = self.config.message(key, request.persona, fallback)
                 raise SessionConflict(f"{text} ({verdict.reason})" if verdict.reason else text)
 
         now = self._clock()

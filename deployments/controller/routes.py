@@ -25,12 +25,14 @@ Routes (the first five are the graph's fixed contract):
 """
 from __future__ import annotations
 
+import math
 import uuid
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from typing import Annotated, Any
 
 import ray
 from fastapi import APIRouter, Depends, Path, Query, Request, Response, status
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from pydantic import BaseModel, BeforeValidator, Field
@@ -54,8 +56,32 @@ class ControllerUnavailable(Exception):
     """The controller actor cannot be reached (not created, or gone for good)."""
 
 
+_ECHO_CHARS = 200  # how much of a refused value a 422 repeats back
+
+
+def _safe_validation_errors(errors: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """FastAPI's 422 `detail`, made answerable whatever was sent: the offending `input` is cut short (a 1 MB
+    string is not echoed back) and non-finite numbers become text (NaN cannot be written as JSON)."""
+    safe = []
+    for error in errors[:50]:
+        entry = {k: v for k, v in error.items() if k not in ("input", "ctx", "url")}
+        entry["loc"] = [part if isinstance(part, (str, int)) else str(part) for part in error.get("loc", ())]
+        value = error.get("input")
+        if isinstance(value, float) and not math.isfinite(value):
+            entry["input"] = str(value)
+        elif isinstance(value, (bool, int, float)) or value is None:
+            entry["input"] = value
+        else:
+            text = value if isinstance(value, str) else repr(value)
+            entry["input"] = text[:_ECHO_CHARS] + ("..." if len(text) > _ECHO_CHARS else "")
+        entry["msg"] = str(error.get("msg", ""))[:_ECHO_CHARS * 2]
+        safe.append(entry)
+    return safe
+
+
 class _ControllerRoute(APIRoute):
-    """Turns the controller's refusals into `{"message": ...}` bodies with the right status code."""
+    """Turns the controller's refusals into `{"message": ...}` bodies with the right status code, and bad
+    parameters into a 422 that can always be written (the app's default handler fails on NaN inputs)."""
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
@@ -63,6 +89,11 @@ class _ControllerRoute(APIRoute):
         async def handle(request: Request) -> Response:
             try:
                 return await handler(request)
+            except RequestValidationError as exc:
+                return JSONResponse(
+                    {"detail": _safe_validation_errors(exc.errors())},
+                    status_code=422,
+                )
             except ControllerUnavailable as exc:
                 _forget_controller()
                 return JSONResponse(

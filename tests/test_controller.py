@@ -372,6 +372,26 @@ def test_failed_checkpoint_on_end_keeps_the_session_whole(ctl, tmp_path, clock):
     assert [m.content for m in ctl.replay().messages] == ["hello 1"]
 
 
+def test_a_write_failing_half_way_stores_none_of_the_change(ctl, tmp_path, clock):
+    """The queue row is written before the counters; a failure at the counters must take the row back too."""
+    ctl.start_session(request())
+    ctl.enqueue(msg(1))
+    other = sqlite3.connect(Path(tmp_path) / DB_FILE_NAME, isolation_level=None)
+    other.execute(
+        "CREATE TRIGGER fail_counters BEFORE INSERT ON counters BEGIN SELECT RAISE(ABORT, 'disk trouble'); END"
+    )
+    with pytest.raises(CheckpointError, match="disk trouble"):
+        ctl.enqueue(msg(2))
+    assert [m.content for m in ctl.queue()] == ["hello 1"] and ctl.stats().queue_length == 1
+    other.execute("DROP TRIGGER fail_counters")
+    other.close()
+    ctl.close()
+    reopened = make(tmp_path, clock)
+    assert [m.content for m in reopened.queue()] == ["hello 1"]
+    assert reopened.enqueue(msg(2)).message.queue_id == 2  # the failed change took no id
+    reopened.close()
+
+
 # ------------------------------------------------------------------------------------------ durability
 def test_checkpoint_round_trip_restores_sessions_features_queue_and_audit(tmp_path, clock):
     first = make(tmp_path, clock, queue_limit=2)

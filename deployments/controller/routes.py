@@ -159,12 +159,12 @@ def _id_text(value: Any) -> Any:
 
 
 DiscordId = Annotated[str, BeforeValidator(_id_text), Field(min_length=1, max_length=MAX_DISCORD_ID_CHARS)]
-Name = Annotated[str, Field(min_length=1, max_length=MAX_ID_CHARS)]
+Name = Annotated[str, Field(max_length=MAX_ID_CHARS)]  # personas, request ids ("" means none, as before)
 StoredInt = Annotated[int, Field(ge=0, le=SQLITE_MAX_INT)]
 # Path and query parameters, bounded before anything reaches the actor or SQLite.
 SessionId = Annotated[str, Path(min_length=1, max_length=MAX_ID_CHARS)]
 FeatureName = Annotated[str, Path(min_length=1, max_length=MAX_ID_CHARS)]
-PersonaQuery = Annotated[str | None, Query(min_length=1, max_length=MAX_ID_CHARS)]
+PersonaQuery = Annotated[str | None, Query(max_length=MAX_ID_CHARS)]
 # The newest Discord timestamps are ~1.8e9 s; the bound only keeps the value finite and sane.
 EpochSeconds = Annotated[float, Field(ge=0, le=1e11, allow_inf_nan=False)]
 

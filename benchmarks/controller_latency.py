@@ -6,11 +6,15 @@ through the controller, so this measures:
   - heartbeat:        through the handle and `POST /v1/sessions/{id}/heartbeat` (one SQLite commit each)
   - start+end cycle:  in process and through the handle (two commits, all features switched twice)
   - checks per second: in process (one thread), and through the handle with many calls in flight
+  - large queue:      enqueue and heartbeat with 100 large messages queued (4000-character content, the event
+                      repeating it), in process, the v2 row writer (only touched rows) side by side with the
+                      v1 writer (the whole state as one JSON blob per change, as before issue 18), rounds
+                      interleaved; and the same two calls through HTTP on the actor (v2)
 
 Rounds are interleaved (handle, HTTP, handle, HTTP...) so machine noise hits both alike. Starts its own
 local Ray (or joins a running one) and Serve on 127.0.0.1. Prints JSON as its last line.
 
-    python benchmarks/controller_latency.py [--calls 300] [--cycles 40]
+    python benchmarks/controller_latency.py [--calls 300] [--cycles 40] [--large-rounds 200]
 """
 from __future__ import annotations
 
@@ -29,9 +33,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.stats import summary_ms  # noqa: E402
+from graph.controller.checkpoint import CheckpointWriteError, SqliteCheckpoint  # noqa: E402
 from graph.controller.config import ControllerConfig  # noqa: E402
+from graph.controller.errors import CheckpointError  # noqa: E402
 from graph.controller.sessions import SessionRequest  # noqa: E402
 from graph.controller.state_machine import SessionController  # noqa: E402
+from graph.controller.text_queue import IncomingMessage  # noqa: E402
 
 TOKEN = "controller-bench-token"
 REQUEST = SessionRequest(guild_id="g", voice_channel_id="v", text_channel_id="t", user_id="u")
@@ -72,11 +79,84 @@ def bench_in_process(state_dir: str, cycles: int) -> dict:
     return {"start_end_cycle": summary(cycle_times), "checks_per_s": round(checks_per_s)}
 
 
+LARGE_CONTENT = "ü" * 4000  # Discord's longest message, 8 kB in UTF-8
+
+
+def large_message(n: int) -> IncomingMessage:
+    event = {"type": "message", "content": LARGE_CONTENT, "author_name": "Rin", "attachments": []}
+    return IncomingMessage("t", "u", LARGE_CONTENT, message_id=f"big{n}", event=event)
+
+
+class V1BlobCheckpoint(SqliteCheckpoint):
+    """The version-1 write, for comparison: the whole state as one JSON document, rewritten every change."""
+
+    def save_v1(self, state: dict, audit) -> None:
+        state_json = json.dumps(state, ensure_ascii=False)
+        rows = [
+            (e["seq"], e["at"], e["action"], e.get("session_id"), json.dumps(list(e.get("features", ()))),
+             json.dumps(e.get("detail", {})))
+            for e in audit
+        ]
+        conn = self._conn
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute("CREATE TABLE IF NOT EXISTS state_v1 (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+            conn.execute("INSERT OR REPLACE INTO state_v1(key, value) VALUES ('controller', ?)", (state_json,))
+            if rows:
+                conn.executemany("INSERT INTO audit(seq, at, action, session_id, features, detail) VALUES (?, ?, ?, ?, ?, ?)", rows)
+            conn.execute("COMMIT")
+        except Exception as exc:
+            conn.execute("ROLLBACK")
+            raise CheckpointWriteError(str(exc)) from exc
+
+
+class V1BlobController(SessionController):
+    """SessionController committing the way version 1 did (serialise everything, write one blob)."""
+
+    def _commit(self, change) -> None:
+        try:
+            self._store.save_v1(change.state.to_dict(), [entry.to_dict() for entry in change.audit])
+        except CheckpointWriteError as exc:
+            raise CheckpointError(f"change not applied, state unchanged: {exc}") from exc
+        self._state = change.state
+
+
+def bench_large_queue(scratch: str, rounds: int) -> dict:
+    """enqueue (queue full: one row in, the oldest out) and heartbeat with 100 large messages queued."""
+    controllers = {}
+    for label, store_class, controller_class in (
+        ("v1_blob", V1BlobCheckpoint, V1BlobController),
+        ("v2_rows", SqliteCheckpoint, SessionController),
+    ):
+        config = ControllerConfig(state_dir=os.path.join(scratch, label), queue_limit=100, lease_s=3600)
+        ctl = controller_class(config, store_class(config.state_dir))
+        session_id = ctl.start_session(REQUEST).session.session_id
+        for n in range(100):
+            ctl.enqueue(large_message(n))
+        controllers[label] = (ctl, session_id)
+    times = {label: {"enqueue": [], "heartbeat": []} for label in controllers}
+    next_id = 100
+    for _ in range(rounds):  # interleaved: v1, v2, v1, v2
+        for label, (ctl, session_id) in controllers.items():
+            times[label]["enqueue"].append(timed(lambda: ctl.enqueue(large_message(next_id))))
+            times[label]["heartbeat"].append(timed(lambda: ctl.heartbeat(session_id)))
+        next_id += 1
+    out = {"queued_messages": 100, "message_bytes": len(large_message(0).content.encode()) * 2}
+    for label, (ctl, _) in controllers.items():
+        assert len(ctl.queue()) == 100
+        out[label] = {call: summary(values) for call, values in times[label].items()}
+        ctl.close()
+    for call in ("enqueue", "heartbeat"):
+        out[f"{call}_speedup_p50"] = round(out["v1_blob"][call]["p50_ms"] / out["v2_rows"][call]["p50_ms"], 1)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--calls", type=int, default=300, help="latency samples per call kind and path")
     parser.add_argument("--cycles", type=int, default=40, help="start+end cycles per path")
     parser.add_argument("--inflight", type=int, default=1000, help="check() calls in flight for the throughput run")
+    parser.add_argument("--large-rounds", type=int, default=200, help="enqueue+heartbeat rounds with a large queue")
     args = parser.parse_args()
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
@@ -97,6 +177,7 @@ def main() -> None:
     scratch = tempfile.mkdtemp(prefix="miku-ctl-bench-")
     result: dict = {"benchmark": "controller_latency", "calls": args.calls, "cycles": args.cycles}
     result["in_process"] = bench_in_process(os.path.join(scratch, "inproc"), args.cycles)
+    result["large_queue_in_process"] = bench_large_queue(os.path.join(scratch, "large"), args.large_rounds)
 
     ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", logging_level="ERROR",
              log_to_driver=False)
@@ -154,6 +235,23 @@ def main() -> None:
         elapsed = time.perf_counter() - start
         assert all(a.blocked for a in answers)
         result["handle"]["checks_per_s"] = round(args.inflight / elapsed)
+
+        async def large_queue_http() -> dict:
+            """POST /v1/queue and the heartbeat through HTTP with 100 large messages queued (the issue's case)."""
+            enqueue_times, beat_times = [], []
+            async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {TOKEN}"}) as http:
+                def body(n: int) -> dict:
+                    m = large_message(n)
+                    return {"channel_id": m.channel_id, "author_id": m.author_id, "content": m.content,
+                            "message_id": m.message_id, "event": dict(m.event)}
+                for n in range(100):
+                    await _post(http, f"{base}/v1/queue", body(n))
+                for n in range(100, 100 + args.calls // 3):
+                    enqueue_times.append(await atimed(lambda: _post(http, f"{base}/v1/queue", body(n))))
+                    beat_times.append(await atimed(lambda: _post(http, f"{base}/v1/sessions/{session_id}/heartbeat")))
+            return {"queued_messages": 100, "enqueue": summary(enqueue_times), "heartbeat": summary(beat_times)}
+
+        result["large_queue_http_v2"] = asyncio.run(large_queue_http())
         ray.get(handle.end_session.remote(session_id))
     finally:
         serve.delete("controller-bench")
@@ -174,8 +272,8 @@ async def _get(http, url: str) -> None:
             raise RuntimeError(f"GET {url}: {resp.status}")
 
 
-async def _post(http, url: str) -> None:
-    async with http.post(url) as resp:
+async def _post(http, url: str, body: dict | None = None) -> None:
+    async with http.post(url, json=body) as resp:
         await resp.read()
         if resp.status != 200:
             raise RuntimeError(f"POST {url}: {resp.status}")

@@ -6,6 +6,8 @@ a second SQLite connection holding the write lock, a state directory that is a f
 from __future__ import annotations
 
 import itertools
+import json
+import os
 import shutil
 import sqlite3
 import tempfile
@@ -17,10 +19,18 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from graph.controller.audit import AuditAction
-from graph.controller.checkpoint import DB_FILE_NAME, SqliteCheckpoint, StateDirError
+from graph.controller.checkpoint import (
+    DB_FILE_NAME,
+    SCHEMA_VERSION,
+    SqliteCheckpoint,
+    StateDelta,
+    StateDirError,
+)
 from graph.controller.config import ControllerConfig
 from graph.controller.errors import (
     CheckpointError,
+    InvalidRequest,
+    PayloadTooLarge,
     SessionConflict,
     SessionGone,
     UnknownFeature,
@@ -31,12 +41,22 @@ from graph.controller.features import (
     IMAGE_MESSAGE,
     TEXT_QUEUE_FEATURE,
     VISION_MESSAGE,
+    VRAM_MESSAGE,
     Effect,
 )
 from graph.controller.headroom import HeadroomVerdict
+from graph.controller.limits import (
+    MAX_CONTENT_CHARS,
+    MAX_EVENT_BYTES,
+    MAX_PAGE_BYTES,
+    SQLITE_MAX_INT,
+)
 from graph.controller.sessions import SessionRequest, SessionState
 from graph.controller.state_machine import SessionController
+from graph.controller.telemetry import VramHeadroom
 from graph.controller.text_queue import IncomingMessage
+from graph.controller.vram_watch import VramWatch, WatchUpdate
+from tests.support.vram import SettableRx6800, telemetry_with
 
 CONFIG_FILE = Path(__file__).resolve().parents[1] / "configs" / "controller.yaml"
 ALL_FEATURES = (
@@ -227,7 +247,8 @@ def test_unknown_session_ids_are_404s(ctl):
 def test_more_sessions_only_when_configured_and_headroom_admits(tmp_path, clock):
     verdicts = [HeadroomVerdict(True, "12 GB free"), HeadroomVerdict(False, "RX 6800 has 1.2 GB free, 3 GB needed")]
     ctl = make(tmp_path, clock, max_sessions=3, headroom=lambda: verdicts.pop(0))
-    ctl.start_session(request(1))  # the first session never asks the probe
+    verdicts.insert(0, HeadroomVerdict(True, "14 GB free"))  # every start asks the probe, the first one too
+    ctl.start_session(request(1))
     ctl.start_session(request(2))
     with pytest.raises(SessionConflict, match="1.2 GB free"):
         ctl.start_session(request(3))
@@ -254,10 +275,63 @@ def test_a_failing_headroom_probe_refuses_rather_than_risking_the_gpu(tmp_path, 
         raise RuntimeError("NVML not found")
 
     ctl = make(tmp_path, clock, max_sessions=2, headroom=broken)
-    ctl.start_session(request(1))
-    with pytest.raises(SessionConflict, match="NVML not found"):
-        ctl.start_session(request(2))
+    with pytest.raises(SessionConflict, match="NVML not found") as err:  # the first start asks it too
+        ctl.start_session(request(1))
+    assert err.value.message.startswith(VRAM_MESSAGE) and ctl.sessions() == ()
     ctl.close()
+
+
+def test_the_first_session_is_refused_when_the_rx6800_is_already_over_14_gb(tmp_path, clock):
+    card = SettableRx6800(tmp_path / "vram", used_gb=14.5)
+    ctl = make(tmp_path / "state", clock, headroom=VramHeadroom(telemetry=telemetry_with(card).snapshot))
+    with pytest.raises(SessionConflict) as err:
+        ctl.start_session(request())
+    assert err.value.message.startswith(VRAM_MESSAGE) and "rx6800 uses 14.5 GB" in err.value.message
+    assert err.value.http_status == 409 and ctl.sessions() == ()
+    assert_all_free(ctl)
+    card.set(9.0)  # the card frees up: the same request now starts
+    assert ctl.start_session(request()).session.session_id == "s1"
+    ctl.close()
+
+
+def test_a_persona_words_the_vram_refusal(tmp_path, clock):
+    card = SettableRx6800(tmp_path / "vram", used_gb=15.0)
+    config = ControllerConfig(state_dir=str(tmp_path / "state"), messages={"evil": {"vram_short": "no room."}})
+    ctl = SessionController.open(config, clock=clock, headroom=VramHeadroom(telemetry=telemetry_with(card).snapshot))
+    with pytest.raises(SessionConflict, match=r"^no room\. \(rx6800 uses 15.0 GB"):
+        ctl.start_session(request(persona="evil"))
+    ctl.close()
+
+
+def test_absent_telemetry_does_not_block_a_session_on_a_cpu_only_machine(tmp_path, clock):
+    # The real probes: no NVIDIA driver, no amdsmi here. Nothing to protect, so the session starts.
+    ctl = make(tmp_path, clock, headroom=VramHeadroom())
+    assert ctl.start_session(request()).session.session_id == "s1"
+    ctl.close()
+
+
+def test_vram_watch_warns_once_per_crossing_during_a_session(tmp_path):
+    card = SettableRx6800(tmp_path / "vram", used_gb=12.0)
+    limits = VramHeadroom(telemetry=telemetry_with(card).snapshot)
+    watch = VramWatch()
+    assert watch.observe(limits.excess(), at=1.0) == WatchUpdate() and watch.warnings() == ()
+    card.set(14.6)
+    first = watch.observe(limits.excess(), at=2.0)
+    assert [w.excess.resource for w in first.crossed] == ["rx6800"]
+    card.set(15.1)
+    still = watch.observe(limits.excess(), at=3.0)
+    assert still.crossed == () and still.recovered == ()  # still over: no second warning
+    (warning,) = watch.warnings()
+    body = warning.to_dict()
+    assert body["kind"] == "vram_over_limit" and body["since"] == 2.0 and body["used_gb"] == pytest.approx(15.1)
+    assert body["limit_gb"] == 14.0 and "over its 14 GB limit" in body["message"]
+    card.set(13.0)
+    assert watch.observe(limits.excess(), at=4.0).recovered == ("rx6800",) and watch.warnings() == ()
+    card.set(14.2)
+    again = watch.observe(limits.excess(), at=5.0)  # a new crossing is reported again
+    assert len(again.crossed) == 1 and watch.crossings_total == 2
+    assert watch.clear().recovered == ("rx6800",)
+    assert VramHeadroom().excess() == ()  # no card visible: nothing to warn about
 
 
 # ------------------------------------------------------------------------------------------ atomicity
@@ -296,6 +370,26 @@ def test_failed_checkpoint_on_end_keeps_the_session_whole(ctl, tmp_path, clock):
     assert ctl.end_session("s1").ended is False  # the lease ran out meanwhile: expired, then a no-op
     assert_all_free(ctl)
     assert [m.content for m in ctl.replay().messages] == ["hello 1"]
+
+
+def test_a_write_failing_half_way_stores_none_of_the_change(ctl, tmp_path, clock):
+    """The queue row is written before the counters; a failure at the counters must take the row back too."""
+    ctl.start_session(request())
+    ctl.enqueue(msg(1))
+    other = sqlite3.connect(Path(tmp_path) / DB_FILE_NAME, isolation_level=None)
+    other.execute(
+        "CREATE TRIGGER fail_counters BEFORE INSERT ON counters BEGIN SELECT RAISE(ABORT, 'disk trouble'); END"
+    )
+    with pytest.raises(CheckpointError, match="disk trouble"):
+        ctl.enqueue(msg(2))
+    assert [m.content for m in ctl.queue()] == ["hello 1"] and ctl.stats().queue_length == 1
+    other.execute("DROP TRIGGER fail_counters")
+    other.close()
+    ctl.close()
+    reopened = make(tmp_path, clock)
+    assert [m.content for m in reopened.queue()] == ["hello 1"]
+    assert reopened.enqueue(msg(2)).message.queue_id == 2  # the failed change took no id
+    reopened.close()
 
 
 # ------------------------------------------------------------------------------------------ durability
@@ -337,12 +431,150 @@ def test_a_checkpoint_holder_without_a_session_is_released_on_load(tmp_path, clo
     store = SqliteCheckpoint(tmp_path)
     state = store.load()
     state["holders"] = {"vision": ["ghost"], "old_feature": ["ghost"]}
-    store.save(state)
+    store.replace(state)
     store.close()
     second = make(tmp_path, clock)
     assert_all_free(second)
     assert second.audit()[-1].action is AuditAction.FEATURES_RECONCILED
     second.close()
+
+
+class RecordingCheckpoint(SqliteCheckpoint):
+    """The real store, remembering what each change asked it to write."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.deltas: list[StateDelta] = []
+
+    def apply(self, delta, audit=()):
+        self.deltas.append(delta)
+        super().apply(delta, audit)
+
+
+def test_a_change_writes_only_the_rows_it_touches(tmp_path, clock):
+    store = RecordingCheckpoint(tmp_path)
+    ctl = SessionController(ControllerConfig(state_dir=str(tmp_path)), store, clock=clock, id_factory=lambda: "s1")
+    ctl.start_session(request())
+    big = "x" * 3900
+    for n in range(100):
+        ctl.enqueue(msg(n, event={"content": big}))
+    store.deltas.clear()
+
+    clock.advance(5)
+    ctl.heartbeat("s1")
+    (beat,) = store.deltas
+    assert [sid for sid, _ in beat.sessions_upserted] == ["s1"]
+    assert not (beat.queue_added or beat.queue_removed or beat.holders_added or beat.holders_removed)
+    assert not (beat.ended_added or beat.sessions_removed) and beat.counters == {}
+
+    ctl.enqueue(msg(100))  # the 101st: one row in, the oldest row out, nothing else rewritten
+    queued = store.deltas[-1]
+    assert [q for q, _ in queued.queue_added] == [101] and queued.queue_removed == [1]
+    assert queued.sessions_upserted == [] and set(queued.counters) == {"next_queue_id", "next_audit_seq", "dropped_total"}
+
+    ctl.end_session("s1")
+    ended = store.deltas[-1]
+    assert ended.sessions_removed == ["s1"] and [sid for sid, _ in ended.ended_added] == ["s1"]
+    assert {f for f, _ in ended.holders_removed} == set(ALL_FEATURES) and ended.queue_added == []
+    ctl.close()
+
+    reopened = make(tmp_path, clock)
+    assert [m.queue_id for m in reopened.queue()] == list(range(2, 102))
+    assert reopened.queue()[0].event == {"content": big}
+    assert reopened.session("s1").state is SessionState.ENDED
+    reopened.close()
+
+
+V1_SCHEMA = """
+CREATE TABLE state (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE audit (seq INTEGER PRIMARY KEY, at REAL NOT NULL, action TEXT NOT NULL, session_id TEXT,
+                    features TEXT NOT NULL, detail TEXT NOT NULL);
+"""
+
+
+def test_a_version_1_checkpoint_is_migrated_on_load(tmp_path, clock):
+    # Build the state with today's code, then write it the way version 1 did: one JSON blob.
+    source = make(tmp_path / "source", clock, max_sessions=2, configured_capacity=2)
+    source.start_session(request(1, persona="evil"))
+    source.start_session(request(2))
+    source.end_session("s1")
+    for n in range(3):
+        source.enqueue(msg(n, event={"n": n}))
+    before = (source.sessions(), source.features(), source.queue(), source.stats(), source.session("s1"))
+    audit = source.audit()
+    document = dict(source._state.to_dict(), version=1)
+    source.close()
+
+    old = tmp_path / "old"
+    old.mkdir()
+    conn = sqlite3.connect(old / DB_FILE_NAME)
+    conn.executescript(V1_SCHEMA)
+    conn.execute("INSERT INTO state VALUES ('controller', ?), ('opened', '1')", (json.dumps(document),))
+    conn.executemany(
+        "INSERT INTO audit VALUES (?, ?, ?, ?, ?, ?)",
+        [(e.seq, e.at, e.action.value, e.session_id, json.dumps(list(e.features)), json.dumps(dict(e.detail))) for e in audit],
+    )
+    conn.commit()
+    conn.close()
+
+    migrated = make(old, clock, max_sessions=2, configured_capacity=2)
+    assert (migrated.sessions(), migrated.features(), migrated.queue(), migrated.stats(), migrated.session("s1")) == before
+    assert migrated.audit() == audit
+    assert migrated.enqueue(msg(9)).message.queue_id == 4  # the counters came along
+    migrated.close()
+    store = SqliteCheckpoint(old)
+    assert store.schema_version() == SCHEMA_VERSION
+    tables = {name for (name,) in store._conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    assert "state" not in tables and {"sessions", "holders", "queue", "counters"} <= tables
+    store.close()
+
+
+def test_an_unknown_checkpoint_version_is_a_startup_error_and_keeps_the_file(tmp_path, clock):
+    conn = sqlite3.connect(tmp_path / DB_FILE_NAME)
+    conn.executescript(V1_SCHEMA)
+    conn.execute("INSERT INTO state VALUES ('controller', ?)", (json.dumps({"version": 7}),))
+    conn.commit()
+    conn.close()
+    with pytest.raises(StateDirError, match="version 7"):
+        make(tmp_path, clock)
+    conn = sqlite3.connect(tmp_path / DB_FILE_NAME)
+    assert conn.execute("SELECT value FROM state").fetchone() == ('{"version": 7}',)  # rolled back, not lost
+    conn.close()
+
+
+def _mode(path: Path) -> int:
+    return path.stat().st_mode & 0o777
+
+
+def test_checkpoint_files_are_private_from_creation(tmp_path, clock):
+    previous = os.umask(0o022)  # the usual umask, which would give 0644 files
+    try:
+        state_dir = tmp_path / "fresh" / "controller"
+        ctl = make(state_dir, clock)
+        db = state_dir / DB_FILE_NAME
+        files = [db, db.with_name(DB_FILE_NAME + "-wal"), db.with_name(DB_FILE_NAME + "-shm")]
+        assert all(f.exists() for f in files)  # WAL mode: SQLite made both side files at open
+        assert {f.name: _mode(f) for f in files} == {f.name: 0o600 for f in files}
+        assert _mode(state_dir) == 0o700
+        ctl.start_session(request())
+        assert {f.name: _mode(f) for f in files} == {f.name: 0o600 for f in files}
+        ctl.close()
+    finally:
+        os.umask(previous)
+
+
+def test_checkpoint_files_left_world_readable_by_an_old_build_are_tightened(tmp_path, clock):
+    first = make(tmp_path, clock)
+    first.start_session(request())
+    db = tmp_path / DB_FILE_NAME
+    side = [db.with_name(DB_FILE_NAME + s) for s in ("-wal", "-shm")]
+    for path in [db, *side]:
+        os.chmod(path, 0o644)
+    reopened = make(tmp_path, clock)  # opened while the first still holds the files
+    assert {p.name: _mode(p) for p in [db, *side]} == {p.name: 0o600 for p in [db, *side]}
+    assert [s.session_id for s in reopened.sessions()] == ["s1"]
+    reopened.close()
+    first.close()
 
 
 def test_unwritable_state_dir_is_a_startup_error(tmp_path, clock):
@@ -437,6 +669,68 @@ def test_audit_records_every_change_with_its_features(ctl):
     assert set(entries[0].features) == set(ALL_FEATURES) == set(entries[2].features)
     assert entries[0].session_id == "s1" and entries[0].detail["guild_id"] == "g1"
     assert [e.seq for e in ctl.audit(after_seq=2, limit=1)] == [3]
+
+
+# ------------------------------------------------------------------------------------------ bounds and pages
+def test_oversized_or_non_json_messages_are_refused_and_nothing_is_stored(ctl):
+    ctl.start_session(request())
+    with pytest.raises(PayloadTooLarge, match="4000") as err:
+        ctl.enqueue(IncomingMessage("t1", "u9", "x" * (MAX_CONTENT_CHARS + 1)))
+    assert err.value.http_status == 413
+    with pytest.raises(PayloadTooLarge, match="event is") as err:
+        ctl.enqueue(IncomingMessage("t1", "u9", "hi", event={"blob": "y" * MAX_EVENT_BYTES}))
+    with pytest.raises(InvalidRequest, match="NaN") as err:
+        ctl.enqueue(IncomingMessage("t1", "u9", "hi", event={"x": float("nan")}))
+    assert err.value.http_status == 422
+    nested: dict = {}
+    for _ in range(5000):  # far deeper than Python's recursion limit: refused, not a RecursionError
+        nested = {"n": nested}
+    with pytest.raises(InvalidRequest, match="nested"):
+        ctl.enqueue(IncomingMessage("t1", "u9", "hi", event=nested))
+    assert ctl.queue() == () and ctl.stats().queue_length == 0
+    # the largest message allowed goes in whole
+    biggest = ctl.enqueue(IncomingMessage("t1", "u9", "é" * MAX_CONTENT_CHARS, event={"content": "é" * 4000}))
+    assert biggest.queued and ctl.queue()[0].content == "é" * MAX_CONTENT_CHARS
+
+
+def test_replay_pages_stay_under_the_byte_budget_and_walk_the_whole_queue(ctl):
+    ctl.start_session(request())
+    for n in range(100):
+        ctl.enqueue(msg(n, event={"content": "z" * 30_000}))  # ~3 MB in all
+    ctl.end_session("s1")
+    seen, after, pages = [], 0, 0
+    while True:
+        page = ctl.replay(limit=100, after_id=after)
+        pages += 1
+        assert len(json.dumps(page.to_dict()).encode()) <= MAX_PAGE_BYTES + 1024
+        assert page.remaining == 100 and page.messages
+        seen.extend(m.queue_id for m in page.messages)
+        if page.next_after_id is None:
+            break
+        assert page.next_after_id == page.messages[-1].queue_id
+        after = page.next_after_id
+    assert seen == list(range(1, 101)) and pages > 1
+    small = ctl.replay(limit=3, max_bytes=10**9)
+    assert [m.queue_id for m in small.messages] == [1, 2, 3] and small.next_after_id == 3
+    assert ctl.replay(after_id=SQLITE_MAX_INT).messages == ()
+    with pytest.raises(InvalidRequest, match="after_id"):
+        ctl.replay(after_id=2**63)
+
+
+def test_audit_pages_and_refuses_cursors_sqlite_cannot_hold(ctl):
+    ctl.start_session(request())
+    for n in range(5):
+        ctl.enqueue(msg(n))
+    first = ctl.audit_page(0, 4)
+    assert [e.seq for e in first.entries] == [1, 2, 3, 4] and first.next_after_seq == 4
+    last = ctl.audit_page(first.next_after_seq, 4)
+    assert [e.seq for e in last.entries] == [5, 6] and last.next_after_seq is None
+    assert ctl.audit_page(SQLITE_MAX_INT).entries == ()
+    for bad in (2**63, -1):
+        with pytest.raises(InvalidRequest, match="after_seq"):
+            ctl.audit_page(bad)
+    with pytest.raises(InvalidRequest, match="limit"):
+        ctl.audit_page(0, 0)
 
 
 # ------------------------------------------------------------------------------------------ invariant

@@ -8,6 +8,7 @@ killed for good at the end.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import time
@@ -27,10 +28,13 @@ from deployments.controller.actor import (
 from deployments.controller.routes import router, use_controller
 from graph.controller.config import ControllerConfig
 from graph.controller.errors import SessionConflict, SessionGone
-from graph.controller.features import CONFLICT_MESSAGE, VISION_MESSAGE
+from graph.controller.features import CONFLICT_MESSAGE, VISION_MESSAGE, VRAM_MESSAGE
+from graph.controller.limits import MAX_CONTENT_CHARS, MAX_PAGE_BYTES, SQLITE_MAX_INT
 from graph.controller.sessions import SessionRequest
+from graph.controller.telemetry import VramHeadroom
 from graph.controller.text_queue import IncomingMessage
 from tests.conftest import free_port
+from tests.support.vram import SettableRx6800, telemetry_with
 
 TOKEN = "controller-test-token"
 
@@ -287,6 +291,134 @@ async def test_text_queue_over_http(http):
         assert [m["queue_id"] for m in (await resp.json())["messages"]] == queued[1:]
     async with client.get(f"{base}/v1/controller") as resp:
         assert (await resp.json())["queue_length"] == 2
+
+
+async def test_out_of_range_parameters_are_4xx_not_500(http):
+    client, base = http
+    async with client.get(f"{base}/v1/audit", params={"after_seq": str(2**63)}) as resp:
+        assert resp.status == 422 and (await resp.json())["detail"][0]["loc"] == ["query", "after_seq"]
+    async with client.get(f"{base}/v1/audit", params={"after_seq": str(SQLITE_MAX_INT)}) as resp:
+        assert resp.status == 200 and (await resp.json()) == {"entries": [], "next_after_seq": None}
+    for params in ({"limit": "0"}, {"limit": "1001"}, {"after_id": "-1"}, {"after_id": str(2**64)}):
+        async with client.get(f"{base}/v1/queue", params=params) as resp:
+            assert resp.status == 422, params
+    long_id = "x" * 300
+    for method, path in (("GET", f"/v1/sessions/{long_id}"), ("POST", f"/v1/sessions/{long_id}/heartbeat"),
+                         ("DELETE", f"/v1/sessions/{long_id}"), ("GET", f"/v1/features/{long_id}")):
+        async with client.request(method, f"{base}{path}") as resp:
+            assert resp.status == 422, path
+    async with client.get(f"{base}/v1/features", params={"persona": long_id}) as resp:
+        assert resp.status == 422
+    async with client.post(f"{base}/v1/queue/ack", json={"ids": [2**63]}) as resp:
+        assert resp.status == 422
+    # NaN in a body: a 422 that names the field and can be written as JSON (aiohttp sends NaN literally)
+    nan_body = {"channel_id": "1", "author_id": "2", "content": "hi", "sent_at": float("nan")}
+    async with client.post(f"{base}/v1/queue", json=nan_body) as resp:
+        assert resp.status == 422
+        detail = (await resp.json())["detail"]
+    assert detail[0]["loc"] == ["body", "sent_at"] and detail[0]["input"] == "nan"
+    async with client.post(f"{base}/v1/queue", json=dict(nan_body, sent_at=1.0, event={"x": float("inf")})) as resp:
+        assert resp.status == 422 and "NaN or infinity" in (await resp.json())["message"]
+
+
+async def test_oversized_messages_are_refused_with_413_or_422_and_nothing_is_queued(http):
+    client, base = http
+    async with client.post(f"{base}/v1/sessions", json=SESSION_BODY) as resp:
+        session_id = (await resp.json())["session_id"]
+    body = {"channel_id": "1", "author_id": "2", "content": "x" * (MAX_CONTENT_CHARS + 1)}
+    async with client.post(f"{base}/v1/queue", json=body) as resp:
+        assert resp.status == 422
+        detail = (await resp.json())["detail"][0]
+    assert detail["loc"] == ["body", "content"] and len(detail["input"]) < 300  # not echoed whole
+    async with client.post(f"{base}/v1/queue", json=dict(body, content="hi", event={"blob": "y" * 40_000})) as resp:
+        assert resp.status == 413
+        refusal = await resp.json()
+    assert refusal["error"] == "PayloadTooLarge" and "at most 32768" in refusal["message"]
+    async with client.get(f"{base}/v1/controller") as resp:
+        assert (await resp.json())["queue_length"] == 0
+    async with client.delete(f"{base}/v1/sessions/{session_id}") as resp:
+        assert resp.status == 200
+
+
+async def test_a_queue_of_large_messages_comes_back_in_pages_under_the_budget(http):
+    client, base = http
+    async with client.post(f"{base}/v1/sessions", json=SESSION_BODY) as resp:
+        session_id = (await resp.json())["session_id"]
+    content = "ü" * MAX_CONTENT_CHARS  # the largest message, 8 kB in UTF-8, repeated in the event as the bot does
+    for n in range(100):
+        message = {"channel_id": "43", "author_id": "7", "content": content, "message_id": f"big{n}",
+                   "event": {"type": "message", "content": content, "padding": "p" * 12_000}}
+        async with client.post(f"{base}/v1/queue", json=message) as resp:
+            assert resp.status == 200 and (await resp.json())["queued"]
+    async with client.delete(f"{base}/v1/sessions/{session_id}") as resp:
+        assert (await resp.json())["replay_pending"] == 100
+
+    seen, after = [], 0
+    while True:
+        async with client.get(f"{base}/v1/queue", params={"limit": "100", "after_id": str(after)}) as resp:
+            assert resp.status == 200
+            raw = await resp.read()
+        assert len(raw) <= MAX_PAGE_BYTES + 4096
+        page = json.loads(raw)
+        assert page["ready"] and page["remaining"] == 100 and page["messages"]
+        seen.extend(m["message_id"] for m in page["messages"])
+        if page["next_after_id"] is None:
+            break
+        after = page["next_after_id"]
+    assert seen == [f"big{n}" for n in range(100)]
+    async with client.get(f"{base}/v1/audit", params={"limit": "2"}) as resp:
+        first = await resp.json()
+    assert len(first["entries"]) == 2 and first["next_after_seq"] == first["entries"][-1]["seq"]
+
+
+async def test_vram_limit_refuses_a_first_session_and_warns_during_one(ray_cluster, tmp_path):
+    card = SettableRx6800(tmp_path / "rx6800-used-gb", used_gb=14.5)
+    name = f"FeatureController-vram-{uuid.uuid4().hex[:8]}"
+    config = ControllerConfig(state_dir=str(tmp_path / "state"), vram_check_interval_s=0.1)
+    handle = get_or_create_controller(config, name=name, headroom=VramHeadroom(telemetry=telemetry_with(card).snapshot))
+    try:
+        with pytest.raises(SessionConflict) as err:
+            await handle.start_session.remote(request(1))
+        assert err.value.cause.message.startswith(VRAM_MESSAGE) and "rx6800 uses 14.5 GB" in err.value.cause.message
+
+        card.set(10.0)
+        started = await handle.start_session.remote(request(1))
+        session_id = started.session.session_id
+        _, warnings = await handle.heartbeat_report.remote(session_id)
+        assert warnings == ()
+
+        card.set(15.2)  # a session is running and the card goes over its limit
+
+        async def over_limit():
+            return (await handle.sessions_report.remote())[1]
+
+        (warning,) = await wait_for(over_limit, "the VRAM warning")
+        body = warning.to_dict()
+        assert body["kind"] == "vram_over_limit" and body["resource"] == "rx6800" and body["used_gb"] == pytest.approx(15.2)
+        _, beat_warnings = await handle.heartbeat_report.remote(session_id)
+        assert [w.to_dict()["resource"] for w in beat_warnings] == ["rx6800"]
+
+        card.set(12.0)
+
+        async def cleared():
+            return (await handle.sessions_report.remote())[1] == ()
+
+        await wait_for(cleared, "the VRAM warning to clear")
+        await handle.end_session.remote(session_id)
+    finally:
+        shutdown_controller(name)
+
+
+async def test_heartbeat_and_session_list_answers_carry_warnings(http):
+    client, base = http
+    async with client.post(f"{base}/v1/sessions", json=SESSION_BODY) as resp:
+        session_id = (await resp.json())["session_id"]
+    async with client.post(f"{base}/v1/sessions/{session_id}/heartbeat") as resp:
+        assert (await resp.json())["warnings"] == []  # no VRAM probe on this controller: nothing to warn about
+    async with client.get(f"{base}/v1/sessions") as resp:
+        assert (await resp.json())["warnings"] == []
+    async with client.delete(f"{base}/v1/sessions/{session_id}") as resp:
+        assert resp.status == 200
 
 
 async def test_routes_answer_503_when_the_controller_actor_is_missing(ray_cluster):

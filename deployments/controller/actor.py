@@ -7,7 +7,9 @@ in flight are retried (`max_task_retries`): every method is idempotent or carrie
 (`request_id` for starts, `message_id` for enqueues), so a retry never doubles a session or a message.
 
 It is an async actor: every method runs on one event loop and none awaits in the middle of a change, so
-changes are serialised without locks, and a background task ends sessions whose heartbeats stopped.
+changes are serialised without locks, and a background task ends sessions whose heartbeats stopped. While a
+session runs, a second task compares VRAM with its limit (the headroom probe's `excess()`): a crossing is
+logged once, exported as metrics, and listed under `warnings` in heartbeat and session-list answers.
 """
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +26,7 @@ from ray.actor import ActorHandle
 from ray.util import metrics
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from graph.controller.audit import AuditEntry
+from graph.controller.audit import AuditEntry, AuditPage
 from graph.controller.config import ControllerConfig
 from graph.controller.features import CheckResult
 from graph.controller.headroom import HeadroomProbe
@@ -35,6 +37,8 @@ from graph.controller.sessions import (
     SessionStarted,
 )
 from graph.controller.state_machine import ControllerStats, SessionController
+from graph.controller.telemetry import VramExcess
+from graph.controller.vram_watch import VramWarning, VramWatch, WatchUpdate
 from graph.controller.text_queue import (
     AckResult,
     EnqueueResult,
@@ -87,6 +91,16 @@ class ControllerMetrics:
         self.expiries = metrics.Counter(
             "miku_controller_lease_expiries", description="Sessions ended because their heartbeats stopped."
         )
+        self.vram_over_limit = metrics.Gauge(
+            "miku_controller_vram_over_limit",
+            description="1 while a card's VRAM is over its voice-session limit during a session, else 0.",
+            tag_keys=("resource",),
+        )
+        self.vram_crossings = metrics.Counter(
+            "miku_controller_vram_limit_crossings",
+            description="Times a card's VRAM crossed its voice-session limit while a session ran.",
+            tag_keys=("resource",),
+        )
         # Totals survive restarts in the checkpoint; count only what happens in this process.
         self._dropped_seen = baseline.dropped_total
         self._expired_seen = baseline.expired_total
@@ -102,18 +116,36 @@ class ControllerMetrics:
             self.expiries.inc(stats.expired_total - self._expired_seen)
             self._expired_seen = stats.expired_total
 
+    def publish_vram(self, update: WatchUpdate) -> None:
+        for warning in update.crossed:
+            self.vram_crossings.inc(1, tags={"resource": warning.excess.resource})
+            self.vram_over_limit.set(1, tags={"resource": warning.excess.resource})
+        for resource in update.recovered:
+            self.vram_over_limit.set(0, tags={"resource": resource})
+
 
 @ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=MAX_TASK_RETRIES)
 class FeatureController:
     """The actor. Methods mirror SessionController; refusals raise graph.controller.errors.ControllerError subclasses
     (through Ray they arrive as RayTaskError whose `.cause` is the original error)."""
 
-    async def __init__(self, config: ControllerConfig, headroom: HeadroomProbe | None = None):
+    async def __init__(
+        self,
+        config: ControllerConfig,
+        headroom: HeadroomProbe | None = None,
+        vram_excess: Callable[[], Sequence[VramExcess]] | None = None,
+    ):
         self._config = config
         self._ctl = SessionController.open(config, headroom=headroom)
         self._metrics = ControllerMetrics(self._ctl.stats())
         self._publish()
         self._expiry_task = asyncio.get_running_loop().create_task(self._expire_loop())
+        # VramHeadroom can say which cards are over their limit; any other probe has no such reading.
+        self._vram_excess = vram_excess or getattr(headroom, "excess", None)
+        self._vram = VramWatch()
+        self._vram_task = (
+            asyncio.get_running_loop().create_task(self._vram_loop()) if self._vram_excess is not None else None
+        )
         log.info("FeatureController up (pid %s), %d active session(s)", os.getpid(), len(self._ctl.sessions()))
 
     # ------------------------------------------------------------------ liveness
@@ -135,6 +167,16 @@ class FeatureController:
             return self._ctl.heartbeat(session_id)
         finally:
             self._publish()
+
+    async def heartbeat_report(self, session_id: str) -> tuple[Session, tuple[VramWarning, ...]]:
+        """A heartbeat plus the warnings in force (VRAM over its limit), for the HTTP answer."""
+        return await self.heartbeat(session_id), self._vram.warnings()
+
+    async def sessions_report(self) -> tuple[tuple[Session, ...], tuple[VramWarning, ...]]:
+        return self._ctl.sessions(), self._vram.warnings()
+
+    async def warnings(self) -> tuple[VramWarning, ...]:
+        return self._vram.warnings()
 
     async def end_session(self, session_id: str) -> SessionEnded:
         try:
@@ -162,8 +204,8 @@ class FeatureController:
         finally:
             self._publish()
 
-    async def replay(self, limit: int | None = None) -> ReplayBatch:
-        return self._ctl.replay(limit)
+    async def replay(self, limit: int | None = None, after_id: int = 0) -> ReplayBatch:
+        return self._ctl.replay(limit, after_id=after_id)
 
     async def ack(self, queue_ids: Iterable[int]) -> AckResult:
         try:
@@ -177,6 +219,9 @@ class FeatureController:
     # ------------------------------------------------------------------ audit and stats
     async def audit(self, after_seq: int = 0, limit: int = 100) -> tuple[AuditEntry, ...]:
         return self._ctl.audit(after_seq, limit)
+
+    async def audit_page(self, after_seq: int = 0, limit: int = 100) -> AuditPage:
+        return self._ctl.audit_page(after_seq, limit)
 
     async def stats(self) -> ControllerStats:
         return self._ctl.stats()
@@ -202,6 +247,37 @@ class FeatureController:
             self._publish()
 
 
+    async def _vram_loop(self) -> None:
+        """While a session runs, compare VRAM with its limit; warn once per crossing."""
+        interval = self._config.vram_check_interval_s
+        while True:
+            try:
+                await self.check_vram()
+            except Exception:  # telemetry must never take the controller down
+                log.exception("VRAM check failed; retrying")
+            await asyncio.sleep(interval)
+
+    async def check_vram(self) -> tuple[VramWarning, ...]:
+        """One VRAM reading now (the loop's step; callable directly). Returns the warnings in force."""
+        if self._vram_excess is None:
+            return ()
+        if not self._ctl.sessions():
+            update = self._vram.clear()
+        else:
+            # NVML/amdsmi calls block: read off the event loop, then update the watch on it.
+            excesses = await asyncio.to_thread(self._vram_excess)
+            update = self._vram.observe(excesses, time.time())
+        for warning in update.crossed:
+            log.warning("VRAM over its limit during a voice session: %s", warning.excess.message)
+        for resource in update.recovered:
+            log.info("VRAM back under its limit on %s", resource)
+        try:
+            self._metrics.publish_vram(update)
+        except Exception:
+            log.exception("could not publish VRAM metrics")
+        return self._vram.warnings()
+
+
 def _head_node_id() -> str | None:
     for node in ray.nodes():
         if node.get("Alive") and _HEAD_NODE_RESOURCE in node.get("Resources", {}):
@@ -213,6 +289,7 @@ def get_or_create_controller(
     config: ControllerConfig | Mapping[str, Any] | str | Path | None = None,
     *,
     headroom: HeadroomProbe | None = None,
+    vram_excess: Callable[[], Sequence[VramExcess]] | None = None,
     name: str = CONTROLLER_NAME,
     namespace: str = CONTROLLER_NAMESPACE,
     pin_to_head: bool = True,
@@ -221,8 +298,9 @@ def get_or_create_controller(
     """The cluster's controller actor, created on first use, and waited for until it answers.
 
     `config` applies only when this call creates the actor; an existing actor keeps the config it started
-    with. `headroom` (a picklable zero-argument callable) is called inside the actor before admitting a
-    second concurrent session. `pin_to_head` keeps the actor (and every restart of it) on the head node,
+    with. `headroom` (a picklable zero-argument callable) is called inside the actor before admitting any
+    session; `vram_excess` (default: `headroom.excess` when it has one, as VramHeadroom does) is polled while
+    sessions run, to warn when a card goes over its limit. `pin_to_head` keeps the actor (and every restart of it) on the head node,
     whose disk holds the checkpoint; turn it off only when `state_dir` is on storage every node shares.
     Raises ControllerStartupError when the actor cannot start (for example an unwritable state directory),
     with the actor's own reason. Call from synchronous code (app build time).
@@ -236,7 +314,7 @@ def get_or_create_controller(
         lifetime="detached",
         get_if_exists=True,
         scheduling_strategy=strategy,
-    ).remote(resolved, headroom)
+    ).remote(resolved, headroom, vram_excess)
     try:
         ray.get(handle.ready.remote(), timeout=ready_timeout_s)
     except ray.exceptions.GetTimeoutError as exc:

@@ -3,8 +3,11 @@
 A FastAPI `APIRouter` the VoiceGraph ingress includes (`app.include_router(router)`). Every route needs the
 bearer token (deployments.auth) and forwards to the `FeatureController` actor; the actor's refusals become
 JSON bodies `{"message": ..., "error": ...}` with the status the refusal names (404 unknown session,
-409 conflict or capacity, 410 expired session, 503 controller or checkpoint unavailable). Malformed bodies
-are FastAPI's 422 with the offending field in `detail[].loc`.
+409 conflict or capacity, 410 expired session, 413 a queued message too large, 422 a value out of range,
+503 controller or checkpoint unavailable). Malformed bodies and parameters out of range are FastAPI's 422
+with the offending field in `detail[].loc`: every integer is within SQLite's range, every id and name of
+bounded length, every limit bounded, and large answers come in pages under a byte budget (graph.controller.
+limits) with a cursor to the next page, so no answer nears the gRPC proxy's 4 MiB.
 
 Routes (the first five are the graph's fixed contract):
     POST   /v1/sessions                      start -> 201 {"session_id", "lease_s", "blackouts", ...}
@@ -15,19 +18,21 @@ Routes (the first five are the graph's fixed contract):
     GET    /v1/sessions/{id}                 one session, active or recently ended
     GET    /v1/features/{name}               check(name): allowed, message, silent, route
     POST   /v1/queue                         enqueue a text-channel message (or learn to handle it now)
-    GET    /v1/queue?limit=N                 fetch for replay, oldest first (nothing is removed)
+    GET    /v1/queue?limit=N&after_id=       fetch for replay, oldest first (nothing is removed), paged
     POST   /v1/queue/ack                     {"ids": [...]} remove replayed messages for good
-    GET    /v1/audit?after_seq=&limit=       the audit log, oldest first
+    GET    /v1/audit?after_seq=&limit=       the audit log, oldest first, paged
     GET    /v1/controller                    counters: active sessions, blocked features, queue, drops, expiries
 """
 from __future__ import annotations
 
+import math
 import uuid
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from typing import Annotated, Any
 
 import ray
-from fastapi import APIRouter, Depends, Query, Request, Response, status
+from fastapi import APIRouter, Depends, Path, Query, Request, Response, status
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from pydantic import BaseModel, BeforeValidator, Field
@@ -36,6 +41,13 @@ from ray.actor import ActorHandle
 from deployments import auth
 from deployments.controller.actor import CONTROLLER_NAME, CONTROLLER_NAMESPACE
 from graph.controller.errors import ControllerError
+from graph.controller.limits import (
+    MAX_CONTENT_CHARS,
+    MAX_DISCORD_ID_CHARS,
+    MAX_ID_CHARS,
+    MAX_PAGE_ITEMS,
+    SQLITE_MAX_INT,
+)
 from graph.controller.sessions import SessionRequest
 from graph.controller.text_queue import IncomingMessage
 
@@ -44,8 +56,32 @@ class ControllerUnavailable(Exception):
     """The controller actor cannot be reached (not created, or gone for good)."""
 
 
+_ECHO_CHARS = 200  # how much of a refused value a 422 repeats back
+
+
+def _safe_validation_errors(errors: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """FastAPI's 422 `detail`, made answerable whatever was sent: the offending `input` is cut short (a 1 MB
+    string is not echoed back) and non-finite numbers become text (NaN cannot be written as JSON)."""
+    safe = []
+    for error in errors[:50]:
+        entry = {k: v for k, v in error.items() if k not in ("input", "ctx", "url")}
+        entry["loc"] = [part if isinstance(part, (str, int)) else str(part) for part in error.get("loc", ())]
+        value = error.get("input")
+        if isinstance(value, float) and not math.isfinite(value):
+            entry["input"] = str(value)
+        elif isinstance(value, (bool, int, float)) or value is None:
+            entry["input"] = value
+        else:
+            text = value if isinstance(value, str) else repr(value)
+            entry["input"] = text[:_ECHO_CHARS] + ("..." if len(text) > _ECHO_CHARS else "")
+        entry["msg"] = str(error.get("msg", ""))[:_ECHO_CHARS * 2]
+        safe.append(entry)
+    return safe
+
+
 class _ControllerRoute(APIRoute):
-    """Turns the controller's refusals into `{"message": ...}` bodies with the right status code."""
+    """Turns the controller's refusals into `{"message": ...}` bodies with the right status code, and bad
+    parameters into a 422 that can always be written (the app's default handler fails on NaN inputs)."""
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
@@ -53,6 +89,11 @@ class _ControllerRoute(APIRoute):
         async def handle(request: Request) -> Response:
             try:
                 return await handler(request)
+            except RequestValidationError as exc:
+                return JSONResponse(
+                    {"detail": _safe_validation_errors(exc.errors())},
+                    status_code=422,
+                )
             except ControllerUnavailable as exc:
                 _forget_controller()
                 return JSONResponse(
@@ -117,7 +158,15 @@ def _id_text(value: Any) -> Any:
     return value
 
 
-DiscordId = Annotated[str, BeforeValidator(_id_text), Field(min_length=1, max_length=64)]
+DiscordId = Annotated[str, BeforeValidator(_id_text), Field(min_length=1, max_length=MAX_DISCORD_ID_CHARS)]
+Name = Annotated[str, Field(max_length=MAX_ID_CHARS)]  # personas, request ids ("" means none, as before)
+StoredInt = Annotated[int, Field(ge=0, le=SQLITE_MAX_INT)]
+# Path and query parameters, bounded before anything reaches the actor or SQLite.
+SessionId = Annotated[str, Path(min_length=1, max_length=MAX_ID_CHARS)]
+FeatureName = Annotated[str, Path(min_length=1, max_length=MAX_ID_CHARS)]
+PersonaQuery = Annotated[str | None, Query(max_length=MAX_ID_CHARS)]
+# The newest Discord timestamps are ~1.8e9 s; the bound only keeps the value finite and sane.
+EpochSeconds = Annotated[float, Field(ge=0, le=1e11, allow_inf_nan=False)]
 
 
 class StartSessionBody(BaseModel):
@@ -125,23 +174,25 @@ class StartSessionBody(BaseModel):
     voice_channel_id: DiscordId
     text_channel_id: DiscordId
     user_id: DiscordId
-    persona: str | None = None
-    request_id: str | None = Field(default=None, max_length=128)  # idempotency key for retried starts
+    persona: Name | None = None
+    request_id: Name | None = None  # idempotency key for retried starts
 
 
 class EnqueueBody(BaseModel):
     channel_id: DiscordId
     author_id: DiscordId
-    content: str = Field(max_length=8000)
+    # Discord's longest message; the event's size (it repeats the content) is checked by bytes in the
+    # controller (413), since only its JSON encoding says what it costs to store.
+    content: str = Field(max_length=MAX_CONTENT_CHARS)
     message_id: DiscordId | None = None
     guild_id: DiscordId | None = None
-    sent_at: float | None = None  # epoch seconds (Discord's timestamp)
+    sent_at: EpochSeconds | None = None  # epoch seconds (Discord's timestamp)
     event: dict[str, Any] = Field(default_factory=dict)  # handed back verbatim for replay
-    persona: str | None = None  # for the dropped-messages warning's wording
+    persona: Name | None = None  # for the dropped-messages warning's wording
 
 
 class AckBody(BaseModel):
-    ids: list[int] = Field(min_length=1, max_length=1000)
+    ids: list[StoredInt] = Field(min_length=1, max_length=MAX_PAGE_ITEMS)
 
 
 # ------------------------------------------------------------------ routes
@@ -164,42 +215,43 @@ async def start_session(body: StartSessionBody, controller: Controller) -> dict[
 
 
 @router.post("/v1/sessions/{session_id}/heartbeat")
-async def heartbeat(session_id: str, controller: Controller) -> dict[str, Any]:
-    session = await controller.heartbeat.remote(session_id)
+async def heartbeat(session_id: SessionId, controller: Controller) -> dict[str, Any]:
+    session, warnings = await controller.heartbeat_report.remote(session_id)
     return {
         "session_id": session.session_id,
         "state": session.state.value,
         "lease_s": session.lease_s,
         "expires_at": session.expires_at,
+        "warnings": [w.to_dict() for w in warnings],  # e.g. the RX 6800 over its VRAM limit
     }
 
 
 @router.delete("/v1/sessions/{session_id}")
-async def end_session(session_id: str, controller: Controller) -> dict[str, Any]:
+async def end_session(session_id: SessionId, controller: Controller) -> dict[str, Any]:
     ended = await controller.end_session.remote(session_id)
     return ended.to_dict()
 
 
 @router.get("/v1/sessions")
 async def list_sessions(controller: Controller) -> dict[str, Any]:
-    sessions = await controller.sessions.remote()
-    return {"sessions": [s.to_dict() for s in sessions]}
+    sessions, warnings = await controller.sessions_report.remote()
+    return {"sessions": [s.to_dict() for s in sessions], "warnings": [w.to_dict() for w in warnings]}
 
 
 @router.get("/v1/sessions/{session_id}")
-async def get_session(session_id: str, controller: Controller) -> dict[str, Any]:
+async def get_session(session_id: SessionId, controller: Controller) -> dict[str, Any]:
     session = await controller.session.remote(session_id)
     return session.to_dict()
 
 
 @router.get("/v1/features")
-async def list_features(controller: Controller, persona: str | None = None) -> dict[str, Any]:
+async def list_features(controller: Controller, persona: PersonaQuery = None) -> dict[str, Any]:
     results = await controller.features.remote(persona)
     return {"features": [r.to_dict() for r in results]}
 
 
 @router.get("/v1/features/{feature}")
-async def check_feature(feature: str, controller: Controller, persona: str | None = None) -> dict[str, Any]:
+async def check_feature(feature: FeatureName, controller: Controller, persona: PersonaQuery = None) -> dict[str, Any]:
     result = await controller.check.remote(feature, persona)
     return result.to_dict()
 
@@ -221,9 +273,11 @@ async def enqueue(body: EnqueueBody, controller: Controller) -> dict[str, Any]:
 
 @router.get("/v1/queue")
 async def fetch_for_replay(
-    controller: Controller, limit: Annotated[int | None, Query(ge=1, le=1000)] = None
+    controller: Controller,
+    limit: Annotated[int | None, Query(ge=1, le=MAX_PAGE_ITEMS)] = None,
+    after_id: Annotated[int, Query(ge=0, le=SQLITE_MAX_INT)] = 0,
 ) -> dict[str, Any]:
-    batch = await controller.replay.remote(limit)
+    batch = await controller.replay.remote(limit, after_id)
     return batch.to_dict()
 
 
@@ -236,11 +290,11 @@ async def acknowledge(body: AckBody, controller: Controller) -> dict[str, Any]:
 @router.get("/v1/audit")
 async def audit_log(
     controller: Controller,
-    after_seq: Annotated[int, Query(ge=0)] = 0,
-    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    after_seq: Annotated[int, Query(ge=0, le=SQLITE_MAX_INT)] = 0,
+    limit: Annotated[int, Query(ge=1, le=MAX_PAGE_ITEMS)] = 100,
 ) -> dict[str, Any]:
-    entries = await controller.audit.remote(after_seq, limit)
-    return {"entries": [e.to_dict() for e in entries]}
+    page = await controller.audit_page.remote(after_seq, limit)
+    return page.to_dict()
 
 
 @router.get("/v1/controller")

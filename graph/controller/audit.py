@@ -46,3 +46,14 @@ class AuditEntry:
             features=tuple(data["features"]),
             detail=data["detail"],
         )
+
+
+@dataclass(frozen=True)
+class AuditPage:
+    """One page of the audit log; `next_after_seq` is set when more entries follow."""
+
+    entries: tuple[AuditEntry, ...]
+    next_after_seq: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"entries": [e.to_dict() for e in self.entries], "next_after_seq": self.next_after_seq}

@@ -27,6 +27,7 @@ class ControllerConfig:
     max_sessions: int = 1
     configured_capacity: int = 1  # sessions the GPUs hold when no headroom probe (telemetry) is given
     lease_check_interval_s: float = 1.0
+    vram_check_interval_s: float = 5.0  # while a session runs: how often VRAM is compared with its limit
     checkpoint_busy_timeout_s: float = 2.0
     ended_memory: int = 256  # ended session ids remembered so heartbeats get 410, not 404
     audit_keep: int = 10_000
@@ -44,6 +45,8 @@ class ControllerConfig:
             raise ValueError(f"configured_capacity must be at least 1, got {self.configured_capacity}")
         if self.lease_check_interval_s <= 0:
             raise ValueError("lease_check_interval_s must be positive")
+        if self.vram_check_interval_s <= 0:
+            raise ValueError("vram_check_interval_s must be positive")
         if self.ended_memory < 1:
             raise ValueError("ended_memory must be at least 1")
         ids = [spec.feature_id for spec in self.features]

@@ -36,3 +36,15 @@ class CheckpointError(ControllerError):
     """The change could not be made durable, so it was not made at all."""
 
     http_status = 503
+
+
+class InvalidRequest(ControllerError):
+    """A value out of range or of the wrong shape; the message names it."""
+
+    http_status = 422
+
+
+class PayloadTooLarge(ControllerError):
+    """Something bigger than the controller stores (a queued message's content or event)."""
+
+    http_status = 413

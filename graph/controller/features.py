@@ -57,6 +57,7 @@ IMAGE_MESSAGE = (
 )
 CONFLICT_MESSAGE = "❌ Already in a voice session! Use `!miku leave` first."
 CAPACITY_MESSAGE = "❌ Not enough GPU memory for another voice session right now."
+VRAM_MESSAGE = "❌ Not enough GPU memory to start a voice session right now; try again in a while."
 QUEUE_DROPPED_MESSAGE = (
     "⚠️ I'm in voice chat and my message queue is full, so the oldest {count} message(s) were dropped "
     "and I won't reply to them."
@@ -75,7 +76,7 @@ DEFAULT_FEATURES: tuple[FeatureSpec, ...] = (
 )
 
 # Message keys that are not feature ids.
-MESSAGE_KEYS = ("session_conflict", "capacity_short", "queue_dropped")
+MESSAGE_KEYS = ("session_conflict", "capacity_short", "vram_short", "queue_dropped")
 
 
 @dataclass(frozen=True)

@@ -7,8 +7,10 @@ decides all of that and nothing else; `deployments/controller/actor.py` hosts it
 Rules it keeps:
 - `check(feature)` is the one question everything asks; a feature is in blackout exactly while at least one
   active session holds it, so a feature can never stay blocked with no session holding it.
-- Start, end and expiry are atomic: the new state is built aside, checkpointed in one SQLite transaction,
-  and only then swapped in. A failed write leaves the state as it was and the error says why.
+- Start, end and expiry are atomic: the new state is built aside (a shallow copy: the values are frozen),
+  the rows it changed are checkpointed in one SQLite transaction, and only then is it swapped in. A failed
+  write leaves the state as it was and the error says why. Only touched rows are written, so a heartbeat
+  or an enqueue costs the same with an empty queue or a full one.
 - Sessions live on leases renewed by heartbeats. Leases use the wall clock (injected) because the deadline
   must keep its meaning across a process or whole-cluster restart; a session whose lease ran out while
   nothing was running is expired on load and its features come back.
@@ -27,8 +29,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from graph.controller.audit import AuditAction, AuditEntry
-from graph.controller.checkpoint import CheckpointWriteError, SqliteCheckpoint
+from graph.controller.audit import AuditAction, AuditEntry, AuditPage
+from graph.controller.checkpoint import SCHEMA_VERSION, CheckpointWriteError, SqliteCheckpoint, StateDelta
 from graph.controller.config import ControllerConfig
 from graph.controller.errors import (
     CheckpointError,
@@ -42,10 +44,19 @@ from graph.controller.features import (
     CONFLICT_MESSAGE,
     QUEUE_DROPPED_MESSAGE,
     TEXT_QUEUE_FEATURE,
+    VRAM_MESSAGE,
     CheckResult,
     Effect,
 )
 from graph.controller.headroom import HeadroomProbe, HeadroomVerdict
+from graph.controller.limits import (
+    MAX_PAGE_BYTES,
+    MAX_PAGE_ITEMS,
+    check_int_range,
+    check_message_size,
+    encoded_size,
+    take_within_budget,
+)
 from graph.controller.sessions import (
     Session,
     SessionEnded,
@@ -99,8 +110,9 @@ class _State:
         )
 
     def to_dict(self) -> dict[str, Any]:
+        """The whole state as one document (what `SqliteCheckpoint.load` returns)."""
         return {
-            "version": 1,
+            "version": SCHEMA_VERSION,
             "sessions": [s.to_dict() for s in self.sessions.values()],
             "holders": {f: sorted(ids) for f, ids in self.holders.items()},
             "ended": [s.to_dict() for s in self.ended.values()],
@@ -113,7 +125,7 @@ class _State:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> _State:
-        if data.get("version") != 1:
+        if data.get("version") not in (1, SCHEMA_VERSION):
             raise ValueError(f"unsupported controller checkpoint version {data.get('version')!r}")
         sessions = [Session.from_dict(s) for s in data["sessions"]]
         ended = [Session.from_dict(s) for s in data["ended"]]
@@ -127,6 +139,32 @@ class _State:
             dropped_total=data["dropped_total"],
             expired_total=data["expired_total"],
         )
+
+    def delta_to(self, new: _State) -> StateDelta:
+        """The rows that differ between this state and `new` (values are frozen: identity says unchanged)."""
+        delta = StateDelta()
+        old_sessions, new_sessions = self.sessions, new.sessions
+        delta.sessions_removed = [sid for sid in old_sessions if sid not in new_sessions]
+        delta.sessions_upserted = [
+            (sid, s.to_dict()) for sid, s in new_sessions.items() if old_sessions.get(sid) is not s
+        ]
+        delta.ended_removed = [sid for sid in self.ended if sid not in new.ended]
+        delta.ended_added = [(sid, s.to_dict()) for sid, s in new.ended.items() if sid not in self.ended]
+        for feature in {**self.holders, **new.holders}:
+            before = self.holders.get(feature, frozenset())
+            after = new.holders.get(feature, frozenset())
+            if before != after:
+                delta.holders_removed.extend((feature, sid) for sid in sorted(before - after))
+                delta.holders_added.extend((feature, sid) for sid in sorted(after - before))
+        if self.queue is not new.queue:
+            old_ids = {m.queue_id for m in self.queue}
+            new_ids = {m.queue_id for m in new.queue}
+            delta.queue_removed = [i for i in old_ids if i not in new_ids]
+            delta.queue_added = [(m.queue_id, m.to_dict()) for m in new.queue if m.queue_id not in old_ids]
+        for key in ("next_queue_id", "next_audit_seq", "dropped_total", "expired_total"):
+            if getattr(self, key) != getattr(new, key):
+                delta.counters[key] = getattr(new, key)
+        return delta
 
 
 class _Change:
@@ -208,10 +246,13 @@ class SessionController:
         active = len(self._state.sessions)
         if active >= self.config.max_sessions:
             raise SessionConflict(self.config.message("session_conflict", request.persona, CONFLICT_MESSAGE))
-        if active >= 1:
+        # Every start, the first one too, asks the VRAM probe when one is given (the RX 6800 may already be
+        # past its limit before any session); without one, only the configured capacity limits later starts.
+        if self._headroom is not None or active >= 1:
             verdict = self._headroom_verdict(active)
             if not verdict.admit:
-                text = self.config.message("capacity_short", request.persona, CAPACITY_MESSAGE)
+                key, fallback = ("capacity_short", CAPACITY_MESSAGE) if active else ("vram_short", VRAM_MESSAGE)
+                text = self.config.message(key, request.persona, fallback)
                 raise SessionConflict(f"{text} ({verdict.reason})" if verdict.reason else text)
 
         now = self._clock()
@@ -338,8 +379,11 @@ class SessionController:
     def enqueue(self, incoming: IncomingMessage, persona: str | None = None) -> EnqueueResult:
         """Queue a text-channel message while a session holds the queue; otherwise say to handle it now.
 
-        Bounded: past `queue_limit` the oldest are dropped and `warning` is the text to post about it.
+        Bounded: past `queue_limit` the oldest are dropped and `warning` is the text to post about it. A message
+        bigger than the queue stores is refused (PayloadTooLarge, 413; InvalidRequest, 422), even outside a
+        session, so a client learns of it at once rather than when a session starts.
         """
+        check_message_size(incoming.content, incoming.event)
         self.expire_stale()
         holders = self._state.holders.get(TEXT_QUEUE_FEATURE, frozenset())
         if not holders:
@@ -382,16 +426,24 @@ class SessionController:
         self._commit(change)
         return EnqueueResult(queued=True, message=message, dropped=dropped, warning=warning)
 
-    def replay(self, limit: int | None = None) -> ReplayBatch:
-        """The oldest unacknowledged messages, in order, once no session holds the queue. Changes nothing."""
+    def replay(
+        self, limit: int | None = None, *, after_id: int = 0, max_bytes: int = MAX_PAGE_BYTES
+    ) -> ReplayBatch:
+        """The oldest unacknowledged messages with queue_id > after_id, in order, once no session holds the
+        queue. Changes nothing. A page stops at `limit` messages or `max_bytes` of JSON, whichever comes first;
+        `next_after_id` is set when more follow."""
         if limit is not None and limit < 1:
             raise ValueError(f"limit must be at least 1, got {limit}")
+        check_int_range("after_id", after_id)
         self.expire_stale()
         queue = self._state.queue
         if self._state.holders.get(TEXT_QUEUE_FEATURE):
             return ReplayBatch(False, (), len(queue), "a voice session still holds the text queue")
-        batch = tuple(queue if limit is None else queue[:limit])
-        return ReplayBatch(True, batch, len(queue))
+        start = next((i for i, m in enumerate(queue) if m.queue_id > after_id), len(queue))
+        candidates = queue[start:] if limit is None else queue[start : start + limit]
+        batch = take_within_budget(candidates, lambda m: m.encoded_bytes, max_bytes)
+        more = start + len(batch) < len(queue)
+        return ReplayBatch(True, batch, len(queue), next_after_id=batch[-1].queue_id if batch and more else None)
 
     def ack(self, queue_ids: Iterable[int]) -> AckResult:
         """Remove replayed messages for good. Unknown or already acknowledged ids are reported, not errors."""
@@ -412,9 +464,20 @@ class SessionController:
 
     # ------------------------------------------------------------------ audit and stats
     def audit(self, after_seq: int = 0, limit: int = 100) -> tuple[AuditEntry, ...]:
-        if limit < 1:
-            raise ValueError(f"limit must be at least 1, got {limit}")
-        return tuple(AuditEntry.from_dict(row) for row in self._store.read_audit(after_seq, limit))
+        return self.audit_page(after_seq, limit, max_bytes=None).entries
+
+    def audit_page(self, after_seq: int = 0, limit: int = 100, *, max_bytes: int | None = MAX_PAGE_BYTES) -> AuditPage:
+        """Audit entries with seq > after_seq, oldest first: at most `limit` and (unless None) `max_bytes` of
+        JSON; `next_after_seq` is set when more follow."""
+        check_int_range("after_seq", after_seq)
+        check_int_range("limit", limit, 1, MAX_PAGE_ITEMS)
+        rows = self._store.read_audit(after_seq, limit + 1)  # one more: is there a next page?
+        page = rows[:limit]
+        if max_bytes is not None:
+            page = list(take_within_budget(page, encoded_size, max_bytes))
+        entries = tuple(AuditEntry.from_dict(row) for row in page)
+        more = len(rows) > len(page)
+        return AuditPage(entries, entries[-1].seq if entries and more else None)
 
     def stats(self) -> ControllerStats:
         state = self._state
@@ -441,7 +504,8 @@ class SessionController:
 
     def _commit(self, change: _Change) -> None:
         try:
-            self._store.save(change.state.to_dict(), [entry.to_dict() for entry in change.audit])
+            delta = self._state.delta_to(change.state)
+            self._store.apply(delta, [entry.to_dict() for entry in change.audit])
         except CheckpointWriteError as exc:
             raise CheckpointError(f"change not applied, state unchanged: {exc}") from exc
         self._state = change.state

@@ -243,9 +243,28 @@ class WhenUnseen(enum.Enum):
     REFUSE = "refuse"  # the production box: unseen VRAM is not safe VRAM
 
 
+@dataclass(frozen=True)
+class VramExcess:
+    """A card using more VRAM than its limit allows while sessions run."""
+
+    resource: str
+    used_mb: float
+    limit_mb: float
+
+    @property
+    def message(self) -> str:
+        return (
+            f"{self.resource} uses {self.used_mb / 1024:.1f} GB of VRAM, over its {self.limit_mb / 1024:g} GB limit "
+            "for voice sessions"
+        )
+
+
 @dataclass
 class VramHeadroom:
-    """Plain callable for `graph.controller.state_machine` (`headroom=`): may another voice session start?
+    """Plain callable for `graph.controller.state_machine` (`headroom=`): may a voice session start?
+
+    Asked before every session start, the first one too. `excess()` is what the controller actor polls
+    while sessions run, to warn when a card crosses its limit.
 
     `limits_gb`: per cluster resource, the most VRAM it may use while sessions run (the plans: the
     RX 6800 under 14 GB). `session_mb`: what one more session is expected to add on that card (KV
@@ -294,3 +313,17 @@ class VramHeadroom:
             else:
                 reasons.append(f"{resource} {used_mb / 1024:.1f}/{limit_gb:g} GB")
         return VramVerdict(admit, "; ".join(reasons), tightest_free, tightest_need, snapshot.devices)
+
+    def excess(self) -> tuple[VramExcess, ...]:
+        """The limited cards that are over their limit now. A card that cannot be read is not reported: with
+        no reading there is nothing to warn about (the start check decides what unseen means)."""
+        snapshot = self.telemetry()
+        over = []
+        for resource, limit_gb in self.limits_gb.items():
+            device = snapshot.device_for(resource)
+            if device is None:
+                continue
+            used_mb, limit_mb = device.vram_used_bytes / MB, limit_gb * 1024
+            if used_mb > limit_mb:
+                over.append(VramExcess(resource, used_mb, limit_mb))
+        return tuple(over)

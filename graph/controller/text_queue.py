@@ -3,7 +3,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 from typing import Any
+
+from graph.controller.limits import MAX_PAGE_BYTES, encoded_size, take_within_budget
 
 
 @dataclass(frozen=True)
@@ -40,6 +43,11 @@ class QueuedMessage:
     def from_dict(cls, data: Mapping[str, Any]) -> QueuedMessage:
         return cls(**data)
 
+    @cached_property
+    def encoded_bytes(self) -> int:
+        """Its size as JSON in an answer, for paging by bytes (computed once; the message is frozen)."""
+        return encoded_size(self.to_dict())
+
 
 @dataclass(frozen=True)
 class EnqueueResult:
@@ -51,10 +59,14 @@ class EnqueueResult:
     reason: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
+        # Normally one message is dropped at a time; after `queue_limit` was lowered there can be many, so
+        # the full messages stop at the page budget and `dropped_ids` names them all.
+        shown = take_within_budget(self.dropped, lambda m: m.encoded_bytes, MAX_PAGE_BYTES // 2)
         return {
             "queued": self.queued,
             "message": self.message.to_dict() if self.message else None,
-            "dropped": [m.to_dict() for m in self.dropped],
+            "dropped": [m.to_dict() for m in shown],
+            "dropped_ids": [m.queue_id for m in self.dropped],
             "warning": self.warning,
             "duplicate": self.duplicate,
             "reason": self.reason,
@@ -67,6 +79,7 @@ class ReplayBatch:
     messages: tuple[QueuedMessage, ...] = ()
     remaining: int = 0  # all unacknowledged messages, including these
     reason: str | None = None
+    next_after_id: int | None = None  # more messages follow: ask again with after_id=this (or ack these)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -74,6 +87,7 @@ class ReplayBatch:
             "messages": [m.to_dict() for m in self.messages],
             "remaining": self.remaining,
             "reason": self.reason,
+            "next_after_id": self.next_after_id,
         }
 
 

@@ -17,7 +17,10 @@ from graph.voice.segmenter import (
     SentenceAggregator,
     SpeechSegmenter,
     clean_for_speech,
+    has_speech,
 )
+from graph.voice import cleaner as cleaner_module
+from graph.voice import segmenter as segmenter_module
 
 CORPUS_FILE = Path(__file__).parent / "data" / "segmenter_corpus.txt"
 
@@ -140,6 +143,13 @@ CLEANING_CASES = [
     # control characters
     ("Hel\x00lo\x07 there.\r\nNew\u200b line\ufeff here.", "Hello there. New line here."),
     ("Bad \ud800surrogate gone.", "Bad surrogate gone."),
+    # terminal escape sequences are removed whole, not just their ESC
+    ("\x1b[31mRed\x1b[0m alert, \x1b[1;38;5;208mbold\x1b[m too.", "Red alert, bold too."),
+    ("\x1b]8;;http://x.y/z\x1b\\link\x1b]8;;\x1b\\ here.", "link here."),
+    ("\x1b]0;window title\x07Hi there.", "Hi there."),
+    ("\x1b7Saved\x1b8 and \x1b(Bcharset\x1bc reset.", "Saved and charset reset."),
+    ("\x9b1mEight\x9b0m bit \x9d0;t\x9c csi.", "Eight bit csi."),
+    ("Unfinished at the end\x1b[3", "Unfinished at the end"),
 ]
 
 
@@ -356,6 +366,7 @@ PIECES = [
     "[", "]", "(", ")", "](", "![", "http://x.y/z", "a@b.com", '"', "“", "”", "「", "」", "。", "、", "！",
     "？", "，", "😀", "\u200d", "👍🏽", "🇯🇵", ":)", ":D", "xD", "<3", "^_^", ";-)", "<:miku:123>",
     "*waves*", "x", "T", "o", "\x00", "\r", "\t", "Mr", "etc.", "A", "b", "こんにちは", "\\",
+    "\x1b", "\x1b[", "[31m", "\x1b[0m", "\x9b", "]8;;", "\x07", "\x1b\\",
 ]
 
 
@@ -376,3 +387,123 @@ def test_split_invariance_property(pieces, cut_seed, config):
         assert chunk == chunk.strip() and chunk
         assert any(ch.isalnum() for ch in chunk)
         assert len(chunk) <= cap
+
+
+# ---------------------------------------------------------------------------------------------------
+# Escape sequences and "nothing to say"
+# ---------------------------------------------------------------------------------------------------
+
+def test_escape_sequence_split_across_feeds_is_removed_whole():
+    text = "Alert \x1b[1;31mred\x1b[0m now. \x1b]0;title\x1b\\Done."
+    assert segment(text) == ["Alert red now.", "Done."]
+    for cut in range(1, len(text)):
+        assert segment_split(text, [cut]) == segment(text), cut
+    seg = SpeechSegmenter()
+    assert seg.feed("Well hello \x1b") == [] and seg.feed("[3") == [] and seg.feed("1mthere") == []
+    assert seg.feed(". ") == [] and seg.feed("Bye") == ["Well hello there."]
+
+
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        ("😀🎉👍🏽", False),
+        ("<think>I should say hello.</think>", False),
+        ("<think>unfinished reasoning", False),
+        ("```\nprint('hi')\n```", False),
+        (":) ^_^ ... !!! *waves*", False),
+        ("\x1b[31m\x1b[0m", False),
+        ("", False),
+        ("😀 hi", True),
+        ("<think>hmm</think>OK.", True),
+        ("3", True),
+        ("こんにちは", True),
+    ],
+)
+def test_has_speech(text, expected):
+    assert has_speech(text) is expected
+    assert has_speech(text) is bool(segment(text))
+
+
+# ---------------------------------------------------------------------------------------------------
+# Linear work and bounded held text (counted, never timed)
+# ---------------------------------------------------------------------------------------------------
+
+HUGE_SHAPES = {
+    "words": lambda n: ("word " * n)[:n],
+    "no punctuation": lambda n: "a" * n,
+    "tiny tokens": lambda n: ("a " * n)[:n],
+    "unclosed asterisk": lambda n: "*" + ("word " * n)[: n - 1],
+    "unclosed angle": lambda n: "<" + ("word " * n)[: n - 1],
+    "unclosed bracket": lambda n: "[" + ("word " * n)[: n - 1],
+    "unclosed quote": lambda n: '"' + ("word " * n)[: n - 1],
+    "unclosed fence": lambda n: "```\n" + ("code " * n)[: n - 4],
+    "stars": lambda n: "*" * n,
+    "emoji": lambda n: "😀" * n,
+    "spaces after a stop": lambda n: "Hi." + " " * (n - 3),
+    "exclamations": lambda n: "Hi" + "!" * (n - 2),
+    "emoticon repeat": lambda n: ":" + ")" * (n - 1),
+    "open escape": lambda n: "\x1b[" + "1" * (n - 2),
+    "open osc": lambda n: "\x1b]" + "x" * (n - 2),
+    "horizontal rule": lambda n: "\n" + ("- " * n)[: n - 1],
+    "hashes": lambda n: "\n" + "#" * (n - 1),
+    "backticks": lambda n: "`" * n,
+    "dashes": lambda n: "a " + "-" * (n - 2),
+    "number comma": lambda n: "1," + " " * (n - 2),
+    "think": lambda n: "<think>" + ("x " * n)[: n - 7],
+}
+
+
+class _WorkMeter:
+    """Records the largest buffer each stage works on and how often it runs (a stand-in for time)."""
+
+    def __init__(self, monkeypatch):
+        self.max_raw = self.max_buf = self.runs = 0
+        meter = self
+        run, push = cleaner_module.StreamCleaner._run, segmenter_module._ChunkCutter._push_window
+
+        def counted_run(cleaner, final):
+            meter.max_raw = max(meter.max_raw, len(cleaner._raw))
+            meter.runs += 1
+            return run(cleaner, final)
+
+        def counted_push(cutter, text, final, chunks):
+            meter.max_buf = max(meter.max_buf, len(cutter._buf) - cutter._base + len(text))
+            meter.runs += 1
+            return push(cutter, text, final, chunks)
+
+        monkeypatch.setattr(cleaner_module.StreamCleaner, "_run", counted_run)
+        monkeypatch.setattr(segmenter_module._ChunkCutter, "_push_window", counted_push)
+
+
+@pytest.mark.parametrize("shape", sorted(HUGE_SHAPES))
+def test_held_text_stays_bounded_while_streaming(shape):
+    """60k characters fed a few at a time: what is held never exceeds the caps (no growing rescans)."""
+    config = SegmenterConfig()
+    bound = config.max_chunk_chars + 2 * config.lookahead_limit + 8
+    text = HUGE_SHAPES[shape](60_000)
+    seg = SpeechSegmenter(config)
+    most = 0
+    chunks = []
+    for start in range(0, len(text), 7):
+        chunks += seg.feed(text[start : start + 7])
+        most = max(most, seg.held_chars)
+    chunks += seg.flush()
+    assert most <= bound, (shape, most)
+    assert seg.held_chars == 0
+    assert all(len(c) <= config.max_chunk_chars for c in chunks)
+
+
+@pytest.mark.parametrize("shape", ["words", "no punctuation", "unclosed asterisk", "emoji", "spaces after a stop"])
+def test_one_huge_feed_works_in_bounded_windows(shape, monkeypatch):
+    """1M characters in one feed(): each stage only ever works on a window plus its held text, and the
+    number of steps grows linearly with the input, so the whole is linear."""
+    meter = _WorkMeter(monkeypatch)
+    config = SegmenterConfig()
+    size = 1_000_000
+    seg = SpeechSegmenter(config)
+    chunks = seg.feed(HUGE_SHAPES[shape](size)) + seg.flush()
+    window = cleaner_module.FEED_WINDOW
+    assert meter.max_raw <= window + config.lookahead_limit
+    assert meter.max_buf <= window + config.max_chunk_chars + 2 * config.lookahead_limit
+    assert meter.runs <= 2 * (size // window + 2) + 2
+    assert all(len(c) <= config.max_chunk_chars for c in chunks)

@@ -41,9 +41,17 @@ import enum
 import re
 from dataclasses import dataclass
 
-from graph.voice.cleaner import CLOSE_TO_OPEN, NEED_MORE, OPEN_TO_CLOSE, SENTENCE_END, StreamCleaner
+from graph.voice.cleaner import (
+    CLOSE_TO_OPEN,
+    FEED_WINDOW,
+    NEED_MORE,
+    OPEN_TO_CLOSE,
+    SENTENCE_END,
+    StreamCleaner,
+)
 
 __all__ = [
+    "has_speech",
     "SegmenterConfig",
     "SpeechSegmenter",
     "SentenceAggregator",
@@ -105,6 +113,8 @@ _DOTTED_ACRONYM = re.compile(r"(?:[A-Za-z]\.)+[A-Za-z]")
 
 _CUT_CANDIDATE = re.compile(r"[.!?…。！？,;:、，—–\-\n\"“”「」『』()\[\]（）【】]")
 _NONSPACE = re.compile(r"\S")
+_SENTENCE_RUN = re.compile(f"[{re.escape(SENTENCE_END)}]+")
+_DASH_RUN = re.compile("-+")
 _HAS_WORD = re.compile(r"[^\W_]")
 _CJK_RANGES = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"  # kana and ideographs
 _CJK = re.compile(f"[{_CJK_RANGES}]")
@@ -163,7 +173,12 @@ def _depth_after(text: str, stack: tuple[str, ...]) -> tuple[str, ...]:
 
 
 class _ChunkCutter:
-    """Cuts clean text into chunks; `push` returns the chunks the text so far completes."""
+    """Cuts clean text into chunks; `push` returns the chunks the text so far completes.
+
+    Positions are absolute in `_buf`; `_base` is where the current chunk starts (text before it is
+    spent and dropped once per window, not once per chunk). Nothing looks further than the current
+    chunk's cap plus `lookahead_limit`, so the held text is bounded and each character is scanned a
+    bounded number of times."""
 
     def __init__(self, config: SegmenterConfig, early_first_chunk: bool):
         self._cfg = config
@@ -172,48 +187,73 @@ class _ChunkCutter:
 
     def reset(self) -> None:
         self._buf = ""
+        self._base = 0  # start of the current chunk in `_buf`
         self._scan = 0  # every candidate before this position is decided (and was not taken)
         self._depth: tuple[str, ...] = ()  # quote/bracket nesting at `_scan`
         self._chunk_depth: tuple[str, ...] = ()  # nesting at the start of the current chunk
-        self._clause_end = 0  # end of the last clause boundary seen in the current chunk
+        self._clause_end = 0  # end of the last clause boundary seen in the current chunk (or `_base`)
         self._first = self._early  # the next chunk is the utterance's first (cut early)
 
+    @property
+    def held_chars(self) -> int:
+        """Clean characters received but not yet part of a chunk."""
+        return len(self._buf) - self._base
+
     def push(self, text: str, final: bool) -> list[str]:
-        if text:
-            self._buf += text
         chunks: list[str] = []
+        if not text and not final:
+            return chunks
+        for start in range(0, len(text), FEED_WINDOW):
+            self._push_window(text[start : start + FEED_WINDOW], False, chunks)
+        if final:
+            self._push_window("", True, chunks)
+        return chunks
+
+    def _push_window(self, text: str, final: bool, chunks: list[str]) -> None:
+        if self._base:  # drop the spent text once per window
+            shift = self._base
+            self._buf = self._buf[shift:] + text
+            self._base = 0
+            self._scan -= shift
+            self._clause_end = max(0, self._clause_end - shift)
+        elif text:
+            self._buf += text
         while True:
             self._strip_leading_space()
             cut = self._next_cut(final)
             if cut is None:
                 break
             end, kind = cut
-            piece = self._buf[:end]
+            piece = self._buf[self._base : end]
             # Boundaries are only taken outside quotes; a cap cut may land inside one.
             self._chunk_depth = _depth_after(piece, self._chunk_depth) if kind is _Cut.CAP else ()
             self._depth = self._chunk_depth
-            self._buf = self._buf[end:]
-            self._scan = 0
-            self._clause_end = 0
+            self._base = self._scan = self._clause_end = end
             text_out = _normalize(piece)
             if _speakable(text_out):
                 chunks.append(text_out)
                 self._first = False
         if final:
-            rest = _normalize(self._buf)
+            rest = _normalize(self._buf[self._base :])
             if _speakable(rest):
                 chunks.append(rest)
             self.reset()
-        return chunks
 
     def _strip_leading_space(self) -> None:
-        buf = self._buf
-        if buf and buf[0].isspace():
-            stripped = buf.lstrip()
-            shift = len(buf) - len(stripped)
-            self._buf = stripped
-            self._scan = max(0, self._scan - shift)
-            self._clause_end = max(0, self._clause_end - shift)
+        base = self._base
+        if base < len(self._buf) and self._buf[base].isspace():
+            m = _NONSPACE.search(self._buf, base)
+            base = m.start() if m else len(self._buf)
+            self._base = base
+            self._scan = max(base, self._scan)
+            self._clause_end = max(base, self._clause_end)
+
+    def _bound(self, i: int, final: bool) -> tuple[int, bool]:
+        """How far the candidate at `i` may look, and whether it must decide there (see StreamCleaner)."""
+        limit = i + self._cfg.lookahead_limit
+        if len(self._buf) >= limit:
+            return limit, True
+        return len(self._buf), final
 
     def _first_chunk_ready(self, piece: str) -> bool:
         text = _normalize(piece)
@@ -226,19 +266,21 @@ class _ChunkCutter:
     def _next_cut(self, final: bool):
         buf = self._buf
         n = len(buf)
+        base = self._base
         limit = self._cfg.max_chunk_chars
         if self._first:
             limit = min(limit, self._cfg.first_chunk_max_chars)
+        limit += base
         i = self._scan
         while True:
-            m = _CUT_CANDIDATE.search(buf, i)
-            ci = m.start() if m else n
-            if ci >= limit:
-                self._scan = min(ci, n)
-                return self._cap_cut(limit) if n > limit else None
+            m = _CUT_CANDIDATE.search(buf, i, limit)  # a candidate at or past the cap does not matter
             if m is None:
+                if n > limit:
+                    self._scan = limit
+                    return self._cap_cut(limit)
                 self._scan = n
                 return None
+            ci = m.start()
             res = self._resolve(ci, final)
             if res is NEED_MORE:
                 self._scan = ci
@@ -247,21 +289,22 @@ class _ChunkCutter:
             if kind is not _Cut.SKIP and end > limit:
                 self._scan = ci
                 return self._cap_cut(limit)
-            if kind is _Cut.SENTENCE and _HAS_WORD.search(buf, 0, end):
+            if kind is _Cut.SENTENCE and _HAS_WORD.search(buf, base, end):
                 return end, kind
-            if kind is _Cut.CLAUSE and _HAS_WORD.search(buf, 0, end):
-                if self._first and self._first_chunk_ready(buf[:end]):
+            if kind is _Cut.CLAUSE and _HAS_WORD.search(buf, base, end):
+                if self._first and self._first_chunk_ready(buf[base:end]):
                     return end, kind
                 self._clause_end = end
             i = nxt
 
     def _cap_cut(self, limit: int):
         buf = self._buf
-        if self._clause_end >= max(1, limit // 3):
+        base = self._base
+        if self._clause_end - base >= max(1, (limit - base) // 3):
             return self._clause_end, _Cut.CAP
-        for k in range(limit, 0, -1):  # the last word boundary that keeps the chunk within the cap
+        for k in range(limit, base, -1):  # the last word boundary that keeps the chunk within the cap
             if buf[k].isspace():
-                if _HAS_WORD.search(buf, 0, k):
+                if _HAS_WORD.search(buf, base, k):
                     return k, _Cut.CAP
                 break
         return limit, _Cut.CAP  # one word longer than the cap
@@ -269,17 +312,18 @@ class _ChunkCutter:
     def _resolve(self, i: int, final: bool):
         """Decide the candidate at `i`: (kind, chunk end, next scan position) or NEED_MORE."""
         buf = self._buf
-        n = len(buf)
+        n, final = self._bound(i, final)
+        base = self._base
         c = buf[i]
         if c == "\n":
             self._depth = ()
             return _Cut.SENTENCE, i + 1, i + 1
         if c == '"' or c in OPEN_TO_CLOSE or c in CLOSE_TO_OPEN:
-            prev = buf[i - 1] if i else ""
+            prev = buf[i - 1] if i > base else ""
             depth, closed = _update_depth(self._depth, c, prev)
             if closed and not depth and prev and prev in SENTENCE_END:
                 # "... he said "Stop!" Then": a sentence may end right after the quote.
-                res = self._after_sentence_end(i + 1, prev, final, token_start=None)
+                res = self._after_sentence_end(i + 1, n, prev, final, token_start=None)
                 if res is NEED_MORE:
                     return NEED_MORE
                 self._depth = depth
@@ -291,15 +335,13 @@ class _ChunkCutter:
         if self._depth:
             return _Cut.SKIP, 0, i + 1  # nothing inside quotes or brackets is a boundary
         if c in SENTENCE_END:
-            j = i
-            while j < n and buf[j] in SENTENCE_END:
-                j += 1
+            j = _SENTENCE_RUN.match(buf, i, n).end()
             if j == n and not final:
                 return NEED_MORE
             run = buf[i:j]
             if any(ch in _CJK_SENTENCE_END for ch in run):
                 return _Cut.SENTENCE, j, j
-            res = self._after_sentence_end(j, run, final, token_start=i if run == "." else None)
+            res = self._after_sentence_end(j, n, run, final, token_start=i if run == "." else None)
             if res is NEED_MORE:
                 return NEED_MORE
             if res is None:
@@ -310,8 +352,8 @@ class _ChunkCutter:
                 return NEED_MORE if not final else (_Cut.SKIP, 0, i + 1)
             if not buf[i + 1].isspace():
                 return _Cut.SKIP, 0, i + 1  # 1,000  10:30  https://
-            if c == "," and i and buf[i - 1].isdigit():
-                m = _NONSPACE.search(buf, i + 1)
+            if c == "," and i > base and buf[i - 1].isdigit():
+                m = _NONSPACE.search(buf, i + 1, n)
                 if m is None:
                     return NEED_MORE if not final else (_Cut.SKIP, 0, i + 1)
                 if m.group().isdigit():
@@ -320,40 +362,37 @@ class _ChunkCutter:
         if c in "、，":
             return _Cut.CLAUSE, i + 1, i + 1
         if c in "—–":
-            if i and buf[i - 1].isdigit():
+            if i > base and buf[i - 1].isdigit():
                 if i + 1 >= n:
                     return NEED_MORE if not final else (_Cut.SKIP, 0, i + 1)
                 if buf[i + 1].isdigit():
                     return _Cut.SKIP, 0, i + 1  # 1990–2000
             return _Cut.CLAUSE, i + 1, i + 1
         # "-": a spaced dash " - " / " -- " is a clause boundary; hyphens and minus signs are not.
-        if not i or not buf[i - 1].isspace():
+        if i == base or not buf[i - 1].isspace():
             return _Cut.SKIP, 0, i + 1
-        j = i
-        while j < n and buf[j] == "-":
-            j += 1
+        j = _DASH_RUN.match(buf, i, n).end()
         if j == n:
             return NEED_MORE if not final else (_Cut.SKIP, 0, j)
         if not buf[j].isspace() or j - i > 3:
             return _Cut.SKIP, 0, j
         k = i - 1
-        while k >= 0 and buf[k].isspace():
+        while k >= base and buf[k].isspace():
             k -= 1
-        if k >= 0 and buf[k].isdigit():
-            m = _NONSPACE.search(buf, j)
+        if k >= base and buf[k].isdigit():
+            m = _NONSPACE.search(buf, j, n)
             if m is None:
                 return NEED_MORE if not final else (_Cut.SKIP, 0, j)
             if m.group().isdigit():
                 return _Cut.SKIP, 0, j  # 3 - 2
         return _Cut.CLAUSE, j, j
 
-    def _after_sentence_end(self, j: int, run: str, final: bool, token_start: int | None):
+    def _after_sentence_end(self, j: int, n: int, run: str, final: bool, token_start: int | None):
         """Whether sentence punctuation `run` ending at `j` ends a sentence: (kind, end), None or NEED_MORE.
 
-        token_start is the run's position when it is a single "." (then the word before it is checked
-        for abbreviations)."""
+        Looks no further than `n`. token_start is the run's position when it is a single "." (then the
+        word before it is checked for abbreviations)."""
         buf = self._buf
-        n = len(buf)
         if j == n:
             return NEED_MORE if not final else (_Cut.SENTENCE, j)
         if not buf[j].isspace():
@@ -361,7 +400,7 @@ class _ChunkCutter:
         ellipsis = "…" in run or ".." in run
         if not ellipsis and ("!" in run or "?" in run):
             return _Cut.SENTENCE, j
-        m = _NONSPACE.search(buf, j)
+        m = _NONSPACE.search(buf, j, n)
         gap_end = m.start() if m else n
         if "\n" in buf[j:gap_end]:
             return _Cut.SENTENCE, j
@@ -379,7 +418,7 @@ class _ChunkCutter:
     def _is_abbreviation(self, dot: int, following: str) -> bool:
         buf = self._buf
         k = dot
-        while k > 0 and not buf[k - 1].isspace():
+        while k > self._base and not buf[k - 1].isspace():
             k -= 1
         token = buf[k:dot].lstrip("\"“‘'(「『[（*")
         low = token.lower()
@@ -425,6 +464,12 @@ class SpeechSegmenter:
         self._cleaner.reset()
         self._cutter.reset()
 
+    @property
+    def held_chars(self) -> int:
+        """Characters fed and not yet in a chunk nor dropped: bounded by the chunk cap plus twice
+        `lookahead_limit` (plus one feed window), however much text arrives without a boundary."""
+        return self._cleaner.held_chars + self._cutter.held_chars
+
 
 class SentenceAggregator(SpeechSegmenter):
     """Whole sentences only (no early first chunk): what common voice frameworks do.
@@ -441,3 +486,11 @@ def clean_for_speech(text: str, config: SegmenterConfig | None = None) -> str:
         raise TypeError(f"clean_for_speech() takes str, got {type(text).__name__}")
     cleaner = StreamCleaner(config or SegmenterConfig())
     return _normalize(cleaner.feed(text) + cleaner.flush())
+
+
+def has_speech(text: str, config: SegmenterConfig | None = None) -> bool:
+    """Whether `text` has anything to say: True exactly when segmenting it yields at least one chunk.
+
+    False for text that is only emoji, emoticons, markup, code, ``<think>...</think>``, escape sequences
+    or punctuation; a caller can then answer "nothing to say" instead of playing silence."""
+    return _speakable(clean_for_speech(text, config))

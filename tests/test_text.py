@@ -13,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from graph.voice.segmenter import (
+    FirstChunkRule,
     SegmenterConfig,
     SentenceAggregator,
     SpeechSegmenter,
@@ -23,6 +24,8 @@ from graph.voice import cleaner as cleaner_module
 from graph.voice import segmenter as segmenter_module
 
 CORPUS_FILE = Path(__file__).parent / "data" / "segmenter_corpus.txt"
+CHAT_REPLIES_FILE = Path(__file__).parent.parent / "benchmarks" / "data" / "chat_replies.txt"
+CLAUSE = {"first_chunk_rule": FirstChunkRule.CLAUSE}  # the first-chunk rule these cases were written for
 
 
 def segment(text: str, cls=SpeechSegmenter, **config) -> list[str]:
@@ -101,7 +104,11 @@ HARD_CASES = [
 
 @pytest.mark.parametrize("text,expected", HARD_CASES)
 def test_hard_cases(text, expected):
-    assert segment(text) == expected
+    assert segment(text, **CLAUSE) == expected
+    # The phrase rule (default) may only end the first chunk earlier, at a word boundary.
+    phrase = segment(text)
+    assert " ".join(phrase) == " ".join(expected)
+    assert expected[0].startswith(phrase[0])
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -161,14 +168,14 @@ def test_clean_for_speech(text, expected):
 def test_roleplay_kept_when_disabled():
     config = SegmenterConfig(strip_roleplay=False)
     assert clean_for_speech("*waves* Hi! So sweet *blushes*", config) == "waves Hi! So sweet blushes"
-    assert segment("*waves happily* Hi there!", strip_roleplay=False) == ["waves happily Hi there!"]
+    assert segment("*waves happily* Hi there!", strip_roleplay=False, **CLAUSE) == ["waves happily Hi there!"]
 
 
 def test_reasoning_without_opener():
     text = "The user wants a greeting. OK.</think>Hi there! Nice day."
     assert segment(text, reasoning_without_opener=True) == ["Hi there!", "Nice day."]
     # Without the option the text before the stray closer is ordinary text.
-    assert segment(text)[0] == "The user wants a greeting."
+    assert segment(text, **CLAUSE)[0] == "The user wants a greeting."
 
 
 def test_unclosed_fence_emits_nothing_while_streaming():
@@ -334,6 +341,7 @@ def test_corpus_chunks():
 
 INVARIANCE_CONFIGS = [
     {},
+    CLAUSE,
     {"max_chunk_chars": 24, "first_chunk_max_chars": 12, "lookahead_limit": 16},
     {"strip_roleplay": False, "reasoning_without_opener": True, "first_chunk_min_words": 0},
 ]
@@ -507,3 +515,99 @@ def test_one_huge_feed_works_in_bounded_windows(shape, monkeypatch):
     assert meter.max_buf <= window + config.max_chunk_chars + 2 * config.lookahead_limit
     assert meter.runs <= 2 * (size // window + 2) + 2
     assert all(len(c) <= config.max_chunk_chars for c in chunks)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The first chunk (FirstChunkRule.PHRASE): earlier, never inside numbers, abbreviations, URLs, quotes
+# ---------------------------------------------------------------------------------------------------
+
+def _chat_replies() -> list[str]:
+    lines = CHAT_REPLIES_FILE.read_text(encoding="utf-8").splitlines()
+    return [line.replace("\\n", "\n") for line in lines if line.strip() and not line.startswith("#")]
+
+
+def held_before_first_chunk(text: str, **config) -> int:
+    """Clean characters fed (char by char) before the first chunk came out."""
+    seg = SpeechSegmenter(SegmenterConfig(**config))
+    for end in range(1, len(text) + 1):
+        if seg.feed(text[end - 1]):
+            return len(clean_for_speech(text[:end]))
+    assert seg.flush(), text
+    return len(clean_for_speech(text))
+
+
+@pytest.mark.parametrize(
+    "text,first",
+    [
+        ("I went to the park yesterday and saw so many cherry blossoms.", "I went to the park"),
+        ("Please wait a moment while I look that up for you.", "Please wait"),
+        ("Sometimes I wonder what it would be like to sing there.", "Sometimes I wonder"),
+        ("Hi there! How are you doing today?", "Hi there!"),  # a sentence end still comes first
+        ("Well, you know, I think that is a great idea.", "Well, you know,"),
+    ],
+)
+def test_first_chunk_ends_at_an_early_word_boundary(text, first):
+    assert segment(text)[0] == first
+    assert " ".join(segment(text)) == text
+
+
+@pytest.mark.parametrize(
+    "text,kept",
+    [
+        ("The server has 1,248 members now and counting.", "1,248 members"),  # never after a number
+        ("It costs about 3.14 dollars per song here.", "3.14 dollars"),
+        ("The show is at 10:30 pm on the main stage.", "10:30 pm"),
+        ("Say hello to Dr. Tanaka when you see him later.", "Dr. Tanaka"),  # nor after an abbreviation
+        ("You could try e.g. apples or maybe some pears.", "e.g. apples"),
+        ("The lyrics are at https://example.com/lyrics/miku right now.", "https://example.com/lyrics/miku"),
+        ('He told me "Do not be nervous at all" and it helped.', '"Do not be nervous at all"'),
+        ("I love the new dance [the one from the music video] so much.", "[the one from the music video]"),
+        ("I am learning (slowly but surely) how to dance today.", "(slowly but surely)"),
+        ("It was really 「とても楽しい」 for everyone there.", "「とても楽しい」"),
+    ],
+)
+def test_first_chunk_never_splits_numbers_abbreviations_urls_quotes_brackets(text, kept):
+    chunks = segment(text)
+    assert any(kept in chunk for chunk in chunks), chunks
+    assert " ".join(chunks) == text
+    assert not chunks[0][-1].isdigit() and not chunks[0].endswith(("Dr.", "e.g."))
+
+
+def test_first_chunk_does_not_end_on_a_word_that_needs_more():
+    assert segment("I think the concert starts at seven tonight.")[0] == "I think the concert"
+    assert segment("That's a tough one. On the other hand, fine.")[0] == "That's a tough one."  # no lone "one."
+    assert segment("Oh, you play guitar? That is awesome!")[0] == "Oh, you play guitar?"
+
+
+def test_first_chunk_has_two_words_unless_it_is_a_whole_sentence():
+    for reply in _chat_replies():
+        first = segment(reply)[0]
+        words = segmenter_module._WORDS.findall(first)  # a CJK character counts as a word
+        assert len(words) >= 2 or first[-1] in ".!?…。！？", (reply, first)
+
+
+def test_old_first_chunk_rule_is_still_available():
+    text = "I went to the park and saw so many cherry blossoms."
+    assert segment(text, **CLAUSE) == [text]
+    assert segment(text) == ["I went to the park", "and saw so many cherry blossoms."]
+    with pytest.raises(ValueError, match="first_chunk_rule"):
+        SegmenterConfig(first_chunk_rule="sometimes")
+
+
+def test_chat_replies_first_chunk_comes_within_20_characters_on_average():
+    replies = _chat_replies()
+    assert len(replies) >= 150
+    new = [held_before_first_chunk(r) for r in replies]
+    old = [held_before_first_chunk(r, **CLAUSE) for r in replies]
+    assert sum(new) / len(new) <= 20, sum(new) / len(new)
+    assert sum(new) < sum(old) * 0.75
+    assert all(n <= o for n, o in zip(new, old))  # never later than the old rule
+
+
+def test_split_invariance_over_chat_replies():
+    rng = random.Random(7)
+    for reply in _chat_replies():
+        whole = segment(reply)
+        assert segment_split(reply, list(range(1, len(reply))), SpeechSegmenter) == whole, reply
+        assert segment_split(reply, token_cuts(reply), SpeechSegmenter) == whole, reply
+        assert segment_split(reply, random_cuts(rng, len(reply)), SpeechSegmenter) == whole, reply

@@ -51,12 +51,20 @@ from graph.voice.cleaner import (
 )
 
 __all__ = [
+    "FirstChunkRule",
     "has_speech",
     "SegmenterConfig",
     "SpeechSegmenter",
     "SentenceAggregator",
     "clean_for_speech",
 ]
+
+
+class FirstChunkRule(str, enum.Enum):
+    """Where the utterance's first chunk may end (later chunks are whole sentences either way)."""
+
+    CLAUSE = "clause"  # at a clause boundary (, ; : — 、 ，) once it is long enough (the old rule)
+    PHRASE = "phrase"  # also at a phrase boundary: before "and", "but", "because", "with", ... (default)
 
 
 @dataclass(frozen=True)
@@ -76,6 +84,14 @@ class SegmenterConfig:
         stray ``</think>`` is just removed.
     lookahead_limit: how far to look for the end of a tag, link or ``*span*`` before deciding that its
         opener was plain text. Bounds how long text can be held back.
+    first_chunk_rule: `FirstChunkRule.PHRASE` (default) also ends the first chunk before a word that
+        starts a new phrase (a conjunction or preposition such as "and", "because", "with") once the
+        chunk holds at least three words and `first_chunk_min_chars`; never inside quotes or brackets,
+        never right after a number, a closing quote or bracket, and never before the reply's last word.
+        It may also end at a plain word boundary once it holds `first_chunk_soft_chars` characters and
+        three words, if it does not end on a word that needs its continuation ("the", "my", "to", "is",
+        ...) and two more words follow. `FirstChunkRule.CLAUSE` is the previous rule (clause
+        boundaries only).
     """
 
     first_chunk_min_chars: int = 10
@@ -85,8 +101,15 @@ class SegmenterConfig:
     strip_roleplay: bool = True
     reasoning_without_opener: bool = False
     lookahead_limit: int = 300
+    first_chunk_rule: FirstChunkRule = FirstChunkRule.PHRASE
+    first_chunk_soft_chars: int = 10
 
     def __post_init__(self) -> None:
+        try:
+            object.__setattr__(self, "first_chunk_rule", FirstChunkRule(self.first_chunk_rule))
+        except ValueError:
+            rules = ", ".join(r.value for r in FirstChunkRule)
+            raise ValueError(f"first_chunk_rule must be one of {rules}, got {self.first_chunk_rule!r}") from None
         if self.first_chunk_min_chars < 0 or self.first_chunk_min_words < 0:
             raise ValueError("first_chunk_min_chars and first_chunk_min_words must be >= 0")
         if self.max_chunk_chars < 2 or self.first_chunk_max_chars < 2:
@@ -112,7 +135,25 @@ _ABBREVIATIONS_BEFORE_NUMBER = frozenset("no nos p pp vol vols ch fig figs art s
 _DOTTED_ACRONYM = re.compile(r"(?:[A-Za-z]\.)+[A-Za-z]")
 
 _CUT_CANDIDATE = re.compile(r"[.!?…。！？,;:、，—–\-\n\"“”「」『』()\[\]（）【】]")
+_CUT_CANDIDATE_PHRASE = re.compile(_CUT_CANDIDATE.pattern[:-1] + " ]")  # spaces too: phrase breaks
 _NONSPACE = re.compile(r"\S")
+_WORD_RUN = re.compile(r"[^\W_\d]+(?:['’][^\W_\d]+)?")
+_PHRASE_MIN_WORDS = 2
+_NO_PHRASE_BREAK_AFTER = frozenset(",;:—–-.…!?\"'“”‘’)]）」』】&/+=*@#$%")
+# Words a first chunk must not end on: they announce more ("I think the |", "We should |").
+_OPEN_ENDED_WORDS = frozenset(
+    "a an the my your his her its our their this these those that some any no every each all both "
+    "to of in on at for with from by about into onto as than and or but so if because when while "
+    "is am are was were be been being do does did have has had will would can could should may might "
+    "must shall not very really just too also quite pretty so such even only still "
+    "i you he she it we they me him us them i'm you're he's she's it's we're they're i'll you'll "
+    "we'll i've you've we've i'd you'd there here what which who whom how where why let's let "
+    "that's what's there's here's who's how's where's thank "
+    "great good new little big small old first last next other same few many much more most lot bit "
+    "kind sort best whole real "
+    "don't can't won't didn't isn't aren't wasn't doesn't couldn't wouldn't shouldn't "
+    "one two three four five six seven eight nine ten".split()
+)
 _SENTENCE_RUN = re.compile(f"[{re.escape(SENTENCE_END)}]+")
 _DASH_RUN = re.compile("-+")
 _HAS_WORD = re.compile(r"[^\W_]")
@@ -142,6 +183,7 @@ class _Cut(enum.Enum):
     CLAUSE = "clause"  # , ; : — 、 ，  and ellipses before a lowercase word
     SENTENCE = "sentence"  # . ! ? 。 ！ ？ and newlines
     CAP = "cap"  # length cap
+    SOFT = "soft"  # a word boundary in a long enough first chunk (FirstChunkRule.PHRASE)
 
 
 def _update_depth(stack: tuple[str, ...], c: str, prev: str) -> tuple[tuple[str, ...], bool]:
@@ -255,12 +297,12 @@ class _ChunkCutter:
             return limit, True
         return len(self._buf), final
 
-    def _first_chunk_ready(self, piece: str) -> bool:
+    def _first_chunk_ready(self, piece: str, min_words: int = 0, min_chars: int = 0) -> bool:
         text = _normalize(piece)
         spoken_len = len(text) + len(_CJK.findall(text))
         return (
-            spoken_len >= self._cfg.first_chunk_min_chars
-            and len(_WORDS.findall(text)) >= self._cfg.first_chunk_min_words
+            spoken_len >= max(min_chars, self._cfg.first_chunk_min_chars)
+            and len(_WORDS.findall(text)) >= max(min_words, self._cfg.first_chunk_min_words)
         )
 
     def _next_cut(self, final: bool):
@@ -271,9 +313,11 @@ class _ChunkCutter:
         if self._first:
             limit = min(limit, self._cfg.first_chunk_max_chars)
         limit += base
+        phrase = self._first and self._cfg.first_chunk_rule is FirstChunkRule.PHRASE
+        candidates = _CUT_CANDIDATE_PHRASE if phrase else _CUT_CANDIDATE
         i = self._scan
         while True:
-            m = _CUT_CANDIDATE.search(buf, i, limit)  # a candidate at or past the cap does not matter
+            m = candidates.search(buf, i, limit)  # a candidate at or past the cap does not matter
             if m is None:
                 if n > limit:
                     self._scan = limit
@@ -295,6 +339,10 @@ class _ChunkCutter:
                 if self._first and self._first_chunk_ready(buf[base:end]):
                     return end, kind
                 self._clause_end = end
+            if kind is _Cut.SOFT and self._first_chunk_ready(
+                buf[base:end], _PHRASE_MIN_WORDS, self._cfg.first_chunk_soft_chars
+            ):
+                return end, kind
             i = nxt
 
     def _cap_cut(self, limit: int):
@@ -334,6 +382,8 @@ class _ChunkCutter:
             return _Cut.SKIP, 0, i + 1
         if self._depth:
             return _Cut.SKIP, 0, i + 1  # nothing inside quotes or brackets is a boundary
+        if c == " ":
+            return self._phrase_break(i, n, final)
         if c in SENTENCE_END:
             j = _SENTENCE_RUN.match(buf, i, n).end()
             if j == n and not final:
@@ -386,6 +436,34 @@ class _ChunkCutter:
             if m.group().isdigit():
                 return _Cut.SKIP, 0, j  # 3 - 2
         return _Cut.CLAUSE, j, j
+
+    def _phrase_break(self, i: int, n: int, final: bool):
+        """Whether the space at `i` may end the first chunk (`FirstChunkRule.PHRASE`): a word boundary
+        before a word (not punctuation, a number or a symbol), not right after a number ("3 | to 5"),
+        a closing quote or bracket, punctuation or an abbreviation ("Dr. | Smith"), nor after a word
+        that needs its continuation ("I think the |"). Inside quotes and brackets it is never asked.
+        The caller takes it once the chunk is `first_chunk_soft_chars` long."""
+        buf = self._buf
+        skip = (_Cut.SKIP, 0, i + 1)
+        if i == self._base:
+            return skip
+        prev = buf[i - 1]
+        if prev.isspace() or prev.isdigit() or prev in _NO_PHRASE_BREAK_AFTER:
+            return skip
+        m = _WORD_RUN.match(buf, i + 1, n)
+        if m is None:
+            return NEED_MORE if i + 1 == n and not final else skip  # punctuation, a number or a symbol
+        e = m.end()
+        if e + 1 >= n:  # the next word and the start of the one after it are not all there yet
+            return NEED_MORE if not final else skip
+        if buf[e] != " " or not buf[e + 1].isalnum():
+            return skip  # the next word ends its clause ("That's a tough | one."): keep them together
+        k = i
+        while k > self._base and not buf[k - 1].isspace():
+            k -= 1
+        if buf[k:i].lower() in _OPEN_ENDED_WORDS:
+            return skip
+        return _Cut.SOFT, i, i + 1
 
     def _after_sentence_end(self, j: int, n: int, run: str, final: bool, token_start: int | None):
         """Whether sentence punctuation `run` ending at `j` ends a sentence: (kind, end), None or NEED_MORE.

@@ -57,7 +57,7 @@ _EMOTICON_LETTERS = "xXTOo"
 _TOKEN_START = " \t\u00a0\u3000“「『(（【"  # after these, a letter may start an emoticon
 # A run of ordinary text; it stops before a letter that may start an emoticon so that check always runs.
 _PLAIN = re.compile(
-    rf"(?:[^{_CLEANER_SPECIAL}\s{_TOKEN_START}]|[{_TOKEN_START}](?![{_EMOTICON_LETTERS}]))+"
+    rf"(?:[^{_CLEANER_SPECIAL}\s{_TOKEN_START}]+|[{_TOKEN_START}](?![{_EMOTICON_LETTERS}]))+"
 )
 
 _EMOTICONS = (

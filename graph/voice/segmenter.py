@@ -16,7 +16,9 @@ token stream:
 Both stages decide everything from the text alone, never from where `feed()` calls split it, and a
 decision once taken never changes when more text arrives. So the chunks are identical however the text
 is split into `feed()` calls (token by token, char by char, all at once): the key invariant, tested in
-tests/test_text.py. Each stage keeps a scan position, so feeding is linear in the reply length.
+tests/test_text.py. Both stages work in bounded windows and no lookahead goes further than
+`lookahead_limit` (past it the stage decides as if the text ended there), so segmentation is linear in
+its input and the text held back is bounded (`SpeechSegmenter.held_chars`), whatever arrives.
 
 Rules worth knowing (all configurable through `SegmenterConfig` where it makes sense):
 
@@ -34,6 +36,12 @@ Rules worth knowing (all configurable through `SegmenterConfig` where it makes s
 * ``.`` ends a sentence only before whitespace, and not before a lowercase word, and not after a known
   abbreviation (Dr, Mr, e.g., vs, ...), a single capital initial, or a dotted acronym (U.S.A.).
 * Emoji are recognised with the `emoji` package's data (ZWJ sequences, skin tones, flags, keycaps).
+* Terminal escape sequences are dropped whole (``\x1b[31m``, OSC ``\x1b]...\x07``, 8-bit CSI ``\x9b``).
+* First chunk (`FirstChunkRule.PHRASE`, the default): a clause boundary or sentence end once the chunk
+  holds `first_chunk_min_chars` and two words, or a word boundary once it holds `first_chunk_soft_chars`
+  and two words; a word boundary never follows a number, an abbreviation, punctuation, a closing quote or
+  a word that announces more ("the", "my", "is"), never comes before a clause's last word, and never
+  inside quotes or brackets. `FirstChunkRule.CLAUSE` keeps the previous rule (clause boundaries only).
 """
 from __future__ import annotations
 
@@ -64,7 +72,7 @@ class FirstChunkRule(str, enum.Enum):
     """Where the utterance's first chunk may end (later chunks are whole sentences either way)."""
 
     CLAUSE = "clause"  # at a clause boundary (, ; : — 、 ，) once it is long enough (the old rule)
-    PHRASE = "phrase"  # also at a phrase boundary: before "and", "but", "because", "with", ... (default)
+    PHRASE = "phrase"  # also at a word boundary that sounds like a phrase end (default; see SegmenterConfig)
 
 
 @dataclass(frozen=True)
@@ -84,14 +92,13 @@ class SegmenterConfig:
         stray ``</think>`` is just removed.
     lookahead_limit: how far to look for the end of a tag, link or ``*span*`` before deciding that its
         opener was plain text. Bounds how long text can be held back.
-    first_chunk_rule: `FirstChunkRule.PHRASE` (default) also ends the first chunk before a word that
-        starts a new phrase (a conjunction or preposition such as "and", "because", "with") once the
-        chunk holds at least three words and `first_chunk_min_chars`; never inside quotes or brackets,
-        never right after a number, a closing quote or bracket, and never before the reply's last word.
-        It may also end at a plain word boundary once it holds `first_chunk_soft_chars` characters and
-        three words, if it does not end on a word that needs its continuation ("the", "my", "to", "is",
-        ...) and two more words follow. `FirstChunkRule.CLAUSE` is the previous rule (clause
-        boundaries only).
+    first_chunk_rule: `FirstChunkRule.PHRASE` (default) also ends the first chunk at a plain word
+        boundary once it holds `first_chunk_soft_chars` characters and `first_chunk_min_words` words:
+        never inside quotes or brackets, never right after a number, an abbreviation, punctuation or a
+        closing quote, never after a word that needs its continuation ("the", "my", "to", "is", ...),
+        and never before the last word of a clause. `FirstChunkRule.CLAUSE` is the previous rule
+        (clause boundaries only).
+    first_chunk_soft_chars: see `first_chunk_rule`.
     """
 
     first_chunk_min_chars: int = 10
@@ -110,8 +117,8 @@ class SegmenterConfig:
         except ValueError:
             rules = ", ".join(r.value for r in FirstChunkRule)
             raise ValueError(f"first_chunk_rule must be one of {rules}, got {self.first_chunk_rule!r}") from None
-        if self.first_chunk_min_chars < 0 or self.first_chunk_min_words < 0:
-            raise ValueError("first_chunk_min_chars and first_chunk_min_words must be >= 0")
+        if min(self.first_chunk_min_chars, self.first_chunk_min_words, self.first_chunk_soft_chars) < 0:
+            raise ValueError("first_chunk_min_chars, first_chunk_min_words and first_chunk_soft_chars must be >= 0")
         if self.max_chunk_chars < 2 or self.first_chunk_max_chars < 2:
             raise ValueError("max_chunk_chars and first_chunk_max_chars must be >= 2")
         if self.lookahead_limit < 16:
@@ -137,6 +144,7 @@ _DOTTED_ACRONYM = re.compile(r"(?:[A-Za-z]\.)+[A-Za-z]")
 _CUT_CANDIDATE = re.compile(r"[.!?…。！？,;:、，—–\-\n\"“”「」『』()\[\]（）【】]")
 _CUT_CANDIDATE_PHRASE = re.compile(_CUT_CANDIDATE.pattern[:-1] + " ]")  # spaces too: phrase breaks
 _NONSPACE = re.compile(r"\S")
+_DEPTH_CHAR = re.compile("[\n\"" + re.escape("".join(OPEN_TO_CLOSE) + "".join(CLOSE_TO_OPEN)) + "]")
 _WORD_RUN = re.compile(r"[^\W_\d]+(?:['’][^\W_\d]+)?")
 _PHRASE_MIN_WORDS = 2
 _NO_PHRASE_BREAK_AFTER = frozenset(",;:—–-.…!?\"'“”‘’)]）」』】&/+=*@#$%")
@@ -204,13 +212,12 @@ def _update_depth(stack: tuple[str, ...], c: str, prev: str) -> tuple[tuple[str,
 
 
 def _depth_after(text: str, stack: tuple[str, ...]) -> tuple[str, ...]:
-    prev = ""
-    for c in text:
+    for m in _DEPTH_CHAR.finditer(text):
+        c, i = m.group(), m.start()
         if c == "\n":
             stack = ()
-        elif c == '"' or c in OPEN_TO_CLOSE or c in CLOSE_TO_OPEN:
-            stack, _ = _update_depth(stack, c, prev)
-        prev = c
+        else:
+            stack, _ = _update_depth(stack, c, text[i - 1] if i else "")
     return stack
 
 

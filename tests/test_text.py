@@ -157,6 +157,7 @@ CLEANING_CASES = [
     ("\x1b7Saved\x1b8 and \x1b(Bcharset\x1bc reset.", "Saved and charset reset."),
     ("\x9b1mEight\x9b0m bit \x9d0;t\x9c csi.", "Eight bit csi."),
     ("Unfinished at the end\x1b[3", "Unfinished at the end"),
+    ("Mojibake \x9dquote stays.", "Mojibake quote stays."),  # an unterminated 8-bit OSC is not a sequence
 ]
 
 

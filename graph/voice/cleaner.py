@@ -569,7 +569,12 @@ def _escape_end(raw: str, pos: int, n: int, final: bool):
         return k + 1 if "\x30" <= raw[k] <= "\x7e" else pos + 1  # a lone ESC is dropped alone
     if c == "\x9b":
         return _csi_end(raw, pos + 1, n, final)
-    return _string_end(raw, pos + 1, n, final)
+    # An 8-bit string introducer is also what mojibake looks like ("â\x80\x9d" is a misread "”"): when
+    # it is not terminated, only the introducer goes, not the text after it.
+    m = _STRING_END.search(raw, pos + 1, n)
+    if m:
+        return m.end()
+    return pos + 1 if final else NEED_MORE
 
 
 def _csi_end(raw: str, body: int, n: int, final: bool):

@@ -173,9 +173,8 @@ _TRAILING_DASH = re.compile(r"\s+-{1,3}$")
 
 def _normalize(text: str) -> str:
     """Collapse whitespace and tidy the spaces that removed emoji/actions leave before punctuation."""
-    text = " ".join(text.split())
-    text = _SPACE_BEFORE_PUNCT.sub(r"\1", text)
-    return _TRAILING_DASH.sub(",", text)
+    text = _SPACE_BEFORE_PUNCT.sub(r"\1", " ".join(text.split()))
+    return _TRAILING_DASH.sub(",", text) if text.endswith("-") else text
 
 
 def _speakable(text: str) -> bool:
@@ -346,10 +345,8 @@ class _ChunkCutter:
                 if self._first and self._first_chunk_ready(buf[base:end]):
                     return end, kind
                 self._clause_end = end
-            if kind is _Cut.SOFT and self._first_chunk_ready(
-                buf[base:end], _PHRASE_MIN_WORDS, self._cfg.first_chunk_soft_chars
-            ):
-                return end, kind
+            if kind is _Cut.SOFT:
+                return end, kind  # _phrase_break checked the length
             i = nxt
 
     def _cap_cut(self, limit: int):
@@ -448,8 +445,8 @@ class _ChunkCutter:
         """Whether the space at `i` may end the first chunk (`FirstChunkRule.PHRASE`): a word boundary
         before a word (not punctuation, a number or a symbol), not right after a number ("3 | to 5"),
         a closing quote or bracket, punctuation or an abbreviation ("Dr. | Smith"), nor after a word
-        that needs its continuation ("I think the |"). Inside quotes and brackets it is never asked.
-        The caller takes it once the chunk is `first_chunk_soft_chars` long."""
+        that needs its continuation ("I think the |"), and only once the chunk holds
+        `first_chunk_soft_chars` characters and two words. Inside quotes and brackets it is never asked."""
         buf = self._buf
         skip = (_Cut.SKIP, 0, i + 1)
         if i == self._base:
@@ -457,6 +454,8 @@ class _ChunkCutter:
         prev = buf[i - 1]
         if prev.isspace() or prev.isdigit() or prev in _NO_PHRASE_BREAK_AFTER:
             return skip
+        if not self._first_chunk_ready(buf[self._base : i], _PHRASE_MIN_WORDS, self._cfg.first_chunk_soft_chars):
+            return skip  # too short to end here: no need to wait for the next word
         m = _WORD_RUN.match(buf, i + 1, n)
         if m is None:
             return NEED_MORE if i + 1 == n and not final else skip  # punctuation, a number or a symbol

@@ -393,7 +393,7 @@ class _ChunkCutter:
             if j == n and not final:
                 return NEED_MORE
             run = buf[i:j]
-            if any(ch in _CJK_SENTENCE_END for ch in run):
+            if run != "." and any(ch in _CJK_SENTENCE_END for ch in run):
                 return _Cut.SENTENCE, j, j
             res = self._after_sentence_end(j, n, run, final, token_start=i if run == "." else None)
             if res is NEED_MORE:

@@ -9,8 +9,8 @@ token stream:
    text, inside a code fence, inside ``<think>``) that releases only text it can already decide on: a
    buffer ending in ``*wav``, ``<spe``, ``[link](htt``, ``:-`` or half an emoji sequence is held until
    more text (or the end of the stream) settles it.
-2. `_ChunkCutter` finds chunk boundaries in the clean text: an early first chunk at a clause boundary,
-   then whole sentences, with length caps. A boundary that needs lookahead (``3.`` / ``Dr.`` / ``e.g.``
+2. `_ChunkCutter` finds chunk boundaries in the clean text: an early first chunk at a clause or word
+   boundary, then whole sentences, with length caps. A boundary that needs lookahead (``3.`` / ``Dr.`` / ``e.g.``
    / ``..``) waits for the following whitespace and next character.
 
 Both stages decide everything from the text alone, never from where `feed()` calls split it, and a

@@ -576,6 +576,7 @@ def test_first_chunk_never_splits_numbers_abbreviations_urls_quotes_brackets(tex
 
 def test_first_chunk_does_not_end_on_a_word_that_needs_more():
     assert segment("I think the concert starts at seven tonight.")[0] == "I think the concert"
+    assert segment("The U.S.A. has fifty states in total.")[0] == "The U.S.A. has fifty states"
     assert segment("That's a tough one. On the other hand, fine.")[0] == "That's a tough one."  # no lone "one."
     assert segment("Oh, you play guitar? That is awesome!")[0] == "Oh, you play guitar?"
 

@@ -160,7 +160,8 @@ _OPEN_ENDED_WORDS = frozenset(
     "great good new little big small old first last next other same few many much more most lot bit "
     "kind sort best whole real "
     "don't can't won't didn't isn't aren't wasn't doesn't couldn't wouldn't shouldn't "
-    "one two three four five six seven eight nine ten".split()
+    "one two three four five six seven eight nine ten eleven twelve twenty thirty forty fifty sixty "
+    "seventy eighty ninety hundred thousand million billion several".split()
 )
 _SENTENCE_RUN = re.compile(f"[{re.escape(SENTENCE_END)}]+")
 _DASH_RUN = re.compile("-+")

@@ -13,13 +13,19 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from graph.voice.segmenter import (
+    FirstChunkRule,
     SegmenterConfig,
     SentenceAggregator,
     SpeechSegmenter,
     clean_for_speech,
+    has_speech,
 )
+from graph.voice import cleaner as cleaner_module
+from graph.voice import segmenter as segmenter_module
 
 CORPUS_FILE = Path(__file__).parent / "data" / "segmenter_corpus.txt"
+CHAT_REPLIES_FILE = Path(__file__).parent.parent / "benchmarks" / "data" / "chat_replies.txt"
+CLAUSE = {"first_chunk_rule": FirstChunkRule.CLAUSE}  # the first-chunk rule these cases were written for
 
 
 def segment(text: str, cls=SpeechSegmenter, **config) -> list[str]:
@@ -98,7 +104,11 @@ HARD_CASES = [
 
 @pytest.mark.parametrize("text,expected", HARD_CASES)
 def test_hard_cases(text, expected):
-    assert segment(text) == expected
+    assert segment(text, **CLAUSE) == expected
+    # The phrase rule (default) may only end the first chunk earlier, at a word boundary.
+    phrase = segment(text)
+    assert " ".join(phrase) == " ".join(expected)
+    assert expected[0].startswith(phrase[0])
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -140,6 +150,14 @@ CLEANING_CASES = [
     # control characters
     ("Hel\x00lo\x07 there.\r\nNew\u200b line\ufeff here.", "Hello there. New line here."),
     ("Bad \ud800surrogate gone.", "Bad surrogate gone."),
+    # terminal escape sequences are removed whole, not just their ESC
+    ("\x1b[31mRed\x1b[0m alert, \x1b[1;38;5;208mbold\x1b[m too.", "Red alert, bold too."),
+    ("\x1b]8;;http://x.y/z\x1b\\link\x1b]8;;\x1b\\ here.", "link here."),
+    ("\x1b]0;window title\x07Hi there.", "Hi there."),
+    ("\x1b7Saved\x1b8 and \x1b(Bcharset\x1bc reset.", "Saved and charset reset."),
+    ("\x9b1mEight\x9b0m bit \x9d0;t\x9c csi.", "Eight bit csi."),
+    ("Unfinished at the end\x1b[3", "Unfinished at the end"),
+    ("Mojibake \x9dquote stays.", "Mojibake quote stays."),  # an unterminated 8-bit OSC is not a sequence
 ]
 
 
@@ -151,14 +169,14 @@ def test_clean_for_speech(text, expected):
 def test_roleplay_kept_when_disabled():
     config = SegmenterConfig(strip_roleplay=False)
     assert clean_for_speech("*waves* Hi! So sweet *blushes*", config) == "waves Hi! So sweet blushes"
-    assert segment("*waves happily* Hi there!", strip_roleplay=False) == ["waves happily Hi there!"]
+    assert segment("*waves happily* Hi there!", strip_roleplay=False, **CLAUSE) == ["waves happily Hi there!"]
 
 
 def test_reasoning_without_opener():
     text = "The user wants a greeting. OK.</think>Hi there! Nice day."
     assert segment(text, reasoning_without_opener=True) == ["Hi there!", "Nice day."]
     # Without the option the text before the stray closer is ordinary text.
-    assert segment(text)[0] == "The user wants a greeting."
+    assert segment(text, **CLAUSE)[0] == "The user wants a greeting."
 
 
 def test_unclosed_fence_emits_nothing_while_streaming():
@@ -324,6 +342,7 @@ def test_corpus_chunks():
 
 INVARIANCE_CONFIGS = [
     {},
+    CLAUSE,
     {"max_chunk_chars": 24, "first_chunk_max_chars": 12, "lookahead_limit": 16},
     {"strip_roleplay": False, "reasoning_without_opener": True, "first_chunk_min_words": 0},
 ]
@@ -356,6 +375,7 @@ PIECES = [
     "[", "]", "(", ")", "](", "![", "http://x.y/z", "a@b.com", '"', "“", "”", "「", "」", "。", "、", "！",
     "？", "，", "😀", "\u200d", "👍🏽", "🇯🇵", ":)", ":D", "xD", "<3", "^_^", ";-)", "<:miku:123>",
     "*waves*", "x", "T", "o", "\x00", "\r", "\t", "Mr", "etc.", "A", "b", "こんにちは", "\\",
+    "\x1b", "\x1b[", "[31m", "\x1b[0m", "\x9b", "]8;;", "\x07", "\x1b\\",
 ]
 
 
@@ -376,3 +396,220 @@ def test_split_invariance_property(pieces, cut_seed, config):
         assert chunk == chunk.strip() and chunk
         assert any(ch.isalnum() for ch in chunk)
         assert len(chunk) <= cap
+
+
+# ---------------------------------------------------------------------------------------------------
+# Escape sequences and "nothing to say"
+# ---------------------------------------------------------------------------------------------------
+
+def test_escape_sequence_split_across_feeds_is_removed_whole():
+    text = "Alert \x1b[1;31mred\x1b[0m now. \x1b]0;title\x1b\\Done."
+    assert segment(text) == ["Alert red now.", "Done."]
+    for cut in range(1, len(text)):
+        assert segment_split(text, [cut]) == segment(text), cut
+    seg = SpeechSegmenter()
+    assert seg.feed("Well hello \x1b") == [] and seg.feed("[3") == [] and seg.feed("1mthere") == []
+    assert seg.feed(". ") == [] and seg.feed("Bye") == ["Well hello there."]
+
+
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        ("😀🎉👍🏽", False),
+        ("<think>I should say hello.</think>", False),
+        ("<think>unfinished reasoning", False),
+        ("```\nprint('hi')\n```", False),
+        (":) ^_^ ... !!! *waves*", False),
+        ("\x1b[31m\x1b[0m", False),
+        ("", False),
+        ("😀 hi", True),
+        ("<think>hmm</think>OK.", True),
+        ("3", True),
+        ("こんにちは", True),
+    ],
+)
+def test_has_speech(text, expected):
+    assert has_speech(text) is expected
+    assert has_speech(text) is bool(segment(text))
+
+
+# ---------------------------------------------------------------------------------------------------
+# Linear work and bounded held text (counted, never timed)
+# ---------------------------------------------------------------------------------------------------
+
+HUGE_SHAPES = {
+    "words": lambda n: ("word " * n)[:n],
+    "no punctuation": lambda n: "a" * n,
+    "tiny tokens": lambda n: ("a " * n)[:n],
+    "unclosed asterisk": lambda n: "*" + ("word " * n)[: n - 1],
+    "unclosed angle": lambda n: "<" + ("word " * n)[: n - 1],
+    "unclosed bracket": lambda n: "[" + ("word " * n)[: n - 1],
+    "unclosed quote": lambda n: '"' + ("word " * n)[: n - 1],
+    "unclosed fence": lambda n: "```\n" + ("code " * n)[: n - 4],
+    "stars": lambda n: "*" * n,
+    "emoji": lambda n: "😀" * n,
+    "spaces after a stop": lambda n: "Hi." + " " * (n - 3),
+    "exclamations": lambda n: "Hi" + "!" * (n - 2),
+    "emoticon repeat": lambda n: ":" + ")" * (n - 1),
+    "open escape": lambda n: "\x1b[" + "1" * (n - 2),
+    "open osc": lambda n: "\x1b]" + "x" * (n - 2),
+    "horizontal rule": lambda n: "\n" + ("- " * n)[: n - 1],
+    "hashes": lambda n: "\n" + "#" * (n - 1),
+    "backticks": lambda n: "`" * n,
+    "dashes": lambda n: "a " + "-" * (n - 2),
+    "number comma": lambda n: "1," + " " * (n - 2),
+    "think": lambda n: "<think>" + ("x " * n)[: n - 7],
+}
+
+
+class _WorkMeter:
+    """Records the largest buffer each stage works on and how often it runs (a stand-in for time)."""
+
+    def __init__(self, monkeypatch):
+        self.max_raw = self.max_buf = self.runs = 0
+        meter = self
+        run, push = cleaner_module.StreamCleaner._run, segmenter_module._ChunkCutter._push_window
+
+        def counted_run(cleaner, final):
+            meter.max_raw = max(meter.max_raw, len(cleaner._raw))
+            meter.runs += 1
+            return run(cleaner, final)
+
+        def counted_push(cutter, text, final, chunks):
+            meter.max_buf = max(meter.max_buf, len(cutter._buf) - cutter._base + len(text))
+            meter.runs += 1
+            return push(cutter, text, final, chunks)
+
+        monkeypatch.setattr(cleaner_module.StreamCleaner, "_run", counted_run)
+        monkeypatch.setattr(segmenter_module._ChunkCutter, "_push_window", counted_push)
+
+
+@pytest.mark.parametrize("shape", sorted(HUGE_SHAPES))
+def test_held_text_stays_bounded_while_streaming(shape):
+    """60k characters fed a few at a time: what is held never exceeds the caps (no growing rescans)."""
+    config = SegmenterConfig()
+    bound = config.max_chunk_chars + 2 * config.lookahead_limit + 8
+    text = HUGE_SHAPES[shape](60_000)
+    seg = SpeechSegmenter(config)
+    most = 0
+    chunks = []
+    for start in range(0, len(text), 7):
+        chunks += seg.feed(text[start : start + 7])
+        most = max(most, seg.held_chars)
+    chunks += seg.flush()
+    assert most <= bound, (shape, most)
+    assert seg.held_chars == 0
+    assert all(len(c) <= config.max_chunk_chars for c in chunks)
+
+
+@pytest.mark.parametrize("shape", ["words", "no punctuation", "unclosed asterisk", "emoji", "spaces after a stop"])
+def test_one_huge_feed_works_in_bounded_windows(shape, monkeypatch):
+    """1M characters in one feed(): each stage only ever works on a window plus its held text, and the
+    number of steps grows linearly with the input, so the whole is linear."""
+    meter = _WorkMeter(monkeypatch)
+    config = SegmenterConfig()
+    size = 1_000_000
+    seg = SpeechSegmenter(config)
+    chunks = seg.feed(HUGE_SHAPES[shape](size)) + seg.flush()
+    window = cleaner_module.FEED_WINDOW
+    assert meter.max_raw <= window + config.lookahead_limit
+    assert meter.max_buf <= window + config.max_chunk_chars + 2 * config.lookahead_limit
+    assert meter.runs <= 2 * (size // window + 2) + 2
+    assert all(len(c) <= config.max_chunk_chars for c in chunks)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The first chunk (FirstChunkRule.PHRASE): earlier, never inside numbers, abbreviations, URLs, quotes
+# ---------------------------------------------------------------------------------------------------
+
+def _chat_replies() -> list[str]:
+    lines = CHAT_REPLIES_FILE.read_text(encoding="utf-8").splitlines()
+    return [line.replace("\\n", "\n") for line in lines if line.strip() and not line.startswith("#")]
+
+
+def held_before_first_chunk(text: str, **config) -> int:
+    """Clean characters fed (char by char) before the first chunk came out."""
+    seg = SpeechSegmenter(SegmenterConfig(**config))
+    for end in range(1, len(text) + 1):
+        if seg.feed(text[end - 1]):
+            return len(clean_for_speech(text[:end]))
+    assert seg.flush(), text
+    return len(clean_for_speech(text))
+
+
+@pytest.mark.parametrize(
+    "text,first",
+    [
+        ("I went to the park yesterday and saw so many cherry blossoms.", "I went to the park"),
+        ("Please wait a moment while I look that up for you.", "Please wait"),
+        ("Sometimes I wonder what it would be like to sing there.", "Sometimes I wonder"),
+        ("Hi there! How are you doing today?", "Hi there!"),  # a sentence end still comes first
+        ("Well, you know, I think that is a great idea.", "Well, you know,"),
+    ],
+)
+def test_first_chunk_ends_at_an_early_word_boundary(text, first):
+    assert segment(text)[0] == first
+    assert " ".join(segment(text)) == text
+
+
+@pytest.mark.parametrize(
+    "text,kept",
+    [
+        ("The server has 1,248 members now and counting.", "1,248 members"),  # never after a number
+        ("It costs about 3.14 dollars per song here.", "3.14 dollars"),
+        ("The show is at 10:30 pm on the main stage.", "10:30 pm"),
+        ("Say hello to Dr. Tanaka when you see him later.", "Dr. Tanaka"),  # nor after an abbreviation
+        ("You could try e.g. apples or maybe some pears.", "e.g. apples"),
+        ("The lyrics are at https://example.com/lyrics/miku right now.", "https://example.com/lyrics/miku"),
+        ('He told me "Do not be nervous at all" and it helped.', '"Do not be nervous at all"'),
+        ("I love the new dance [the one from the music video] so much.", "[the one from the music video]"),
+        ("I am learning (slowly but surely) how to dance today.", "(slowly but surely)"),
+        ("It was really 「とても楽しい」 for everyone there.", "「とても楽しい」"),
+    ],
+)
+def test_first_chunk_never_splits_numbers_abbreviations_urls_quotes_brackets(text, kept):
+    chunks = segment(text)
+    assert any(kept in chunk for chunk in chunks), chunks
+    assert " ".join(chunks) == text
+    assert not chunks[0][-1].isdigit() and not chunks[0].endswith(("Dr.", "e.g."))
+
+
+def test_first_chunk_does_not_end_on_a_word_that_needs_more():
+    assert segment("I think the concert starts at seven tonight.")[0] == "I think the concert"
+    assert segment("The U.S.A. has fifty states in total.")[0] == "The U.S.A. has fifty states"
+    assert segment("That's a tough one. On the other hand, fine.")[0] == "That's a tough one."  # no lone "one."
+    assert segment("Oh, you play guitar? That is awesome!")[0] == "Oh, you play guitar?"
+
+
+def test_first_chunk_has_two_words_unless_it_is_a_whole_sentence():
+    for reply in _chat_replies():
+        first = segment(reply)[0]
+        words = segmenter_module._WORDS.findall(first)  # a CJK character counts as a word
+        assert len(words) >= 2 or first[-1] in ".!?…。！？", (reply, first)
+
+
+def test_old_first_chunk_rule_is_still_available():
+    text = "I went to the park and saw so many cherry blossoms."
+    assert segment(text, **CLAUSE) == [text]
+    assert segment(text) == ["I went to the park", "and saw so many cherry blossoms."]
+    with pytest.raises(ValueError, match="first_chunk_rule"):
+        SegmenterConfig(first_chunk_rule="sometimes")
+
+
+def test_chat_replies_first_chunk_comes_within_20_characters_on_average():
+    replies = _chat_replies()
+    assert len(replies) >= 150
+    new = [held_before_first_chunk(r) for r in replies]
+    old = [held_before_first_chunk(r, **CLAUSE) for r in replies]
+    assert sum(new) / len(new) <= 20, sum(new) / len(new)
+    assert sum(new) < sum(old) * 0.75
+    assert all(n <= o for n, o in zip(new, old))  # never later than the old rule
+
+
+def test_split_invariance_over_chat_replies():
+    rng = random.Random(7)
+    for reply in _chat_replies():
+        whole = segment(reply)
+        assert segment_split(reply, list(range(1, len(reply))), SpeechSegmenter) == whole, reply
+        assert segment_split(reply, token_cuts(reply), SpeechSegmenter) == whole, reply
+        assert segment_split(reply, random_cuts(rng, len(reply)), SpeechSegmenter) == whole, reply

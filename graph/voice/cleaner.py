@@ -57,7 +57,7 @@ _EMOTICON_LETTERS = "xXTOo"
 _TOKEN_START = " \t\u00a0\u3000“「『(（【"  # after these, a letter may start an emoticon
 # A run of ordinary text; it stops before a letter that may start an emoticon so that check always runs.
 _PLAIN = re.compile(
-    rf"(?:[^{_CLEANER_SPECIAL}\s{_TOKEN_START}]|[{_TOKEN_START}](?![{_EMOTICON_LETTERS}]))+"
+    rf"(?:[^{_CLEANER_SPECIAL}\s{_TOKEN_START}]+|[{_TOKEN_START}](?![{_EMOTICON_LETTERS}]))+"
 )
 
 _EMOTICONS = (
@@ -73,6 +73,19 @@ _EMOTICON_RE = re.compile(
         for e in sorted(_EMOTICONS, key=len, reverse=True)
     )
 )
+_EMOJI_RUN = re.compile(f"[{_char_class(set(_EMOJI_CHARS))}]+")
+_SPACES = re.compile(r"[ \t]*")
+_RULE_RUN = re.compile(r"[-*_ \t]*")  # a horizontal rule candidate: marks and spaces
+_RUNS = {c: re.compile(re.escape(c) + "+") for c in "`*_#"}
+
+# Terminal escape sequences (ECMA-48), removed whole: CSI "ESC [ params intermediates final" (also the
+# 8-bit CSI 0x9B), the string controls OSC/DCS/SOS/PM/APC ("ESC ]" ... BEL or "ESC \\", also 8-bit),
+# and the two-character (nF/Fp/Fe/Fs) "ESC intermediates final" sequences.
+_ESCAPE_STARTS = "\x1b\x9b\x9d\x90\x98\x9e\x9f"
+_CSI_BODY = re.compile(r"[\x30-\x3f]*[\x20-\x2f]*")
+_ESC_INTERMEDIATES = re.compile(r"[\x20-\x2f]*")
+_STRING_END = re.compile(r"\x07|\x1b\\|\x9c")
+
 _EMOTICON_PREFIXES = frozenset(e[:k] for e in _EMOTICONS for k in range(1, len(e)))
 _EMOTICON_MAXLEN = max(len(e) for e in _EMOTICONS)
 
@@ -95,6 +108,8 @@ _INLINE_TAGS = frozenset(
 _THINK_TAGS = frozenset({"think", "thinking"})
 _THINK_CLOSE = re.compile(r"</think(?:ing)?\s{0,2}>", re.I)
 _THINK_CLOSE_KEEP = len("</thinking") + 3  # tail kept while looking for a split closer
+
+FEED_WINDOW = 1024  # input is processed in windows of this many characters (see StreamCleaner.feed)
 
 SENTENCE_END = ".!?…。！？"
 OPEN_TO_CLOSE = {"“": "”", "「": "」", "『": "』", "(": ")", "[": "]", "（": "）", "【": "】"}
@@ -137,9 +152,32 @@ class StreamCleaner:
         self._last_sig = ""  # last two non-space characters emitted
         self._newline_since_sig = True
 
+    @property
+    def held_chars(self) -> int:
+        """Raw characters fed but not decided yet (bounded by about `lookahead_limit`)."""
+        return len(self._raw)
+
     def feed(self, text: str) -> str:
-        self._raw += text
-        return self._run(final=False)
+        # Fed in bounded windows so that no step ever copies or rescans more than a window plus the held
+        # text (the output is the same: the cleaner does not depend on how its input is split).
+        if len(text) <= FEED_WINDOW:
+            self._raw += text
+            return self._run(final=False)
+        out = []
+        for start in range(0, len(text), FEED_WINDOW):
+            self._raw += text[start : start + FEED_WINDOW]
+            out.append(self._run(final=False))
+        return "".join(out)
+
+    def _bound(self, raw: str, pos: int, final: bool) -> tuple[int, bool]:
+        """The end a construct at `pos` may look to, and whether that end is final.
+
+        A construct never looks further than `lookahead_limit` characters: past that it decides as if
+        the text ended there, so held text stays bounded and the decision depends on the text alone."""
+        limit = pos + self._cfg.lookahead_limit
+        if len(raw) >= limit:
+            return limit, True
+        return len(raw), final
 
     def flush(self) -> str:
         out = self._run(final=True)
@@ -187,10 +225,9 @@ class StreamCleaner:
                 if idx < 0:
                     pos = n if final else max(pos, n - 2)
                     break
-                end = idx
-                while end < n and raw[end] == "`":
-                    end += 1
-                if end == n and not final:  # the closing run may still grow; keep it
+                bound, fin = self._bound(raw, idx, final)
+                end = _RUNS["`"].match(raw, idx, bound).end()
+                if end == bound and not fin:  # the closing run may still grow; keep it
                     pos = idx
                     break
                 pos = end
@@ -205,8 +242,11 @@ class StreamCleaner:
 
             ch = raw[pos]
             prev = raw[pos - 1] if pos else self._prev
+            # Each construct below looks at most `lookahead_limit` ahead: `n` is where it must stop and
+            # `fin` whether it must decide there (see _bound).
             if ch in _EMOTICON_LETTERS and (prev.isspace() or prev in _TOKEN_START):
-                end = self._emoticon(raw, pos, prev, final)
+                n, fin = self._bound(raw, pos, final)
+                end = self._emoticon(raw, pos, n, prev, fin)
                 if end is NEED_MORE:
                     break
                 if end:
@@ -223,6 +263,7 @@ class StreamCleaner:
                 continue
 
             # `ch` is special. Each branch either consumes something or breaks to wait for more text.
+            n, fin = self._bound(raw, pos, final)
             if ch == "\n" or ch in "\u2028\u2029\x85":
                 self._emit(out, "\n")
                 self._line_start = True
@@ -230,26 +271,27 @@ class StreamCleaner:
             elif ch in _TOKEN_START:  # space or opener before a letter that may start an emoticon
                 self._emit(out, ch)
                 pos += 1
+            elif ch in _ESCAPE_STARTS:
+                end = _escape_end(raw, pos, n, fin)
+                if end is NEED_MORE:
+                    break
+                pos = end  # a terminal escape sequence is dropped whole
             elif ch == "`":
-                end = pos
-                while end < n and raw[end] == "`":
-                    end += 1
-                if end == n and not final:
+                end = _RUNS["`"].match(raw, pos, n).end()
+                if end == n and not fin:
                     break
                 if end - pos >= 3:
                     self._state = CleanState.IN_FENCE
                     self._emit(out, "\n")  # code ends the sentence before it
                 pos = end  # `code span` markers are dropped, the code text is kept
             elif ch == "*":
-                res = self._asterisk(raw, pos, final)
+                res = self._asterisk(raw, pos, n, fin)
                 if res is NEED_MORE:
                     break
                 raw, pos = res
             elif ch == "_":
-                end = pos
-                while end < n and raw[end] == "_":
-                    end += 1
-                if end == n and not final:
+                end = _RUNS["_"].match(raw, pos, n).end()
+                if end == n and not fin:
                     break
                 after = raw[end] if end < n else ""
                 if prev.isalnum() and after.isalnum():
@@ -258,7 +300,7 @@ class StreamCleaner:
             elif ch == "~":
                 pos += 1  # ~~strike~~ markers and "hello~" decoration
             elif ch == "[" or ch == "!":
-                res = self._link(raw, pos, final)
+                res = self._link(raw, pos, n, fin)
                 if res is NEED_MORE:
                     break
                 if res is False:
@@ -267,7 +309,7 @@ class StreamCleaner:
                 else:
                     raw = res
             elif ch == "<":
-                res = self._angle(raw, pos, prev, final, out)
+                res = self._angle(raw, pos, n, prev, fin, out)
                 if res is NEED_MORE:
                     break
                 pos = res
@@ -275,21 +317,19 @@ class StreamCleaner:
                 self._emit(out, _PUNCTUATION_EMOJI[ch])
                 pos += 1
             elif ch in _EMOJI_CHARS:
-                end = pos
-                while end < n and raw[end] in _EMOJI_CHARS:
-                    end += 1
-                if end == n and not final:  # a ZWJ, skin tone or flag half may follow
+                end = _EMOJI_RUN.match(raw, pos, n).end()
+                if end == n and not fin:  # a ZWJ, skin tone or flag half may follow
                     break
                 self._emit(out, " ")
                 pos = end
             elif ch in ":;=^>-\\":
-                end = self._emoticon(raw, pos, prev, final)
+                end = self._emoticon(raw, pos, n, prev, fin)
                 if end is NEED_MORE:
                     break
                 if end:
                     pos = end
                 elif ch == "\\":
-                    if pos + 1 >= n and not final:
+                    if pos + 1 >= n and not fin:
                         break
                     escaped = raw[pos + 1] if pos + 1 < n else ""
                     if escaped and escaped in "*_`#[]()<>~\\!-+.":
@@ -319,10 +359,8 @@ class StreamCleaner:
 
     def _line_prefix(self, raw: str, pos: int, final: bool):
         """At a line start, drop indentation and markdown line markers (# > - * + 1. ---)."""
-        n = len(raw)
-        j = pos
-        while j < n and raw[j] in " \t":
-            j += 1
+        n, final = self._bound(raw, pos, final)
+        j = _SPACES.match(raw, pos, n).end()
         if j == n:
             if not final:
                 return NEED_MORE
@@ -330,15 +368,12 @@ class StreamCleaner:
             return j
 
         def skip_spaces(k: int):
-            while k < n and raw[k] in " \t":
-                k += 1
+            k = _SPACES.match(raw, k, n).end()
             return NEED_MORE if (k == n and not final) else k
 
         c = raw[j]
         if c == "#":
-            k = j
-            while k < n and raw[k] == "#":
-                k += 1
+            k = _RUNS["#"].match(raw, j, n).end()
             if k == n:
                 if not final:
                     return NEED_MORE
@@ -359,10 +394,9 @@ class StreamCleaner:
                 return skip_spaces(j + 1)  # stay at line start: "> - item", "> > nested"
         elif c in "-*_+•":
             if c in "-*_":  # a horizontal rule (---, ***, ___, - - -) is dropped whole
-                k, marks = j, 0
-                while k < n and raw[k] in "-*_ \t":
-                    marks += raw[k] in "-*_"
-                    k += 1
+                run = _RULE_RUN.match(raw, j, n).group()
+                k = j + len(run)
+                marks = len(run) - run.count(" ") - run.count("\t")
                 if k == n and not final:
                     return NEED_MORE
                 if marks >= 3 and (k == n or raw[k] == "\n"):
@@ -393,10 +427,9 @@ class StreamCleaner:
         self._line_start = False
         return j
 
-    def _emoticon(self, raw: str, pos: int, prev: str, final: bool):
-        """End of the emoticon at `pos`, 0 if there is none, or NEED_MORE."""
-        n = len(raw)
-        m = _EMOTICON_RE.match(raw, pos)
+    def _emoticon(self, raw: str, pos: int, n: int, prev: str, final: bool):
+        """End of the emoticon at `pos` (looking no further than `n`), 0 if there is none, or NEED_MORE."""
+        m = _EMOTICON_RE.match(raw, pos, n)
         if m is None:
             rest = raw[pos:n]
             if not final and len(rest) < _EMOTICON_MAXLEN and rest in _EMOTICON_PREFIXES:
@@ -411,12 +444,9 @@ class StreamCleaner:
             return 0  # "Plan:D..." or "2:3" is not a face
         return end
 
-    def _asterisk(self, raw: str, pos: int, final: bool):
+    def _asterisk(self, raw: str, pos: int, n: int, final: bool):
         """Bold markers, italics, roleplay actions and stray asterisks. Returns (raw, pos)."""
-        n = len(raw)
-        end = pos
-        while end < n and raw[end] == "*":
-            end += 1
+        end = _RUNS["*"].match(raw, pos, n).end()
         if end == n and not final:
             return NEED_MORE
         if end - pos >= 2 or end == n or raw[end].isspace():
@@ -439,9 +469,7 @@ class StreamCleaner:
         if self._cfg.strip_roleplay:
             if self._at_sentence_start():
                 return raw, k + 1  # "*giggles* Hi!" / "Hi! *waves* How are you?"
-            j = k + 1
-            while j < n and raw[j] in " \t":
-                j += 1
+            j = _SPACES.match(raw, k + 1, n).end()
             if j == n and not final:
                 return NEED_MORE
             if j == n or raw[j] == "\n":
@@ -449,9 +477,8 @@ class StreamCleaner:
         # Italics: drop both markers and go on with the words.
         return raw[:pos] + raw[pos + 1 : k] + raw[k + 1 :], pos
 
-    def _link(self, raw: str, pos: int, final: bool):
+    def _link(self, raw: str, pos: int, n: int, final: bool):
         """[text](url) / ![alt](url) -> text. Returns the rewritten raw, False (plain char) or NEED_MORE."""
-        n = len(raw)
         b = pos
         if raw[pos] == "!":
             if pos + 1 >= n:
@@ -482,10 +509,9 @@ class StreamCleaner:
             return False
         return raw[:pos] + raw[b + 1 : j] + raw[k + 1 :]
 
-    def _angle(self, raw: str, pos: int, prev: str, final: bool, out: list[str]):
+    def _angle(self, raw: str, pos: int, n: int, prev: str, final: bool, out: list[str]):
         """Tags, <think>, Discord emoji/mentions, autolinks and <3. Returns the new position."""
-        n = len(raw)
-        end = self._emoticon(raw, pos, prev, final)
+        end = self._emoticon(raw, pos, n, prev, final)
         if end is NEED_MORE:
             return NEED_MORE
         if end:
@@ -521,3 +547,45 @@ class StreamCleaner:
         return k + 1
 
 
+
+
+def _escape_end(raw: str, pos: int, n: int, final: bool):
+    """End of the terminal escape sequence at `pos` (looking no further than `n`), or NEED_MORE.
+
+    A sequence still unfinished at the end of the stream (or after `lookahead_limit` characters) is
+    dropped up to there; a lone ESC before a character that cannot follow it is dropped alone."""
+    c = raw[pos]
+    if c == "\x1b":
+        if pos + 1 >= n:
+            return pos + 1 if final else NEED_MORE
+        kind = raw[pos + 1]
+        if kind == "[":
+            return _csi_end(raw, pos + 2, n, final)
+        if kind in "]PX^_":
+            return _string_end(raw, pos + 2, n, final)
+        k = _ESC_INTERMEDIATES.match(raw, pos + 1, n).end()
+        if k == n:
+            return k if final else NEED_MORE
+        return k + 1 if "\x30" <= raw[k] <= "\x7e" else pos + 1  # a lone ESC is dropped alone
+    if c == "\x9b":
+        return _csi_end(raw, pos + 1, n, final)
+    # An 8-bit string introducer is also what mojibake looks like ("â\x80\x9d" is a misread "”"): when
+    # it is not terminated, only the introducer goes, not the text after it.
+    m = _STRING_END.search(raw, pos + 1, n)
+    if m:
+        return m.end()
+    return pos + 1 if final else NEED_MORE
+
+
+def _csi_end(raw: str, body: int, n: int, final: bool):
+    k = _CSI_BODY.match(raw, body, n).end()
+    if k == n:
+        return k if final else NEED_MORE
+    return k + 1 if "\x40" <= raw[k] <= "\x7e" else k
+
+
+def _string_end(raw: str, body: int, n: int, final: bool):
+    m = _STRING_END.search(raw, body, n)
+    if m:
+        return m.end()
+    return n if final else NEED_MORE  # unterminated: dropped up to the lookahead

@@ -9,14 +9,16 @@ token stream:
    text, inside a code fence, inside ``<think>``) that releases only text it can already decide on: a
    buffer ending in ``*wav``, ``<spe``, ``[link](htt``, ``:-`` or half an emoji sequence is held until
    more text (or the end of the stream) settles it.
-2. `_ChunkCutter` finds chunk boundaries in the clean text: an early first chunk at a clause boundary,
-   then whole sentences, with length caps. A boundary that needs lookahead (``3.`` / ``Dr.`` / ``e.g.``
+2. `_ChunkCutter` finds chunk boundaries in the clean text: an early first chunk at a clause or word
+   boundary, then whole sentences, with length caps. A boundary that needs lookahead (``3.`` / ``Dr.`` / ``e.g.``
    / ``..``) waits for the following whitespace and next character.
 
 Both stages decide everything from the text alone, never from where `feed()` calls split it, and a
 decision once taken never changes when more text arrives. So the chunks are identical however the text
 is split into `feed()` calls (token by token, char by char, all at once): the key invariant, tested in
-tests/test_text.py. Each stage keeps a scan position, so feeding is linear in the reply length.
+tests/test_text.py. Both stages work in bounded windows and no lookahead goes further than
+`lookahead_limit` (past it the stage decides as if the text ended there), so segmentation is linear in
+its input and the text held back is bounded (`SpeechSegmenter.held_chars`), whatever arrives.
 
 Rules worth knowing (all configurable through `SegmenterConfig` where it makes sense):
 
@@ -34,6 +36,12 @@ Rules worth knowing (all configurable through `SegmenterConfig` where it makes s
 * ``.`` ends a sentence only before whitespace, and not before a lowercase word, and not after a known
   abbreviation (Dr, Mr, e.g., vs, ...), a single capital initial, or a dotted acronym (U.S.A.).
 * Emoji are recognised with the `emoji` package's data (ZWJ sequences, skin tones, flags, keycaps).
+* Terminal escape sequences are dropped whole (``\x1b[31m``, OSC ``\x1b]...\x07``, 8-bit CSI ``\x9b``).
+* First chunk (`FirstChunkRule.PHRASE`, the default): a clause boundary or sentence end once the chunk
+  holds `first_chunk_min_chars` and two words, or a word boundary once it holds `first_chunk_soft_chars`
+  and two words; a word boundary never follows a number, an abbreviation, punctuation, a closing quote or
+  a word that announces more ("the", "my", "is"), never comes before a clause's last word, and never
+  inside quotes or brackets. `FirstChunkRule.CLAUSE` keeps the previous rule (clause boundaries only).
 """
 from __future__ import annotations
 
@@ -41,14 +49,30 @@ import enum
 import re
 from dataclasses import dataclass
 
-from graph.voice.cleaner import CLOSE_TO_OPEN, NEED_MORE, OPEN_TO_CLOSE, SENTENCE_END, StreamCleaner
+from graph.voice.cleaner import (
+    CLOSE_TO_OPEN,
+    FEED_WINDOW,
+    NEED_MORE,
+    OPEN_TO_CLOSE,
+    SENTENCE_END,
+    StreamCleaner,
+)
 
 __all__ = [
+    "FirstChunkRule",
+    "has_speech",
     "SegmenterConfig",
     "SpeechSegmenter",
     "SentenceAggregator",
     "clean_for_speech",
 ]
+
+
+class FirstChunkRule(str, enum.Enum):
+    """Where the utterance's first chunk may end (later chunks are whole sentences either way)."""
+
+    CLAUSE = "clause"  # at a clause boundary (, ; : — 、 ，) once it is long enough (the old rule)
+    PHRASE = "phrase"  # also at a word boundary that sounds like a phrase end (default; see SegmenterConfig)
 
 
 @dataclass(frozen=True)
@@ -68,6 +92,13 @@ class SegmenterConfig:
         stray ``</think>`` is just removed.
     lookahead_limit: how far to look for the end of a tag, link or ``*span*`` before deciding that its
         opener was plain text. Bounds how long text can be held back.
+    first_chunk_rule: `FirstChunkRule.PHRASE` (default) also ends the first chunk at a plain word
+        boundary once it holds `first_chunk_soft_chars` characters and `first_chunk_min_words` words:
+        never inside quotes or brackets, never right after a number, an abbreviation, punctuation or a
+        closing quote, never after a word that needs its continuation ("the", "my", "to", "is", ...),
+        and never before the last word of a clause. `FirstChunkRule.CLAUSE` is the previous rule
+        (clause boundaries only).
+    first_chunk_soft_chars: see `first_chunk_rule`.
     """
 
     first_chunk_min_chars: int = 10
@@ -77,10 +108,17 @@ class SegmenterConfig:
     strip_roleplay: bool = True
     reasoning_without_opener: bool = False
     lookahead_limit: int = 300
+    first_chunk_rule: FirstChunkRule = FirstChunkRule.PHRASE
+    first_chunk_soft_chars: int = 10
 
     def __post_init__(self) -> None:
-        if self.first_chunk_min_chars < 0 or self.first_chunk_min_words < 0:
-            raise ValueError("first_chunk_min_chars and first_chunk_min_words must be >= 0")
+        try:
+            object.__setattr__(self, "first_chunk_rule", FirstChunkRule(self.first_chunk_rule))
+        except ValueError:
+            rules = ", ".join(r.value for r in FirstChunkRule)
+            raise ValueError(f"first_chunk_rule must be one of {rules}, got {self.first_chunk_rule!r}") from None
+        if min(self.first_chunk_min_chars, self.first_chunk_min_words, self.first_chunk_soft_chars) < 0:
+            raise ValueError("first_chunk_min_chars, first_chunk_min_words and first_chunk_soft_chars must be >= 0")
         if self.max_chunk_chars < 2 or self.first_chunk_max_chars < 2:
             raise ValueError("max_chunk_chars and first_chunk_max_chars must be >= 2")
         if self.lookahead_limit < 16:
@@ -104,7 +142,29 @@ _ABBREVIATIONS_BEFORE_NUMBER = frozenset("no nos p pp vol vols ch fig figs art s
 _DOTTED_ACRONYM = re.compile(r"(?:[A-Za-z]\.)+[A-Za-z]")
 
 _CUT_CANDIDATE = re.compile(r"[.!?…。！？,;:、，—–\-\n\"“”「」『』()\[\]（）【】]")
+_CUT_CANDIDATE_PHRASE = re.compile(_CUT_CANDIDATE.pattern[:-1] + " ]")  # spaces too: phrase breaks
 _NONSPACE = re.compile(r"\S")
+_DEPTH_CHAR = re.compile("[\n\"" + re.escape("".join(OPEN_TO_CLOSE) + "".join(CLOSE_TO_OPEN)) + "]")
+_WORD_RUN = re.compile(r"[^\W_\d]+(?:['’][^\W_\d]+)?")
+_PHRASE_MIN_WORDS = 2
+_NO_PHRASE_BREAK_AFTER = frozenset(",;:—–-.…!?\"'“”‘’)]）」』】&/+=*@#$%")
+# Words a first chunk must not end on: they announce more ("I think the |", "We should |").
+_OPEN_ENDED_WORDS = frozenset(
+    "a an the my your his her its our their this these those that some any no every each all both "
+    "to of in on at for with from by about into onto as than and or but so if because when while "
+    "is am are was were be been being do does did have has had will would can could should may might "
+    "must shall not very really just too also quite pretty so such even only still "
+    "i you he she it we they me him us them i'm you're he's she's it's we're they're i'll you'll "
+    "we'll i've you've we've i'd you'd there here what which who whom how where why let's let "
+    "that's what's there's here's who's how's where's thank "
+    "great good new little big small old first last next other same few many much more most lot bit "
+    "kind sort best whole real "
+    "don't can't won't didn't isn't aren't wasn't doesn't couldn't wouldn't shouldn't "
+    "one two three four five six seven eight nine ten eleven twelve twenty thirty forty fifty sixty "
+    "seventy eighty ninety hundred thousand million billion several".split()
+)
+_SENTENCE_RUN = re.compile(f"[{re.escape(SENTENCE_END)}]+")
+_DASH_RUN = re.compile("-+")
 _HAS_WORD = re.compile(r"[^\W_]")
 _CJK_RANGES = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"  # kana and ideographs
 _CJK = re.compile(f"[{_CJK_RANGES}]")
@@ -114,9 +174,8 @@ _TRAILING_DASH = re.compile(r"\s+-{1,3}$")
 
 def _normalize(text: str) -> str:
     """Collapse whitespace and tidy the spaces that removed emoji/actions leave before punctuation."""
-    text = " ".join(text.split())
-    text = _SPACE_BEFORE_PUNCT.sub(r"\1", text)
-    return _TRAILING_DASH.sub(",", text)
+    text = _SPACE_BEFORE_PUNCT.sub(r"\1", " ".join(text.split()))
+    return _TRAILING_DASH.sub(",", text) if text.endswith("-") else text
 
 
 def _speakable(text: str) -> bool:
@@ -132,6 +191,7 @@ class _Cut(enum.Enum):
     CLAUSE = "clause"  # , ; : — 、 ，  and ellipses before a lowercase word
     SENTENCE = "sentence"  # . ! ? 。 ！ ？ and newlines
     CAP = "cap"  # length cap
+    SOFT = "soft"  # a word boundary in a long enough first chunk (FirstChunkRule.PHRASE)
 
 
 def _update_depth(stack: tuple[str, ...], c: str, prev: str) -> tuple[tuple[str, ...], bool]:
@@ -152,18 +212,22 @@ def _update_depth(stack: tuple[str, ...], c: str, prev: str) -> tuple[tuple[str,
 
 
 def _depth_after(text: str, stack: tuple[str, ...]) -> tuple[str, ...]:
-    prev = ""
-    for c in text:
+    for m in _DEPTH_CHAR.finditer(text):
+        c, i = m.group(), m.start()
         if c == "\n":
             stack = ()
-        elif c == '"' or c in OPEN_TO_CLOSE or c in CLOSE_TO_OPEN:
-            stack, _ = _update_depth(stack, c, prev)
-        prev = c
+        else:
+            stack, _ = _update_depth(stack, c, text[i - 1] if i else "")
     return stack
 
 
 class _ChunkCutter:
-    """Cuts clean text into chunks; `push` returns the chunks the text so far completes."""
+    """Cuts clean text into chunks; `push` returns the chunks the text so far completes.
+
+    Positions are absolute in `_buf`; `_base` is where the current chunk starts (text before it is
+    spent and dropped once per window, not once per chunk). Nothing looks further than the current
+    chunk's cap plus `lookahead_limit`, so the held text is bounded and each character is scanned a
+    bounded number of times."""
 
     def __init__(self, config: SegmenterConfig, early_first_chunk: bool):
         self._cfg = config
@@ -172,73 +236,102 @@ class _ChunkCutter:
 
     def reset(self) -> None:
         self._buf = ""
+        self._base = 0  # start of the current chunk in `_buf`
         self._scan = 0  # every candidate before this position is decided (and was not taken)
         self._depth: tuple[str, ...] = ()  # quote/bracket nesting at `_scan`
         self._chunk_depth: tuple[str, ...] = ()  # nesting at the start of the current chunk
-        self._clause_end = 0  # end of the last clause boundary seen in the current chunk
+        self._clause_end = 0  # end of the last clause boundary seen in the current chunk (or `_base`)
         self._first = self._early  # the next chunk is the utterance's first (cut early)
 
+    @property
+    def held_chars(self) -> int:
+        """Clean characters received but not yet part of a chunk."""
+        return len(self._buf) - self._base
+
     def push(self, text: str, final: bool) -> list[str]:
-        if text:
-            self._buf += text
         chunks: list[str] = []
+        if not text and not final:
+            return chunks
+        for start in range(0, len(text), FEED_WINDOW):
+            self._push_window(text[start : start + FEED_WINDOW], False, chunks)
+        if final:
+            self._push_window("", True, chunks)
+        return chunks
+
+    def _push_window(self, text: str, final: bool, chunks: list[str]) -> None:
+        if self._base:  # drop the spent text once per window
+            shift = self._base
+            self._buf = self._buf[shift:] + text
+            self._base = 0
+            self._scan -= shift
+            self._clause_end = max(0, self._clause_end - shift)
+        elif text:
+            self._buf += text
         while True:
             self._strip_leading_space()
             cut = self._next_cut(final)
             if cut is None:
                 break
             end, kind = cut
-            piece = self._buf[:end]
+            piece = self._buf[self._base : end]
             # Boundaries are only taken outside quotes; a cap cut may land inside one.
             self._chunk_depth = _depth_after(piece, self._chunk_depth) if kind is _Cut.CAP else ()
             self._depth = self._chunk_depth
-            self._buf = self._buf[end:]
-            self._scan = 0
-            self._clause_end = 0
+            self._base = self._scan = self._clause_end = end
             text_out = _normalize(piece)
             if _speakable(text_out):
                 chunks.append(text_out)
                 self._first = False
         if final:
-            rest = _normalize(self._buf)
+            rest = _normalize(self._buf[self._base :])
             if _speakable(rest):
                 chunks.append(rest)
             self.reset()
-        return chunks
 
     def _strip_leading_space(self) -> None:
-        buf = self._buf
-        if buf and buf[0].isspace():
-            stripped = buf.lstrip()
-            shift = len(buf) - len(stripped)
-            self._buf = stripped
-            self._scan = max(0, self._scan - shift)
-            self._clause_end = max(0, self._clause_end - shift)
+        base = self._base
+        if base < len(self._buf) and self._buf[base].isspace():
+            m = _NONSPACE.search(self._buf, base)
+            base = m.start() if m else len(self._buf)
+            self._base = base
+            self._scan = max(base, self._scan)
+            self._clause_end = max(base, self._clause_end)
 
-    def _first_chunk_ready(self, piece: str) -> bool:
+    def _bound(self, i: int, final: bool) -> tuple[int, bool]:
+        """How far the candidate at `i` may look, and whether it must decide there (see StreamCleaner)."""
+        limit = i + self._cfg.lookahead_limit
+        if len(self._buf) >= limit:
+            return limit, True
+        return len(self._buf), final
+
+    def _first_chunk_ready(self, piece: str, min_words: int = 0, min_chars: int = 0) -> bool:
         text = _normalize(piece)
         spoken_len = len(text) + len(_CJK.findall(text))
         return (
-            spoken_len >= self._cfg.first_chunk_min_chars
-            and len(_WORDS.findall(text)) >= self._cfg.first_chunk_min_words
+            spoken_len >= max(min_chars, self._cfg.first_chunk_min_chars)
+            and len(_WORDS.findall(text)) >= max(min_words, self._cfg.first_chunk_min_words)
         )
 
     def _next_cut(self, final: bool):
         buf = self._buf
         n = len(buf)
+        base = self._base
         limit = self._cfg.max_chunk_chars
         if self._first:
             limit = min(limit, self._cfg.first_chunk_max_chars)
+        limit += base
+        phrase = self._first and self._cfg.first_chunk_rule is FirstChunkRule.PHRASE
+        candidates = _CUT_CANDIDATE_PHRASE if phrase else _CUT_CANDIDATE
         i = self._scan
         while True:
-            m = _CUT_CANDIDATE.search(buf, i)
-            ci = m.start() if m else n
-            if ci >= limit:
-                self._scan = min(ci, n)
-                return self._cap_cut(limit) if n > limit else None
+            m = candidates.search(buf, i, limit)  # a candidate at or past the cap does not matter
             if m is None:
+                if n > limit:
+                    self._scan = limit
+                    return self._cap_cut(limit)
                 self._scan = n
                 return None
+            ci = m.start()
             res = self._resolve(ci, final)
             if res is NEED_MORE:
                 self._scan = ci
@@ -247,21 +340,24 @@ class _ChunkCutter:
             if kind is not _Cut.SKIP and end > limit:
                 self._scan = ci
                 return self._cap_cut(limit)
-            if kind is _Cut.SENTENCE and _HAS_WORD.search(buf, 0, end):
+            if kind is _Cut.SENTENCE and _HAS_WORD.search(buf, base, end):
                 return end, kind
-            if kind is _Cut.CLAUSE and _HAS_WORD.search(buf, 0, end):
-                if self._first and self._first_chunk_ready(buf[:end]):
+            if kind is _Cut.CLAUSE and _HAS_WORD.search(buf, base, end):
+                if self._first and self._first_chunk_ready(buf[base:end]):
                     return end, kind
                 self._clause_end = end
+            if kind is _Cut.SOFT:
+                return end, kind  # _phrase_break checked the length
             i = nxt
 
     def _cap_cut(self, limit: int):
         buf = self._buf
-        if self._clause_end >= max(1, limit // 3):
+        base = self._base
+        if self._clause_end - base >= max(1, (limit - base) // 3):
             return self._clause_end, _Cut.CAP
-        for k in range(limit, 0, -1):  # the last word boundary that keeps the chunk within the cap
+        for k in range(limit, base, -1):  # the last word boundary that keeps the chunk within the cap
             if buf[k].isspace():
-                if _HAS_WORD.search(buf, 0, k):
+                if _HAS_WORD.search(buf, base, k):
                     return k, _Cut.CAP
                 break
         return limit, _Cut.CAP  # one word longer than the cap
@@ -269,17 +365,18 @@ class _ChunkCutter:
     def _resolve(self, i: int, final: bool):
         """Decide the candidate at `i`: (kind, chunk end, next scan position) or NEED_MORE."""
         buf = self._buf
-        n = len(buf)
+        n, final = self._bound(i, final)
+        base = self._base
         c = buf[i]
         if c == "\n":
             self._depth = ()
             return _Cut.SENTENCE, i + 1, i + 1
         if c == '"' or c in OPEN_TO_CLOSE or c in CLOSE_TO_OPEN:
-            prev = buf[i - 1] if i else ""
+            prev = buf[i - 1] if i > base else ""
             depth, closed = _update_depth(self._depth, c, prev)
             if closed and not depth and prev and prev in SENTENCE_END:
                 # "... he said "Stop!" Then": a sentence may end right after the quote.
-                res = self._after_sentence_end(i + 1, prev, final, token_start=None)
+                res = self._after_sentence_end(i + 1, n, prev, final, token_start=None)
                 if res is NEED_MORE:
                     return NEED_MORE
                 self._depth = depth
@@ -290,16 +387,16 @@ class _ChunkCutter:
             return _Cut.SKIP, 0, i + 1
         if self._depth:
             return _Cut.SKIP, 0, i + 1  # nothing inside quotes or brackets is a boundary
+        if c == " ":
+            return self._phrase_break(i, n, final)
         if c in SENTENCE_END:
-            j = i
-            while j < n and buf[j] in SENTENCE_END:
-                j += 1
+            j = _SENTENCE_RUN.match(buf, i, n).end()
             if j == n and not final:
                 return NEED_MORE
             run = buf[i:j]
-            if any(ch in _CJK_SENTENCE_END for ch in run):
+            if run != "." and any(ch in _CJK_SENTENCE_END for ch in run):
                 return _Cut.SENTENCE, j, j
-            res = self._after_sentence_end(j, run, final, token_start=i if run == "." else None)
+            res = self._after_sentence_end(j, n, run, final, token_start=i if run == "." else None)
             if res is NEED_MORE:
                 return NEED_MORE
             if res is None:
@@ -310,8 +407,8 @@ class _ChunkCutter:
                 return NEED_MORE if not final else (_Cut.SKIP, 0, i + 1)
             if not buf[i + 1].isspace():
                 return _Cut.SKIP, 0, i + 1  # 1,000  10:30  https://
-            if c == "," and i and buf[i - 1].isdigit():
-                m = _NONSPACE.search(buf, i + 1)
+            if c == "," and i > base and buf[i - 1].isdigit():
+                m = _NONSPACE.search(buf, i + 1, n)
                 if m is None:
                     return NEED_MORE if not final else (_Cut.SKIP, 0, i + 1)
                 if m.group().isdigit():
@@ -320,40 +417,67 @@ class _ChunkCutter:
         if c in "、，":
             return _Cut.CLAUSE, i + 1, i + 1
         if c in "—–":
-            if i and buf[i - 1].isdigit():
+            if i > base and buf[i - 1].isdigit():
                 if i + 1 >= n:
                     return NEED_MORE if not final else (_Cut.SKIP, 0, i + 1)
                 if buf[i + 1].isdigit():
                     return _Cut.SKIP, 0, i + 1  # 1990–2000
             return _Cut.CLAUSE, i + 1, i + 1
         # "-": a spaced dash " - " / " -- " is a clause boundary; hyphens and minus signs are not.
-        if not i or not buf[i - 1].isspace():
+        if i == base or not buf[i - 1].isspace():
             return _Cut.SKIP, 0, i + 1
-        j = i
-        while j < n and buf[j] == "-":
-            j += 1
+        j = _DASH_RUN.match(buf, i, n).end()
         if j == n:
             return NEED_MORE if not final else (_Cut.SKIP, 0, j)
         if not buf[j].isspace() or j - i > 3:
             return _Cut.SKIP, 0, j
         k = i - 1
-        while k >= 0 and buf[k].isspace():
+        while k >= base and buf[k].isspace():
             k -= 1
-        if k >= 0 and buf[k].isdigit():
-            m = _NONSPACE.search(buf, j)
+        if k >= base and buf[k].isdigit():
+            m = _NONSPACE.search(buf, j, n)
             if m is None:
                 return NEED_MORE if not final else (_Cut.SKIP, 0, j)
             if m.group().isdigit():
                 return _Cut.SKIP, 0, j  # 3 - 2
         return _Cut.CLAUSE, j, j
 
-    def _after_sentence_end(self, j: int, run: str, final: bool, token_start: int | None):
+    def _phrase_break(self, i: int, n: int, final: bool):
+        """Whether the space at `i` may end the first chunk (`FirstChunkRule.PHRASE`): a word boundary
+        before a word (not punctuation, a number or a symbol), not right after a number ("3 | to 5"),
+        a closing quote or bracket, punctuation or an abbreviation ("Dr. | Smith"), nor after a word
+        that needs its continuation ("I think the |"), and only once the chunk holds
+        `first_chunk_soft_chars` characters and two words. Inside quotes and brackets it is never asked."""
+        buf = self._buf
+        skip = (_Cut.SKIP, 0, i + 1)
+        if i == self._base:
+            return skip
+        prev = buf[i - 1]
+        if prev.isspace() or prev.isdigit() or prev in _NO_PHRASE_BREAK_AFTER:
+            return skip
+        if not self._first_chunk_ready(buf[self._base : i], _PHRASE_MIN_WORDS, self._cfg.first_chunk_soft_chars):
+            return skip  # too short to end here: no need to wait for the next word
+        m = _WORD_RUN.match(buf, i + 1, n)
+        if m is None:
+            return NEED_MORE if i + 1 == n and not final else skip  # punctuation, a number or a symbol
+        e = m.end()
+        if e + 1 >= n:  # the next word and the start of the one after it are not all there yet
+            return NEED_MORE if not final else skip
+        if buf[e] != " " or not buf[e + 1].isalnum():
+            return skip  # the next word ends its clause ("That's a tough | one."): keep them together
+        k = i
+        while k > self._base and not buf[k - 1].isspace():
+            k -= 1
+        if buf[k:i].lower() in _OPEN_ENDED_WORDS:
+            return skip
+        return _Cut.SOFT, i, i + 1
+
+    def _after_sentence_end(self, j: int, n: int, run: str, final: bool, token_start: int | None):
         """Whether sentence punctuation `run` ending at `j` ends a sentence: (kind, end), None or NEED_MORE.
 
-        token_start is the run's position when it is a single "." (then the word before it is checked
-        for abbreviations)."""
+        Looks no further than `n`. token_start is the run's position when it is a single "." (then the
+        word before it is checked for abbreviations)."""
         buf = self._buf
-        n = len(buf)
         if j == n:
             return NEED_MORE if not final else (_Cut.SENTENCE, j)
         if not buf[j].isspace():
@@ -361,7 +485,7 @@ class _ChunkCutter:
         ellipsis = "…" in run or ".." in run
         if not ellipsis and ("!" in run or "?" in run):
             return _Cut.SENTENCE, j
-        m = _NONSPACE.search(buf, j)
+        m = _NONSPACE.search(buf, j, n)
         gap_end = m.start() if m else n
         if "\n" in buf[j:gap_end]:
             return _Cut.SENTENCE, j
@@ -379,7 +503,7 @@ class _ChunkCutter:
     def _is_abbreviation(self, dot: int, following: str) -> bool:
         buf = self._buf
         k = dot
-        while k > 0 and not buf[k - 1].isspace():
+        while k > self._base and not buf[k - 1].isspace():
             k -= 1
         token = buf[k:dot].lstrip("\"“‘'(「『[（*")
         low = token.lower()
@@ -425,6 +549,12 @@ class SpeechSegmenter:
         self._cleaner.reset()
         self._cutter.reset()
 
+    @property
+    def held_chars(self) -> int:
+        """Characters fed and not yet in a chunk nor dropped: bounded by the chunk cap plus twice
+        `lookahead_limit` (plus one feed window), however much text arrives without a boundary."""
+        return self._cleaner.held_chars + self._cutter.held_chars
+
 
 class SentenceAggregator(SpeechSegmenter):
     """Whole sentences only (no early first chunk): what common voice frameworks do.
@@ -441,3 +571,11 @@ def clean_for_speech(text: str, config: SegmenterConfig | None = None) -> str:
         raise TypeError(f"clean_for_speech() takes str, got {type(text).__name__}")
     cleaner = StreamCleaner(config or SegmenterConfig())
     return _normalize(cleaner.feed(text) + cleaner.flush())
+
+
+def has_speech(text: str, config: SegmenterConfig | None = None) -> bool:
+    """Whether `text` has anything to say: True exactly when segmenting it yields at least one chunk.
+
+    False for text that is only emoji, emoticons, markup, code, ``<think>...</think>``, escape sequences
+    or punctuation; a caller can then answer "nothing to say" instead of playing silence."""
+    return _speakable(clean_for_speech(text, config))

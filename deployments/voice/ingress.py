@@ -12,7 +12,7 @@ import asyncio
 import json
 import logging
 from collections import OrderedDict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
@@ -54,7 +54,7 @@ from graph.voice.protocol import (
     to_wire,
 )
 from graph.voice.stage_link import LinkLost, StageLink
-from graph.voice.types import LLMRequest, StageError, TTSOptions, VCOptions, VCResult
+from graph.voice.types import LLMRequest, StageError, StageLost, TTSOptions, VCOptions, VCResult
 
 log = logging.getLogger("ray.serve")
 SESSION_PLACES_KEPT = 256  # voice sessions whose guild/channel/user the ingress remembers
@@ -72,9 +72,9 @@ def _as_stage_error(error: BaseException, stage: str, backend: str) -> StageErro
     if isinstance(error, StageError) and hasattr(error, "stage"):
         return error
     if isinstance(error, RayActorError):
-        return StageError(stage, backend, "the stage's replica died; Serve is restarting it")
+        return StageLost(stage, backend, "the stage's replica died; Serve is restarting it")
     if isinstance(error, grpc.aio.AioRpcError):  # the gRPC transport: the replica went away mid-call
-        return StageError(stage, backend, f"the call to the stage's replica broke ({error.code().name}); Serve is restarting it")
+        return StageLost(stage, backend, f"the call to the stage's replica broke ({error.code().name}); Serve is restarting it")
     text = str(cause or error).strip().splitlines()
     return StageError(stage, backend, text[-1] if text else type(error).__name__)
 
@@ -120,6 +120,51 @@ def with_transport(handle: DeploymentHandle, transport: str) -> DeploymentHandle
     return handle
 
 
+RECOVERY_PROBE_S = 2.0  # how long one look for a stage's replacement replica may take before we say "restarting"
+
+
+class StageRecovery:
+    """Stages whose replica was lost. Until a probe reaches the replacement, calls to such a stage fail at
+    once with a `StageLost` saying it is restarting, instead of waiting ~10 s for Serve to notice the dead
+    replica and route elsewhere; the probe runs in the background and retries until Serve has replaced it."""
+
+    def __init__(self, probe: Callable[[str], Awaitable[Any]], names: dict[str, str], retry_s: float = 0.5):
+        self._probe = probe
+        self.names = names
+        self.retry_s = retry_s
+        self._recovering: dict[str, asyncio.Task] = {}
+
+    def recovering(self, stage: str) -> bool:
+        task = self._recovering.get(stage)
+        return task is not None and not task.done()
+
+    def lost(self, stage: str) -> None:
+        if not self.recovering(stage):
+            log.warning("the %s stage's replica was lost; waiting for Serve to replace it", stage)
+            self._recovering[stage] = asyncio.create_task(self._recover(stage), name=f"recover-{stage}")
+
+    def check(self, stage: str) -> None:
+        """Raise at once while `stage` is being replaced."""
+        if self.recovering(stage):
+            raise StageLost(stage, self.names.get(stage, stage),
+                            "the stage is restarting after its replica was lost; try again in a few seconds")
+
+    async def _recover(self, stage: str) -> None:
+        while True:
+            try:
+                async with asyncio.timeout(RECOVERY_PROBE_S * 2):
+                    await self._probe(stage)
+                log.warning("the %s stage answers again", stage)
+                return
+            except Exception:  # noqa: BLE001 - still dead or not yet routed: look again shortly
+                await asyncio.sleep(self.retry_s)
+
+    async def aclose(self) -> None:
+        for task in self._recovering.values():
+            task.cancel()
+        await asyncio.gather(*self._recovering.values(), return_exceptions=True)
+
+
 class HandleStages:
     """StageCalls over Serve handles for one utterance, with cancellation tracking.
 
@@ -132,6 +177,16 @@ class HandleStages:
                  transport: str = "grpc"):
         self.llm, self.tts, self.vc = (with_transport(handle, transport) for handle in (llm, tts, vc))
         self.names = names
+        self.recovery = StageRecovery(self._probe, names)
+
+    async def _probe(self, stage: str) -> None:
+        await getattr(self, stage).status.remote()
+
+    def _failed(self, error: BaseException, stage: str) -> StageError:
+        failure = _as_stage_error(error, stage, self.names.get(stage, stage))
+        if isinstance(failure, StageLost):
+            self.recovery.lost(stage)
+        return failure
 
     def calls(self, inflight: InflightCalls) -> StageCalls:
         return StageCalls(
@@ -146,6 +201,9 @@ class HandleStages:
         )
 
     async def _stream(self, generator, inflight: InflightCalls, stage: str) -> AsyncIterator[Any]:
+        if self.recovery.recovering(stage):
+            generator.cancel()
+            self.recovery.check(stage)
         inflight.add(generator)
         finished = False
         try:
@@ -154,13 +212,16 @@ class HandleStages:
             finished = True
         except (RayTaskError, RayActorError, StageError, grpc.aio.AioRpcError) as error:
             finished = True
-            raise _as_stage_error(error, stage, self.names.get(stage, stage)) from None
+            raise self._failed(error, stage) from None
         finally:
             if not finished:
                 generator.cancel()
             inflight.discard(generator)
 
     async def _unary(self, response, inflight: InflightCalls, stage: str) -> VCResult:
+        if self.recovery.recovering(stage):
+            response.cancel()
+            self.recovery.check(stage)
         inflight.add(response)
         try:
             return await response
@@ -168,7 +229,7 @@ class HandleStages:
             response.cancel()
             raise
         except (RayTaskError, RayActorError, StageError, grpc.aio.AioRpcError) as error:
-            raise _as_stage_error(error, stage, self.names.get(stage, stage)) from None
+            raise self._failed(error, stage) from None
         finally:
             inflight.discard(response)
 
@@ -189,12 +250,14 @@ class LinkStages:
         self.names = names
         self.links: dict[str, StageLink] = {}
         self._finding = {stage: asyncio.Lock() for stage in self.handles}
+        self.recovery = StageRecovery(self._find, names)
 
     async def connect(self) -> None:
         """Open every link now, so the first utterance does not pay for it."""
         await asyncio.gather(*(self._link(stage) for stage in self.handles))
 
     async def aclose(self) -> None:
+        await self.recovery.aclose()
         await asyncio.gather(*(link.aclose() for link in self.links.values()), return_exceptions=True)
 
     def calls(self, inflight: InflightCalls) -> StageCalls:
@@ -208,6 +271,21 @@ class LinkStages:
         )
 
     async def _link(self, stage: str) -> StageLink:
+        """The stage's open link. Fails fast while the stage is being replaced; a link that broke while idle
+        gets RECOVERY_PROBE_S to find the replacement (a redeploy) before we call the stage lost."""
+        self.recovery.check(stage)
+        link = self.links.get(stage)
+        if link is None or not link.broken:
+            return await self._find(stage)
+        try:
+            async with asyncio.timeout(RECOVERY_PROBE_S):
+                return await self._find(stage)
+        except (TimeoutError, StageError):
+            self.recovery.lost(stage)
+            raise StageLost(stage, self.names.get(stage, stage),
+                            "the stage's replica is gone and Serve is restarting it; try again in a few seconds") from None
+
+    async def _find(self, stage: str) -> StageLink:
         async with self._finding[stage]:
             link = self.links.get(stage)
             if link is None or link.broken:
@@ -223,7 +301,8 @@ class LinkStages:
             return link
 
     def _lost(self, stage: str) -> StageError:
-        return StageError(stage, self.names.get(stage, stage), "the link to the stage's replica broke; Serve is restarting it")
+        self.recovery.lost(stage)
+        return StageLost(stage, self.names.get(stage, stage), "the link to the stage's replica broke; Serve is restarting it")
 
     async def _stream(self, stage: str, method: str, inflight: InflightCalls, *args) -> AsyncIterator[Any]:
         link = await self._link(stage)

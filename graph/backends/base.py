@@ -11,11 +11,12 @@ Contract for implementers:
 from __future__ import annotations
 
 import importlib
+import math
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator
 from typing import Any
 
-from graph.voice.types import AudioChunk, LLMRequest, TTSOptions, VCOptions, VCResult
+from graph.voice.types import AudioChunk, LLMRequest, StageError, TTSOptions, VCOptions, VCResult
 
 
 class Backend(ABC):
@@ -50,6 +51,18 @@ class VCBackend(Backend):
     @abstractmethod
     async def convert(self, chunk: AudioChunk, options: VCOptions, context: object | None) -> VCResult:
         """Convert one chunk of an utterance. `context` is what the previous call returned (None first)."""
+
+
+def applied_pitch_shift(backend: str, base_semitones: float, options: VCOptions) -> float:
+    """The shift a VC backend applies: its configured base plus the request's offset (a mood's or a client's).
+
+    An offset, never a replacement: the base shift is what makes the voice hers ("bubbly" on WORLD's base
+    4 is 4 + 2 = 6 semitones, not 2). A non-finite result is refused, so NaN can never play as silence.
+    """
+    total = float(base_semitones) + (float(options.pitch_shift) if options.pitch_shift is not None else 0.0)
+    if not math.isfinite(total):
+        raise StageError("vc", backend, f"pitch shift must be a finite number of semitones, got {total}")
+    return total
 
 
 # name -> "module:Class". Modules are imported on first use so optional extras stay optional.

@@ -11,6 +11,7 @@ handle, then keeps a WebSocket open to this replica. A link that drops cancels i
 """
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
 
@@ -20,6 +21,7 @@ from ray import serve
 from deployments.heap import freeze_startup_heap
 from deployments.telemetry import TelemetryExporter
 from graph.backends import create_backend
+from graph.backends.base import PROBE_TIMEOUT_S
 from graph.voice.pipeline import backend_label
 from graph.voice.stage_link import CallKind, LinkEndpoint, LinkMethod, StageLinkServer
 from graph.voice.types import (
@@ -30,6 +32,23 @@ from graph.voice.types import (
     VCOptions,
     VCResult,
 )
+
+
+async def probe_backend(backend, timeout_s: float = PROBE_TIMEOUT_S * 2) -> str | None:
+    """None when the backend's own probe passes; else what is down, naming the backend and its URL.
+
+    Not wired into Serve's check_health on purpose: a replica restart cannot revive a dead Soprano or RVC
+    container, it would only churn replicas (and fail their warm-up) until the container is back.
+    """
+    try:
+        await asyncio.wait_for(backend.probe(), timeout_s)
+    except TimeoutError:
+        return f"{backend_label(backend)} is down: no answer to its health probe within {timeout_s:g} s"
+    except Exception as error:  # noqa: BLE001 - any failure of the probe is the backend being down
+        message = getattr(error, "message", None) or str(error) or type(error).__name__
+        label = backend_label(backend)
+        return message if label in message else f"{label}: {message}"
+    return None
 
 
 class _BackendHost:
@@ -67,7 +86,10 @@ class _BackendHost:
         }
         if self.telemetry.latest is not None:
             detail["gpu"] = self.telemetry.latest.as_dict()
-        return StageStatus(self.stage, detail.get("backend", self.backend.name), True, detail)
+        down = await probe_backend(self.backend)
+        if down is not None:
+            detail["error"] = down
+        return StageStatus(self.stage, detail.get("backend", self.backend.name), down is None, detail)
 
     async def __del__(self) -> None:
         # getattr: a constructor that failed part-way (e.g. a missing model) still gets here

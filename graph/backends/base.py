@@ -7,6 +7,9 @@ Contract for implementers:
   upstream work (close the HTTP response, kill the subprocess, stop the worker request).
 - Failures the user should hear about raise `graph.voice.types.StageError(stage, backend, message)`.
 - CPU-heavy synchronous work runs in `asyncio.to_thread` so a replica's event loop stays free.
+- A backend that depends on another process (a model server, a worker, a container) implements
+  `probe()`: a cheap check that it still answers, raising StageError naming it and its URL when not.
+  The stage's `status()` calls it (bounded by a timeout), so /healthz names the backend that is down.
 """
 from __future__ import annotations
 
@@ -31,6 +34,9 @@ class Backend(ABC):
     async def warmup(self) -> None:
         """Load and exercise the model once so the first real request is not slow."""
 
+    async def probe(self) -> None:
+        """Raise StageError when what this backend depends on no longer answers. In-process: nothing to probe."""
+
     async def aclose(self) -> None:
         """Release sockets, processes and models."""
 
@@ -51,6 +57,9 @@ class VCBackend(Backend):
     @abstractmethod
     async def convert(self, chunk: AudioChunk, options: VCOptions, context: object | None) -> VCResult:
         """Convert one chunk of an utterance. `context` is what the previous call returned (None first)."""
+
+
+PROBE_TIMEOUT_S = 2.0  # a backend's health probe answers within this or the backend counts as down
 
 
 def applied_pitch_shift(backend: str, base_semitones: float, options: VCOptions) -> float:

@@ -31,7 +31,7 @@ from deployments.controller.actor import CONTROLLER_NAME, get_or_create_controll
 from deployments.controller.routes import router as sessions_router
 from deployments.controller.routes import use_controller
 from deployments.heap import freeze_startup_heap
-from deployments.metrics import graph_metrics
+from deployments.metrics import CpuMeter, graph_metrics
 from deployments.voice.voice_port import DirectVoicePort
 from graph.brain.mood_profiles import load_moods
 from graph.controller.telemetry import VramHeadroom
@@ -40,6 +40,7 @@ from graph.voice.conversation import VoiceConversation
 from graph.voice.pipeline import (
     PipelineConfig,
     StageCalls,
+    StageLostNotice,
     Utterance,
     UtteranceEnded,
     UtteranceFailed,
@@ -477,6 +478,8 @@ class VoiceGraph:
         self.moods = load_moods()
         self.llm, self.tts, self.vc = llm, tts, vc
         self.metrics = graph_metrics()
+        self.cpu = CpuMeter("ingress")  # the ingress's own process CPU (the pipeline, framing, routes)
+        self.cpu.start()
         self.names = {}
         for stage, handle in (("llm", llm), ("tts", tts), ("vc", vc)):
             status = await handle.status.remote()
@@ -509,6 +512,8 @@ class VoiceGraph:
             await self.voice_port.aclose()
         if isinstance(getattr(self, "stages", None), LinkStages):
             await self.stages.aclose()
+        if getattr(self, "cpu", None) is not None:
+            await self.cpu.stop()
 
     # ---- the utterance path, shared by WS /v1/voice and the CLI's handle call ----
 
@@ -571,14 +576,16 @@ class VoiceGraph:
             inflight.cancel_all()
 
     def _observe(self, event, mode: UtteranceMode) -> None:
-        if isinstance(event, UtteranceFailed):
+        if isinstance(event, StageLostNotice):
+            self.metrics.stage_lost.inc(tags={"stage": event.stage})
+            log.warning("utterance %s: %s", event.utterance_id, event.message)
+        elif isinstance(event, UtteranceFailed):
             self.metrics.errors.inc(tags={"stage": event.stage})
         elif isinstance(event, UtteranceEnded):
             self.metrics.utterances.inc(tags={"status": event.status.value})
             if event.frames:
                 self.metrics.frames_sent.inc(event.frames)
-            if event.underruns:
-                self.metrics.underruns.inc(event.underruns, tags={"source": "graph"})
+            self.metrics.record_underruns(event.underruns, "graph")
             ttfa = event.timings_ms.get("first_frame")
             if ttfa is not None:
                 self.metrics.time_to_first_audio.observe(ttfa, tags={"mode": mode.value})
@@ -669,6 +676,7 @@ class VoiceGraph:
 
     @app.post("/v1/metrics/playback", dependencies=[Depends(auth.require_token)])
     async def playback_report(self, report: PlaybackReport) -> dict:
-        if report.underruns:
-            self.metrics.underruns.inc(report.underruns, tags={"source": "client"})
+        self.metrics.record_underruns(report.underruns, "client")
+        if report.buffer_ms is not None:
+            self.metrics.record_client_buffer(report.buffer_ms)
         return {"ok": True}

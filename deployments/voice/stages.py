@@ -12,6 +12,7 @@ handle, then keeps a WebSocket open to this replica. A link that drops cancels i
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import AsyncIterator
 
@@ -19,6 +20,7 @@ import ray
 from ray import serve
 
 from deployments.heap import freeze_startup_heap
+from deployments.metrics import CpuMeter
 from deployments.telemetry import TelemetryExporter
 from graph.backends import create_backend
 from graph.backends.base import PROBE_TIMEOUT_S
@@ -69,6 +71,8 @@ class _BackendHost:
         # each stage replica reports the GPUs it can see (absent on a CPU machine) as Ray gauges
         self.telemetry = TelemetryExporter()
         self.telemetry.start()
+        self.cpu = CpuMeter(self.stage)  # process CPU of this replica, per stage, as Ray gauges
+        self.cpu.start()
         freeze_startup_heap()  # last: everything set up so far lives as long as the replica
 
     async def link_endpoint(self) -> LinkEndpoint:
@@ -86,6 +90,9 @@ class _BackendHost:
         }
         if self.telemetry.latest is not None:
             detail["gpu"] = self.telemetry.latest.as_dict()
+        if self.cpu.latest_percent is not None:
+            detail["cpu_percent"] = self.cpu.latest_percent
+        detail["pid"] = os.getpid()  # which process to look at (or kill, in the recovery tests)
         down = await probe_backend(self.backend)
         if down is not None:
             detail["error"] = down
@@ -97,6 +104,8 @@ class _BackendHost:
             await self.link.aclose()
         if getattr(self, "telemetry", None) is not None:
             await self.telemetry.stop()
+        if getattr(self, "cpu", None) is not None:
+            await self.cpu.stop()
         if getattr(self, "backend", None) is not None:
             await self.backend.aclose()
 

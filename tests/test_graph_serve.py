@@ -236,10 +236,16 @@ async def test_ws_stream_compatibility_route(voice_entry):
 async def test_graph_metrics_reach_rays_metrics_endpoint(graph_server):
     async with await open_voice(graph_server) as ws:
         await utterance(ws, {"type": "say", "id": "m", "text": "Counting frames."})
-    wanted = ["miku_time_to_first_audio_ms", "miku_stage_latency_ms", "miku_frames_sent", "miku_utterances"]
+        await utterance(ws, {"type": "prompt", "id": "m2", "text": "Count tokens."})
+    wanted = ["miku_time_to_first_audio_ms", "miku_stage_latency_ms", "miku_frames_sent", "miku_utterances",
+              "miku_llm_tokens_per_second", "miku_stage_cpu_percent", "miku_stage_cpu_seconds_total",
+              "miku_client_buffer_ms", "miku_client_buffer_fill_ms"]
     deadline = time.monotonic() + 60
     text = ""
     async with aiohttp.ClientSession() as http:
+        async with http.post(f"{graph_server.base_url}/v1/metrics/playback", headers=graph_server.auth_headers,
+                             json={"underruns": 1, "frames_played": 50, "buffer_ms": 120.0}) as response:
+            assert response.status == 200
         while time.monotonic() < deadline:
             try:
                 async with http.get(f"http://127.0.0.1:{METRICS_PORT}/metrics") as response:

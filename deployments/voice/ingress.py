@@ -388,7 +388,8 @@ class TokenStreamSession:
         try:
             async for event in pipeline.run(utterance):
                 if isinstance(event, UtteranceFailed):
-                    await self.send({"error": f"{event.stage} ({event.backend}): {event.message}"})
+                    where = f"{event.stage} ({event.backend})" if event.backend else event.stage
+                    await self.send({"error": f"{where}: {event.message}"})
                     continue
                 wire = to_wire(event)
                 if isinstance(wire, bytes):

@@ -94,7 +94,9 @@ class PipelineConfig:
     max_frames_per_message: int = 25  # 500 ms of audio per binary message at most
     stage_timeout_s: float = 30.0  # no token / audio from a stage for this long -> StageError
     vc_group_s: float = 0.2  # TTS pieces already waiting are sent to VC together, up to this much audio
-    text_fallback_s: float = 60.0  # after a TTS/VC failure, wait this long at most for the rest of the answer
+    # after a TTS/VC failure, wait this long at most for the rest of the answer (well under the bot's 60 s
+    # utterance watchdog, which sees no event while the text is awaited)
+    text_fallback_s: float = 30.0
     aggregation: Aggregation = Aggregation.EARLY_FIRST_CHUNK
     segmenter: SegmenterConfig = field(default_factory=SegmenterConfig)
 

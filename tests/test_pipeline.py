@@ -424,3 +424,26 @@ async def test_token_rate_is_observed_for_a_streamed_answer():
     events = await collect(pipeline, Utterance("u", "hi", UtteranceMode.PROMPT))
     assert events[-1].status is UtteranceStatus.OK
     assert len(rates) == 1 and rates[0] > 0
+
+
+async def test_without_a_text_fallback_the_error_comes_at_once():
+    """/ws/stream's client holds the text itself: text_fallback_s=0 does not wait for the rest of it. The
+    LLM here never finishes and no stage timeout would fire for an hour, so only not waiting ends it."""
+    closed = asyncio.Event()
+
+    class StuckLLM(LLMBackend):
+        name = "stuck"
+
+        async def stream(self, request):
+            try:
+                yield "This first sentence is spoken fine. The second one hits a dead model. And then "
+                await asyncio.Event().wait()
+            finally:
+                closed.set()
+
+    pipeline = UtterancePipeline(StageCalls.from_backends(StuckLLM(), FailingTTS(), PassthroughVC()),
+                                 PipelineConfig(text_fallback_s=0, stage_timeout_s=3600))
+    async with asyncio.timeout(60):  # a hang guard only
+        events = await collect(pipeline, Utterance("u", "go", UtteranceMode.PROMPT))
+    assert next(e for e in events if isinstance(e, UtteranceFailed)).stage == "tts"
+    assert closed.is_set()  # and the LLM was stopped

@@ -382,7 +382,9 @@ class TokenStreamSession:
         calls = self.graph.stages.calls(inflight)
         calls.llm = client_tokens
         calls.llm_name = "client"
-        pipeline = UtterancePipeline(calls, PipelineConfig(stage_timeout_s=self.graph.config.stage_timeout_s))
+        # the client sent the text itself, so a failed voice must not wait for the rest of it (text_fallback_s=0)
+        pipeline = UtterancePipeline(calls, PipelineConfig(stage_timeout_s=self.graph.config.stage_timeout_s,
+                                                           text_fallback_s=0))
         utterance = Utterance(f"stream-{self.count}", "", UtteranceMode.PROMPT, LLMRequest(prompt=""), TTSOptions(), VCOptions(pitch_shift=pitch))
         samples = 0
         try:

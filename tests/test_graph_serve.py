@@ -199,6 +199,17 @@ async def test_unreachable_llm_is_reported_by_url(ray_cluster, serve_http_port):
         serve.delete("miku-unreachable")
 
 
+@pytest.mark.parametrize("kind, text", [("say", "🎉🎉 ✨"), ("say", "<think>only thinking</think>")])
+async def test_nothing_speakable_is_an_error_saying_so_and_the_connection_stays_usable(voice_entry, kind, text):
+    async with await open_voice(voice_entry) as ws:
+        events, audio = await utterance(ws, {"type": kind, "id": "e", "text": text})
+        error = next(e for e in events if e["type"] == "error")
+        assert "nothing to say" in error["message"] and not audio
+        assert events[-1]["type"] == "utterance.end" and events[-1]["status"] == "error"
+        events, audio = await utterance(ws, {"type": "say", "id": "ok", "text": "Now in words."})
+        assert events[-1]["status"] == "ok" and audio
+
+
 async def test_bad_messages_get_errors_and_the_connection_stays_open(voice_entry):
     async with await open_voice(voice_entry) as ws:
         for raw, fragment in (("{not json", "not JSON"), (json.dumps({"type": "say", "id": "e", "text": ""}), "empty"),

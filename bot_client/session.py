@@ -29,6 +29,7 @@ from .graph_api import (
     SessionInfo,
     VoiceStream,
 )
+from .inputs import split_for_discord
 from .jitter import JitterBuffer
 from .playback import JitterAudioSource
 
@@ -395,7 +396,8 @@ class VoiceSession:
         if stage == "llm" or "timeout" in message.lower() or "timed out" in message.lower():
             await self.notify(CONFUSED)
         elif stage in ("tts", "vc") and (answer := _whole_answer(event, utterance)):
-            await self.notify(TEXT_MODE_PREFIX + answer)
+            for part in split_for_discord(TEXT_MODE_PREFIX + answer):  # a long answer: several messages
+                await self.notify(part)
         elif stage in ("tts", "vc"):
             await self.notify(f"⚠️ My voice failed ({stage}), so I couldn't say that. Try again?")
         else:

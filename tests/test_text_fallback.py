@@ -46,3 +46,15 @@ async def test_an_older_graph_without_the_text_still_gets_what_was_spoken():
     await h.event(type="stage.lost", id=uid, stage="tts", message="Miku is recovering: the replica died")
     await h.event(type="error", id=uid, stage="tts", message="the replica died")
     assert h.notices == [TEXT_MODE_PREFIX + "Hi there!"]
+
+
+async def test_a_long_answer_is_posted_whole_in_discord_sized_messages():
+    h = Harness()
+    session = (await h.join()).session
+    await session.submit("tell me everything")
+    uid = h.sent()[0][0]
+    answer = " ".join(f"word{i}" for i in range(700))  # ~5,500 characters
+    await h.event(type="utterance.start", id=uid)
+    await h.event(type="error", id=uid, stage="vc", message="the replica died", text=answer)
+    assert len(h.notices) >= 3 and all(len(n) <= 2000 for n in h.notices)
+    assert " ".join(h.notices).split() == (TEXT_MODE_PREFIX + answer).split()

@@ -29,6 +29,7 @@ from .graph_api import (
     SessionInfo,
     VoiceStream,
 )
+from .inputs import split_for_discord
 from .jitter import JitterBuffer
 from .playback import JitterAudioSource
 
@@ -121,6 +122,15 @@ class PresenceKeeper:
             await self._apply(text)
         except Exception:  # presence is cosmetic: never let it break a join or a leave
             log.warning("could not change presence to %r", text, exc_info=True)
+
+
+def _whole_answer(event: dict, utterance: "Utterance") -> str:
+    """The text to post when her voice failed: the graph's whole answer (`text`, spoken or not), else
+    what was spoken before the failure (an older graph sends no `text`)."""
+    text = event.get("text")
+    if isinstance(text, str) and text.strip():
+        return text.strip()
+    return " ".join(utterance.spoken)
 
 
 @dataclass
@@ -374,6 +384,8 @@ class VoiceSession:
             await self._finish(utterance, failed=event.get("status", "ok") != "ok")
         elif kind == "error":
             await self._on_utterance_error(utterance, event)
+        elif kind == "stage.lost":  # a stage's replica died; the `error` (with the whole answer) follows
+            log.warning("graph stage lost during %s: %s", utterance.utterance_id, event.get("message"))
 
     async def _on_utterance_error(self, utterance: Utterance, event: dict) -> None:
         stage = str(event.get("stage", "")).lower()
@@ -383,8 +395,9 @@ class VoiceSession:
         await self._finish(utterance, failed=True)
         if stage == "llm" or "timeout" in message.lower() or "timed out" in message.lower():
             await self.notify(CONFUSED)
-        elif stage in ("tts", "vc") and utterance.spoken:
-            await self.notify(TEXT_MODE_PREFIX + " ".join(utterance.spoken))
+        elif stage in ("tts", "vc") and (answer := _whole_answer(event, utterance)):
+            for part in split_for_discord(TEXT_MODE_PREFIX + answer):  # a long answer: several messages
+                await self.notify(part)
         elif stage in ("tts", "vc"):
             await self.notify(f"⚠️ My voice failed ({stage}), so I couldn't say that. Try again?")
         else:

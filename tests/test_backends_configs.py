@@ -107,6 +107,10 @@ def test_dashboard_queries_name_exported_metrics():
         "ray_miku_frames_sent_total",
         "ray_miku_stage_errors_total",
         "ray_miku_gpu_vram_used_bytes",
+        "ray_miku_client_buffer_ms",
+        "ray_miku_llm_tokens_per_second_bucket",
+        "ray_miku_stage_cpu_percent",
+        "ray_miku_stage_lost_total",
     ):
         assert required in used
     assert len({p["id"] for p in dashboard["panels"]}) == len(dashboard["panels"])

@@ -167,3 +167,12 @@ def test_coarse_pitch_matches_rvc_bins():
     bins = coarse_pitch(np.array([0.0, 50.0, 1100.0, 5000.0, 220.0]))
     assert list(bins[:4]) == [1, 1, 255, 255]
     assert 1 < bins[4] < 255
+
+
+@pytest.mark.parametrize("base, offset, expected_hz", [(12, -12, 220.0), (5, 7, 440.0), (7, None, 220 * 2 ** (7 / 12))])
+async def test_the_requests_shift_is_added_to_the_configured_base_shift(rvc_files, base, offset, expected_hz):
+    """A mood's pitch_shift nudges her voice from its base; it must never replace the base."""
+    backend = make_backend(rvc_files, pitch_shift=base)
+    result = await backend.convert(AudioChunk(sine(220, 1.0, 32_000), 32_000), VCOptions(pitch_shift=offset), None)
+    measured = dominant_hz(result.audio.samples[4800:-4800], 48_000)
+    assert abs(measured - expected_hz) < expected_hz * 0.03

@@ -199,6 +199,17 @@ async def test_unreachable_llm_is_reported_by_url(ray_cluster, serve_http_port):
         serve.delete("miku-unreachable")
 
 
+@pytest.mark.parametrize("kind, text", [("say", "🎉🎉 ✨"), ("say", "<think>only thinking</think>")])
+async def test_nothing_speakable_is_an_error_saying_so_and_the_connection_stays_usable(voice_entry, kind, text):
+    async with await open_voice(voice_entry) as ws:
+        events, audio = await utterance(ws, {"type": kind, "id": "e", "text": text})
+        error = next(e for e in events if e["type"] == "error")
+        assert "nothing to say" in error["message"] and not audio
+        assert events[-1]["type"] == "utterance.end" and events[-1]["status"] == "error"
+        events, audio = await utterance(ws, {"type": "say", "id": "ok", "text": "Now in words."})
+        assert events[-1]["status"] == "ok" and audio
+
+
 async def test_bad_messages_get_errors_and_the_connection_stays_open(voice_entry):
     async with await open_voice(voice_entry) as ws:
         for raw, fragment in (("{not json", "not JSON"), (json.dumps({"type": "say", "id": "e", "text": ""}), "empty"),
@@ -236,10 +247,16 @@ async def test_ws_stream_compatibility_route(voice_entry):
 async def test_graph_metrics_reach_rays_metrics_endpoint(graph_server):
     async with await open_voice(graph_server) as ws:
         await utterance(ws, {"type": "say", "id": "m", "text": "Counting frames."})
-    wanted = ["miku_time_to_first_audio_ms", "miku_stage_latency_ms", "miku_frames_sent", "miku_utterances"]
+        await utterance(ws, {"type": "prompt", "id": "m2", "text": "Count tokens."})
+    wanted = ["miku_time_to_first_audio_ms", "miku_stage_latency_ms", "miku_frames_sent", "miku_utterances",
+              "miku_llm_tokens_per_second", "miku_stage_cpu_percent", "miku_stage_cpu_seconds_total",
+              "miku_client_buffer_ms", "miku_client_buffer_fill_ms"]
     deadline = time.monotonic() + 60
     text = ""
     async with aiohttp.ClientSession() as http:
+        async with http.post(f"{graph_server.base_url}/v1/metrics/playback", headers=graph_server.auth_headers,
+                             json={"underruns": 1, "frames_played": 50, "buffer_ms": 120.0}) as response:
+            assert response.status == 200
         while time.monotonic() < deadline:
             try:
                 async with http.get(f"http://127.0.0.1:{METRICS_PORT}/metrics") as response:
@@ -278,50 +295,134 @@ async def test_a_session_prompt_uses_the_brains_persona_and_mood(graph_server):
                 assert response.status == 200
 
 
-@pytest.mark.parametrize("transport", ["direct", "grpc", "actor"])
-async def test_a_stage_replica_killed_mid_utterance_ends_it_with_an_error_and_the_graph_recovers(ray_cluster, llm_server, transport):
-    """SIGKILL of the TTS replica while it speaks: the user gets an error naming the stage (not a hang),
-    the LLM upstream is stopped, and once Serve has replaced the replica the next utterance plays."""
-    import ray
-    from ray import serve
-
+def _crash_app(llm_server, transport: str, tts: dict | None = None):
     from deployments.app import build_app
 
-    app = build_app(
-        # a TTS that takes seconds per chunk, so the kill lands inside a synthesize call
+    return build_app(
         {"llm": {"backend": "openai", "url": llm_server.url},
-         "tts": {"backend": "simulated", "chars_per_second": 2, "piece_s": 0.1, "real_time_factor": 1.0},
+         "tts": tts or {"backend": "simulated", "first_audio_s": 0, "real_time_factor": 0},
          "vc": {"backend": "passthrough"}, "voice": {"token": "t", "stage_timeout_s": 20, "stage_transport": transport}}
     )
+
+
+def _replicas(app: str, deployment: str) -> list[str]:
+    import ray
+
+    return [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
+            if a["name"].startswith(f"SERVE_REPLICA::{app}#{deployment}")]
+
+
+async def _sigkill_replica(app: str, deployment: str) -> int:
+    """SIGKILL the replica's process (what `kill -9` does to a stage in `miku serve`); its pid comes from status()."""
+    import os
+    import signal
+    from pathlib import Path
+
+    from ray import serve
+
+    status = await serve.get_deployment_handle(deployment, app_name=app).status.remote()
+    pid = status.detail["pid"]
+    os.kill(pid, signal.SIGKILL)
+    stat = Path(f"/proc/{pid}/stat")
+    async with asyncio.timeout(30):  # dead (gone, or a zombie until its parent reaps it) before the test goes on
+        while stat.exists():
+            try:
+                if stat.read_text().rsplit(")", 1)[1].split()[0] in ("Z", "X"):
+                    break
+            except OSError:
+                break
+            await asyncio.sleep(0.01)
+    return pid
+
+
+async def _until_it_speaks_again(handle) -> list:
+    """Say something until Serve has replaced the replica; every failure on the way must be a clear error."""
+    async with asyncio.timeout(90):
+        while True:
+            replies = [m async for m in handle.options(stream=True).speak.remote({"type": "say", "id": "r", "text": "Hi."})]
+            if replies[-1].get("status") == "ok":
+                return replies
+            error = next(m for m in replies if isinstance(m, dict) and m["type"] == "error")
+            assert "restart" in error["message"] or "replica" in error["message"], error
+            await asyncio.sleep(1)
+
+
+@pytest.mark.parametrize("transport", ["direct", "grpc", "actor"])
+async def test_a_stage_replica_killed_mid_utterance_is_announced_and_the_whole_answer_kept(ray_cluster, llm_server, transport):
+    """SIGKILL of the TTS replica while it speaks: a `stage.lost` event says at once that Miku is
+    recovering, the LLM is allowed to finish so the `error` carries the whole answer for the text
+    fallback, and once Serve has replaced the replica the next utterance plays."""
+    from ray import serve
+
+    # a TTS that takes seconds per chunk, so the kill lands inside a synthesize call
+    app = _crash_app(llm_server, transport, {"backend": "simulated", "chars_per_second": 2, "piece_s": 0.1,
+                                             "real_time_factor": 1.0})
     handle = serve.run(app, name="miku-crash", route_prefix="/crash")  # the app's own replicas, killed freely
     try:
-        def tts_replicas() -> list[str]:
-            return [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
-                    if a["name"].startswith("SERVE_REPLICA::miku-crash#SopranoTTS")]
-
-        [victim] = tts_replicas()
+        [victim] = _replicas("miku-crash", "SopranoTTS")
         messages = []
         async with asyncio.timeout(60):
             stream = handle.options(stream=True).speak.remote({"type": "prompt", "id": "k", "text": "[slow] crash"})
             async for message in stream:
                 messages.append(message)
                 if isinstance(message, bytes) and sum(isinstance(m, bytes) for m in messages) == 1:
-                    ray.kill(ray.get_actor(victim, namespace="serve"), no_restart=True)
-        error = next(m for m in messages if isinstance(m, dict) and m["type"] == "error")
-        end = messages[-1]
+                    await _sigkill_replica("miku-crash", "SopranoTTS")
+        events = [m for m in messages if isinstance(m, dict)]
+        lost = next(e for e in events if e["type"] == "stage.lost")
+        error = next(e for e in events if e["type"] == "error")
+        end = events[-1]
+        assert lost["stage"] == "tts" and "recovering" in lost["message"].lower(), lost
+        assert events.index(lost) < events.index(error)
         assert error["stage"] == "tts" and "replica" in error["message"], error
         assert end["type"] == "utterance.end" and end["status"] == "error"
-        record = llm_server.last("[slow] crash")
-        async with asyncio.timeout(10):
-            while not record.disconnected:
-                await asyncio.sleep(0.05)
-        assert not record.finished
-        async with asyncio.timeout(90):  # Serve notices the dead replica and starts another
-            while True:
-                replies = [m async for m in handle.options(stream=True).speak.remote({"type": "say", "id": "r", "text": "Hi."})]
-                if replies[-1].get("status") == "ok":
-                    break
-                await asyncio.sleep(1)
-        assert any(isinstance(m, bytes) for m in replies) and tts_replicas() != [victim]
+        record = await llm_server.settled("[slow] crash", timeout_s=30)
+        assert record.finished and not record.disconnected  # the answer was not cut off ...
+        assert "word0" in error["text"] and "word199" in error["text"]  # ... and all of it is in the error
+        replies = await _until_it_speaks_again(handle)
+        assert any(isinstance(m, bytes) for m in replies) and _replicas("miku-crash", "SopranoTTS") != [victim]
     finally:
         serve.delete("miku-crash")
+
+
+async def test_a_vc_replica_killed_between_prompts_fails_the_next_prompt_fast_saying_it_restarts(ray_cluster, llm_server):
+    """VC dies while Miku is idle: the next prompt is told at once that the stage is lost and restarting
+    (not left waiting for Serve to notice), still gets the whole answer as text, and voice comes back.
+    The direct stage link (the default transport) sees the dead replica; over the `grpc` and `actor`
+    transports Serve's router holds such a call until the replacement is up (~9.5 s measured here)."""
+    from ray import serve
+
+    handle = serve.run(_crash_app(llm_server, "direct"), name="miku-vc-crash", route_prefix="/vc-crash")
+    try:
+        first = [m async for m in handle.options(stream=True).speak.remote({"type": "say", "id": "a", "text": "Hello."})]
+        assert first[-1]["status"] == "ok"
+        await _sigkill_replica("miku-vc-crash", "RVCVoice")
+        async with asyncio.timeout(60):
+            messages = [m async for m in handle.options(stream=True).speak.remote({"type": "prompt", "id": "b", "text": "hello"})]
+        events = [m for m in messages if isinstance(m, dict)]
+        lost = next(e for e in events if e["type"] == "stage.lost")
+        error = next(e for e in events if e["type"] == "error")
+        assert lost["stage"] == "vc" and "recovering" in lost["message"].lower()
+        assert error["stage"] == "vc" and ("restart" in error["message"]), error
+        assert error["text"].split() == "Hello from the test server! It is a lovely day to sing, isn't it? Let's talk for a while.".split()
+        assert events[-1]["type"] == "utterance.end" and events[-1]["status"] == "error"
+        await _until_it_speaks_again(handle)
+    finally:
+        serve.delete("miku-vc-crash")
+
+
+async def test_a_stage_whose_server_is_down_reports_it_in_status(ray_cluster):
+    """The LLM server is not there: the TextLLM stage's status (what /healthz shows) names it and its URL."""
+    from ray import serve
+
+    from deployments.app import build_app
+
+    app = build_app({"llm": {"backend": "openai", "url": "http://127.0.0.1:9"}, "tts": {"backend": "espeak"},
+                     "vc": {"backend": "passthrough"}, "voice": {"token": "t"}})
+    serve.run(app, name="miku-down", route_prefix="/down")
+    try:
+        status = await serve.get_deployment_handle("TextLLM", app_name="miku-down").status.remote()
+        assert not status.ok and "http://127.0.0.1:9" in status.detail["error"] and "down" in status.detail["error"]
+        tts = await serve.get_deployment_handle("SopranoTTS", app_name="miku-down").status.remote()
+        assert tts.ok and "error" not in tts.detail
+    finally:
+        serve.delete("miku-down")

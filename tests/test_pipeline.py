@@ -299,3 +299,151 @@ async def test_chunks_of_an_utterance_are_de_clicked_where_they_join():
     left = np.frombuffer(frames_of(events), dtype="<i2").reshape(-1, 2)[:, 0].astype(np.int32)
     # a raw -0.5 -> +0.5 join would jump by ~32767 in one sample; the fade keeps every step small
     assert np.abs(np.diff(left)).max() < 2000
+
+
+class ScriptedLLM(LLMBackend):
+    """Streams the given tokens; records whether it was allowed to finish."""
+
+    name = "scripted"
+
+    def __init__(self, tokens):
+        self.tokens = list(tokens)
+        self.finished = False
+
+    async def stream(self, request):
+        for token in self.tokens:
+            await asyncio.sleep(0)
+            yield token
+        self.finished = True
+
+
+@pytest.mark.parametrize("reply", ["🎉🎉 ✨", "<think>I should greet them warmly.</think>", "<think>hm</think> 🙂"])
+async def test_a_reply_with_nothing_speakable_is_an_error_saying_so(reply):
+    tts = SimulatedTTS(first_audio_s=0, real_time_factor=0)
+    pipeline = UtterancePipeline(StageCalls.from_backends(ScriptedLLM([reply[:5], reply[5:]]), tts, PassthroughVC()))
+    events = await collect(pipeline, Utterance("u", "hi", UtteranceMode.PROMPT))
+    failure = next(e for e in events if isinstance(e, UtteranceFailed))
+    assert "nothing to say" in failure.message and "no speakable text" in failure.message
+    assert events[-1].status is UtteranceStatus.ERROR and events[-1].frames == 0
+
+
+async def test_say_with_only_emoji_is_an_error_not_ok():
+    tts = SimulatedTTS(first_audio_s=0, real_time_factor=0)
+    events = await collect(UtterancePipeline(StageCalls.from_backends(EchoLLM(), tts, PassthroughVC())),
+                           Utterance("u", "🎶🎶", UtteranceMode.SAY))
+    assert any(isinstance(e, UtteranceFailed) and "nothing to say" in e.message for e in events)
+    assert events[-1].status is UtteranceStatus.ERROR
+
+
+ANSWER = ("The first sentence is spoken fine. The second one hits a dead model. "
+          "The third one is never spoken. And the fourth is the end of it.")
+
+
+async def test_a_tts_failure_lets_the_llm_finish_and_the_error_carries_the_whole_answer():
+    llm = ScriptedLLM(word + " " for word in ANSWER.split())
+    pipeline = UtterancePipeline(StageCalls.from_backends(llm, FailingTTS(), PassthroughVC()))
+    events = await collect(pipeline, Utterance("u", "tell me", UtteranceMode.PROMPT))
+    failure = next(e for e in events if isinstance(e, UtteranceFailed))
+    assert failure.stage == "tts" and "device lost" in failure.message
+    assert llm.finished  # the LLM was not cancelled
+    assert failure.text.split() == ANSWER.split()  # every word, spoken or not
+    spoken = " ".join(e.text for e in events if isinstance(e, ChunkSpoken))
+    assert "fourth" not in spoken and events[-1].status is UtteranceStatus.ERROR
+
+
+async def test_a_vc_failure_also_keeps_the_whole_answer():
+    llm = ScriptedLLM(word + " " for word in ANSWER.split())
+    tts = SimulatedTTS(first_audio_s=0, real_time_factor=0)
+    events = await collect(UtterancePipeline(StageCalls.from_backends(llm, tts, BrokenVC())),
+                           Utterance("u", "tell me", UtteranceMode.PROMPT))
+    failure = next(e for e in events if isinstance(e, UtteranceFailed))
+    assert failure.stage == "vc" and llm.finished and failure.text.split() == ANSWER.split()
+
+
+async def test_the_wait_for_the_rest_of_the_answer_is_bounded():
+    llm = EndlessLLM()
+    pipeline = UtterancePipeline(StageCalls.from_backends(llm, FailingTTS(), PassthroughVC()),
+                                 PipelineConfig(text_fallback_s=0.3))
+    events = await collect(pipeline, Utterance("u", "go", UtteranceMode.PROMPT))
+    failure = next(e for e in events if isinstance(e, UtteranceFailed))
+    assert failure.stage == "tts" and "word1" in failure.text
+    await asyncio.wait_for(llm.closed.wait(), 5)  # the endless LLM is stopped after the bound
+
+
+async def test_a_lost_stage_is_announced_before_the_answer_is_waited_for():
+    from graph.voice.pipeline import RECOVERING, StageLostNotice
+    from graph.voice.types import StageLost
+
+    gate = asyncio.Event()
+
+    class GatedLLM(LLMBackend):
+        name = "gated"
+
+        async def stream(self, request):
+            yield "First part is spoken. "
+            yield "Second part is spoken. "
+            yield "Third part"  # settles the second sentence, so it reaches the TTS before the gate
+            await gate.wait()  # the rest comes only after the client has heard about the lost stage
+            yield "And the rest arrives later."
+
+    class LostTTS(TTSBackend):
+        name = "lost"
+        calls = 0
+
+        async def synthesize(self, text, options):
+            LostTTS.calls += 1
+            if LostTTS.calls > 1:
+                raise StageLost("tts", "lost", "the link to the stage's replica broke; Serve is restarting it")
+            yield AudioChunk(np.zeros(2400, np.float32), 24000)
+
+    pipeline = UtterancePipeline(StageCalls.from_backends(GatedLLM(), LostTTS(), PassthroughVC()))
+    events = []
+    async for event in pipeline.run(Utterance("u", "go", UtteranceMode.PROMPT)):
+        events.append(event)
+        if isinstance(event, StageLostNotice):
+            gate.set()
+    notice = next(e for e in events if isinstance(e, StageLostNotice))
+    failure = next(e for e in events if isinstance(e, UtteranceFailed))
+    assert events.index(notice) < events.index(failure)
+    assert notice.stage == "tts" and notice.message.startswith(RECOVERING) and "restarting" in notice.message
+    assert "rest arrives later" in failure.text
+
+
+async def test_token_rate_is_observed_for_a_streamed_answer():
+    rates = []
+
+    class Observer:
+        def stage_latency(self, stage, ms): pass
+        def real_time_factor(self, stage, rtf): pass
+        def token_rate(self, tokens_per_s): rates.append(tokens_per_s)
+
+    ticks = iter(range(10_000))
+    tts = SimulatedTTS(first_audio_s=0, real_time_factor=0)
+    pipeline = UtterancePipeline(StageCalls.from_backends(ScriptedLLM(["Hello ", "there ", "friend."]), tts, PassthroughVC()),
+                                 clock=lambda: float(next(ticks)), observer=Observer())
+    events = await collect(pipeline, Utterance("u", "hi", UtteranceMode.PROMPT))
+    assert events[-1].status is UtteranceStatus.OK
+    assert len(rates) == 1 and rates[0] > 0
+
+
+async def test_without_a_text_fallback_the_error_comes_at_once():
+    """/ws/stream's client holds the text itself: text_fallback_s=0 does not wait for the rest of it. The
+    LLM here never finishes and no stage timeout would fire for an hour, so only not waiting ends it."""
+    closed = asyncio.Event()
+
+    class StuckLLM(LLMBackend):
+        name = "stuck"
+
+        async def stream(self, request):
+            try:
+                yield "This first sentence is spoken fine. The second one hits a dead model. And then "
+                await asyncio.Event().wait()
+            finally:
+                closed.set()
+
+    pipeline = UtterancePipeline(StageCalls.from_backends(StuckLLM(), FailingTTS(), PassthroughVC()),
+                                 PipelineConfig(text_fallback_s=0, stage_timeout_s=3600))
+    async with asyncio.timeout(60):  # a hang guard only
+        events = await collect(pipeline, Utterance("u", "go", UtteranceMode.PROMPT))
+    assert next(e for e in events if isinstance(e, UtteranceFailed)).stage == "tts"
+    assert closed.is_set()  # and the LLM was stopped

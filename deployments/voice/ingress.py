@@ -12,7 +12,7 @@ import asyncio
 import json
 import logging
 from collections import OrderedDict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
@@ -31,7 +31,7 @@ from deployments.controller.actor import CONTROLLER_NAME, get_or_create_controll
 from deployments.controller.routes import router as sessions_router
 from deployments.controller.routes import use_controller
 from deployments.heap import freeze_startup_heap
-from deployments.metrics import graph_metrics
+from deployments.metrics import CpuMeter, graph_metrics
 from deployments.voice.voice_port import DirectVoicePort
 from graph.brain.mood_profiles import load_moods
 from graph.controller.telemetry import VramHeadroom
@@ -40,6 +40,7 @@ from graph.voice.conversation import VoiceConversation
 from graph.voice.pipeline import (
     PipelineConfig,
     StageCalls,
+    StageLostNotice,
     Utterance,
     UtteranceEnded,
     UtteranceFailed,
@@ -54,7 +55,7 @@ from graph.voice.protocol import (
     to_wire,
 )
 from graph.voice.stage_link import LinkLost, StageLink
-from graph.voice.types import LLMRequest, StageError, TTSOptions, VCOptions, VCResult
+from graph.voice.types import LLMRequest, StageError, StageLost, TTSOptions, VCOptions, VCResult
 
 log = logging.getLogger("ray.serve")
 SESSION_PLACES_KEPT = 256  # voice sessions whose guild/channel/user the ingress remembers
@@ -72,9 +73,9 @@ def _as_stage_error(error: BaseException, stage: str, backend: str) -> StageErro
     if isinstance(error, StageError) and hasattr(error, "stage"):
         return error
     if isinstance(error, RayActorError):
-        return StageError(stage, backend, "the stage's replica died; Serve is restarting it")
+        return StageLost(stage, backend, "the stage's replica died; Serve is restarting it")
     if isinstance(error, grpc.aio.AioRpcError):  # the gRPC transport: the replica went away mid-call
-        return StageError(stage, backend, f"the call to the stage's replica broke ({error.code().name}); Serve is restarting it")
+        return StageLost(stage, backend, f"the call to the stage's replica broke ({error.code().name}); Serve is restarting it")
     text = str(cause or error).strip().splitlines()
     return StageError(stage, backend, text[-1] if text else type(error).__name__)
 
@@ -120,6 +121,51 @@ def with_transport(handle: DeploymentHandle, transport: str) -> DeploymentHandle
     return handle
 
 
+RECOVERY_PROBE_S = 2.0  # how long one look for a stage's replacement replica may take before we say "restarting"
+
+
+class StageRecovery:
+    """Stages whose replica was lost. Until a probe reaches the replacement, calls to such a stage fail at
+    once with a `StageLost` saying it is restarting, instead of waiting ~10 s for Serve to notice the dead
+    replica and route elsewhere; the probe runs in the background and retries until Serve has replaced it."""
+
+    def __init__(self, probe: Callable[[str], Awaitable[Any]], names: dict[str, str], retry_s: float = 0.5):
+        self._probe = probe
+        self.names = names
+        self.retry_s = retry_s
+        self._recovering: dict[str, asyncio.Task] = {}
+
+    def recovering(self, stage: str) -> bool:
+        task = self._recovering.get(stage)
+        return task is not None and not task.done()
+
+    def lost(self, stage: str) -> None:
+        if not self.recovering(stage):
+            log.warning("the %s stage's replica was lost; waiting for Serve to replace it", stage)
+            self._recovering[stage] = asyncio.create_task(self._recover(stage), name=f"recover-{stage}")
+
+    def check(self, stage: str) -> None:
+        """Raise at once while `stage` is being replaced."""
+        if self.recovering(stage):
+            raise StageLost(stage, self.names.get(stage, stage),
+                            "the stage is restarting after its replica was lost; try again in a few seconds")
+
+    async def _recover(self, stage: str) -> None:
+        while True:
+            try:
+                async with asyncio.timeout(RECOVERY_PROBE_S * 2):
+                    await self._probe(stage)
+                log.warning("the %s stage answers again", stage)
+                return
+            except Exception:  # noqa: BLE001 - still dead or not yet routed: look again shortly
+                await asyncio.sleep(self.retry_s)
+
+    async def aclose(self) -> None:
+        for task in self._recovering.values():
+            task.cancel()
+        await asyncio.gather(*self._recovering.values(), return_exceptions=True)
+
+
 class HandleStages:
     """StageCalls over Serve handles for one utterance, with cancellation tracking.
 
@@ -132,6 +178,16 @@ class HandleStages:
                  transport: str = "grpc"):
         self.llm, self.tts, self.vc = (with_transport(handle, transport) for handle in (llm, tts, vc))
         self.names = names
+        self.recovery = StageRecovery(self._probe, names)
+
+    async def _probe(self, stage: str) -> None:
+        await getattr(self, stage).status.remote()
+
+    def _failed(self, error: BaseException, stage: str) -> StageError:
+        failure = _as_stage_error(error, stage, self.names.get(stage, stage))
+        if isinstance(failure, StageLost):
+            self.recovery.lost(stage)
+        return failure
 
     def calls(self, inflight: InflightCalls) -> StageCalls:
         return StageCalls(
@@ -146,6 +202,9 @@ class HandleStages:
         )
 
     async def _stream(self, generator, inflight: InflightCalls, stage: str) -> AsyncIterator[Any]:
+        if self.recovery.recovering(stage):
+            generator.cancel()
+            self.recovery.check(stage)
         inflight.add(generator)
         finished = False
         try:
@@ -154,13 +213,16 @@ class HandleStages:
             finished = True
         except (RayTaskError, RayActorError, StageError, grpc.aio.AioRpcError) as error:
             finished = True
-            raise _as_stage_error(error, stage, self.names.get(stage, stage)) from None
+            raise self._failed(error, stage) from None
         finally:
             if not finished:
                 generator.cancel()
             inflight.discard(generator)
 
     async def _unary(self, response, inflight: InflightCalls, stage: str) -> VCResult:
+        if self.recovery.recovering(stage):
+            response.cancel()
+            self.recovery.check(stage)
         inflight.add(response)
         try:
             return await response
@@ -168,7 +230,7 @@ class HandleStages:
             response.cancel()
             raise
         except (RayTaskError, RayActorError, StageError, grpc.aio.AioRpcError) as error:
-            raise _as_stage_error(error, stage, self.names.get(stage, stage)) from None
+            raise self._failed(error, stage) from None
         finally:
             inflight.discard(response)
 
@@ -189,12 +251,14 @@ class LinkStages:
         self.names = names
         self.links: dict[str, StageLink] = {}
         self._finding = {stage: asyncio.Lock() for stage in self.handles}
+        self.recovery = StageRecovery(self._find, names)
 
     async def connect(self) -> None:
         """Open every link now, so the first utterance does not pay for it."""
         await asyncio.gather(*(self._link(stage) for stage in self.handles))
 
     async def aclose(self) -> None:
+        await self.recovery.aclose()
         await asyncio.gather(*(link.aclose() for link in self.links.values()), return_exceptions=True)
 
     def calls(self, inflight: InflightCalls) -> StageCalls:
@@ -208,6 +272,21 @@ class LinkStages:
         )
 
     async def _link(self, stage: str) -> StageLink:
+        """The stage's open link. Fails fast while the stage is being replaced; a link that broke while idle
+        gets RECOVERY_PROBE_S to find the replacement (a redeploy) before we call the stage lost."""
+        self.recovery.check(stage)
+        link = self.links.get(stage)
+        if link is None or not link.broken:
+            return await self._find(stage)
+        try:
+            async with asyncio.timeout(RECOVERY_PROBE_S):
+                return await self._find(stage)
+        except (TimeoutError, StageError):
+            self.recovery.lost(stage)
+            raise StageLost(stage, self.names.get(stage, stage),
+                            "the stage's replica is gone and Serve is restarting it; try again in a few seconds") from None
+
+    async def _find(self, stage: str) -> StageLink:
         async with self._finding[stage]:
             link = self.links.get(stage)
             if link is None or link.broken:
@@ -223,7 +302,8 @@ class LinkStages:
             return link
 
     def _lost(self, stage: str) -> StageError:
-        return StageError(stage, self.names.get(stage, stage), "the link to the stage's replica broke; Serve is restarting it")
+        self.recovery.lost(stage)
+        return StageLost(stage, self.names.get(stage, stage), "the link to the stage's replica broke; Serve is restarting it")
 
     async def _stream(self, stage: str, method: str, inflight: InflightCalls, *args) -> AsyncIterator[Any]:
         link = await self._link(stage)
@@ -302,13 +382,16 @@ class TokenStreamSession:
         calls = self.graph.stages.calls(inflight)
         calls.llm = client_tokens
         calls.llm_name = "client"
-        pipeline = UtterancePipeline(calls, PipelineConfig(stage_timeout_s=self.graph.config.stage_timeout_s))
+        # the client sent the text itself, so a failed voice must not wait for the rest of it (text_fallback_s=0)
+        pipeline = UtterancePipeline(calls, PipelineConfig(stage_timeout_s=self.graph.config.stage_timeout_s,
+                                                           text_fallback_s=0))
         utterance = Utterance(f"stream-{self.count}", "", UtteranceMode.PROMPT, LLMRequest(prompt=""), TTSOptions(), VCOptions(pitch_shift=pitch))
         samples = 0
         try:
             async for event in pipeline.run(utterance):
                 if isinstance(event, UtteranceFailed):
-                    await self.send({"error": f"{event.stage} ({event.backend}): {event.message}"})
+                    where = f"{event.stage} ({event.backend})" if event.backend else event.stage
+                    await self.send({"error": f"{where}: {event.message}"})
                     continue
                 wire = to_wire(event)
                 if isinstance(wire, bytes):
@@ -398,6 +481,8 @@ class VoiceGraph:
         self.moods = load_moods()
         self.llm, self.tts, self.vc = llm, tts, vc
         self.metrics = graph_metrics()
+        self.cpu = CpuMeter("ingress")  # the ingress's own process CPU (the pipeline, framing, routes)
+        self.cpu.start()
         self.names = {}
         for stage, handle in (("llm", llm), ("tts", tts), ("vc", vc)):
             status = await handle.status.remote()
@@ -430,6 +515,8 @@ class VoiceGraph:
             await self.voice_port.aclose()
         if isinstance(getattr(self, "stages", None), LinkStages):
             await self.stages.aclose()
+        if getattr(self, "cpu", None) is not None:
+            await self.cpu.stop()
 
     # ---- the utterance path, shared by WS /v1/voice and the CLI's handle call ----
 
@@ -492,14 +579,16 @@ class VoiceGraph:
             inflight.cancel_all()
 
     def _observe(self, event, mode: UtteranceMode) -> None:
-        if isinstance(event, UtteranceFailed):
+        if isinstance(event, StageLostNotice):
+            self.metrics.stage_lost.inc(tags={"stage": event.stage})
+            log.warning("utterance %s: %s", event.utterance_id, event.message)
+        elif isinstance(event, UtteranceFailed):
             self.metrics.errors.inc(tags={"stage": event.stage})
         elif isinstance(event, UtteranceEnded):
             self.metrics.utterances.inc(tags={"status": event.status.value})
             if event.frames:
                 self.metrics.frames_sent.inc(event.frames)
-            if event.underruns:
-                self.metrics.underruns.inc(event.underruns, tags={"source": "graph"})
+            self.metrics.record_underruns(event.underruns, "graph")
             ttfa = event.timings_ms.get("first_frame")
             if ttfa is not None:
                 self.metrics.time_to_first_audio.observe(ttfa, tags={"mode": mode.value})
@@ -590,6 +679,7 @@ class VoiceGraph:
 
     @app.post("/v1/metrics/playback", dependencies=[Depends(auth.require_token)])
     async def playback_report(self, report: PlaybackReport) -> dict:
-        if report.underruns:
-            self.metrics.underruns.inc(report.underruns, tags={"source": "client"})
+        self.metrics.record_underruns(report.underruns, "client")
+        if report.buffer_ms is not None:
+            self.metrics.record_client_buffer(report.buffer_ms)
         return {"ok": True}

@@ -11,6 +11,8 @@ handle, then keeps a WebSocket open to this replica. A link that drops cancels i
 """
 from __future__ import annotations
 
+import asyncio
+import os
 import time
 from collections.abc import AsyncIterator
 
@@ -18,8 +20,10 @@ import ray
 from ray import serve
 
 from deployments.heap import freeze_startup_heap
+from deployments.metrics import CpuMeter
 from deployments.telemetry import TelemetryExporter
 from graph.backends import create_backend
+from graph.backends.base import PROBE_TIMEOUT_S
 from graph.voice.pipeline import backend_label
 from graph.voice.stage_link import CallKind, LinkEndpoint, LinkMethod, StageLinkServer
 from graph.voice.types import (
@@ -30,6 +34,23 @@ from graph.voice.types import (
     VCOptions,
     VCResult,
 )
+
+
+async def probe_backend(backend, timeout_s: float = PROBE_TIMEOUT_S * 2) -> str | None:
+    """None when the backend's own probe passes; else what is down, naming the backend and its URL.
+
+    Not wired into Serve's check_health on purpose: a replica restart cannot revive a dead Soprano or RVC
+    container, it would only churn replicas (and fail their warm-up) until the container is back.
+    """
+    try:
+        await asyncio.wait_for(backend.probe(), timeout_s)
+    except TimeoutError:
+        return f"{backend_label(backend)} is down: no answer to its health probe within {timeout_s:g} s"
+    except Exception as error:  # noqa: BLE001 - any failure of the probe is the backend being down
+        message = getattr(error, "message", None) or str(error) or type(error).__name__
+        label = backend_label(backend)
+        return message if label in message else f"{label}: {message}"
+    return None
 
 
 class _BackendHost:
@@ -50,6 +71,8 @@ class _BackendHost:
         # each stage replica reports the GPUs it can see (absent on a CPU machine) as Ray gauges
         self.telemetry = TelemetryExporter()
         self.telemetry.start()
+        self.cpu = CpuMeter(self.stage)  # process CPU of this replica, per stage, as Ray gauges
+        self.cpu.start()
         freeze_startup_heap()  # last: everything set up so far lives as long as the replica
 
     async def link_endpoint(self) -> LinkEndpoint:
@@ -67,7 +90,13 @@ class _BackendHost:
         }
         if self.telemetry.latest is not None:
             detail["gpu"] = self.telemetry.latest.as_dict()
-        return StageStatus(self.stage, detail.get("backend", self.backend.name), True, detail)
+        if self.cpu.latest_percent is not None:
+            detail["cpu_percent"] = self.cpu.latest_percent
+        detail["pid"] = os.getpid()  # which process to look at (or kill, in the recovery tests)
+        down = await probe_backend(self.backend)
+        if down is not None:
+            detail["error"] = down
+        return StageStatus(self.stage, detail.get("backend", self.backend.name), down is None, detail)
 
     async def __del__(self) -> None:
         # getattr: a constructor that failed part-way (e.g. a missing model) still gets here
@@ -75,6 +104,8 @@ class _BackendHost:
             await self.link.aclose()
         if getattr(self, "telemetry", None) is not None:
             await self.telemetry.stop()
+        if getattr(self, "cpu", None) is not None:
+            await self.cpu.stop()
         if getattr(self, "backend", None) is not None:
             await self.backend.aclose()
 

@@ -7,15 +7,19 @@ Contract for implementers:
   upstream work (close the HTTP response, kill the subprocess, stop the worker request).
 - Failures the user should hear about raise `graph.voice.types.StageError(stage, backend, message)`.
 - CPU-heavy synchronous work runs in `asyncio.to_thread` so a replica's event loop stays free.
+- A backend that depends on another process (a model server, a worker, a container) implements
+  `probe()`: a cheap check that it still answers, raising StageError naming it and its URL when not.
+  The stage's `status()` calls it (bounded by a timeout), so /healthz names the backend that is down.
 """
 from __future__ import annotations
 
 import importlib
+import math
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator
 from typing import Any
 
-from graph.voice.types import AudioChunk, LLMRequest, TTSOptions, VCOptions, VCResult
+from graph.voice.types import AudioChunk, LLMRequest, StageError, TTSOptions, VCOptions, VCResult
 
 
 class Backend(ABC):
@@ -29,6 +33,9 @@ class Backend(ABC):
 
     async def warmup(self) -> None:
         """Load and exercise the model once so the first real request is not slow."""
+
+    async def probe(self) -> None:
+        """Raise StageError when what this backend depends on no longer answers. In-process: nothing to probe."""
 
     async def aclose(self) -> None:
         """Release sockets, processes and models."""
@@ -50,6 +57,21 @@ class VCBackend(Backend):
     @abstractmethod
     async def convert(self, chunk: AudioChunk, options: VCOptions, context: object | None) -> VCResult:
         """Convert one chunk of an utterance. `context` is what the previous call returned (None first)."""
+
+
+PROBE_TIMEOUT_S = 2.0  # a backend's health probe answers within this or the backend counts as down
+
+
+def applied_pitch_shift(backend: str, base_semitones: float, options: VCOptions) -> float:
+    """The shift a VC backend applies: its configured base plus the request's offset (a mood's or a client's).
+
+    An offset, never a replacement: the base shift is what makes the voice hers ("bubbly" on WORLD's base
+    4 is 4 + 2 = 6 semitones, not 2). A non-finite result is refused, so NaN can never play as silence.
+    """
+    total = float(base_semitones) + (float(options.pitch_shift) if options.pitch_shift is not None else 0.0)
+    if not math.isfinite(total):
+        raise StageError("vc", backend, f"pitch shift must be a finite number of semitones, got {total}")
+    return total
 
 
 # name -> "module:Class". Modules are imported on first use so optional extras stay optional.

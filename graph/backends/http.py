@@ -38,6 +38,19 @@ class HTTPStreamClient:
         except (aiohttp.ClientError, OSError, TimeoutError) as error:
             raise StageError(stage, label, f"{unreachable}: {error or type(error).__name__}") from error
 
+    async def probe(self, stage: str, label: str, url: str, timeout_s: float, headers: dict[str, str] | None = None) -> None:
+        """GET `url`: any answer below 500 means the server is up (a 404 or 401 still answers);
+        no connection, no answer within `timeout_s` or a 5xx is a StageError saying it is down."""
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(timeout=self.timeout)
+        try:
+            async with self._session.get(url, headers=headers or {}, timeout=aiohttp.ClientTimeout(total=timeout_s)) as response:
+                status = response.status
+        except (aiohttp.ClientError, OSError, TimeoutError) as error:
+            raise StageError(stage, label, f"the server at {url} is down: {error or type(error).__name__}") from error
+        if status >= 500:
+            raise StageError(stage, label, f"the server at {url} is down: HTTP {status}")
+
     async def aclose(self) -> None:
         if self._session is not None:
             await self._session.close()

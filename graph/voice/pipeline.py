@@ -8,6 +8,11 @@ queues, so chunk n+1 is being synthesised while chunk n is converted and framed:
 `StageCalls` says how the stages are reached: in-process backends (tests, the benchmark's baseline) or
 Ray Serve handles (deployments/voice/ingress.py). Cancelling the consumer cancels every stage task, and each
 stage closes its upstream iterator so the model server stops generating too.
+
+When TTS or VC fails mid-utterance the LLM is *not* cancelled: the text stage keeps running (bounded by
+`text_fallback_s`) so the `error` event carries the whole answer and the client can post it as text.
+A stage whose replica is gone (`StageLost`) is announced at once with a `StageLostNotice`, before that
+wait. An utterance that produced no speakable text at all ends with an `error` saying so, never `ok`.
 """
 from __future__ import annotations
 
@@ -30,6 +35,7 @@ from graph.voice.types import (
     AudioChunk,
     LLMRequest,
     StageError,
+    StageLost,
     TTSOptions,
     VCOptions,
     VCResult,
@@ -88,6 +94,9 @@ class PipelineConfig:
     max_frames_per_message: int = 25  # 500 ms of audio per binary message at most
     stage_timeout_s: float = 30.0  # no token / audio from a stage for this long -> StageError
     vc_group_s: float = 0.2  # TTS pieces already waiting are sent to VC together, up to this much audio
+    # after a TTS/VC failure, wait this long at most for the rest of the answer (well under the bot's 60 s
+    # utterance watchdog, which sees no event while the text is awaited)
+    text_fallback_s: float = 30.0
     aggregation: Aggregation = Aggregation.EARLY_FIRST_CHUNK
     segmenter: SegmenterConfig = field(default_factory=SegmenterConfig)
 
@@ -133,11 +142,27 @@ class AudioFrames:
 
 
 @dataclass(frozen=True)
+class StageLostNotice:
+    """Sent the moment a stage's replica is found gone, before the utterance's `error` (which may wait for
+    the rest of the answer's text): the client can say at once that Miku is recovering."""
+
+    utterance_id: str
+    stage: str
+    backend: str
+    message: str
+
+
+@dataclass(frozen=True)
 class UtteranceFailed:
     utterance_id: str
     stage: str
     backend: str
     message: str
+    text: str = ""  # the whole answer's text (what was spoken and what could not be), for a text fallback
+
+
+NOTHING_TO_SAY = "nothing to say: the reply had no speakable text"
+RECOVERING = "Miku is recovering"
 
 
 @dataclass(frozen=True)
@@ -150,7 +175,7 @@ class UtteranceEnded:
     underruns: int
 
 
-PipelineEvent = UtteranceStarted | ChunkSpoken | AudioFrames | UtteranceFailed | UtteranceEnded
+PipelineEvent = UtteranceStarted | ChunkSpoken | AudioFrames | StageLostNotice | UtteranceFailed | UtteranceEnded
 
 
 class StageObserver(Protocol):
@@ -160,12 +185,17 @@ class StageObserver(Protocol):
 
     def real_time_factor(self, stage: str, rtf: float) -> None: ...
 
+    def token_rate(self, tokens_per_s: float) -> None: ...
+
 
 class _NoObserver:
     def stage_latency(self, stage: str, ms: float) -> None:
         pass
 
     def real_time_factor(self, stage: str, rtf: float) -> None:
+        pass
+
+    def token_rate(self, tokens_per_s: float) -> None:
         pass
 
 
@@ -210,11 +240,11 @@ class UtterancePipeline:
         audio_q: asyncio.Queue = asyncio.Queue(maxsize=self.config.audio_queue_size)
         output = AudioOutput()
         frames = chunks = 0
+        answer: list[str] = []  # every chunk of text the segmenter gave, spoken or not
         yield UtteranceStarted(utterance.id)
-        tasks = [
-            asyncio.create_task(self._text_stage(utterance, trace, text_q)),
-            asyncio.create_task(self._tts_stage(utterance, trace, text_q, audio_q)),
-        ]
+        text_task = asyncio.create_task(self._text_stage(utterance, trace, text_q, answer))
+        tts_task = asyncio.create_task(self._tts_stage(utterance, trace, text_q, audio_q))
+        tasks = [text_task, tts_task]
         status = UtteranceStatus.OK
 
         def framed(pcm: bytes) -> list[AudioFrames]:
@@ -259,9 +289,15 @@ class UtterancePipeline:
                     yield message
             for message in framed(output.finish()):
                 yield message
+            if not answer:
+                raise StageError("graph", "", NOTHING_TO_SAY)
         except StageError as error:
             status = UtteranceStatus.ERROR
-            yield UtteranceFailed(utterance.id, error.stage, error.backend, error.message)
+            if isinstance(error, StageLost):
+                yield StageLostNotice(utterance.id, error.stage, error.backend, f"{RECOVERING}: {error.message}")
+            if error.stage in ("tts", "vc"):
+                await self._rest_of_the_answer(tts_task, text_task, text_q)
+            yield UtteranceFailed(utterance.id, error.stage, error.backend, error.message, " ".join(answer))
         except asyncio.CancelledError:
             status = UtteranceStatus.INTERRUPTED
             raise
@@ -273,6 +309,25 @@ class UtterancePipeline:
         yield UtteranceEnded(
             utterance.id, status, trace.as_dict_ms(), frames, chunks, meter.underruns
         )
+
+    async def _rest_of_the_answer(self, tts_task: asyncio.Task, text_task: asyncio.Task, text_q: asyncio.Queue) -> None:
+        """The voice failed: stop TTS, but let the text stage finish (bounded) so no words are lost."""
+        tts_task.cancel()
+        await asyncio.gather(tts_task, return_exceptions=True)
+        try:
+            async with asyncio.timeout(self.config.text_fallback_s):
+                while True:
+                    while not text_q.empty():
+                        text_q.get_nowait()  # already in the answer; reading it lets the text stage go on
+                    if text_task.done():
+                        return
+                    getter = asyncio.ensure_future(text_q.get())
+                    await asyncio.wait({getter, text_task}, return_when=asyncio.FIRST_COMPLETED)
+                    if not getter.done():
+                        getter.cancel()
+                        await asyncio.gather(getter, return_exceptions=True)
+        except TimeoutError:
+            pass  # what arrived until now is posted; the finally block stops the LLM
 
     def _coalesce(self, first: AudioChunk, audio_q: asyncio.Queue, lookahead: list) -> AudioChunk:
         """Join TTS pieces that are already waiting (never wait for more) into one VC call.
@@ -318,12 +373,14 @@ class UtterancePipeline:
         except StopAsyncIteration:
             return _END
 
-    async def _text_stage(self, utterance: Utterance, trace: UtteranceTrace, text_q: asyncio.Queue) -> None:
+    async def _text_stage(self, utterance: Utterance, trace: UtteranceTrace, text_q: asyncio.Queue,
+                          answer: list[str]) -> None:
         segmenter = self._new_segmenter()
 
         async def emit(chunks: list[str]) -> None:
             for chunk in chunks:
                 trace.mark(Milestone.FIRST_CHUNK)
+                answer.append(chunk)
                 await text_q.put(chunk)
 
         try:
@@ -332,11 +389,14 @@ class UtterancePipeline:
             else:
                 request = utterance.llm_request or LLMRequest(prompt=utterance.text)
                 started = self.clock()
+                count = 0
                 async with aclosing(self.calls.llm(request)) as tokens:
                     while (token := await self._next(tokens, "llm", self.calls.llm_name)) is not _END:
+                        count += 1
                         if trace.mark(Milestone.FIRST_TOKEN):
                             self.observer.stage_latency("llm", (self.clock() - started) * 1000.0)
                         await emit(segmenter.feed(token))
+                self._observe_token_rate(trace, count)
             await emit(segmenter.flush())
         except StageError as error:
             await text_q.put(_StageFailure(error))
@@ -345,6 +405,13 @@ class UtterancePipeline:
             await text_q.put(_StageFailure(StageError("llm", self.calls.llm_name, describe_error(error))))
             return
         await text_q.put(_END)
+
+    def _observe_token_rate(self, trace: UtteranceTrace, tokens: int) -> None:
+        """Tokens per second after the first one: the LLM's generation speed, not its time to first token."""
+        first = trace.marks.get(Milestone.FIRST_TOKEN)
+        elapsed = self.clock() - first if first is not None else 0.0
+        if tokens > 1 and elapsed > 0:
+            self.observer.token_rate((tokens - 1) / elapsed)
 
     async def _tts_stage(
         self,

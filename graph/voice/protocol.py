@@ -16,6 +16,7 @@ from graph.voice.pipeline import (
     AudioFrames,
     ChunkSpoken,
     PipelineEvent,
+    StageLostNotice,
     UtteranceEnded,
     UtteranceFailed,
     UtteranceMode,
@@ -123,8 +124,14 @@ def to_wire(event: PipelineEvent) -> bytes | dict[str, Any]:
         return {"type": "utterance.start", "id": event.utterance_id}
     if isinstance(event, ChunkSpoken):
         return {"type": "chunk", "id": event.utterance_id, "index": event.index, "text": event.text}
+    if isinstance(event, StageLostNotice):
+        return {"type": "stage.lost", "id": event.utterance_id, "stage": event.stage, "backend": event.backend,
+                "message": event.message}
     if isinstance(event, UtteranceFailed):
-        return error_message(event.message, event.utterance_id, event.stage, event.backend)
+        wire = error_message(event.message, event.utterance_id, event.stage, event.backend)
+        if event.text:
+            wire["text"] = event.text  # the whole answer, for the client's text fallback
+        return wire
     if isinstance(event, UtteranceEnded):
         return {
             "type": "utterance.end",

@@ -56,7 +56,9 @@ class TTSOptions:
 
 @dataclass(frozen=True)
 class VCOptions:
-    pitch_shift: float | None = None  # semitones; None -> the backend's configured default
+    # semitones added to the backend's own configured shift (a mood or a client nudges her voice, it
+    # never replaces the voice's base pitch); None -> the backend's shift alone
+    pitch_shift: float | None = None
 
 
 @dataclass
@@ -84,7 +86,15 @@ class StageError(RuntimeError):
 
     def __reduce__(self):
         # keep the three fields when Ray pickles the error across processes
-        return (StageError, (self.stage, self.backend, self.message))
+        return (type(self), (self.stage, self.backend, self.message))
+
+
+class StageLost(StageError):
+    """The stage's replica is gone (killed, crashed, being replaced): Miku is recovering.
+
+    The pipeline tells the client at once (a `stage.lost` event) and calls to the stage fail fast until
+    the replacement answers, rather than hanging while Serve replaces it.
+    """
 
 
 @dataclass

@@ -14,7 +14,7 @@ from typing import Any
 
 import aiohttp
 
-from graph.backends.base import LLMBackend
+from graph.backends.base import PROBE_TIMEOUT_S, LLMBackend
 from graph.backends.http import (
     HTTPStreamClient,
     end_response,
@@ -79,6 +79,10 @@ class _StreamingHTTPBackend(LLMBackend):
 
     def _parser_format(self) -> StreamFormat:
         return self.stream_format
+
+    async def probe(self) -> None:
+        headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+        await self.http.probe("llm", self.label, self.url, PROBE_TIMEOUT_S, headers)
 
     async def aclose(self) -> None:
         await self.http.aclose()

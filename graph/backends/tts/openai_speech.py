@@ -18,7 +18,7 @@ from typing import Any
 import aiohttp
 import numpy as np
 
-from graph.backends.base import TTSBackend
+from graph.backends.base import PROBE_TIMEOUT_S, TTSBackend
 from graph.backends.http import (
     HTTPStreamClient,
     end_response,
@@ -175,6 +175,12 @@ class OpenAISpeechTTS(TTSBackend):
     async def warmup(self) -> None:
         async for _ in self.synthesize("Ready.", TTSOptions()):
             pass
+
+    async def probe(self) -> None:
+        # the server's root: cheap, and answered by any HTTP server that is up (no synthesis)
+        root = self.endpoint.removesuffix("/v1/audio/speech").removesuffix("/audio/speech")
+        headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+        await self.http.probe("tts", self.label, root or self.endpoint, PROBE_TIMEOUT_S, headers)
 
     async def synthesize(self, text: str, options: TTSOptions) -> AsyncIterator[AudioChunk]:
         text = text.strip()

@@ -21,15 +21,17 @@ or interrupt closes it (closing is how the service learns to stop).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import AsyncIterator
 from typing import Any
+from urllib.parse import urlsplit
 
 import numpy as np
 import websockets
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
-from graph.backends.base import TTSBackend
+from graph.backends.base import PROBE_TIMEOUT_S, TTSBackend
 from graph.backends.pcm import BadAudio, decode_float32
 from graph.voice.types import AudioChunk, StageError, TTSOptions
 
@@ -85,6 +87,18 @@ class RemotePipelineTTS(TTSBackend):
             "utterances": self.utterances,
             "failures": self.failures,
         }
+
+    async def probe(self) -> None:
+        """A TCP connect to the service (a WebSocket session would start work there); refused or silent is down."""
+        parsed = urlsplit(self.url)
+        port = parsed.port or (443 if parsed.scheme == "wss" else 80)
+        try:
+            _reader, writer = await asyncio.wait_for(asyncio.open_connection(parsed.hostname, port), PROBE_TIMEOUT_S)
+        except (OSError, TimeoutError) as exc:
+            raise StageError("tts", self.label, f"the remote pipeline at {self.url} is down: {exc or type(exc).__name__}") from None
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
 
     async def _connect(self):
         idle, self._idle = self._idle, None

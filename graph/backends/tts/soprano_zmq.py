@@ -38,7 +38,7 @@ import zmq
 import zmq.asyncio
 from zmq.utils.monitor import parse_monitor_message
 
-from graph.backends.base import TTSBackend
+from graph.backends.base import PROBE_TIMEOUT_S, TTSBackend
 from graph.backends.pcm import BadAudio, decode_float32
 from graph.voice.types import AudioChunk, StageError, TTSOptions
 
@@ -223,6 +223,12 @@ class SopranoZmqTTS(TTSBackend):
 
     async def warmup(self) -> None:
         await self.ping()
+
+    async def probe(self) -> None:
+        try:
+            await asyncio.wait_for(self.ping(), PROBE_TIMEOUT_S)
+        except TimeoutError:
+            raise StageError("tts", self.label, f"the Soprano worker at {self.url} is down: no pong within {PROBE_TIMEOUT_S:g} s") from None
 
     async def synthesize(self, text: str, options: TTSOptions) -> AsyncIterator[AudioChunk]:
         text = text.strip()

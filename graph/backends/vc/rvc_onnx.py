@@ -33,7 +33,7 @@ import numpy as np
 import pyworld
 import soxr
 
-from graph.backends.base import VCBackend
+from graph.backends.base import VCBackend, applied_pitch_shift
 from graph.voice.audio import FadeShape, crossfade
 from graph.voice.types import AudioChunk, StageError, VCOptions, VCResult
 
@@ -303,7 +303,7 @@ class RVCOnnxVC(VCBackend):
     async def convert(self, chunk: AudioChunk, options: VCOptions, context: object | None) -> VCResult:
         if context is not None and not isinstance(context, RVCContext):
             context = None  # another backend's context (config changed mid-utterance): start fresh
-        semitones = self.pitch_shift if options.pitch_shift is None else float(options.pitch_shift)
+        semitones = applied_pitch_shift(self.name, self.pitch_shift, options)
         try:
             return await asyncio.to_thread(self._convert_sync, chunk, semitones, context)
         except StageError:

@@ -11,7 +11,7 @@ import asyncio
 import numpy as np
 import pyworld
 
-from graph.backends.base import VCBackend
+from graph.backends.base import VCBackend, applied_pitch_shift
 from graph.voice.types import AudioChunk, StageError, VCOptions, VCResult
 
 
@@ -33,7 +33,7 @@ class WorldVC(VCBackend):
         await self.convert(AudioChunk(tone, 22050), VCOptions(), None)
 
     async def convert(self, chunk: AudioChunk, options: VCOptions, context: object | None) -> VCResult:
-        semitones = self.pitch_shift if options.pitch_shift is None else options.pitch_shift
+        semitones = applied_pitch_shift(self.name, self.pitch_shift, options)
         # WORLD needs a few frames to analyse; shorter pieces are passed through unchanged
         if len(chunk.samples) < chunk.sample_rate * 0.05:
             return VCResult(chunk, None)

@@ -6,9 +6,17 @@ which cannot be serialised when it holds NaN (a 500 instead of a 4xx). Every rou
 (the controller's, the brain's and the voice graph's) sits behind this one guard instead of each
 router checking for itself:
 
-- `JSONBodyGuard` (ASGI middleware) reads each request body up to `max_body_bytes` (413 beyond; a body
-  is never buffered past the limit) and refuses JSON that nests too deep or holds non-finite numbers
-  with a 422 naming the problem, before any route parses it. The checks are linear regex scans.
+- `JSONBodyGuard` (ASGI middleware) refuses request headers over `max_header_bytes` in all (HTTP 431;
+  a WebSocket is refused at the handshake), reads each request body up to `max_body_bytes` (413
+  beyond; a body is never buffered past the limit) and refuses JSON that nests too deep or holds
+  non-finite numbers with a 422 naming the problem, before any route parses it. The checks are linear
+  regex scans.
+
+Serve's HTTP proxy (uvicorn with httptools) itself puts no limit on header sizes, and its WebSocket
+upgrade (uvicorn's websockets sans-io protocol) never sends the 431 that `websockets` produces for a
+header line over `WEBSOCKETS_MAX_LINE_LENGTH` (8 KiB by default): the handshake hangs. `PROXY_ENV` in
+deployments/app.py therefore raises that limit to 1 MiB in the proxy, so such a request reaches this
+guard and is refused at once.
 - `validation_error_handler` turns FastAPI's validation errors into a 422 whose detail is always valid
   JSON: non-finite floats become strings, long inputs are cut.
 """
@@ -28,6 +36,7 @@ from graph.voice.protocol import MAX_NUMBER_DIGITS, json_depth
 
 MAX_BODY_BYTES = 1 * 2**20  # well under Serve's gRPC proxy limit (4 MiB) and any event the bot sends
 MAX_BODY_DEPTH = 32
+MAX_HEADER_BYTES = 16 * 1024  # all request headers together; a bot or browser sends well under 4 KiB
 MAX_ECHOED_CHARS = 200  # of a bad input quoted back in a 422
 
 _JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*+"', re.DOTALL)
@@ -91,12 +100,23 @@ def _may_be_json(scope) -> bool:
 class JSONBodyGuard:
     """ASGI middleware: a bounded body, and no JSON that would break the parser or the 422."""
 
-    def __init__(self, app, max_body_bytes: int = MAX_BODY_BYTES, max_depth: int = MAX_BODY_DEPTH):
+    def __init__(self, app, max_body_bytes: int = MAX_BODY_BYTES, max_depth: int = MAX_BODY_DEPTH,
+                 max_header_bytes: int = MAX_HEADER_BYTES):
         self.app = app
         self.max_body_bytes = max_body_bytes
         self.max_depth = max_depth
+        self.max_header_bytes = max_header_bytes
 
     async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] in ("http", "websocket"):
+            header_bytes = sum(len(name) + len(value) + 4 for name, value in scope.get("headers", ()))
+            if header_bytes > self.max_header_bytes:
+                detail = f"request headers of {header_bytes} bytes; the limit is {self.max_header_bytes}"
+                if scope["type"] == "websocket":  # before accept: the handshake is refused (HTTP 403)
+                    await send({"type": "websocket.close", "code": 1008, "reason": detail[:120]})
+                else:
+                    await self._answer(send, 431, detail)
+                return
         if scope["type"] != "http" or scope.get("method") not in _BODY_METHODS:
             await self.app(scope, receive, send)
             return

@@ -35,6 +35,9 @@ from graph.voice.stage_link import ws_url
 MAX_MESSAGE_BYTES = 2**20
 MAX_QUEUED_MESSAGES = 16  # read, not yet handled: websockets stops reading the socket past this
 HANDSHAKE_TIMEOUT_S = 5.0
+# websockets refuses a header line over WEBSOCKETS_MAX_LINE_LENGTH itself (8 KiB by default; PROXY_ENV in
+# deployments/app.py raises it for Serve's proxy, and this process inherits it): the total is bounded here
+MAX_HEADER_BYTES = 16 * 1024
 
 Send = Callable[[bytes | dict], Awaitable[None]]
 # a route's session: given how to send and the client's raw messages, run until the client is gone
@@ -80,6 +83,10 @@ class DirectVoicePort:
 
     def _admit(self, connection: ServerConnection, request):
         # the route and the token are checked before the handshake completes: a refused client costs nothing
+        header_bytes = sum(len(name) + len(value) + 4 for name, value in request.headers.raw_items())
+        if header_bytes > MAX_HEADER_BYTES:
+            return connection.respond(HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE,
+                                      f"request headers of {header_bytes} bytes; the limit is {MAX_HEADER_BYTES}\n")
         url = urlsplit(request.path)
         if url.path not in self.routes:
             return connection.respond(HTTPStatus.NOT_FOUND, f"no voice route {url.path[:200]}; this port serves {sorted(self.routes)}\n")

@@ -137,7 +137,10 @@ class JSONBodyGuard:
         body = b"".join(chunks)
         problem = None
         if body and _may_be_json(scope):
-            problem = json_body_problem(body.decode("utf-8", errors="replace"), self.max_depth)
+            try:
+                problem = json_body_problem(body.decode("utf-8"), self.max_depth)
+            except UnicodeDecodeError as error:
+                problem = f"the JSON body is not valid UTF-8 (at byte {error.start})"
         if problem:
             await self._answer(send, 422, problem)
             return

@@ -323,7 +323,7 @@ async def test_ws_stream_caps_an_utterance_and_keeps_what_it_accepted(voice_entr
     headers = {"Authorization": f"Bearer {voice_entry.token}"}
     async with websockets.connect(f"{voice_entry.ws_url}/ws/stream", additional_headers=headers, max_size=None) as ws:
         await ws.send(json.dumps({"token": "Kept words."}))
-        await ws.send(json.dumps({"token": " la" * 6663 + " la"}))  # 11 + 19,992 characters: over the 20,000
+        await ws.send(json.dumps({"token": " la" * 2663 + " la"}))  # 11 + 7,992 characters: over the 8,000
         await ws.send(json.dumps({"token": " And these.", "pitch_shift": None}))
         await ws.send(json.dumps({"flush": True}))
         errors, audio = [], bytearray()
@@ -337,7 +337,7 @@ async def test_ws_stream_caps_an_utterance_and_keeps_what_it_accepted(voice_entr
                 if "flushed" in event:
                     break
                 errors.append(event["error"])
-    assert len(errors) == 1 and "utterance too long" in errors[0] and "limit is 20000" in errors[0]
+    assert len(errors) == 1 and "utterance too long" in errors[0] and "limit is 8000" in errors[0]
     assert event["samples"] * 4 == len(audio) > 0
 
 

@@ -313,8 +313,18 @@ class TokenStreamSession:
 
     async def _speak(self, tokens: asyncio.Queue, pitch: float | None) -> None:
         async def client_tokens(_request: LLMRequest) -> AsyncIterator[str]:
+            # tokens that queued up while the pipeline was busy go to the segmenter as one piece: the
+            # same chunks (it is split-invariant), far fewer passes over its buffer
             while (token := await tokens.get()) is not None:
-                yield token
+                pieces, ended = [token], False
+                while not tokens.empty() and not ended:
+                    queued = tokens.get_nowait()
+                    ended = queued is None
+                    if not ended:
+                        pieces.append(queued)
+                yield "".join(pieces)
+                if ended:
+                    return
 
         inflight = InflightCalls()
         calls = self.graph.stages.calls(inflight)

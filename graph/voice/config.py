@@ -17,8 +17,9 @@ class VoiceConfig:
     token: str | None = None
     token_file: str = ".miku/token"
     max_prompt_chars: int = 4000
-    # /ws/stream: characters one utterance may buffer between flushes (tokens past it are refused)
-    max_stream_chars: int = 20000
+    # /ws/stream: characters one utterance may buffer between flushes (tokens past it are refused);
+    # twice a long LLM answer, and small enough that segmenting it never holds the event loop long
+    max_stream_chars: int = 8000
     max_pending_prompts: int = 16
     max_tokens: int = 200
     stage_timeout_s: float = 30.0

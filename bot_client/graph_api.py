@@ -195,7 +195,8 @@ class GraphClient:
 
     async def health(self) -> GraphHealth:
         # A degraded graph answers 503 with the same body: which stage is down is what the user needs.
-        return parse_health(await self._request("GET", "/healthz", auth=False, body_on=(503,)))
+        # The per-stage detail is only sent with the token (without it: {"status"} alone).
+        return parse_health(await self._request("GET", "/healthz", body_on=(503,)))
 
     async def start_session(
         self, guild_id: int | str, voice_channel_id: int | str, text_channel_id: int | str, user_id: int | str

@@ -1,4 +1,8 @@
-"""Bearer-token auth for every route but /healthz.
+"""Bearer-token auth for every route but the public liveness answer of /healthz.
+
+WebSockets send it as `Authorization: Bearer <token>`; `/ws/stream`, whose existing clients (the
+Soprano->RVC API's) cannot set headers, also takes `?token=<token>` in its URL. Both are compared in
+constant time.
 
 The token comes from `MIKU_GRAPH_TOKEN`, else the config's `token`, else `token_file` (created with a
 random token on first use, mode 0600, like a Jupyter token) so a local graph is never left open.
@@ -9,6 +13,7 @@ import hmac
 import os
 import secrets
 from pathlib import Path
+from urllib.parse import parse_qs
 
 from fastapi import Header, HTTPException, WebSocket, status
 
@@ -47,12 +52,38 @@ def configure(token: str) -> None:
 
 
 def token_matches(authorization: str | None) -> bool:
-    if _expected_token is None or not authorization:
+    """`authorization` is an `Authorization` header carrying the graph's bearer token."""
+    if not authorization:
         return False
     scheme, _, value = authorization.partition(" ")
     if scheme.lower() != "bearer":
         return False
-    return hmac.compare_digest(value.strip().encode(), _expected_token.encode())
+    return bare_token_matches(value.strip())
+
+
+def bare_token_matches(token: str | None) -> bool:
+    """`token` (e.g. a `?token=` query parameter) is the graph's token; constant time."""
+    if _expected_token is None or not token:
+        return False
+    return hmac.compare_digest(token.encode("utf-8", errors="replace"), _expected_token.encode())
+
+
+def query_token(query: str) -> str | None:
+    """The `token` parameter of a URL's query string (the last one if repeated), else None."""
+    values = parse_qs(query, keep_blank_values=True, max_num_fields=32).get("token") if query else None
+    return values[-1] if values else None
+
+
+def request_authorized(authorization: str | None, query: str = "", allow_query_token: bool = False) -> bool:
+    """A request carries the token in its header, or (where allowed) in its query string."""
+    if token_matches(authorization):
+        return True
+    if not allow_query_token:
+        return False
+    try:
+        return bare_token_matches(query_token(query))
+    except ValueError:  # more query fields than any client of ours sends
+        return False
 
 
 async def require_token(authorization: str | None = Header(default=None)) -> None:
@@ -65,6 +96,6 @@ async def require_token(authorization: str | None = Header(default=None)) -> Non
         )
 
 
-def websocket_authorized(websocket: WebSocket) -> bool:
+def websocket_authorized(websocket: WebSocket, allow_query_token: bool = False) -> bool:
     """WebSocket routes check before accept(): a rejected handshake does no work at all."""
-    return token_matches(websocket.headers.get("authorization"))
+    return request_authorized(websocket.headers.get("authorization"), websocket.url.query, allow_query_token)

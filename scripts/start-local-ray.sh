@@ -18,7 +18,8 @@ if [ -z "${RAY_AUTH_TOKEN:-}" ] && [ ! -s "$TOKEN_FILE" ]; then
 fi
 [ -f "$TOKEN_FILE" ] && chmod 600 "$TOKEN_FILE"
 
-export RAY_AUTH_MODE=token RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 RAY_SERVE_PROXY_USE_GRPC=1
+# the proxy settings of deployments.app.PROXY_ENV (gRPC to the replicas; the header-line workaround)
+export RAY_AUTH_MODE=token RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 RAY_SERVE_PROXY_USE_GRPC=1 WEBSOCKETS_MAX_LINE_LENGTH=1048576
 "$RAY" start --head --num-gpus=0 --resources="$RESOURCES" --node-ip-address=127.0.0.1 \
     --dashboard-host=127.0.0.1 "$@"
 cat <<EOF

@@ -6,7 +6,7 @@ import pytest
 from fastapi import FastAPI
 from ray import serve
 
-from deployments import auth
+from deployments import auth, http_guard
 from deployments.brain import routes as brain_routes
 from deployments.brain.deployment import Brain
 
@@ -15,6 +15,7 @@ PREFIX = "/brain-test"
 TOKEN = "brain-test-token-0123"
 
 events_app = FastAPI()
+http_guard.install(events_app)  # as the ingress app does
 events_app.include_router(brain_routes.router)
 
 
@@ -114,3 +115,44 @@ async def test_blackouts_from_the_real_controller_actor(ray_cluster, tmp_path):
         shutdown_controller(name, "miku")
     gone = ControllerFeatureCheck(name + "-absent", "miku")
     assert (await gone("image_generation")).allowed  # no controller running: nothing is blacked out
+
+
+async def test_nan_and_oversized_bodies_are_4xx_not_500(brain_app):
+    headers = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
+    async with aiohttp.ClientSession() as http:
+        for body, wanted in (('{"type": "mood", "event_id": "n", "guild_id": "1", "mood": NaN}', 422),
+                             ('{"type": "mood", "event_id": "n", "guild_id": "1", "mood": 1e400}', 422),
+                             ("[" * 5000 + "]" * 5000, 422),
+                             ('{"type": "message", "content": "' + "a" * (http_guard.MAX_BODY_BYTES + 1) + '"}', 413)):
+            async with http.post(f"{brain_app}/v1/events", data=body, headers=headers) as response:
+                assert response.status == wanted, await response.text()
+                assert isinstance((await response.json())["detail"], str)
+
+
+async def test_a_validation_error_echoing_a_non_finite_input_can_be_sent():
+    """FastAPI's own 422 holds the bad input; with NaN in it the answer used to fail as a 500."""
+    import json
+
+    from fastapi.exceptions import RequestValidationError
+
+    error = RequestValidationError([{"type": "string_type", "loc": ("body", "mood"), "msg": "Input should be a valid string",
+                                     "input": float("nan")}, {"type": "x", "loc": ("body",), "msg": "m", "input": "b" * 10_000}])
+    response = await http_guard.validation_error_handler(None, error)
+    body = json.loads(response.body)
+    assert response.status_code == 422 and body["detail"][0]["input"] == "nan" and len(body["detail"][1]["input"]) < 300
+
+
+def test_large_actions_are_bounded_oldest_history_first():
+    import json
+
+    turn = ["user", "x" * 100_000]
+    action = {"type": "reply", "text": "short", "prompt": {"system": "s", "history": [turn] * 10, "user": "u"}}
+    bounded = brain_routes.bounded_action(action)
+    assert bounded["truncated"] and bounded["text"] == "short" and 0 < len(bounded["prompt"]["history"]) < 10
+    assert len(json.dumps(bounded).encode()) <= brain_routes.MAX_ACTION_BYTES
+    huge = {"type": "send", "text": "y" * 2**20, "prompt": {"system": "z" * 2**20, "history": [], "user": "u"}}
+    assert len(json.dumps(brain_routes.bounded_action(huge)).encode()) <= brain_routes.MAX_ACTION_BYTES
+    small = {"type": "react", "channel_id": "c1", "emoji": "x"}
+    assert brain_routes.bounded_action(small) is small  # small: untouched
+    answer = brain_routes.bounded_answer({"actions": [action, huge], "other": 1})
+    assert answer["other"] == 1 and all(a["truncated"] for a in answer["actions"])

@@ -56,14 +56,78 @@ async def utterance(ws, request: dict, timeout=60.0):
                 return events, bytes(audio)
 
 
-async def test_healthz_lists_every_stage_without_auth(graph_server):
+async def test_healthz_is_public_liveness_and_the_detail_needs_the_token(graph_server):
     async with aiohttp.ClientSession() as http:
-        async with http.get(f"{graph_server.base_url}/healthz") as response:
+        for headers in ({}, {"Authorization": "Bearer wrong"}):
+            async with http.get(f"{graph_server.base_url}/healthz", headers=headers) as response:
+                assert response.status == 200
+                assert await response.json() == {"status": "ok"}  # nothing about sessions, nodes or paths
+        async with http.get(f"{graph_server.base_url}/healthz", headers=graph_server.auth_headers) as response:
             assert response.status == 200
             body = await response.json()
     assert body["status"] == "ok"
     assert body["stages"]["llm"]["backend"] == "openai" and body["stages"]["llm"]["url"] == graph_server.llm_server.url
     assert body["stages"]["tts"]["backend"] == "espeak" and body["stages"]["vc"]["backend"] == "world"
+
+
+async def test_docs_and_openapi_are_not_served(graph_server):
+    async with aiohttp.ClientSession() as http:
+        for path in ("/docs", "/redoc", "/openapi.json"):
+            for headers in ({}, graph_server.auth_headers):
+                async with http.get(f"{graph_server.base_url}{path}", headers=headers) as response:
+                    assert response.status == 404, path
+
+
+def test_check_health_cannot_answer_while_the_replicas_event_loop_is_blocked():
+    """Serve calls check_health on the replica's event loop: a stuck loop makes it time out (and Serve
+    replace the replica) instead of the replica reporting HEALTHY while every route hangs."""
+    import concurrent.futures
+    import threading
+
+    from deployments.voice.ingress import VoiceGraph
+    from graph.voice.config import VoiceConfig
+
+    graph = object.__new__(VoiceGraph.func_or_class)
+    graph.config, graph.voice_port = VoiceConfig(direct_voice=False), None
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    blocked, release = threading.Event(), threading.Event()
+
+    def block_the_loop():  # what a CPU-bound call on the loop does
+        blocked.set()
+        release.wait(120)
+
+    try:
+        assert asyncio.run_coroutine_threadsafe(graph.check_health(), loop).result(timeout=30) is None
+        loop.call_soon_threadsafe(block_the_loop)
+        assert blocked.wait(30)
+        pending = asyncio.run_coroutine_threadsafe(graph.check_health(), loop)
+        with pytest.raises(concurrent.futures.TimeoutError):
+            pending.result(timeout=2)  # cannot complete: the loop is held until release
+        assert not pending.done()
+        release.set()
+        assert pending.result(timeout=30) is None
+    finally:
+        release.set()
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(30)
+        loop.close()
+
+
+async def test_check_health_fails_when_the_direct_voice_port_stopped():
+    from deployments.voice.ingress import VoiceGraph
+    from deployments.voice.voice_port import DirectVoicePort
+    from graph.voice.config import VoiceConfig
+
+    graph = object.__new__(VoiceGraph.func_or_class)
+    graph.config = VoiceConfig(direct_voice=True)
+    graph.voice_port = DirectVoicePort({}, "127.0.0.1")
+    await graph.voice_port.start()
+    await graph.check_health()
+    await graph.voice_port.aclose()
+    with pytest.raises(RuntimeError, match="direct voice port"):
+        await graph.check_health()
 
 
 async def test_missing_or_wrong_token_is_rejected_before_any_work(voice_entry, graph_server):
@@ -242,6 +306,50 @@ async def test_ws_stream_compatibility_route(voice_entry):
     assert done["flushed"] and done["samples"] * 4 == len(audio)
     samples = np.frombuffer(bytes(audio), dtype="<f4")
     assert len(samples) > 48_000 * 0.5 and np.all(np.abs(samples) <= 1.0) and np.abs(samples).max() > 0.03
+
+
+async def test_an_existing_rvc_api_client_sends_its_token_in_the_url(voice_entry):
+    """Exactly the old Soprano->RVC protocol: no headers, `{"token"}` pieces, `{"flush": true}`, float32 back."""
+    url = f"{voice_entry.ws_url}/ws/stream?token={voice_entry.token}"
+    async with websockets.connect(url, max_size=None) as ws:
+        for token in ["Hello", " from", " an old", " client."]:
+            await ws.send(json.dumps({"token": token}))
+        await ws.send(json.dumps({"flush": True}))
+        audio = bytearray()
+        async with asyncio.timeout(60):
+            while isinstance(message := await ws.recv(), bytes):
+                audio.extend(message)
+        done = json.loads(message)
+    assert done == {"flushed": True, "samples": len(audio) // 4} and len(audio) > 4 * 48_000 * 0.3
+    samples = np.frombuffer(bytes(audio), dtype="<f4")
+    assert np.all(np.isfinite(samples)) and np.abs(samples).max() > 0.03
+    for bad in ("?token=wrong", "?token=", "?tok=" + voice_entry.token):
+        with pytest.raises(InvalidStatus):
+            await websockets.connect(f"{voice_entry.ws_url}/ws/stream{bad}")
+    with pytest.raises(InvalidStatus):  # the query token is for the old API's route only
+        await websockets.connect(f"{voice_entry.ws_url}/v1/voice?token={voice_entry.token}")
+
+
+async def test_ws_stream_caps_an_utterance_and_keeps_what_it_accepted(voice_entry):
+    headers = {"Authorization": f"Bearer {voice_entry.token}"}
+    async with websockets.connect(f"{voice_entry.ws_url}/ws/stream", additional_headers=headers, max_size=None) as ws:
+        await ws.send(json.dumps({"token": "Kept words."}))
+        await ws.send(json.dumps({"token": " la" * 2663 + " la"}))  # 11 + 7,992 characters: over the 8,000
+        await ws.send(json.dumps({"token": " And these.", "pitch_shift": None}))
+        await ws.send(json.dumps({"flush": True}))
+        errors, audio = [], bytearray()
+        async with asyncio.timeout(120):
+            while True:
+                message = await ws.recv()
+                if isinstance(message, bytes):
+                    audio.extend(message)
+                    continue
+                event = json.loads(message)
+                if "flushed" in event:
+                    break
+                errors.append(event["error"])
+    assert len(errors) == 1 and "utterance too long" in errors[0] and "limit is 8000" in errors[0]
+    assert event["samples"] * 4 == len(audio) > 0
 
 
 async def test_graph_metrics_reach_rays_metrics_endpoint(graph_server):

@@ -33,7 +33,8 @@ SCRIPT = textwrap.dedent(
     serve.start(http_options={"host": "127.0.0.1", "port": int(os.environ["PORT"])})
     handle = serve.run(compose_app(args, options), name="miku", route_prefix="/")
     import urllib.request
-    health = json.load(urllib.request.urlopen(f"http://127.0.0.1:{os.environ['PORT']}/healthz"))
+    request = urllib.request.Request(f"http://127.0.0.1:{os.environ['PORT']}/healthz", headers={"Authorization": "Bearer t"})
+    health = json.load(urllib.request.urlopen(request))  # the per-stage detail needs the token
     print("RESULT " + json.dumps({"nodes": {"nvidia": nvidia.node_id, "amd": amd.node_id}, "health": health}))
     serve.shutdown()
     ray.shutdown()

@@ -5,7 +5,12 @@
   listing every bad field and never reaches the brain. Fields the brain's models do not know are passed
   on untouched (the autonomous engine reads e.g. a presence's `kind` and `activity_type`).
 - `GET /v1/autonomous/actions?wait=S[&guild_id=G][&limit=N]`: long-poll the actions the autonomous
-  engine decided on its ticks; returned actions are removed (each is carried out once).
+  engine decided on its ticks; returned actions are removed (each is carried out once), at most
+  `MAX_ACTIONS_PER_ANSWER` per answer (ask again for the rest).
+
+Answers stay far under the 4 MiB a Serve gRPC proxy answer may be: request bodies are at most 1 MiB
+(deployments/http_guard.py), and an action larger than `MAX_ACTION_BYTES` (a long channel history in
+its `prompt`) has its oldest history turns dropped until it fits, marked `"truncated": true`.
 - `GET /v1/autonomous/explain?guild_id=G`: the engine's signals and checks for one server (debugging).
 - `GET /v1/autonomous/servers`: the servers the engine tracks and their allow-lists.
 
@@ -14,6 +19,7 @@ The brain is the `Brain` deployment of the Serve application named `BRAIN_APP_NA
 """
 from __future__ import annotations
 
+import json
 from typing import Annotated, Any, Literal, Union
 
 from fastapi import APIRouter, Body, Depends, HTTPException, Query, Request, status
@@ -28,8 +34,42 @@ from graph.brain.events import MemberJoinEvent, MessageEvent, MoodEvent, Presenc
 BRAIN_APP_NAME = "miku"
 BRAIN_DEPLOYMENT_NAME = "Brain"
 MAX_WAIT_S = 60.0
+MAX_ACTION_BYTES = 256 * 1024
+MAX_ACTIONS_PER_ANSWER = 8  # x MAX_ACTION_BYTES: an answer stays under 2.1 MiB
 
 router = APIRouter()
+
+
+def _size(value: Any) -> int:
+    return len(json.dumps(value, ensure_ascii=False, default=str).encode())
+
+
+def bounded_action(action: Any, max_bytes: int = MAX_ACTION_BYTES) -> Any:
+    """`action`, or a copy whose prompt lost its oldest history turns (then long texts) until it fits."""
+    if not isinstance(action, dict) or _size(action) <= max_bytes:
+        return action
+    action = dict(action, truncated=True)
+    prompt = action.get("prompt")
+    if isinstance(prompt, dict):
+        prompt = action["prompt"] = dict(prompt)
+        history = list(prompt.get("history") or [])
+        while history and _size(action) > max_bytes:
+            history.pop(0)
+            prompt["history"] = history
+    # still too big: cut the long texts, the prompt's first
+    texts = [(prompt, key) for key in ("system", "user") if isinstance(prompt, dict)]
+    texts += [(action, key) for key in ("text", "message", "content")]
+    for holder, key in texts:
+        if _size(action) > max_bytes and isinstance(holder.get(key), str):
+            holder[key] = holder[key][: max_bytes // 8]
+    return action
+
+
+def bounded_answer(result: Any) -> Any:
+    """A brain answer `{"actions": [...], ...}` with every action bounded (see `bounded_action`)."""
+    if isinstance(result, dict) and isinstance(result.get("actions"), list):
+        return {**result, "actions": [bounded_action(action) for action in result["actions"]]}
+    return result
 
 
 def configure(app_name: str | None = None, deployment_name: str | None = None) -> None:
@@ -89,7 +129,7 @@ async def post_event(
     result = await brain.handle_event.remote(payload)
     if result.get(INVALID_KEY):  # the brain validates again (and checks a server_config's time zone)
         raise HTTPException(status_code=status.HTTP_422_UNPROCESSABLE_ENTITY, detail=result[INVALID_KEY])
-    return result
+    return bounded_answer(result)
 
 
 @router.get("/v1/autonomous/actions", dependencies=[Depends(require_token)])
@@ -101,9 +141,11 @@ async def take_autonomous_actions(
 ) -> dict[str, Any]:
     """`{"actions": [...]}`: autonomous `send` actions to carry out, removed from the graph's outbox.
 
-    Answers as soon as there is one, else with an empty list after `wait` seconds (long-poll).
+    Answers as soon as there is one, else with an empty list after `wait` seconds (long-poll); at most
+    MAX_ACTIONS_PER_ANSWER at a time, the rest wait for the next call.
     """
-    return await brain.take_autonomous_actions.remote(wait, guild_id, limit)
+    limit = min(limit or MAX_ACTIONS_PER_ANSWER, MAX_ACTIONS_PER_ANSWER)
+    return bounded_answer(await brain.take_autonomous_actions.remote(wait, guild_id, limit))
 
 
 @router.get("/v1/autonomous/explain", dependencies=[Depends(require_token)])

@@ -13,26 +13,26 @@ import json
 import logging
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import Any, Optional
 
 import grpc
 import numpy as np
 import ray
-from fastapi import Depends, FastAPI, WebSocket, WebSocketDisconnect
+from fastapi import Depends, FastAPI, Header, WebSocket, WebSocketDisconnect
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
 from ray.exceptions import RayActorError, RayTaskError
 from ray.serve.handle import DeploymentHandle
 
-from deployments import auth
+from deployments import auth, http_guard
 from deployments.brain import routes as brain_routes
 from deployments.controller.actor import CONTROLLER_NAME, get_or_create_controller
 from deployments.controller.routes import router as sessions_router
 from deployments.controller.routes import use_controller
 from deployments.heap import freeze_startup_heap
 from deployments.metrics import CpuMeter, graph_metrics
-from deployments.voice.voice_port import DirectVoicePort
+from deployments.voice.voice_port import MAX_MESSAGE_BYTES, DirectVoicePort
 from graph.brain.mood_profiles import load_moods
 from graph.controller.telemetry import VramHeadroom
 from graph.voice.config import VoiceConfig
@@ -51,6 +51,8 @@ from graph.voice.protocol import (
     ProtocolError,
     SpeakRequest,
     parse_client_message,
+    parse_json_message,
+    parse_pitch_shift,
     sanitize_text,
     to_wire,
 )
@@ -60,7 +62,9 @@ from graph.voice.types import LLMRequest, StageError, StageLost, TTSOptions, VCO
 log = logging.getLogger("ray.serve")
 SESSION_PLACES_KEPT = 256  # voice sessions whose guild/channel/user the ingress remembers
 
-app = FastAPI(title="Miku voice graph", version="0.1.0")
+# no /docs, /redoc or /openapi.json: the contract is docs/api.md, and the graph tells nobody its routes
+app = FastAPI(title="Miku voice graph", version="0.1.0", docs_url=None, redoc_url=None, openapi_url=None)
+http_guard.install(app)  # bounded bodies, no NaN or deep nesting, a 422 that can always be sent
 app.include_router(sessions_router)
 app.include_router(brain_routes.router)
 
@@ -333,22 +337,27 @@ class LinkStages:
 
 
 class TokenStreamSession:
-    """State of one `/ws/stream` connection: tokens accumulate into an utterance until a flush."""
+    """State of one `/ws/stream` connection: tokens accumulate into an utterance until a flush.
+
+    Every message goes through the protocol's bounded parser, and one utterance buffers at most
+    `voice.max_stream_chars` characters: a token past that is refused with `{"error"}` and dropped on its
+    own (what was accepted still plays at the flush), so no client can make the segmenter's work large.
+    """
 
     def __init__(self, graph: "VoiceGraph", send):
         self.graph = graph
         self.send = send
+        self.max_chars = graph.config.max_stream_chars
         self.tokens: asyncio.Queue | None = None
         self.task: asyncio.Task | None = None
         self.count = 0
+        self.buffered_chars = 0  # characters accepted into the current utterance
 
     async def handle_raw(self, raw: str | bytes) -> None:
         try:
-            message = json.loads(raw.decode("utf-8", errors="ignore") if isinstance(raw, bytes) else raw)
-            if not isinstance(message, dict):
-                raise ValueError("message must be a JSON object")
-        except ValueError as error:
-            await self.send({"error": f"malformed message: {error}"})
+            message = parse_json_message(raw)
+        except ProtocolError as error:
+            await self.send({"error": f"malformed message: {error.message}"})
             return
         if message.get("flush") is True:
             if self.tokens is not None:
@@ -361,22 +370,41 @@ class TokenStreamSession:
         if not isinstance(token, str):
             await self.send({"error": "expected {\"token\": str} or {\"flush\": true}"})
             return
-        pitch = message.get("pitch_shift")
-        if pitch is not None and (isinstance(pitch, bool) or not isinstance(pitch, (int, float)) or abs(pitch) > 24):
-            await self.send({"error": "pitch_shift must be a number of semitones within -24..24"})
+        try:
+            pitch = parse_pitch_shift(message.get("pitch_shift"))
+        except ProtocolError as error:
+            await self.send({"error": error.message})
+            return
+        token = sanitize_text(token)
+        used = self.buffered_chars if self.tokens is not None else 0
+        if used + len(token) > self.max_chars:
+            await self.send({"error": f"utterance too long: {used + len(token)} characters, the limit is "
+                                      f"{self.max_chars}; this token was dropped, flush to speak the rest"})
             return
         if self.tokens is None:
             if self.task is not None:
                 await asyncio.gather(self.task, return_exceptions=True)  # one utterance at a time, in order
             self.tokens = asyncio.Queue()
             self.count += 1
+            self.buffered_chars = 0
             self.task = asyncio.create_task(self._speak(self.tokens, pitch))
-        self.tokens.put_nowait(sanitize_text(token))
+        self.buffered_chars += len(token)
+        self.tokens.put_nowait(token)
 
     async def _speak(self, tokens: asyncio.Queue, pitch: float | None) -> None:
         async def client_tokens(_request: LLMRequest) -> AsyncIterator[str]:
+            # tokens that queued up while the pipeline was busy go to the segmenter as one piece: the
+            # same chunks (it is split-invariant), far fewer passes over its buffer
             while (token := await tokens.get()) is not None:
-                yield token
+                pieces, ended = [token], False
+                while not tokens.empty() and not ended:
+                    queued = tokens.get_nowait()
+                    ended = queued is None
+                    if not ended:
+                        pieces.append(queued)
+                yield "".join(pieces)
+                if ended:
+                    return
 
         inflight = InflightCalls()
         calls = self.graph.stages.calls(inflight)
@@ -428,13 +456,20 @@ def _sender(websocket: WebSocket):
 
 
 async def _starlette_messages(websocket: WebSocket) -> AsyncIterator[str | bytes]:
-    """The client's messages on a Serve route, until the client goes away."""
+    """The client's messages on a Serve route, until the client goes away.
+
+    The same bound as the direct port's `max_size`: a message over MAX_MESSAGE_BYTES closes the
+    connection with 1009 (message too big); smaller ones over the protocol's limit get its error event.
+    """
     try:
         while True:
             message = await websocket.receive()
             if message["type"] == "websocket.disconnect":
                 return
             raw = message.get("text") if message.get("text") is not None else message.get("bytes")
+            if raw is not None and len(raw) > MAX_MESSAGE_BYTES:
+                await websocket.close(code=1009, reason=f"message over {MAX_MESSAGE_BYTES} bytes")
+                return
             if raw is not None:
                 yield raw
     except WebSocketDisconnect:
@@ -444,9 +479,11 @@ async def _starlette_messages(websocket: WebSocket) -> AsyncIterator[str | bytes
 class PlaybackReport(BaseModel):
     """What a client reports about its own playback (jitter buffer), for the graph's metrics."""
 
+    model_config = ConfigDict(allow_inf_nan=False)
+
     underruns: int = Field(ge=0, le=1_000_000)
-    frames_played: int = Field(default=0, ge=0)
-    buffer_ms: float | None = Field(default=None, ge=0)
+    frames_played: int = Field(default=0, ge=0, le=2**53)
+    buffer_ms: float | None = Field(default=None, ge=0, le=3_600_000)
 
 
 @serve.deployment(name="VoiceGraph", ray_actor_options={"num_cpus": 0}, max_ongoing_requests=256)
@@ -501,7 +538,7 @@ class VoiceGraph:
         cfg = self.config
         advertised = ray.util.get_node_ip_address() if cfg.direct_host in ("0.0.0.0", "::") else cfg.direct_host
         port = DirectVoicePort({"/v1/voice": self._voice_session, "/ws/stream": self._token_stream_session},
-                               cfg.direct_host, cfg.direct_port, advertised)
+                               cfg.direct_host, cfg.direct_port, advertised, query_token_routes={"/ws/stream"})
         try:
             await port.start()
         except OSError as error:  # e.g. a fixed port taken by another replica: clients use Serve's routes
@@ -608,25 +645,48 @@ class VoiceGraph:
 
     # ---- routes ----
 
+    async def check_health(self) -> None:
+        """Serve's replica health check: runs on this replica's event loop, like every route.
+
+        Nothing here waits on another actor, so it answers at once unless the loop itself is stuck
+        (a CPU-bound call on it, a blocking call): then it times out, Serve counts the failure, and after
+        a few (`health_check_period_s` / `health_check_timeout_s` in the Serve config) replaces the
+        replica instead of reporting HEALTHY while every route hangs. Which stage is down is /healthz's
+        job, not this: a lost stage must not get the ingress replaced.
+        """
+        await asyncio.sleep(0)  # one trip through the loop's ready queue: proof the loop still turns
+        if self.config.direct_voice and self.voice_port is not None and not self.voice_port.serving:
+            raise RuntimeError("the direct voice port stopped serving")
+
     @app.get("/healthz")
-    async def healthz(self) -> JSONResponse:
-        stages: dict[str, Any] = {}
-        healthy = True
-        for stage, handle in (("llm", self.llm), ("tts", self.tts), ("vc", self.vc)):
+    async def healthz(self, authorization: Optional[str] = Header(default=None)) -> JSONResponse:
+        """Public: `{"status": "ok"|"degraded"}` and nothing else. With the bearer token: every stage's
+        status and backend, the controller's counters (docs/api.md)."""
+        async def stage_status(stage: str, handle) -> dict[str, Any]:
             try:
                 status = await asyncio.wait_for(handle.status.remote(), timeout=5)
-                stages[stage] = {"ok": status.ok, **status.detail}
-                healthy &= status.ok
+                return {"ok": status.ok, **status.detail}
             except Exception as error:
-                stages[stage] = {"ok": False, "error": _as_stage_error(error, stage, self.names[stage]).message}
-                healthy = False
-        try:
-            controller = await asyncio.wait_for(self.controller.stats.remote(), timeout=5)
-            stages["controller"] = {"ok": True, **_plain(controller)}
-        except Exception as error:
-            stages["controller"] = {"ok": False, "error": str(error).splitlines()[-1] if str(error) else type(error).__name__}
-            healthy = False
-        body = {"status": "ok" if healthy else "degraded", "stages": stages}
+                return {"ok": False, "error": _as_stage_error(error, stage, self.names[stage]).message}
+
+        async def controller_status() -> dict[str, Any]:
+            try:
+                controller = await asyncio.wait_for(self.controller.stats.remote(), timeout=5)
+                return {"ok": True, **_plain(controller)}
+            except Exception as error:
+                return {"ok": False, "error": str(error).splitlines()[-1] if str(error) else type(error).__name__}
+
+        # Asked together: each stage may probe its backend (up to a few seconds when one is down).
+        names = ("llm", "tts", "vc", "controller")
+        answers = await asyncio.gather(
+            stage_status("llm", self.llm), stage_status("tts", self.tts), stage_status("vc", self.vc),
+            controller_status(),
+        )
+        stages = dict(zip(names, answers))
+        healthy = all(answer["ok"] for answer in answers)
+        body: dict[str, Any] = {"status": "ok" if healthy else "degraded"}
+        if auth.token_matches(authorization):
+            body["stages"] = stages
         return JSONResponse(body, status_code=200 if healthy else 503)
 
     @app.websocket("/v1/voice")
@@ -639,8 +699,10 @@ class VoiceGraph:
 
     @app.websocket("/ws/stream")
     async def rvc_compatible_stream(self, websocket: WebSocket) -> None:
-        """The existing Soprano->RVC API: tokens in, float32 mono 48 kHz out, `{"flush": true}` ends."""
-        if not auth.websocket_authorized(websocket):
+        """The existing Soprano->RVC API: tokens in, float32 mono 48 kHz out, `{"flush": true}` ends.
+
+        Its clients cannot send headers, so the token may also come as `?token=...` in the URL."""
+        if not auth.websocket_authorized(websocket, allow_query_token=True):
             await websocket.close(code=1008, reason="missing or wrong bearer token")
             return
         await websocket.accept()

@@ -4,7 +4,13 @@ Through Serve's HTTP proxy every client message reaches the replica over a proxy
 long-poll, and every frame goes back through the proxy: about 10 ms per round trip on the 2-core box this
 project is measured on (benchmarks/voice_latency.py, variants "+port" against "+proxy"). Voice is the one path where those
 milliseconds are heard, so the ingress also serves its two WebSocket routes on a port of its own, from
-the event loop that runs the pipeline (no proxy, no thread hand-off). Same protocol, same bearer token.
+the event loop that runs the pipeline (no proxy, no thread hand-off). Same protocol, same bearer token
+(and, on the routes given as `query_token_routes`, the same `?token=` query parameter).
+
+Everything a client can send is bounded here before any route sees it: the handshake (websockets'
+own limits on request line and header sizes, `open_timeout`), each message (`max_size`: a bigger
+one closes the connection with 1009 "message too big"; the protocol's own, smaller limit answers
+with an error event and keeps it open) and the messages queued unread (`max_queue`).
 
 Clients find the port with `GET /v1/voice/direct` on the Serve port; that call also picks the ingress
 replica, so connections spread over replicas the way Serve spreads requests. Every other route, and any
@@ -13,8 +19,9 @@ client that does not ask, stays on Serve's proxy, which keeps working unchanged.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from http import HTTPStatus
+from urllib.parse import urlsplit
 
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
@@ -22,9 +29,15 @@ from websockets.exceptions import ConnectionClosed
 from deployments import auth
 from graph.voice.stage_link import ws_url
 
-# prompts are capped far lower (voice.max_prompt_chars), but an oversized message must get the
-# protocol's clear error event, not a closed connection, so the socket's own limit is generous
-MAX_MESSAGE_BYTES = 16 * 2**20
+# the protocol refuses messages over graph.voice.protocol.MAX_MESSAGE_BYTES (64 KiB) with an error
+# event and the connection open; only far bigger ones close it (1009), so a client that overshoots
+# by a little hears why, and nothing buffers megabytes
+MAX_MESSAGE_BYTES = 2**20
+MAX_QUEUED_MESSAGES = 16  # read, not yet handled: websockets stops reading the socket past this
+HANDSHAKE_TIMEOUT_S = 5.0
+# websockets refuses a header line over WEBSOCKETS_MAX_LINE_LENGTH itself (8 KiB by default; PROXY_ENV in
+# deployments/app.py raises it for Serve's proxy, and this process inherits it): the total is bounded here
+MAX_HEADER_BYTES = 16 * 1024
 
 Send = Callable[[bytes | dict], Awaitable[None]]
 # a route's session: given how to send and the client's raw messages, run until the client is gone
@@ -34,8 +47,10 @@ VoiceRoute = Callable[[Send, AsyncIterator[str | bytes]], Awaitable[None]]
 class DirectVoicePort:
     """A WebSocket server for the voice routes, on the replica's own event loop."""
 
-    def __init__(self, routes: dict[str, VoiceRoute], host: str, port: int = 0, advertised_host: str | None = None):
+    def __init__(self, routes: dict[str, VoiceRoute], host: str, port: int = 0, advertised_host: str | None = None,
+                 query_token_routes: Iterable[str] = ()):
         self.routes = dict(routes)
+        self.query_token_routes = frozenset(query_token_routes)
         self.host = host
         self.port = port
         self.advertised_host = advertised_host or host
@@ -44,13 +59,18 @@ class DirectVoicePort:
     async def start(self) -> int:
         self._server = await serve(
             self._serve_connection, self.host, self.port, process_request=self._admit,
-            max_size=MAX_MESSAGE_BYTES, compression=None, ping_interval=20, ping_timeout=20,
+            max_size=MAX_MESSAGE_BYTES, max_queue=MAX_QUEUED_MESSAGES, open_timeout=HANDSHAKE_TIMEOUT_S,
+            compression=None, ping_interval=20, ping_timeout=20,
             # a fixed port is shared (SO_REUSEPORT) so a replica replacing this one can open it before
             # this one has gone; the old replica keeps its connections until Serve stops it
             reuse_port=self.port != 0,
         )
         self.port = next(iter(self._server.sockets)).getsockname()[1]
         return self.port
+
+    @property
+    def serving(self) -> bool:
+        return self._server is not None and self._server.is_serving()
 
     def url(self, path: str) -> str:
         return ws_url(self.advertised_host, self.port, path)
@@ -63,16 +83,21 @@ class DirectVoicePort:
 
     def _admit(self, connection: ServerConnection, request):
         # the route and the token are checked before the handshake completes: a refused client costs nothing
-        if request.path.split("?", 1)[0] not in self.routes:
-            return connection.respond(HTTPStatus.NOT_FOUND, f"no voice route {request.path}; this port serves {sorted(self.routes)}\n")
-        if not auth.token_matches(request.headers.get("Authorization")):
+        header_bytes = sum(len(name) + len(value) + 4 for name, value in request.headers.raw_items())
+        if header_bytes > MAX_HEADER_BYTES:
+            return connection.respond(HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE,
+                                      f"request headers of {header_bytes} bytes; the limit is {MAX_HEADER_BYTES}\n")
+        url = urlsplit(request.path)
+        if url.path not in self.routes:
+            return connection.respond(HTTPStatus.NOT_FOUND, f"no voice route {url.path[:200]}; this port serves {sorted(self.routes)}\n")
+        if not auth.request_authorized(request.headers.get("Authorization"), url.query, url.path in self.query_token_routes):
             response = connection.respond(HTTPStatus.UNAUTHORIZED, "missing or wrong bearer token\n")
             response.headers["WWW-Authenticate"] = "Bearer"
             return response
         return None
 
     async def _serve_connection(self, connection: ServerConnection) -> None:
-        route = self.routes[connection.request.path.split("?", 1)[0]]
+        route = self.routes[urlsplit(connection.request.path).path]
 
         async def send(message: bytes | dict) -> None:
             await connection.send(message if isinstance(message, bytes) else json.dumps(message))

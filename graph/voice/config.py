@@ -17,6 +17,9 @@ class VoiceConfig:
     token: str | None = None
     token_file: str = ".miku/token"
     max_prompt_chars: int = 4000
+    # /ws/stream: characters one utterance may buffer between flushes (tokens past it are refused);
+    # twice a long LLM answer, and small enough that segmenting it never holds the event loop long
+    max_stream_chars: int = 8000
     max_pending_prompts: int = 16
     max_tokens: int = 200
     stage_timeout_s: float = 30.0
@@ -40,7 +43,7 @@ class VoiceConfig:
         if unknown:
             raise ValueError(f"voice config: unknown key(s) {unknown}; known keys are {sorted(known)}")
         config = cls(**data)
-        for name in ("max_prompt_chars", "max_pending_prompts", "max_tokens"):
+        for name in ("max_prompt_chars", "max_stream_chars", "max_pending_prompts", "max_tokens"):
             value = getattr(config, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"voice config: {name} must be a positive integer, got {value!r}")

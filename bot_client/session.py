@@ -83,6 +83,10 @@ class VoiceLink(Protocol):
 
     def stop(self) -> None: ...
 
+    def pause(self) -> None: ...  # idle after the silence tail (called from the player thread)
+
+    def resume(self) -> None: ...  # the next utterance is ready
+
     async def disconnect(self, *, force: bool = False) -> None: ...
 
 
@@ -236,6 +240,7 @@ class VoiceSession:
         self._spawn(self._heartbeat_loop(), "heartbeat")
 
     def _start_player(self) -> None:
+        self.source.attach(self.link)  # idle: pause this player after the silence tail, resume with audio
         self.link.play(self.source, after=self._player_after_threadsafe)
 
     def _spawn(self, coro: Awaitable[Any], name: str) -> asyncio.Task:

@@ -94,7 +94,11 @@ Notify = Callable[[str], Awaitable[Any]]
 
 
 class PresenceKeeper:
-    """Shows "🎤 In Voice Chat" while any session is active and puts the previous presence back after."""
+    """Shows "🎤 In Voice Chat" while any session is active and puts the previous presence back after.
+
+    The gateway forgets a status set with `change_presence` when it reconnects, so the bot calls
+    `reapply()` on every `on_ready` and `on_resumed`.
+    """
 
     def __init__(self, apply: Callable[[str | None], Awaitable[None]], voice_text: str = "🎤 In Voice Chat",
                  base_text: str | None = None) -> None:
@@ -119,6 +123,17 @@ class PresenceKeeper:
         self._holders.discard(guild_id)
         if not self._holders:
             await self._safe_apply(self.base_text)
+
+    async def reapply(self) -> bool:
+        """After a gateway reconnect: Discord no longer shows what was set, so set the wanted status again.
+
+        True when something was sent; with no session and no base text there is nothing to restore (a
+        fresh gateway session starts with no status).
+        """
+        if not self._holders and self.base_text is None:
+            return False
+        await self._safe_apply(self.current)
+        return True
 
     async def _safe_apply(self, text: str | None) -> None:
         try:

@@ -249,3 +249,36 @@ def test_parse_health_reads_the_graphs_shape():
         "vc": {"ok": True, "backend": "world", "resources": {"rx6800": 0.2}}}})
     assert not health.ok and not health.stage_ok("tts", "vc") and health.stage_ok("vc")
     assert health.backends()["llm"] == "openai" and health.stages[0].placement == "rx6800"
+
+
+async def test_the_voice_status_is_set_again_after_a_gateway_reconnect_and_cleared_after_the_session():
+    bot = MikuBot(BotConfig(sync_app_commands=False), AsyncMock(spec=GraphClient))
+    bot.change_presence = AsyncMock()
+
+    def shown():
+        activity = bot.change_presence.await_args.kwargs["activity"]
+        return activity.name if activity is not None else None
+
+    await bot.presence.enter(1)  # a session started
+    assert shown() == "🎤 In Voice Chat"
+    for reconnect in (bot.on_resumed, bot.on_ready):  # the gateway dropped the status
+        bot.change_presence.reset_mock()
+        await reconnect()
+        bot.change_presence.assert_awaited_once()
+        assert shown() == "🎤 In Voice Chat"
+    await bot.presence.leave(1)  # the session ended: the normal status is back
+    assert shown() is None
+    bot.change_presence.reset_mock()
+    await bot.on_ready()
+    await bot.on_resumed()
+    bot.change_presence.assert_not_awaited()  # no session: a fresh gateway session already shows none
+    for task in list(bot._background):
+        task.cancel()
+
+
+async def test_a_failing_presence_update_on_reconnect_is_logged_not_raised():
+    bot = MikuBot(BotConfig(sync_app_commands=False), AsyncMock(spec=GraphClient))
+    bot.change_presence = AsyncMock(side_effect=ConnectionResetError("gateway gone again"))
+    await bot.presence.enter(1)
+    await bot.on_resumed()  # cosmetic: never breaks the reconnect
+    assert bot.change_presence.await_count == 2

@@ -46,6 +46,16 @@ GRAPH_UNREACHABLE_AT_START = "❌ I can't reach my voice graph right now, so I c
 GRAPH_AUTH_FAILED = "❌ My voice graph refused my token. Ask the bot owner to check `MIKU_GRAPH_TOKEN`."
 PROMPT_QUEUE_FULL = "❌ Too many prompts are waiting; give me a moment to catch up."
 
+
+
+def missing_permissions_message(voice_channel_id: int, missing: tuple[str, ...]) -> str:
+    """The refusal when Discord would silently ignore the join: which permission to grant, and where."""
+    names = " and ".join(f"**{name}**" for name in missing)
+    noun = "permission" if len(missing) == 1 else "permissions"
+    return (f"❌ I can't join <#{voice_channel_id}>: I don't have the {names} {noun} there. "
+            f"Ask a server admin to give my role {names} in that channel.")
+
+
 END_NOTICES = {
     "leave": "👋 Left voice. Everything I paused is back on.",
     "kicked": "👋 I was removed from the voice channel, so the session is over. Everything I paused is back on.",
@@ -609,6 +619,7 @@ class JoinRequest:
     text_channel_id: int
     voice_channel_id: int | None  # the named channel, else the author's current one, else None
     channel_full: bool = False
+    missing_permissions: tuple[str, ...] = ()  # e.g. ("Connect",): the bot cannot join, say so at once
 
 
 @dataclass(frozen=True)
@@ -655,6 +666,9 @@ class SessionManager:
             return JoinOutcome(False, ALREADY_IN_SESSION)
         if request.voice_channel_id is None:
             return JoinOutcome(False, NOT_IN_VOICE)
+        if request.missing_permissions:
+            return JoinOutcome(False, missing_permissions_message(request.voice_channel_id,
+                                                                  request.missing_permissions))
         if request.channel_full:
             return JoinOutcome(False, CHANNEL_FULL)
         self._joining.add(request.guild_id)
@@ -697,7 +711,8 @@ class SessionManager:
                                           self.config.session.voice_connect_timeout_s)
         except Exception as exc:
             await release_graph_session()
-            detail = "it timed out" if isinstance(exc, asyncio.TimeoutError) else str(exc) or type(exc).__name__
+            detail = (f"no answer from Discord within {self.config.session.voice_connect_timeout_s:g} s"
+                      if isinstance(exc, asyncio.TimeoutError) else str(exc) or type(exc).__name__)
             return JoinOutcome(False, f"❌ I couldn't connect to the voice channel ({detail}).")
 
         session = VoiceSession(

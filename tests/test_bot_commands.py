@@ -17,6 +17,7 @@ from bot_client.discord_adapter import (
     DiscordChatOps,
     channel_is_full,
     join_request,
+    missing_voice_permissions,
     to_incoming,
 )
 from bot_client.graph_api import FeatureState, GraphClient, GraphHealth, StageHealth
@@ -48,12 +49,13 @@ def member(mid=3, roles=(), admin=False, voice_channel=None):
     return m
 
 
-def voice_channel(cid=4, limit=0, members=0, can_move=False):
+def voice_channel(cid=4, limit=0, members=0, can_move=False, view=True, connect=True, speak=True):
     ch = MagicMock(spec=discord.VoiceChannel)
     ch.id = cid
     ch.user_limit = limit
     ch.members = [member(100 + i) for i in range(members)]
-    ch.permissions_for.return_value = discord.Permissions(move_members=can_move)
+    ch.permissions_for.return_value = discord.Permissions(move_members=can_move, view_channel=view,
+                                                          connect=connect, speak=speak)
     return ch
 
 
@@ -282,3 +284,54 @@ async def test_a_failing_presence_update_on_reconnect_is_logged_not_raised():
     await bot.presence.enter(1)
     await bot.on_resumed()  # cosmetic: never breaks the reconnect
     assert bot.change_presence.await_count == 2
+
+
+def test_missing_voice_permissions_are_named_as_in_discords_settings():
+    me = member(42)
+    assert missing_voice_permissions(voice_channel(), me) == ()
+    assert missing_voice_permissions(voice_channel(connect=False), me) == ("Connect",)
+    assert missing_voice_permissions(voice_channel(speak=False), me) == ("Speak",)
+    assert missing_voice_permissions(voice_channel(connect=False, speak=False), me) == ("Connect", "Speak")
+    # Without View Channel Discord denies everything else as well: that is the one to grant first.
+    assert missing_voice_permissions(voice_channel(view=False, connect=True), me) == ("View Channel",)
+
+
+def real_manager_bot():
+    """A bot whose SessionManager is the real one (graph mocked), to see what a join does end to end."""
+    graph = AsyncMock(spec=GraphClient)
+    graph.health.return_value = GraphHealth(ok=True, stages=(StageHealth("tts", "espeak", True),
+                                                             StageHealth("vc", "world", True)))
+    bot = MikuBot(BotConfig(sync_app_commands=False), graph)
+    bot.ops = AsyncMock(spec=DiscordChatOps)
+    return bot, graph
+
+
+async def test_join_without_connect_or_speak_says_which_permission_at_once_and_never_connects():
+    for kwargs, wanted, unwanted in (({"connect": False}, "**Connect**", "Speak"),
+                                     ({"speak": False}, "**Speak**", "Connect"),
+                                     ({"view": False}, "**View Channel**", "Speak")):
+        bot, graph = real_manager_bot()
+        await bot.add_cog(VoiceCog(bot))
+        cog = bot.get_cog("Voice")
+        target = voice_channel(cid=77, **kwargs)
+        target.connect = AsyncMock()
+        ctx = context(member(voice_channel=target))
+        await cog.join.callback(cog, ctx, None)
+        text = ctx.reply.await_args.args[0]
+        assert wanted in text and unwanted not in text and "<#77>" in text, text
+        target.connect.assert_not_awaited()  # no 15 s wait for a connection Discord ignores
+        graph.start_session.assert_not_awaited()  # and no graph session to release
+        assert bot.manager.get(1) is None
+
+
+async def test_join_of_a_full_channel_without_move_members_is_refused_before_connecting():
+    bot, graph = real_manager_bot()
+    await bot.add_cog(VoiceCog(bot))
+    cog = bot.get_cog("Voice")
+    target = voice_channel(cid=77, limit=2, members=2)
+    target.connect = AsyncMock()
+    ctx = context(member(voice_channel=target))
+    await cog.join.callback(cog, ctx, None)
+    ctx.reply.assert_awaited_with("❌ Voice channel is full!", mention_author=False)
+    target.connect.assert_not_awaited()
+    graph.start_session.assert_not_awaited()

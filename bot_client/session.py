@@ -40,7 +40,8 @@ CHANNEL_FULL = "❌ Voice channel is full!"
 NOT_IN_VOICE = "❌ You must be in a voice channel!"
 CONFUSED = "*Miku seems confused...*"
 TEXT_MODE_PREFIX = "⚠️ (Voice failed, text mode): "
-ALREADY_IN_SESSION = "❌ Already in a voice session! Use `!miku leave` first."
+ALREADY_IN_SESSION_TEMPLATE = "❌ Already in a voice session! Use `{command} leave` first."
+ALREADY_IN_SESSION = ALREADY_IN_SESSION_TEMPLATE.format(command="!miku")  # with the default group_name
 NOT_IN_SESSION = "❌ I'm not in a voice session here."
 GRAPH_UNREACHABLE_AT_START = "❌ I can't reach my voice graph right now, so I can't join voice. Try again in a minute."
 GRAPH_AUTH_FAILED = "❌ My voice graph refused my token. Ask the bot owner to check `MIKU_GRAPH_TOKEN`."
@@ -663,7 +664,7 @@ class SessionManager:
                    notify: Notify) -> JoinOutcome:
         """Start a session; every failure leaves nothing behind (no graph session, no voice link)."""
         if self.get(request.guild_id) is not None or request.guild_id in self._joining:
-            return JoinOutcome(False, ALREADY_IN_SESSION)
+            return JoinOutcome(False, ALREADY_IN_SESSION_TEMPLATE.format(command=self.config.command_name))
         if request.voice_channel_id is None:
             return JoinOutcome(False, NOT_IN_VOICE)
         if request.missing_permissions:
@@ -750,7 +751,7 @@ class SessionManager:
         return JoinOutcome(
             True,
             f"🎤 Joined <#{request.voice_channel_id}>! Type in <#{request.text_channel_id}> and I'll answer out loud. "
-            f"Paused while I'm in voice: {paused}. Use `!miku leave` when you're done.",
+            f"Paused while I'm in voice: {paused}. Use `{self.config.command_name} leave` when you're done.",
             session,
         )
 

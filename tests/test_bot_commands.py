@@ -335,3 +335,54 @@ async def test_join_of_a_full_channel_without_move_members_is_refused_before_con
     ctx.reply.assert_awaited_with("❌ Voice channel is full!", mention_author=False)
     target.connect.assert_not_awaited()
     graph.start_session.assert_not_awaited()
+
+
+async def test_group_name_names_the_prefix_and_slash_commands():
+    bot = MikuBot(BotConfig(command_prefix="?", group_name="hatsune", sync_app_commands=False),
+                  AsyncMock(spec=GraphClient))
+    await bot.add_cog(VoiceCog(bot))
+    await bot.add_cog(EventsCog(bot))
+    assert bot.get_command("miku") is None and bot.tree.get_command("miku") is None
+    group = bot.get_command("hatsune")
+    assert {c.qualified_name for c in group.commands} == {
+        "hatsune join", "hatsune leave", "hatsune stop", "hatsune say", "hatsune voice-status"}
+    slash = bot.tree.get_command("hatsune")
+    assert slash.to_dict(bot.tree)["name"] == "hatsune"  # what Discord is sent when the tree syncs
+    assert {c.qualified_name for c in slash.commands} >= {"hatsune join", "hatsune leave", "hatsune say"}
+
+    bot._connection.user = MagicMock(id=42)
+    for content, command in (("?hatsune join", "hatsune"), ("?miku join", None), ("!hatsune join", None)):
+        message = MagicMock(spec=discord.Message)
+        message.content = content
+        message.guild = None
+        ctx = await bot.get_context(message)
+        assert (ctx.command.qualified_name if ctx.command else None) == command, content
+    # The events cog leaves exactly the group's commands to discord.py and routes everything else.
+    events = bot.get_cog("Events")
+    assert events._is_command("?hatsune join") and events._is_command("?hatsune")
+    assert not events._is_command("!miku join") and not events._is_command("?hatsunejoin")
+    assert events._is_command("<@42> hatsune join") and events._is_command("<@!42> hatsune")
+    assert not events._is_command("<@42> miku join") and not events._is_command("<@42> hello")
+
+
+async def test_group_name_is_what_the_replies_tell_members_to_type():
+    from bot_client.session import JoinRequest, PresenceKeeper, SessionManager
+
+    config = BotConfig(command_prefix="?", group_name="hatsune", sync_app_commands=False,
+                       permissions=PermissionsConfig(join=("DJ",)))
+    bot = MikuBot(config, AsyncMock(spec=GraphClient))
+    await bot.add_cog(VoiceCog(bot))
+    cog = bot.get_cog("Voice")
+    ctx = context(member())
+    await cog.miku.callback(cog, ctx)  # the group's help
+    help_text = ctx.reply.await_args.args[0]
+    assert "`?hatsune join [#voice-channel]`" in help_text and "!miku" not in help_text
+    ctx = context(member(roles=("Fans",), voice_channel=voice_channel()))
+    await cog.join.callback(cog, ctx, None)
+    assert "`?hatsune join`" in ctx.reply.await_args.args[0]
+    assert "`?hatsune join`" in format_status(None, None, None, command=config.command_name)
+
+    manager = SessionManager(AsyncMock(spec=GraphClient), config, PresenceKeeper(AsyncMock()))
+    manager._joining.add(1)  # a join under way in this guild
+    outcome = await manager.join(JoinRequest(1, 2, 3, 4), AsyncMock(), AsyncMock())
+    assert outcome.message == "❌ Already in a voice session! Use `?hatsune leave` first."

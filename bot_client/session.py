@@ -48,7 +48,6 @@ GRAPH_AUTH_FAILED = "❌ My voice graph refused my token. Ask the bot owner to c
 PROMPT_QUEUE_FULL = "❌ Too many prompts are waiting; give me a moment to catch up."
 
 
-
 def missing_permissions_message(voice_channel_id: int, missing: tuple[str, ...]) -> str:
     """The refusal when Discord would silently ignore the join: which permission to grant, and where."""
     names = " and ".join(f"**{name}**" for name in missing)

@@ -168,7 +168,8 @@ class VoiceCog(commands.Cog, name="Voice"):
 
     async def cog_command_error(self, ctx: commands.Context, error: commands.CommandError) -> None:
         if isinstance(error, commands.MissingRequiredArgument):
-            await ctx.reply(f"❌ Missing `{error.param.name}`. Try `{self.command} say Hello everyone!`", mention_author=False)
+            await ctx.reply(f"❌ Missing `{error.param.name}`. Try `{self.command} say Hello everyone!`",
+                            mention_author=False)
         elif isinstance(error, (commands.ChannelNotFound, commands.BadArgument)):
             await ctx.reply("❌ I couldn't find that voice channel. Name a voice channel like `#General`.",
                             mention_author=False)

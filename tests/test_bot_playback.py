@@ -46,7 +46,9 @@ def strip_silence(pcm: np.ndarray) -> np.ndarray:
 async def test_frames_are_encoded_and_decode_back_to_the_input():
     loop = asyncio.get_running_loop()
     vc = RecordingVoiceClient(loop)
-    buf = JitterBuffer(prebuffer_ms=100)
+    # The whole utterance is held before it starts, so a busy machine cannot slip an underrun (inserted
+    # silence) into the comparison; underruns have their own test below.
+    buf = JitterBuffer(prebuffer_ms=2000)
     source = JitterAudioSource(buf)
     finished = asyncio.Event()
     vc.play(source, after=lambda err: loop.call_soon_threadsafe(finished.set))
@@ -55,7 +57,7 @@ async def test_frames_are_encoded_and_decode_back_to_the_input():
     buf.begin("u1")
     for start in range(0, len(audio), FRAME_BYTES * 5):  # the graph sends groups of frames
         buf.write(audio[start:start + FRAME_BYTES * 5])
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(0)
     buf.end("u1")
     await wait_for(lambda: buf.stats().utterances_played == 1)
     buf.close()
@@ -66,7 +68,7 @@ async def test_frames_are_encoded_and_decode_back_to_the_input():
     assert source.short_reads == 0
     assert [p.at for p in packets] == sorted(p.at for p in packets)
     stats = buf.stats()
-    assert stats.frames_played == 100
+    assert stats.frames_played == 100 and stats.underruns == 0
     assert len(packets) == stats.frames_played + stats.silence_frames
 
     decoded = np.frombuffer(vc.decode_all(), dtype="<i2").reshape(-1, 2)
@@ -90,7 +92,9 @@ async def test_stalled_producer_gives_silence_then_resumes_without_a_burst():
     buf.write(first)
     await wait_for(lambda: buf.stats().frames_played == 20)
     await wait_for(lambda: buf.stats().underruns >= 10)  # the graph stalls: the player keeps ticking
-    packets_during_stall = len(vc.audio_packets())
+    # Each underrun is a real packet of silence (counted once sent, not when read), no pause mid-speech.
+    await wait_for(lambda: len(vc.audio_packets()) >= 20 + 10)
+    assert not source.paused
     buf.write(second)
     buf.end("u")
     await wait_for(lambda: buf.stats().utterances_played == 1)
@@ -100,8 +104,6 @@ async def test_stalled_producer_gives_silence_then_resumes_without_a_burst():
     stats = buf.stats()
     assert stats.stalls == 1 and stats.underruns >= 10
     assert all(p.pcm_bytes == FRAME_BYTES for p in vc.audio_packets())
-    # Each underrun was a real 20 ms packet of silence, not a pause followed by a catch-up burst.
-    assert packets_during_stall >= 20 + 10
     decoded = np.frombuffer(vc.decode_all(), dtype="<i2").reshape(-1, 2)[:, 0]
     frames = decoded[: len(decoded) // 960 * 960].reshape(-1, 960)
     loud = np.flatnonzero(np.abs(frames).max(axis=1) > 1000)

@@ -182,10 +182,14 @@ class MikuBot(commands.Bot):
     async def on_ready(self) -> None:
         self.router.bot_id = self.user.id if self.user else None
         log.info("logged in as %s", self.user)
+        await self.presence.reapply()  # a new gateway session shows no status: "🎤 In Voice Chat" again
         if not self.manager.sessions:
             self._spawn(self.replayer.replay())  # messages left queued by a crash during a session
         # The graph keeps server settings in memory only: send them after every (re)connect.
         self._spawn(self.send_server_configs([g.id for g in self.guilds]))
+
+    async def on_resumed(self) -> None:
+        await self.presence.reapply()  # a resumed gateway session may have lost the status too
 
     async def on_guild_join(self, guild: discord.Guild) -> None:
         self._spawn(self.send_server_configs([guild.id]))

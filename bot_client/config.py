@@ -110,6 +110,11 @@ class BotConfig:
     seen_messages: int = 5000  # how many message ids are remembered to act on each message once
     sync_app_commands: bool = True
 
+    @property
+    def command_name(self) -> str:
+        """The command group as members type it (`!miku`): `command_prefix` then `group_name`."""
+        return f"{self.command_prefix}{self.group_name}"
+
     def graph_token(self) -> str:
         """The bearer token: `MIKU_GRAPH_TOKEN`, else `graph.token`, else the contents of `graph.token_file`."""
         env = os.environ.get("MIKU_GRAPH_TOKEN", "").strip()
@@ -129,6 +134,7 @@ class BotConfig:
 
 
 _SNOWFLAKE = re.compile(r"^[0-9]{1,20}$")
+_GROUP_NAME = re.compile(r"^[-_\w]{1,32}$")  # Discord's rule for slash command names (and lower case)
 _MAX_POLL_WAIT_S = 60.0  # the graph refuses longer long-polls
 
 
@@ -242,6 +248,11 @@ def load_config(path: str | os.PathLike[str] | None) -> BotConfig:
     except yaml.YAMLError as exc:
         raise ConfigError(f"{p} is not valid YAML: {exc}") from exc
     config = _build(BotConfig, data or {}, "")
+    if not _GROUP_NAME.match(config.group_name or "") or config.group_name != config.group_name.lower():
+        raise ConfigError(f"group_name must be 1-32 lower-case letters, digits, '-' or '_' (a slash command "
+                          f"name), got {config.group_name!r}")
+    if not config.command_prefix or any(c.isspace() for c in config.command_prefix):
+        raise ConfigError(f"command_prefix must be non-empty without spaces, got {config.command_prefix!r}")
     if config.playback.prebuffer_ms % 20:
         raise ConfigError("playback.prebuffer_ms must be a multiple of 20 (one Discord frame)")
     if config.session.max_prompt_chars <= 0:

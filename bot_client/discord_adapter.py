@@ -78,6 +78,27 @@ def channel_is_full(channel: Any, me: Any) -> bool:
         return True
 
 
+# What the bot needs in a voice channel, in the order Discord checks them: without View Channel every
+# other channel permission is denied too, so only that one is named then.
+_VOICE_PERMISSIONS = (("connect", "Connect"), ("speak", "Speak"))
+
+
+def missing_voice_permissions(channel: Any, me: Any) -> tuple[str, ...]:
+    """The permissions the bot lacks to be heard in `channel`, by their names in Discord's settings.
+
+    Discord does not refuse a voice connection without Connect: it never answers, and discord.py times
+    out. Asking first lets the bot say which permission to grant instead.
+    """
+    try:
+        permissions = channel.permissions_for(me)
+    except Exception:
+        log.debug("could not read my permissions in %r", channel, exc_info=True)
+        return ()  # cannot tell: let the connection try
+    if not permissions.view_channel:
+        return ("View Channel",)
+    return tuple(label for attribute, label in _VOICE_PERMISSIONS if not getattr(permissions, attribute))
+
+
 def join_request(
     *, guild: Any, author: Any, text_channel_id: int, named_channel: Any | None
 ) -> tuple[JoinRequest, Any | None]:
@@ -87,12 +108,14 @@ def join_request(
         voice = getattr(author, "voice", None)
         target = getattr(voice, "channel", None) if voice is not None else None
     full = target is not None and channel_is_full(target, guild.me)
+    missing = missing_voice_permissions(target, guild.me) if target is not None else ()
     request = JoinRequest(
         guild_id=guild.id,
         user_id=author.id,
         text_channel_id=text_channel_id,
         voice_channel_id=target.id if target is not None else None,
         channel_full=full,
+        missing_permissions=missing,
     )
     return request, target
 

@@ -4,6 +4,11 @@ The WebSocket reader only copies bytes in (`write`); the player thread takes exa
 tick (`read`), which never blocks: a frame of audio, a frame of silence, or `b""` once the session is over.
 Audio is kept per utterance so that each one starts only when a small prebuffer is there (or the whole
 utterance already arrived), which turns network jitter into a short fixed delay instead of stutter.
+
+Silence has two meanings here. Mid-utterance (the producer is late) it is an underrun and keeps flowing at
+20 ms, so speech resumes in step. With nothing to play (idle) only `silence_tail_frames` of it are handed
+out, as Discord asks after speech ends; after that the buffer is *resting* (`resting()`), the player may
+pause, and the `wake` listener hears as soon as audio is ready to play again.
 """
 from __future__ import annotations
 
@@ -16,6 +21,7 @@ from typing import Callable
 FRAME_MS = 20
 FRAME_BYTES = 3840  # 20 ms of s16le stereo at 48 kHz
 SILENCE_FRAME = bytes(FRAME_BYTES)
+SILENCE_TAIL_FRAMES = 5  # Discord: "send five frames of silence" when a transmission breaks off
 
 
 class SegmentState(enum.Enum):
@@ -39,6 +45,7 @@ class JitterStats:
 
     frames_played: int
     silence_frames: int
+    idle_silence_frames: int  # silence handed out with nothing to play (the tail after speech, prebuffering)
     underruns: int  # reads that found an utterance playing but no frame ready
     stalls: int  # separate underrun episodes (a run of underrun reads counts once)
     dropped_frames: int  # frames discarded by interrupts or overflow
@@ -63,12 +70,17 @@ class JitterBuffer:
         prebuffer_ms: int = 100,
         max_buffer_s: float = 120.0,
         on_utterance_played: Callable[[str | None], None] | None = None,
+        silence_tail_frames: int = SILENCE_TAIL_FRAMES,
     ) -> None:
         if prebuffer_ms < 0:
             raise ValueError("prebuffer_ms must not be negative")
+        if silence_tail_frames < 1:
+            raise ValueError("silence_tail_frames must be at least 1 (the encoder needs it to flush)")
+        self.silence_tail_frames = silence_tail_frames
         self.prebuffer_frames = max(1, -(-prebuffer_ms // FRAME_MS))
         self.max_frames = max(self.prebuffer_frames, int(max_buffer_s * 1000 // FRAME_MS))
         self._on_played = on_utterance_played
+        self._on_wake: Callable[[], None] | None = None
         self._lock = threading.Lock()
         self._segments: deque[_Segment] = deque()
         self._partial = bytearray()
@@ -78,6 +90,8 @@ class JitterBuffer:
         self._in_stall = False
         self._frames_played = 0
         self._silence_frames = 0
+        self._idle_silence = 0
+        self._idle_run = 0  # idle silence frames in a row since the last audio (or underrun)
         self._underruns = 0
         self._stalls = 0
         self._dropped = 0
@@ -86,6 +100,15 @@ class JitterBuffer:
         self._played = 0
 
     # --- producer side (event loop) -------------------------------------------------------------
+
+    def set_wake_listener(self, listener: Callable[[], None] | None) -> None:
+        """`listener()` runs (outside the lock, on the producer's thread) after audio was added, an
+        utterance ended or the buffer closed: whatever may end a rest. It must not block."""
+        self._on_wake = listener
+
+    def _wake(self) -> None:
+        if self._on_wake is not None:
+            self._on_wake()
 
     def begin(self, utterance_id: str | None) -> None:
         """An utterance starts: its frames are held until the prebuffer is reached or it ends."""
@@ -122,7 +145,8 @@ class JitterBuffer:
             self._fill += whole
             self._trim_locked()
             self._max_fill = max(self._max_fill, self._fill)
-            return whole
+        self._wake()
+        return whole
 
     def end(self, utterance_id: str | None = None) -> None:
         """The utterance being received is complete (its last partial frame is padded with silence)."""
@@ -132,6 +156,7 @@ class JitterBuffer:
                 if not segment.ended and (utterance_id is None or segment.utterance_id in (utterance_id, None)):
                     segment.ended = True
                     break
+        self._wake()
 
     def clear(self) -> int:
         """Drop everything waiting (an interrupt); returns how many frames were dropped."""
@@ -151,6 +176,7 @@ class JitterBuffer:
                 segment.ended = True
             self._closed = True
             self._drain_on_close = drain
+        self._wake()  # a resting player must read once more to see the end
 
     # --- consumer side (player thread) ----------------------------------------------------------
 
@@ -179,21 +205,26 @@ class JitterBuffer:
                 self._fill -= 1
                 self._frames_played += 1
                 self._in_stall = False
+                self._idle_run = 0
                 return segment.frames.popleft()
             if segment.ended:
                 self._segments.popleft()
                 self._played += 1
                 finished.append(segment.utterance_id)
                 continue
-            # Playing, nothing ready, more to come: the producer is late.
+            # Playing, nothing ready, more to come: the producer is late. Mid-speech: not idle.
             self._underruns += 1
+            self._idle_run = 0
             if not self._in_stall:
                 self._stalls += 1
                 self._in_stall = True
-            break
+            self._silence_frames += 1
+            return SILENCE_FRAME
         if self._closed and self._fill == 0:
             return b""
         self._silence_frames += 1
+        self._idle_silence += 1
+        self._idle_run += 1
         return SILENCE_FRAME
 
     # --- inspection -----------------------------------------------------------------------------
@@ -202,6 +233,11 @@ class JitterBuffer:
     def closed(self) -> bool:
         with self._lock:
             return self._closed
+
+    def resting(self) -> bool:
+        """True once the silence tail is out and nothing is ready to play: no need to keep reading."""
+        with self._lock:
+            return not self._closed and self._idle_run >= self.silence_tail_frames and not self._ready_locked()
 
     def is_idle(self) -> bool:
         """True when nothing is waiting or playing."""
@@ -213,6 +249,7 @@ class JitterBuffer:
             return JitterStats(
                 frames_played=self._frames_played,
                 silence_frames=self._silence_frames,
+                idle_silence_frames=self._idle_silence,
                 underruns=self._underruns,
                 stalls=self._stalls,
                 dropped_frames=self._dropped,
@@ -223,6 +260,14 @@ class JitterBuffer:
             )
 
     # --- helpers (lock held) --------------------------------------------------------------------
+
+    def _ready_locked(self) -> bool:
+        """The head utterance would play now (or is playing): its prebuffer is there or it has ended."""
+        for segment in self._segments:
+            if segment.frames or not segment.ended:
+                return (segment.state is SegmentState.PLAYING or segment.ended
+                        or len(segment.frames) >= self.prebuffer_frames)
+        return False  # nothing, or only finished utterances waiting to be popped
 
     def _seal_partial_locked(self) -> None:
         if self._partial and self._segments:

@@ -1,8 +1,9 @@
 """A voice client that records packets instead of sending them over UDP.
 
 It has the part of `discord.VoiceClient` that `discord.player.AudioPlayer` uses (`send_audio_packet`,
-`is_connected`, `wait_until_connected`, `timeout`, `ws.speak`, `client.loop`), so discord.py's real player
-thread and real libopus encoder run end to end where no Discord exists: the tests and
+`is_connected`, `wait_until_connected`, `timeout`, `ws.speak`, `client.loop`) and what a session calls
+(`play`, `stop`, `pause`, `resume`, `disconnect`), so discord.py's real player thread and real libopus
+encoder run end to end where no Discord exists: the tests and
 benchmarks/playback.py. `send_audio_packet` encodes exactly as discord.py does and records each packet
 with the time it was sent.
 """
@@ -87,6 +88,17 @@ class RecordingVoiceClient:
         if self._player is not None:
             self._player.stop()
 
+    def pause(self) -> None:
+        if self._player is not None:
+            self._player.pause()
+
+    def resume(self) -> None:
+        if self._player is not None:
+            self._player.resume()
+
+    def is_paused(self) -> bool:
+        return self._player is not None and self._player.is_paused()
+
     async def disconnect(self, *, force: bool = False) -> None:
         self.stop()
         self._connected.clear()
@@ -105,9 +117,14 @@ class RecordingVoiceClient:
         return self._player
 
     def audio_packets(self) -> list[SentPacket]:
-        """Packets from PCM frames (discord.py's own 5 silence packets at stop are pre-encoded)."""
+        """Packets from PCM frames (discord.py's own 5 silence packets at pause and stop are pre-encoded)."""
         with self._lock:
             return [p for p in self.packets if p.pcm_bytes]
+
+    def opus_silence_packets(self) -> int:
+        """How many pre-encoded silence packets discord.py sent itself (five per pause and at the stop)."""
+        with self._lock:
+            return sum(1 for p in self.packets if not p.pcm_bytes)
 
     def fed_pcm(self) -> bytes:
         """Every PCM frame that went into the encoder, in order (audio and silence alike)."""

@@ -1,30 +1,90 @@
-"""The discord.py audio source that plays the graph's frames.
+"""The discord.py audio source that plays the graph's frames, and pauses the player while there is nothing to say.
 
 discord.py's `AudioPlayer` thread calls `read()` every 20 ms and sleeps to keep that cadence, so `read()`
 must return at once with exactly one frame: it only takes the next frame out of the `JitterBuffer`
 (silence on underrun) and returns `b""` only when the session has ended, which stops the player.
+
+Idle, the source does not send silence for ever: after the buffer's silence tail (five frames, as Discord
+asks when a transmission breaks off) it pauses the player it is attached to (`attach`), and resumes it as
+soon as the next utterance is ready to play. `b""` cannot be used for this: it ends discord.py's player
+for good (and the session would take it for a lost voice link). A paused player waits without reading
+or sending (discord.py sends its own five Opus silence packets as it pauses); `resume()` restarts its
+pacing, so the first frame of the next utterance goes out at once and nothing is skipped or bunched.
 """
 from __future__ import annotations
+
+import threading
+from typing import Protocol
 
 import discord
 
 from .jitter import FRAME_BYTES, JitterBuffer, JitterStats
 
 
-class JitterAudioSource(discord.AudioSource):
-    """16-bit 48 kHz stereo PCM from a `JitterBuffer`; one source lives as long as the voice session."""
+class PlayerControl(Protocol):
+    """What pausing needs from a voice connection; `discord.VoiceClient` has exactly this."""
 
-    def __init__(self, buffer: JitterBuffer) -> None:
+    def pause(self) -> None: ...
+
+    def resume(self) -> None: ...
+
+
+class JitterAudioSource(discord.AudioSource):
+    """16-bit 48 kHz stereo PCM from a `JitterBuffer`; one source lives as long as the voice session.
+
+    Without an attached player it never pauses (silence keeps flowing while idle, as benchmarks want).
+    """
+
+    def __init__(self, buffer: JitterBuffer, player: PlayerControl | None = None) -> None:
         self.buffer = buffer
         self.reads = 0
         self.short_reads = 0  # must stay 0: a short frame would be a bug, so it is counted, not hidden
+        self.pauses = 0
+        self.resumes = 0
+        # Pausing (player thread) and waking (event loop) decide under one lock, each after the buffer
+        # changed, so a wake can never slip in between "resting?" and "pause" and leave audio waiting.
+        self._gate = threading.Lock()
+        self._player = player
+        self._paused = False
+        buffer.set_wake_listener(self._wake)
+
+    def attach(self, player: PlayerControl | None) -> None:
+        """The player that `read()` feeds from now on (a new one after a voice reconnect): not paused."""
+        with self._gate:
+            self._player = player
+            self._paused = False
+
+    @property
+    def paused(self) -> bool:
+        with self._gate:
+            return self._paused
 
     def read(self) -> bytes:
         frame = self.buffer.read()
         self.reads += 1
         if frame and len(frame) != FRAME_BYTES:
             self.short_reads += 1
+        if frame:
+            self._rest_if_idle()
         return frame
+
+    def _rest_if_idle(self) -> None:
+        # Runs on the player thread before it sends this frame: the player sends it, then waits paused.
+        with self._gate:
+            if self._player is None or self._paused or not self.buffer.resting():
+                return
+            self._player.pause()
+            self._paused = True
+            self.pauses += 1
+
+    def _wake(self) -> None:
+        # Runs on the producer's thread whenever audio arrived, an utterance ended or the buffer closed.
+        with self._gate:
+            if self._player is None or not self._paused or self.buffer.resting():
+                return
+            self._player.resume()
+            self._paused = False
+            self.resumes += 1
 
     def is_opus(self) -> bool:
         return False

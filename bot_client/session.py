@@ -41,11 +41,21 @@ CHANNEL_FULL = "❌ Voice channel is full!"
 NOT_IN_VOICE = "❌ You must be in a voice channel!"
 CONFUSED = "*Miku seems confused...*"
 TEXT_MODE_PREFIX = "⚠️ (Voice failed, text mode): "
-ALREADY_IN_SESSION = "❌ Already in a voice session! Use `!miku leave` first."
+ALREADY_IN_SESSION_TEMPLATE = "❌ Already in a voice session! Use `{command} leave` first."
+ALREADY_IN_SESSION = ALREADY_IN_SESSION_TEMPLATE.format(command="!miku")  # with the default group_name
 NOT_IN_SESSION = "❌ I'm not in a voice session here."
 GRAPH_UNREACHABLE_AT_START = "❌ I can't reach my voice graph right now, so I can't join voice. Try again in a minute."
 GRAPH_AUTH_FAILED = "❌ My voice graph refused my token. Ask the bot owner to check `MIKU_GRAPH_TOKEN`."
 PROMPT_QUEUE_FULL = "❌ Too many prompts are waiting; give me a moment to catch up."
+
+
+def missing_permissions_message(voice_channel_id: int, missing: tuple[str, ...]) -> str:
+    """The refusal when Discord would silently ignore the join: which permission to grant, and where."""
+    names = " and ".join(f"**{name}**" for name in missing)
+    noun = "permission" if len(missing) == 1 else "permissions"
+    return (f"❌ I can't join <#{voice_channel_id}>: I don't have the {names} {noun} there. "
+            f"Ask a server admin to give my role {names} in that channel.")
+
 
 END_NOTICES = {
     "leave": "👋 Left voice. Everything I paused is back on.",
@@ -84,6 +94,10 @@ class VoiceLink(Protocol):
 
     def stop(self) -> None: ...
 
+    def pause(self) -> None: ...  # idle after the silence tail (called from the player thread)
+
+    def resume(self) -> None: ...  # the next utterance is ready
+
     async def disconnect(self, *, force: bool = False) -> None: ...
 
 
@@ -91,7 +105,11 @@ Notify = Callable[[str], Awaitable[Any]]
 
 
 class PresenceKeeper:
-    """Shows "🎤 In Voice Chat" while any session is active and puts the previous presence back after."""
+    """Shows "🎤 In Voice Chat" while any session is active and puts the previous presence back after.
+
+    The gateway forgets a status set with `change_presence` when it reconnects, so the bot calls
+    `reapply()` on every `on_ready` and `on_resumed`.
+    """
 
     def __init__(self, apply: Callable[[str | None], Awaitable[None]], voice_text: str = "🎤 In Voice Chat",
                  base_text: str | None = None) -> None:
@@ -116,6 +134,17 @@ class PresenceKeeper:
         self._holders.discard(guild_id)
         if not self._holders:
             await self._safe_apply(self.base_text)
+
+    async def reapply(self) -> bool:
+        """After a gateway reconnect: Discord no longer shows what was set, so set the wanted status again.
+
+        True when something was sent; with no session and no base text there is nothing to restore (a
+        fresh gateway session starts with no status).
+        """
+        if not self._holders and self.base_text is None:
+            return False
+        await self._safe_apply(self.current)
+        return True
 
     async def _safe_apply(self, text: str | None) -> None:
         try:
@@ -246,6 +275,7 @@ class VoiceSession:
         self._spawn(self._heartbeat_loop(), "heartbeat")
 
     def _start_player(self) -> None:
+        self.source.attach(self.link)  # idle: pause this player after the silence tail, resume with audio
         self.link.play(self.source, after=self._player_after_threadsafe)
 
     def _spawn(self, coro: Awaitable[Any], name: str) -> asyncio.Task:
@@ -602,6 +632,7 @@ class JoinRequest:
     text_channel_id: int
     voice_channel_id: int | None  # the named channel, else the author's current one, else None
     channel_full: bool = False
+    missing_permissions: tuple[str, ...] = ()  # e.g. ("Connect",): the bot cannot join, say so at once
 
 
 @dataclass(frozen=True)
@@ -645,9 +676,12 @@ class SessionManager:
                    notify: Notify) -> JoinOutcome:
         """Start a session; every failure leaves nothing behind (no graph session, no voice link)."""
         if self.get(request.guild_id) is not None or request.guild_id in self._joining:
-            return JoinOutcome(False, ALREADY_IN_SESSION)
+            return JoinOutcome(False, ALREADY_IN_SESSION_TEMPLATE.format(command=self.config.command_name))
         if request.voice_channel_id is None:
             return JoinOutcome(False, NOT_IN_VOICE)
+        if request.missing_permissions:
+            return JoinOutcome(False, missing_permissions_message(request.voice_channel_id,
+                                                                  request.missing_permissions))
         if request.channel_full:
             return JoinOutcome(False, CHANNEL_FULL)
         self._joining.add(request.guild_id)
@@ -690,7 +724,8 @@ class SessionManager:
                                           self.config.session.voice_connect_timeout_s)
         except Exception as exc:
             await release_graph_session()
-            detail = "it timed out" if isinstance(exc, asyncio.TimeoutError) else str(exc) or type(exc).__name__
+            detail = (f"no answer from Discord within {self.config.session.voice_connect_timeout_s:g} s"
+                      if isinstance(exc, asyncio.TimeoutError) else str(exc) or type(exc).__name__)
             return JoinOutcome(False, f"❌ I couldn't connect to the voice channel ({detail}).")
 
         session = VoiceSession(
@@ -728,7 +763,7 @@ class SessionManager:
         return JoinOutcome(
             True,
             f"🎤 Joined <#{request.voice_channel_id}>! Type in <#{request.text_channel_id}> and I'll answer out loud. "
-            f"Paused while I'm in voice: {paused}. Use `!miku leave` when you're done.",
+            f"Paused while I'm in voice: {paused}. Use `{self.config.command_name} leave` when you're done.",
             session,
         )
 

@@ -17,11 +17,12 @@ def format_status(
     features: list[FeatureState] | None,
     health: GraphHealth | None,
     graph_error: str | None = None,
+    command: str = "!miku",
 ) -> str:
     """The voice-status report: channels, GPU routing, blocked features, queue, age, time to first audio."""
     lines = ["**🎤 Voice status**"]
     if status is None:
-        lines.append("Not in a voice session. Use `!miku join` to start one.")
+        lines.append(f"Not in a voice session. Use `{command} join` to start one.")
     else:
         lines.append(f"Voice channel: <#{status.voice_channel_id}> · prompt channel: <#{status.prompt_channel_id}>")
         state = "speaking" if status.speaking else "listening"

@@ -17,6 +17,7 @@ from bot_client.discord_adapter import (
     DiscordChatOps,
     channel_is_full,
     join_request,
+    missing_voice_permissions,
     to_incoming,
 )
 from bot_client.graph_api import FeatureState, GraphClient, GraphHealth, StageHealth
@@ -48,12 +49,13 @@ def member(mid=3, roles=(), admin=False, voice_channel=None):
     return m
 
 
-def voice_channel(cid=4, limit=0, members=0, can_move=False):
+def voice_channel(cid=4, limit=0, members=0, can_move=False, view=True, connect=True, speak=True):
     ch = MagicMock(spec=discord.VoiceChannel)
     ch.id = cid
     ch.user_limit = limit
     ch.members = [member(100 + i) for i in range(members)]
-    ch.permissions_for.return_value = discord.Permissions(move_members=can_move)
+    ch.permissions_for.return_value = discord.Permissions(move_members=can_move, view_channel=view,
+                                                          connect=connect, speak=speak)
     return ch
 
 
@@ -249,3 +251,138 @@ def test_parse_health_reads_the_graphs_shape():
         "vc": {"ok": True, "backend": "world", "resources": {"rx6800": 0.2}}}})
     assert not health.ok and not health.stage_ok("tts", "vc") and health.stage_ok("vc")
     assert health.backends()["llm"] == "openai" and health.stages[0].placement == "rx6800"
+
+
+async def test_the_voice_status_is_set_again_after_a_gateway_reconnect_and_cleared_after_the_session():
+    bot = MikuBot(BotConfig(sync_app_commands=False), AsyncMock(spec=GraphClient))
+    bot.change_presence = AsyncMock()
+
+    def shown():
+        activity = bot.change_presence.await_args.kwargs["activity"]
+        return activity.name if activity is not None else None
+
+    await bot.presence.enter(1)  # a session started
+    assert shown() == "🎤 In Voice Chat"
+    for reconnect in (bot.on_resumed, bot.on_ready):  # the gateway dropped the status
+        bot.change_presence.reset_mock()
+        await reconnect()
+        bot.change_presence.assert_awaited_once()
+        assert shown() == "🎤 In Voice Chat"
+    await bot.presence.leave(1)  # the session ended: the normal status is back
+    assert shown() is None
+    bot.change_presence.reset_mock()
+    await bot.on_ready()
+    await bot.on_resumed()
+    bot.change_presence.assert_not_awaited()  # no session: a fresh gateway session already shows none
+    for task in list(bot._background):
+        task.cancel()
+
+
+async def test_a_failing_presence_update_on_reconnect_is_logged_not_raised():
+    bot = MikuBot(BotConfig(sync_app_commands=False), AsyncMock(spec=GraphClient))
+    bot.change_presence = AsyncMock(side_effect=ConnectionResetError("gateway gone again"))
+    await bot.presence.enter(1)
+    await bot.on_resumed()  # cosmetic: never breaks the reconnect
+    assert bot.change_presence.await_count == 2
+
+
+def test_missing_voice_permissions_are_named_as_in_discords_settings():
+    me = member(42)
+    assert missing_voice_permissions(voice_channel(), me) == ()
+    assert missing_voice_permissions(voice_channel(connect=False), me) == ("Connect",)
+    assert missing_voice_permissions(voice_channel(speak=False), me) == ("Speak",)
+    assert missing_voice_permissions(voice_channel(connect=False, speak=False), me) == ("Connect", "Speak")
+    # Without View Channel Discord denies everything else as well: that is the one to grant first.
+    assert missing_voice_permissions(voice_channel(view=False, connect=True), me) == ("View Channel",)
+
+
+def real_manager_bot():
+    """A bot whose SessionManager is the real one (graph mocked), to see what a join does end to end."""
+    graph = AsyncMock(spec=GraphClient)
+    graph.health.return_value = GraphHealth(ok=True, stages=(StageHealth("tts", "espeak", True),
+                                                             StageHealth("vc", "world", True)))
+    bot = MikuBot(BotConfig(sync_app_commands=False), graph)
+    bot.ops = AsyncMock(spec=DiscordChatOps)
+    return bot, graph
+
+
+async def test_join_without_connect_or_speak_says_which_permission_at_once_and_never_connects():
+    for kwargs, wanted, unwanted in (({"connect": False}, "**Connect**", "Speak"),
+                                     ({"speak": False}, "**Speak**", "Connect"),
+                                     ({"view": False}, "**View Channel**", "Speak")):
+        bot, graph = real_manager_bot()
+        await bot.add_cog(VoiceCog(bot))
+        cog = bot.get_cog("Voice")
+        target = voice_channel(cid=77, **kwargs)
+        target.connect = AsyncMock()
+        ctx = context(member(voice_channel=target))
+        await cog.join.callback(cog, ctx, None)
+        text = ctx.reply.await_args.args[0]
+        assert wanted in text and unwanted not in text and "<#77>" in text, text
+        target.connect.assert_not_awaited()  # no 15 s wait for a connection Discord ignores
+        graph.start_session.assert_not_awaited()  # and no graph session to release
+        assert bot.manager.get(1) is None
+
+
+async def test_join_of_a_full_channel_without_move_members_is_refused_before_connecting():
+    bot, graph = real_manager_bot()
+    await bot.add_cog(VoiceCog(bot))
+    cog = bot.get_cog("Voice")
+    target = voice_channel(cid=77, limit=2, members=2)
+    target.connect = AsyncMock()
+    ctx = context(member(voice_channel=target))
+    await cog.join.callback(cog, ctx, None)
+    ctx.reply.assert_awaited_with("❌ Voice channel is full!", mention_author=False)
+    target.connect.assert_not_awaited()
+    graph.start_session.assert_not_awaited()
+
+
+async def test_group_name_names_the_prefix_and_slash_commands():
+    bot = MikuBot(BotConfig(command_prefix="?", group_name="hatsune", sync_app_commands=False),
+                  AsyncMock(spec=GraphClient))
+    await bot.add_cog(VoiceCog(bot))
+    await bot.add_cog(EventsCog(bot))
+    assert bot.get_command("miku") is None and bot.tree.get_command("miku") is None
+    group = bot.get_command("hatsune")
+    assert {c.qualified_name for c in group.commands} == {
+        "hatsune join", "hatsune leave", "hatsune stop", "hatsune say", "hatsune voice-status"}
+    slash = bot.tree.get_command("hatsune")
+    assert slash.to_dict(bot.tree)["name"] == "hatsune"  # what Discord is sent when the tree syncs
+    assert {c.qualified_name for c in slash.commands} >= {"hatsune join", "hatsune leave", "hatsune say"}
+
+    bot._connection.user = MagicMock(id=42)
+    for content, command in (("?hatsune join", "hatsune"), ("?miku join", None), ("!hatsune join", None)):
+        message = MagicMock(spec=discord.Message)
+        message.content = content
+        message.guild = None
+        ctx = await bot.get_context(message)
+        assert (ctx.command.qualified_name if ctx.command else None) == command, content
+    # The events cog leaves exactly the group's commands to discord.py and routes everything else.
+    events = bot.get_cog("Events")
+    assert events._is_command("?hatsune join") and events._is_command("?hatsune")
+    assert not events._is_command("!miku join") and not events._is_command("?hatsunejoin")
+    assert events._is_command("<@42> hatsune join") and events._is_command("<@!42> hatsune")
+    assert not events._is_command("<@42> miku join") and not events._is_command("<@42> hello")
+
+
+async def test_group_name_is_what_the_replies_tell_members_to_type():
+    from bot_client.session import JoinRequest, PresenceKeeper, SessionManager
+
+    config = BotConfig(command_prefix="?", group_name="hatsune", sync_app_commands=False,
+                       permissions=PermissionsConfig(join=("DJ",)))
+    bot = MikuBot(config, AsyncMock(spec=GraphClient))
+    await bot.add_cog(VoiceCog(bot))
+    cog = bot.get_cog("Voice")
+    ctx = context(member())
+    await cog.miku.callback(cog, ctx)  # the group's help
+    help_text = ctx.reply.await_args.args[0]
+    assert "`?hatsune join [#voice-channel]`" in help_text and "!miku" not in help_text
+    ctx = context(member(roles=("Fans",), voice_channel=voice_channel()))
+    await cog.join.callback(cog, ctx, None)
+    assert "`?hatsune join`" in ctx.reply.await_args.args[0]
+    assert "`?hatsune join`" in format_status(None, None, None, command=config.command_name)
+
+    manager = SessionManager(AsyncMock(spec=GraphClient), config, PresenceKeeper(AsyncMock()))
+    manager._joining.add(1)  # a join under way in this guild
+    outcome = await manager.join(JoinRequest(1, 2, 3, 4), AsyncMock(), AsyncMock())
+    assert outcome.message == "❌ Already in a voice session! Use `?hatsune leave` first."

@@ -77,3 +77,18 @@ def test_main_refuses_to_start_without_tokens_or_with_a_missing_config(monkeypat
     monkeypatch.setenv("DISCORD_TOKEN", "x")
     assert main(["--config", "/nonexistent/bot.yaml"]) == 2
     assert "cannot read bot config" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("value", ["Miku", "two words", "", "x" * 33, "mi!ku"])
+def test_group_name_must_be_a_valid_slash_command_name(tmp_path, value):
+    path = tmp_path / "bot.yaml"
+    path.write_text(f"group_name: {value!r}")
+    with pytest.raises(ConfigError, match="group_name"):
+        load_config(path)
+
+
+def test_group_name_and_prefix_make_the_command_name(tmp_path):
+    path = tmp_path / "bot.yaml"
+    path.write_text("command_prefix: '?'\ngroup_name: hatsune-miku")
+    assert load_config(path).command_name == "?hatsune-miku"
+    assert BotConfig().command_name == "!miku"

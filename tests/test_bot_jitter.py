@@ -158,3 +158,59 @@ def test_concurrent_writer_and_reader_lose_and_invent_nothing():
 def test_negative_prebuffer_is_rejected():
     with pytest.raises(ValueError):
         JitterBuffer(prebuffer_ms=-1)
+
+
+def test_idle_silence_stops_after_the_tail_but_an_underrun_never_rests():
+    buf = JitterBuffer(prebuffer_ms=20, silence_tail_frames=5)
+    for _ in range(4):
+        assert buf.read() == SILENCE_FRAME and not buf.resting()
+    assert buf.read() == SILENCE_FRAME
+    assert buf.resting()  # the tail is out: the player may pause
+    buf.begin("u1")
+    assert buf.resting()  # announced but nothing to play yet: still no need to send silence
+    buf.write(frame(1))
+    assert not buf.resting()  # ready: wake up
+    assert buf.read()[0] == 1
+    for _ in range(20):  # the producer is late mid-utterance: silence keeps flowing, never a rest
+        assert buf.read() == SILENCE_FRAME
+        assert not buf.resting()
+    buf.write(frame(2))
+    buf.end("u1")
+    assert buf.read()[0] == 2
+    for _ in range(5):
+        assert not buf.resting()
+        assert buf.read() == SILENCE_FRAME
+    assert buf.resting()
+    stats = buf.stats()
+    assert stats.underruns == 20 and stats.idle_silence_frames == 10 and stats.silence_frames == 30
+
+
+def test_prebuffering_counts_as_idle_and_an_ended_short_utterance_wakes():
+    buf = JitterBuffer(prebuffer_ms=100, silence_tail_frames=2)
+    buf.begin("u1")
+    buf.write(frame(3))  # 1 of 5 prebuffer frames
+    buf.read(), buf.read()
+    assert buf.resting()
+    buf.end("u1")  # ended below the prebuffer: plays now
+    assert not buf.resting()
+    assert buf.read()[0] == 3
+
+
+def test_wake_listener_hears_writes_ends_and_close():
+    buf = JitterBuffer(prebuffer_ms=20)
+    woken = []
+    buf.set_wake_listener(lambda: woken.append(buf.resting()))
+    buf.begin("u")
+    assert woken == []  # an announcement alone has nothing to play
+    buf.write(frame(1)[:100])
+    buf.write(frame(1)[100:])
+    buf.end("u")
+    buf.close()
+    assert len(woken) == 3  # the write that completed no frame added nothing to play
+    assert not buf.resting()  # closed: the player must read once more to get b""
+    assert buf.read() == b""
+
+
+def test_silence_tail_must_be_at_least_one_frame():
+    with pytest.raises(ValueError):
+        JitterBuffer(silence_tail_frames=0)

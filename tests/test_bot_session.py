@@ -426,12 +426,17 @@ async def test_real_player_resumes_when_the_voice_link_comes_back():
     h = Harness()
     h.link = RecordingVoiceClient(asyncio.get_running_loop(), timeout=0.1)
     session = (await h.join()).session
+    await _wait(lambda: session.source.paused)  # idle: after the silence tail the player waits, paused
     first_player = h.link.player
     h.link.drop_connection()
+    # The next utterance wakes the player, which finds the link gone, waits `timeout` and gives up.
+    session.buffer.begin("u1")
+    session.buffer.write(b"\x01" * FRAME_BYTES * 20)
+    session.buffer.end("u1")
     await _wait(lambda: not first_player.is_alive())
     h.link.restore_connection()
     await _wait(lambda: h.link.player is not first_player and session.voice_ok)
-    before = len(h.link.audio_packets())
-    await _wait(lambda: len(h.link.audio_packets()) > before + 3)
+    await _wait(lambda: session.buffer.stats().utterances_played == 1)  # the new player plays the rest
+    assert [p.pcm for p in h.link.audio_packets()].count(b"\x01" * FRAME_BYTES) >= 19
     assert session.active
     await session.end(EndReason.LEAVE)

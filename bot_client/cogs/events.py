@@ -27,8 +27,12 @@ class EventsCog(commands.Cog, name="Events"):
         self.bot = bot
 
     def _is_command(self, content: str) -> bool:
-        prefix = f"{self.bot.config.command_prefix}{self.bot.config.group_name}"
-        return content.startswith(prefix + " ") or content == prefix
+        """A message the command group runs (`!miku ...`, or a mention of the bot then `miku ...`)."""
+        prefixes = [self.bot.config.command_name]
+        me = self.bot.user
+        if me is not None:  # commands.when_mentioned: "<@id> " and "<@!id> " before the group name
+            prefixes += [f"<@{me.id}> {self.bot.config.group_name}", f"<@!{me.id}> {self.bot.config.group_name}"]
+        return any(content == prefix or content.startswith(prefix + " ") for prefix in prefixes)
 
     @commands.Cog.listener()
     async def on_message(self, message: discord.Message) -> None:

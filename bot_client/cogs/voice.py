@@ -1,5 +1,7 @@
 """The `!miku` command group (prefix and slash): join, leave, voice-status, say, stop.
 
+The group is declared as `miku` and renamed to the config's `group_name` when the cog is built (before
+it is added to the bot, so both `!<group_name> ...` and `/<group_name> ...` answer and nothing else does).
 Each command only gathers Discord facts and calls plain logic (SessionManager, permissions, status).
 """
 from __future__ import annotations
@@ -28,25 +30,41 @@ def member_roles(member: object) -> tuple[list[str], bool]:
     return roles, bool(perms is not None and perms.administrator)
 
 
+def rename_group(group: commands.HybridGroup, name: str) -> None:
+    """Give a hybrid group (prefix and slash side) another name; only before its cog is added to a bot."""
+    group.name = name
+    app_command = getattr(group, "app_command", None)
+    if app_command is not None:
+        app_command.name = name
+        app_command._locale_name = None  # discord.py derives it from the name when translating
+
+
 class VoiceCog(commands.Cog, name="Voice"):
     def __init__(self, bot: "MikuBot") -> None:
         self.bot = bot
+        # `self.miku` is this cog's own copy of the group (discord.py copies commands per cog instance).
+        if self.miku.name != bot.config.group_name:
+            rename_group(self.miku, bot.config.group_name)
+
+    @property
+    def command(self) -> str:
+        return self.bot.config.command_name
 
     async def _permitted(self, ctx: commands.Context, command: str) -> bool:
         roles, admin = member_roles(ctx.author)
         permissions = self.bot.config.permissions
         if is_allowed(command, roles, admin, permissions):
             return True
-        await ctx.reply(refusal(command, permissions, f"{self.bot.config.command_prefix}{self.bot.config.group_name}"),
-                        mention_author=False)
+        await ctx.reply(refusal(command, permissions, self.command), mention_author=False)
         return False
 
     @commands.hybrid_group(name="miku", invoke_without_command=True, fallback="help")
     @commands.guild_only()
     async def miku(self, ctx: commands.Context) -> None:
         """Miku's voice commands."""
+        c = self.command
         await ctx.reply(
-            "🎤 `!miku join [#voice-channel]`, `!miku leave`, `!miku say TEXT`, `!miku stop`, `!miku voice-status`",
+            f"🎤 `{c} join [#voice-channel]`, `{c} leave`, `{c} say TEXT`, `{c} stop`, `{c} voice-status`",
             mention_author=False,
         )
 
@@ -145,12 +163,13 @@ class VoiceCog(commands.Cog, name="Voice"):
             features = await self.bot.graph.features()
         except GraphError as exc:
             error = exc.message
-        text = format_status(session.status() if session else None, features, health, error)
+        text = format_status(session.status() if session else None, features, health, error, self.command)
         await ctx.reply(text, mention_author=False)
 
     async def cog_command_error(self, ctx: commands.Context, error: commands.CommandError) -> None:
         if isinstance(error, commands.MissingRequiredArgument):
-            await ctx.reply(f"❌ Missing `{error.param.name}`. Try `!miku say Hello everyone!`", mention_author=False)
+            await ctx.reply(f"❌ Missing `{error.param.name}`. Try `{self.command} say Hello everyone!`",
+                            mention_author=False)
         elif isinstance(error, (commands.ChannelNotFound, commands.BadArgument)):
             await ctx.reply("❌ I couldn't find that voice channel. Name a voice channel like `#General`.",
                             mention_author=False)

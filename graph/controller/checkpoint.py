@@ -24,19 +24,16 @@ the database file's mode. Files left 0644 by an older build are tightened on ope
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
-import stat
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from graph.files import prepare_private_sqlite
+
 DB_FILE_NAME = "controller.sqlite3"
 SCHEMA_VERSION = 2
-SIDE_FILE_SUFFIXES = ("-wal", "-shm")
-PRIVATE_FILE_MODE = 0o600
-PRIVATE_DIR_MODE = 0o700
 COUNTER_KEYS = ("next_queue_id", "next_audit_seq", "dropped_total", "expired_total")
 _V1_STATE_KEY = "controller"
 
@@ -120,32 +117,6 @@ class StateDelta:
         )
 
 
-def create_private_file(path: Path) -> None:
-    """Create `path` 0600 if missing (no window where others could read it); tighten it if it exists."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), PRIVATE_FILE_MODE)
-    try:
-        # O_CREAT's mode only applies to a new file, and through the umask: make it exact either way.
-        if stat.S_IMODE(os.fstat(fd).st_mode) != PRIVATE_FILE_MODE:
-            os.fchmod(fd, PRIVATE_FILE_MODE)
-    finally:
-        os.close(fd)
-
-
-def _make_private_dir(path: Path) -> None:
-    """Create the state directory 0700 (parents as usual). An existing directory is left as it is: it may be
-    a place the owner chose and shares; the files in it are private anyway."""
-    if path.is_dir():
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        path.mkdir(mode=PRIVATE_DIR_MODE)
-    except FileExistsError:
-        if not path.is_dir():
-            raise
-        return
-    os.chmod(path, PRIVATE_DIR_MODE)  # mkdir's mode goes through the umask
-
-
 def _dumps(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
 
@@ -164,12 +135,8 @@ class SqliteCheckpoint:
         self.path = self.state_dir / DB_FILE_NAME
         self._audit_keep = audit_keep
         try:
-            _make_private_dir(self.state_dir)
-            create_private_file(self.path)
-            for suffix in SIDE_FILE_SUFFIXES:  # left 0644 by an older build: tighten before SQLite reuses them
-                side = self.path.with_name(self.path.name + suffix)
-                if side.exists():
-                    os.chmod(side, PRIVATE_FILE_MODE)
+            # 0600 before SQLite opens it (its -wal/-shm inherit the mode); an older build's 0644 is tightened
+            prepare_private_sqlite(self.path)
             self._conn = sqlite3.connect(
                 self.path, timeout=busy_timeout_s, isolation_level=None, check_same_thread=False
             )

@@ -159,7 +159,8 @@ def main() -> None:
     parser.add_argument("--large-rounds", type=int, default=200, help="enqueue+heartbeat rounds with a large queue")
     args = parser.parse_args()
 
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    # the Ray the project ships: loopback only, token auth (deployments/local_ray.py)
+    from deployments.local_ray import start_local_ray
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     import aiohttp
     import ray
@@ -179,8 +180,7 @@ def main() -> None:
     result["in_process"] = bench_in_process(os.path.join(scratch, "inproc"), args.cycles)
     result["large_queue_in_process"] = bench_large_queue(os.path.join(scratch, "large"), args.large_rounds)
 
-    ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", logging_level="ERROR",
-             log_to_driver=False)
+    start_local_ray(num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
     name = f"FeatureController-bench-{uuid.uuid4().hex[:8]}"
     handle = get_or_create_controller(ControllerConfig(state_dir=os.path.join(scratch, "actor")), name=name)
 

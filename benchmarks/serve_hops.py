@@ -98,12 +98,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--calls", type=int, default=300)
     args = parser.parse_args()
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    # the Ray the project ships: loopback only, token auth (deployments/local_ray.py)
+    from deployments.local_ray import start_local_ray
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     import ray
     from ray import serve
 
-    ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", logging_level="ERROR", log_to_driver=False)
+    start_local_ray(num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
     try:
         handle = serve.run(build(args.calls), name="hops", route_prefix=None)
 

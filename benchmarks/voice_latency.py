@@ -115,15 +115,15 @@ class ServeGraph:
         for setting in args.serve_env:
             key, _, value = setting.partition("=")
             os.environ[key] = value  # inherited by Ray's processes: Serve reads its flags at start
-        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+        # the Ray the project ships: loopback only, token auth (deployments/local_ray.py)
+        from deployments.local_ray import start_local_ray
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-        import ray
         from ray import serve
 
         from deployments.app import compose_app
 
-        ray.init(num_cpus=2, resources={"gtx1660": 1, "rx6800": 1}, include_dashboard=False,
-                 _node_ip_address="127.0.0.1", logging_level="ERROR", log_to_driver=False)
+        start_local_ray(num_cpus=2, resources={"gtx1660": 1, "rx6800": 1}, include_dashboard=False,
+                        logging_level="ERROR", log_to_driver=False)
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", 0))
             self.port = sock.getsockname()[1]

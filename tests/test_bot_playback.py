@@ -55,7 +55,9 @@ async def test_frames_are_encoded_and_decode_back_to_the_input():
     buf.begin("u1")
     for start in range(0, len(audio), FRAME_BYTES * 5):  # the graph sends groups of frames
         buf.write(audio[start:start + FRAME_BYTES * 5])
-        await asyncio.sleep(0.05)
+        # ahead of real time, never paced by the clock: a write that came late under load would be an
+        # underrun (a gap in the decoded audio); underruns are test_stalled_producer_...'s subject
+        await asyncio.sleep(0)
     buf.end("u1")
     await wait_for(lambda: buf.stats().utterances_played == 1)
     buf.close()

@@ -56,6 +56,9 @@ def ray_cluster():
 
 
 GRAPH_TOKEN = "test-token-0123456789"
+# The graph_server's session lease: short so a vanished client's session ends soon, long enough that a
+# heartbeat through Serve on a loaded machine (seconds, at times) never lets a live session expire.
+GRAPH_LEASE_S = 12
 
 
 @pytest.fixture(scope="session")
@@ -106,9 +109,9 @@ def graph_server(ray_cluster, serve_http_port, llm_server, tmp_path_factory):
         route_prefix="/",
         overrides={
             "llm": {"backend": "openai", "url": llm_server.url, "model": "miku-test"},
-            "voice": {"token": GRAPH_TOKEN, "stage_timeout_s": 20},
+            "voice": {"token": GRAPH_TOKEN, "stage_timeout_s": 20, "session_prompt_timeout_s": 30},
             # a short lease so tests of vanished clients finish quickly; state in a fresh directory
-            "controller": {"state_dir": str(tmp_path_factory.mktemp("controller")), "lease_s": 4},
+            "controller": {"state_dir": str(tmp_path_factory.mktemp("controller")), "lease_s": GRAPH_LEASE_S},
             "brain": {"memory_path": str(tmp_path_factory.mktemp("brain") / "memory.sqlite3")},
         },
     )

@@ -25,6 +25,9 @@ def test_bad_voice_settings_fail_at_build_time():
         build_app({"voice": {"direct_port": 70000}})
     with pytest.raises(ValueError, match=r"direct_voice must be true or false, got 'yes'"):
         build_app({"voice": {"direct_voice": "yes"}})
+    for bad in (0, -1, float("nan"), float("inf"), "2"):
+        with pytest.raises(ValueError, match="session_prompt_timeout_s must be a positive number of seconds"):
+            build_app({"voice": {"session_prompt_timeout_s": bad}})
 
 
 def test_a_valid_config_builds_an_application():

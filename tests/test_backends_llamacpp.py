@@ -116,7 +116,7 @@ class LlamaServer:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    async def wait_ready(self, attempts: int = 300) -> None:
+    async def wait_ready(self, attempts: int = 1200) -> None:  # bounded, not tight: a loaded machine starts it slowly
         async with aiohttp.ClientSession() as session:
             for _ in range(attempts):
                 if self.process.poll() is not None:

@@ -63,6 +63,16 @@ class Worker:
         return self.process.returncode if self.process else 0
 
 
+async def wait_until_idle(client: SopranoZmqTTS, limit_s: float = 20.0) -> dict:
+    """Ping until the worker has no active request (a cancel lands asynchronously) and return its pong."""
+    deadline = time.monotonic() + limit_s
+    while True:
+        info = await client.ping()
+        if info["active_requests"] == 0 or time.monotonic() > deadline:
+            return info
+        await asyncio.sleep(0.05)
+
+
 @pytest.fixture
 def paced_worker():
     """A model-free worker whose audio comes at real-time pace (the `simulated` TTS backend)."""
@@ -134,15 +144,20 @@ async def test_no_worker_is_a_clear_error_not_a_hang():
 async def test_a_silent_worker_times_out():
     worker = Worker(free_port(), "--backend", "simulated", "--option", "first_audio_s=30").start()
     client = SopranoZmqTTS(url=worker.url, timeout_s=0.5)
+    probe = SopranoZmqTTS(url=worker.url, timeout_s=30)
     try:
         with pytest.raises(StageError, match="no audio from the Soprano worker within 0.5 s"):
             async for _ in client.synthesize("Slow.", TTSOptions()):
                 pass
-        # the worker dropped the request when the client gave up (cancel) and still answers
-        info = await client.ping()
-        assert info["active_requests"] == 0
+        # the worker dropped the request when the client gave up (cancel) and still answers; the
+        # cancel travels on the old socket and the ping on a new one, so wait for it (well before the
+        # 30 s after which the request would end by itself). The pings go through a patient client:
+        # 0.5 s is this client's budget for audio, not the worker's for a pong under load.
+        info = await wait_until_idle(probe)
+        assert info["active_requests"] == 0 and info["served"] == 0
     finally:
         await client.aclose()
+        await probe.aclose()
         worker.kill()
 
 
@@ -153,11 +168,8 @@ async def test_closing_the_stream_cancels_the_request_in_the_worker(paced_worker
         await stream.__anext__()
         assert (await client.ping())["active_requests"] == 1
         await stream.aclose()
-        for _ in range(50):  # bounded wait for the cancel to land
-            if (await client.ping())["active_requests"] == 0:
-                break
-            await asyncio.sleep(0.05)
-        assert (await client.ping())["active_requests"] == 0
+        info = await wait_until_idle(client)  # the cancel lands asynchronously
+        assert info["active_requests"] == 0 and info["served"] == 0  # cancelled, not finished
         chunks = [c async for c in client.synthesize("Next.", TTSOptions())]
         assert chunks
     finally:

@@ -24,7 +24,7 @@ from bot_client.loopback import RecordingVoiceClient, aligned_snr_db
 from bot_client.router import MessageRouter
 from bot_client.session import JoinRequest, PresenceKeeper, SessionManager
 from bot_client.status import format_status
-from tests.conftest import free_port
+from tests.conftest import GRAPH_LEASE_S, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 GUILD, USER, PROMPT_CHANNEL, VOICE_CHANNEL = 9001, 9002, 9003, 9004
@@ -205,8 +205,8 @@ async def test_client_killed_mid_session_is_ended_by_the_lease(graph, graph_serv
         assert line.startswith("JOINED"), line + proc.stderr.read() if not line else line
         session_id = line.split()[1]
         assert await blocked_features(graph)
-        # heartbeats keep it alive past the lease (4 s in the fixture)
-        await asyncio.sleep(5)
+        # heartbeats keep it alive past the lease (GRAPH_LEASE_S in the fixture)
+        await asyncio.sleep(GRAPH_LEASE_S + 1)
         assert any(s["session_id"] == session_id for s in await active_sessions(graph))
     finally:
         proc.send_signal(signal.SIGKILL)

@@ -134,7 +134,8 @@ async def test_fifty_concurrent_starts_give_exactly_one_session(actor):
 
 async def test_a_session_whose_heartbeats_stop_ends_by_itself(ray_cluster, tmp_path):
     name = f"FeatureController-lease-{uuid.uuid4().hex[:8]}"
-    config = ControllerConfig(state_dir=str(tmp_path), lease_s=1.0, lease_check_interval_s=0.2)
+    # the lease must outlast the test's own calls below (start, heartbeat, check) on a loaded machine
+    config = ControllerConfig(state_dir=str(tmp_path), lease_s=3.0, lease_check_interval_s=0.2)
     handle = get_or_create_controller(config, name=name)
     try:
         started = await handle.start_session.remote(request(1))

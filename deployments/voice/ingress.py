@@ -574,7 +574,8 @@ class VoiceGraph:
         try:
             guild_id, channel_id, user_id = await self._session_place(request.session_id)
             prompt = await asyncio.wait_for(
-                self.brain.voice_prompt.remote(guild_id, channel_id, user_id, "", request.text), timeout=2
+                self.brain.voice_prompt.remote(guild_id, channel_id, user_id, "", request.text),
+                timeout=self.config.session_prompt_timeout_s,
             )
         except Exception as error:  # an unknown session or a slow brain must not cost the user their answer
             log.warning("voice prompt for session %s fell back to the default: %s", request.session_id, error)
@@ -592,7 +593,9 @@ class VoiceGraph:
     async def _session_place(self, session_id: str) -> tuple[int, int, int]:
         place = self.session_places.get(session_id)
         if place is None:
-            session = await asyncio.wait_for(self.controller.session.remote(session_id), timeout=2)
+            session = await asyncio.wait_for(
+                self.controller.session.remote(session_id), timeout=self.config.session_prompt_timeout_s
+            )
             place = (session.guild_id, session.text_channel_id, session.user_id)
             self.session_places[session_id] = place
             while len(self.session_places) > SESSION_PLACES_KEPT:

@@ -23,6 +23,9 @@ class VoiceConfig:
     max_pending_prompts: int = 16
     max_tokens: int = 200
     stage_timeout_s: float = 30.0
+    # How long a session prompt waits for the brain (persona, mood, history) before the default prompt
+    # is used instead: the user's answer must not wait on a slow brain.
+    session_prompt_timeout_s: float = 2.0
     system_prompt: str = DEFAULT_SYSTEM_PROMPT
     # How the ingress reaches the model stages: "direct" keeps a WebSocket open to each stage replica
     # (found through Serve; a fraction of a Serve call's latency per hop, but Serve's router does not
@@ -53,6 +56,8 @@ class VoiceConfig:
             raise ValueError(f"voice config: direct_voice must be true or false, got {config.direct_voice!r}")
         if isinstance(config.direct_port, bool) or not isinstance(config.direct_port, int) or not 0 <= config.direct_port <= 65535:
             raise ValueError(f"voice config: direct_port must be a port number (0 = any free port), got {config.direct_port!r}")
-        if config.stage_timeout_s <= 0:
-            raise ValueError(f"voice config: stage_timeout_s must be positive, got {config.stage_timeout_s!r}")
+        for name in ("stage_timeout_s", "session_prompt_timeout_s"):
+            value = getattr(config, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < float("inf"):
+                raise ValueError(f"voice config: {name} must be a positive number of seconds, got {value!r}")
         return config

@@ -47,6 +47,9 @@ log = logging.getLogger(__name__)
 PROTOCOL = b"miku-tts/1"
 SYNTH, CANCEL, PING = b"synth", b"cancel", b"ping"
 AUDIO, END, ERROR, PONG = b"audio", b"end", b"error", b"pong"
+# How long a dropped socket still tries to deliver what was queued on it (a just-sent cancel): with
+# linger 0 ZeroMQ discards it, and a worker under load would keep synthesising for nobody.
+CLOSE_LINGER_MS = 500
 
 
 def encode(kind: bytes, request_id: str, *parts: bytes | dict) -> list[bytes]:
@@ -140,7 +143,7 @@ class SopranoZmqTTS(TTSBackend):
                 self._socket.disable_monitor()
             except zmq.ZMQError:
                 pass
-            self._socket.close(linger=0)
+            self._socket.close(linger=CLOSE_LINGER_MS)
             self.reconnects += 1
         if self._monitor is not None:
             self._monitor.close(linger=0)

@@ -145,7 +145,30 @@ def cpu_gauges() -> CpuGauges:
     return CpuGauges()
 
 
-class CpuMeter:
+class BackgroundLoop:
+    """One asyncio task running the subclass's `_loop()` (a periodic sampler), started and stopped here."""
+
+    _task: asyncio.Task | None = None
+
+    def _task_name(self) -> str:
+        return type(self).__name__
+
+    async def _loop(self) -> None:
+        raise NotImplementedError
+
+    def start(self) -> asyncio.Task:
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._loop(), name=self._task_name())
+        return self._task
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+
+
+class CpuMeter(BackgroundLoop):
     """Samples this process's CPU time (user + system, all threads) and records it per stage.
 
     Clocks are injected: `cpu_time` (default time.process_time) and `clock` (default time.monotonic).
@@ -163,7 +186,9 @@ class CpuMeter:
         self.tags = {"stage": stage, "pid": str(os.getpid())}
         self._last = (clock(), cpu_time())
         self.latest_percent: float | None = None
-        self._task: asyncio.Task | None = None
+
+    def _task_name(self) -> str:
+        return f"cpu-{self.stage}"
 
     def sample(self) -> float | None:
         """Record CPU % since the last sample (None when no time has passed) and the running total."""
@@ -184,16 +209,6 @@ class CpuMeter:
             except Exception:  # noqa: BLE001 - a metrics hiccup must not end the loop
                 log.exception("CPU sample failed")
 
-    def start(self) -> asyncio.Task:
-        if self._task is None or self._task.done():
-            self._task = asyncio.get_running_loop().create_task(self._loop(), name=f"cpu-{self.stage}")
-        return self._task
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
 
 
 @cache

@@ -22,6 +22,7 @@ from functools import cache
 
 from ray.util import metrics
 
+from deployments.metrics import BackgroundLoop
 from graph.controller.telemetry import GpuTelemetry, ProbeState, TelemetrySnapshot
 
 log = logging.getLogger(__name__)
@@ -69,7 +70,7 @@ def telemetry_gauges() -> TelemetryGauges:
     return TelemetryGauges()
 
 
-class TelemetryExporter:
+class TelemetryExporter(BackgroundLoop):
     """Periodically snapshot the GPUs and set the gauges; never raises into the replica."""
 
     def __init__(
@@ -85,7 +86,9 @@ class TelemetryExporter:
         self.gauges = gauges or telemetry_gauges()
         self.latest: TelemetrySnapshot | None = None
         self.exports = 0
-        self._task: asyncio.Task | None = None
+
+    def _task_name(self) -> str:
+        return "gpu-telemetry"
 
     def export_once(self) -> TelemetrySnapshot:
         snapshot = self.telemetry()
@@ -102,13 +105,3 @@ class TelemetryExporter:
                 log.exception("GPU telemetry export failed")
             await asyncio.sleep(self.interval_s)
 
-    def start(self) -> asyncio.Task:
-        if self._task is None or self._task.done():
-            self._task = asyncio.get_running_loop().create_task(self._loop(), name="gpu-telemetry")
-        return self._task
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None

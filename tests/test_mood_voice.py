@@ -1,0 +1,220 @@
+"""Mood in the voice: each mood's pitch offset and speaking rate are heard in what Miku says.
+
+The same sentence goes through the real in-process pipeline (espeak-ng TTS + WORLD VC) in two moods,
+and the audio that comes out is measured: its f0 (pyworld.harvest) and its spoken duration.
+"""
+import asyncio
+import math
+
+import numpy as np
+import pytest
+import pyworld
+from scipy.signal import resample_poly
+
+from graph.backends.llm.echo import EchoLLM
+from graph.backends.tts.espeak import EspeakTTS
+from graph.backends.tts.stretch import stretch_stream, time_stretch
+from graph.backends.vc.world import WorldVC
+from graph.brain.mood_profiles import (
+    DEFAULT_MOODS_PATH,
+    MoodConfigError,
+    load_moods,
+    mood_voice,
+    parse_moods,
+)
+from graph.voice.pipeline import AudioFrames, StageCalls, Utterance, UtteranceEnded, UtteranceMode, UtterancePipeline, UtteranceStatus
+from graph.voice.protocol import ProtocolError, parse_client_message
+from graph.voice.types import AudioChunk, TTSOptions, VCOptions
+
+SENTENCE = "Hello everyone, it is so nice to sing with all of you tonight."
+ANALYSIS_RATE = 16_000
+
+
+def _speech_only(mono: np.ndarray, rate: int) -> np.ndarray:
+    """The audio from the first to the last sample above -40 dB of its peak (leading/trailing silence off)."""
+    loud = np.flatnonzero(np.abs(mono) > np.max(np.abs(mono)) * 0.01)
+    return mono[loud[0]: loud[-1] + 1]
+
+
+def _median_f0(mono: np.ndarray, rate: int) -> float:
+    x = resample_poly(mono.astype(np.float64), ANALYSIS_RATE, rate) if rate != ANALYSIS_RATE else mono.astype(np.float64)
+    f0, _ = pyworld.harvest(np.ascontiguousarray(x), ANALYSIS_RATE, f0_floor=60.0, f0_ceil=1000.0)
+    voiced = f0[f0 > 0]
+    assert len(voiced) > 50, "too little voiced speech to measure"
+    return float(np.median(voiced))
+
+
+async def _speak(pipeline: UtterancePipeline, tts: TTSOptions, vc: VCOptions) -> np.ndarray:
+    """One `say` through the pipeline; the 48 kHz mono float audio it framed for Discord."""
+    pcm = bytearray()
+    ended = None
+    async for event in pipeline.run(Utterance("u", SENTENCE, UtteranceMode.SAY, None, tts, vc)):
+        if isinstance(event, AudioFrames):
+            pcm += event.pcm
+        elif isinstance(event, UtteranceEnded):
+            ended = event
+    assert ended is not None and ended.status is UtteranceStatus.OK
+    stereo = np.frombuffer(bytes(pcm), dtype="<i2").astype(np.float32).reshape(-1, 2) / 32768.0
+    return stereo.mean(axis=1)
+
+
+@pytest.fixture(scope="module")
+def moods():
+    return load_moods()
+
+
+def test_every_shipped_mood_has_a_sensible_speaking_rate(moods):
+    for name, profile in moods.items():
+        assert 0.7 <= profile.speaking_rate <= 1.4, name
+    assert moods["neutral"].speaking_rate == 1.0
+    for lively in ("excited", "bubbly"):
+        assert moods[lively].speaking_rate > 1.0
+    for slow in ("sleepy", "melancholy", "asleep"):
+        assert moods[slow].speaking_rate < 1.0
+
+
+def test_the_same_sentence_in_two_moods_differs_in_pitch_and_duration(moods):
+    """excited (+3 st, fast) vs melancholy (-2 st, slow) through espeak + WORLD: f0 and length both follow."""
+    pipeline = UtterancePipeline(StageCalls.from_backends(EchoLLM(), EspeakTTS(), WorldVC()))
+    audio = {}
+    for mood in ("excited", "melancholy"):
+        voice = mood_voice(moods, mood)
+        audio[mood] = asyncio.run(_speak(pipeline, TTSOptions(speed=voice.speaking_rate), VCOptions(pitch_shift=voice.pitch_shift)))
+    excited, melancholy = (_speech_only(audio[m], 48_000) for m in ("excited", "melancholy"))
+
+    semitones = moods["excited"].pitch_shift - moods["melancholy"].pitch_shift
+    f0_ratio = _median_f0(excited, 48_000) / _median_f0(melancholy, 48_000)
+    assert f0_ratio == pytest.approx(2.0 ** (semitones / 12.0), rel=0.05)
+
+    rate_ratio = moods["excited"].speaking_rate / moods["melancholy"].speaking_rate
+    duration_ratio = len(melancholy) / len(excited)
+    assert duration_ratio == pytest.approx(rate_ratio, rel=0.10)
+
+
+def test_a_neutral_mood_changes_nothing(moods):
+    voice = mood_voice(moods, "neutral")
+    assert voice.pitch_shift is None and voice.speaking_rate == 1.0
+    assert mood_voice(moods, None) == voice  # no mood (no session): the voice's own pitch and pace
+
+
+def _espeak_sentence() -> AudioChunk:
+    async def synth():
+        pieces = [p.samples async for p in EspeakTTS().synthesize(SENTENCE, TTSOptions())]
+        return AudioChunk(np.concatenate(pieces), 22_050)
+    return asyncio.run(synth())
+
+
+@pytest.mark.parametrize("rate", [0.75, 1.3])
+def test_the_time_stretch_changes_duration_and_keeps_pitch(rate):
+    speech = _espeak_sentence()
+    stretched = time_stretch(speech.samples, speech.sample_rate, rate)
+    assert len(stretched) / len(speech.samples) == pytest.approx(1.0 / rate, rel=0.01)
+    # WORLD analysis/resynthesis moves the measured median f0 by a few percent at any rate (dio's estimate
+    # vs harvest's): well under a semitone (5.9 %), while resampling to this duration would move it by
+    # 1/rate (-23 % / +33 %)
+    original = _median_f0(speech.samples, speech.sample_rate)
+    assert _median_f0(stretched, speech.sample_rate) == pytest.approx(original, rel=0.05)
+    up, down = (4, 3) if rate < 1 else (10, 13)  # the same duration by resampling: the pitch moves with it
+    resampled = resample_poly(speech.samples.astype(np.float64), up, down).astype(np.float32)
+    assert abs(_median_f0(resampled, speech.sample_rate) / original - rate) < 0.05
+    assert np.isfinite(stretched).all() and np.max(np.abs(stretched)) <= 0.99
+
+
+def test_a_streamed_stretch_keeps_pitch_and_closes_its_source():
+    speech = _espeak_sentence()
+    closed = asyncio.Event()
+
+    async def pieces():
+        try:
+            step = speech.sample_rate // 10  # 100 ms pieces, as espeak streams them
+            for start in range(0, len(speech.samples), step):
+                yield AudioChunk(speech.samples[start: start + step], speech.sample_rate)
+        finally:
+            closed.set()
+
+    async def run(rate):
+        return [chunk async for chunk in stretch_stream(pieces(), rate)]
+
+    slow = asyncio.run(run(0.8))
+    out = np.concatenate([c.samples for c in slow])
+    assert all(c.duration_s >= 0.3 for c in slow[:-1])  # blocks of WORLD-sized audio, not 100 ms slivers
+    assert len(out) / len(speech.samples) == pytest.approx(1.0 / 0.8, rel=0.02)
+    assert _median_f0(out, speech.sample_rate) == pytest.approx(_median_f0(speech.samples, speech.sample_rate), rel=0.05)
+
+    async def interrupted():
+        stream = stretch_stream(pieces(), 1.2)
+        await anext(stream)
+        await stream.aclose()
+        return closed.is_set()
+
+    assert asyncio.run(interrupted())  # an interrupt reaches the backend's own stream
+
+
+def test_rate_one_passes_the_stream_through_untouched():
+    chunk = AudioChunk(np.linspace(-0.5, 0.5, 2205, dtype=np.float32), 22_050)
+
+    async def pieces():
+        yield chunk
+
+    async def run():
+        return [c async for c in stretch_stream(pieces(), 1.0)]
+
+    assert asyncio.run(run()) == [chunk]
+
+
+@pytest.mark.parametrize("rate", [float("nan"), float("inf"), 0.0, 9.0])
+def test_tts_options_refuse_a_broken_speed(rate):
+    with pytest.raises(ValueError, match="TTS speed must be a finite number"):
+        TTSOptions(speed=rate)
+
+
+def _mood_doc() -> dict:
+    import yaml
+
+    return yaml.safe_load(DEFAULT_MOODS_PATH.read_text(encoding="utf-8"))
+
+
+@pytest.mark.parametrize("mutate, message", [
+    (lambda d: d["moods"]["sleepy"].pop("speaking_rate"), r"moods\.yaml: .*mood 'sleepy': speaking_rate: required field is missing"),
+    (lambda d: d["moods"]["excited"].update(speaking_rate=float("nan")), r"moods\.yaml: .*mood 'excited': speaking_rate: .*finite"),
+    (lambda d: d["moods"]["excited"].update(speaking_rate=float("inf")), r"moods\.yaml: .*mood 'excited': speaking_rate: .*finite"),
+    (lambda d: d["moods"]["shy"].update(speaking_rate=2.0), r"moods\.yaml: .*mood 'shy': speaking_rate: .*less than or equal to 1\.4"),
+    (lambda d: d["moods"]["shy"].update(speaking_rate=0.5), r"moods\.yaml: .*mood 'shy': speaking_rate: .*greater than or equal to 0\.7"),
+    (lambda d: d["moods"]["angry"].update(speaking_rate="fast"), r"moods\.yaml: .*mood 'angry': speaking_rate"),
+])
+def test_mood_file_validation_names_file_mood_and_rate(mutate, message):
+    doc = _mood_doc()
+    mutate(doc)
+    with pytest.raises(MoodConfigError, match=message):
+        parse_moods(doc, source="configs/moods.yaml")
+
+
+def test_a_bad_rate_in_a_mood_file_on_disk_names_that_file(tmp_path):
+    import yaml
+
+    doc = _mood_doc()
+    doc["moods"]["bubbly"]["speaking_rate"] = 1.9
+    path = tmp_path / "moods.yaml"
+    path.write_text(yaml.safe_dump(doc, allow_unicode=True), encoding="utf-8")
+    with pytest.raises(MoodConfigError, match=rf"{path}: .*mood 'bubbly': speaking_rate"):
+        load_moods(path)
+
+
+def test_the_session_mood_sets_the_utterance_voice_and_an_explicit_request_wins(moods):
+    sleepy = mood_voice(moods, "sleepy")
+    assert sleepy.speaking_rate == moods["sleepy"].speaking_rate and sleepy.pitch_shift == moods["sleepy"].pitch_shift
+    # a mood change between two utterances: the next one speaks in the new mood
+    assert mood_voice(moods, "excited").speaking_rate == moods["excited"].speaking_rate != sleepy.speaking_rate
+    explicit = mood_voice(moods, "sleepy", pitch_shift=1.0, speaking_rate=1.2)
+    assert (explicit.pitch_shift, explicit.speaking_rate) == (1.0, 1.2)
+    assert mood_voice(moods, "no-such-mood").speaking_rate == 1.0  # an unknown mood from the brain: neutral
+
+
+def test_the_voice_protocol_carries_an_explicit_speaking_rate():
+    request = parse_client_message('{"type": "say", "id": "s", "text": "Hi!", "speaking_rate": 1.2}')
+    assert request.speaking_rate == 1.2
+    assert parse_client_message('{"type": "say", "id": "s", "text": "Hi!"}').speaking_rate is None
+    for bad in ("2.5", "0.1", '"fast"', "true"):
+        with pytest.raises(ProtocolError, match="'speaking_rate' must be a finite number within 0.7..1.4"):
+            parse_client_message('{"type": "say", "id": "s", "text": "Hi!", "speaking_rate": %s}' % bad)
+    assert math.isfinite(request.speaking_rate)

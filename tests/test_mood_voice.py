@@ -218,3 +218,61 @@ def test_the_voice_protocol_carries_an_explicit_speaking_rate():
         with pytest.raises(ProtocolError, match="'speaking_rate' must be a finite number within 0.7..1.4"):
             parse_client_message('{"type": "say", "id": "s", "text": "Hi!", "speaking_rate": %s}' % bad)
     assert math.isfinite(request.speaking_rate)
+
+
+# ------------------------------------------------------------------ openai-speech: `speed` or a local stretch
+
+def _speech_server(bodies: list):
+    """A real aiohttp speech server answering one 24 kHz float WAV of voiced audio; records each request body."""
+    from aiohttp import web
+
+    from tests.test_backends_openai_speech import float_wav
+
+    t = np.arange(24_000) / 24_000
+    voiced = (0.2 * np.sin(2 * np.pi * 220 * t) + 0.1 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
+
+    async def speech(request):
+        bodies.append(await request.json())
+        return web.Response(body=float_wav(voiced), content_type="audio/wav")
+
+    app = web.Application()
+    app.router.add_post("/v1/audio/speech", speech)
+    return app, len(voiced)
+
+
+@pytest.mark.parametrize("rate_control", ["server", "stretch"])
+def test_openai_speech_sends_the_rate_as_speed_or_stretches_locally(rate_control):
+    from aiohttp import web
+
+    from graph.backends.tts.openai_speech import OpenAISpeechTTS
+    from tests.conftest import free_port
+
+    async def run():
+        bodies: list = []
+        app, native = _speech_server(bodies)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        port = free_port()
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+        tts = OpenAISpeechTTS(url=f"http://127.0.0.1:{port}", rate_control=rate_control)
+        try:
+            normal = [c async for c in tts.synthesize("Hi.", TTSOptions())]
+            fast = [c async for c in tts.synthesize("Hi.", TTSOptions(speed=1.25))]
+        finally:
+            await tts.aclose()
+            await runner.cleanup()
+        return bodies, native, sum(len(c.samples) for c in normal), sum(len(c.samples) for c in fast)
+
+    bodies, native, normal, fast = asyncio.run(run())
+    assert "speed" not in bodies[0] and normal == native  # rate 1.0: nothing sent, nothing changed
+    if rate_control == "server":
+        assert bodies[1]["speed"] == 1.25 and fast == native  # the server's job (this one ignores it)
+    else:
+        assert "speed" not in bodies[1] and abs(fast - native / 1.25) <= 4
+
+
+def test_openai_speech_refuses_an_unknown_rate_control():
+    from graph.backends.tts.openai_speech import OpenAISpeechTTS
+
+    with pytest.raises(ValueError, match="rate_control must be one of server, stretch"):
+        OpenAISpeechTTS(url="http://127.0.0.1:9", rate_control="warp")

@@ -23,7 +23,6 @@ from graph.voice.types import MAX_TTS_SPEED, MIN_TTS_SPEED, AudioChunk
 
 DEFAULT_FRAME_PERIOD_MS = 5.0
 DEFAULT_MIN_BLOCK_S = 0.3
-MIN_STRETCH_S = 0.05  # shorter audio is too few WORLD frames to analyse; it passes unchanged
 
 
 def check_rate(rate: float) -> float:
@@ -37,8 +36,10 @@ def time_stretch(samples: np.ndarray, sample_rate: int, rate: float,
                  frame_period_ms: float = DEFAULT_FRAME_PERIOD_MS) -> np.ndarray:
     """`samples` played `rate` times as fast (rate 1.25 -> 80 % of the duration) at the same pitch."""
     rate = check_rate(rate)
-    if rate == 1.0 or len(samples) < sample_rate * MIN_STRETCH_S:
+    if rate == 1.0 or not len(samples):
         return np.asarray(samples, dtype=np.float32)
+    # even a sliver of a few ms (a stream's last piece) is a frame or two WORLD can resynthesise; it is
+    # stretched too, so the whole utterance's duration follows the rate exactly
     x = np.ascontiguousarray(samples, dtype=np.float64)
     f0, times = pyworld.dio(x, sample_rate, frame_period=frame_period_ms)
     f0 = pyworld.stonemask(x, f0, times, sample_rate)

@@ -84,11 +84,11 @@ def test_the_same_sentence_in_two_moods_differs_in_pitch_and_duration(moods):
 
     semitones = moods["excited"].pitch_shift - moods["melancholy"].pitch_shift
     f0_ratio = _median_f0(excited, 48_000) / _median_f0(melancholy, 48_000)
-    assert f0_ratio == pytest.approx(2.0 ** (semitones / 12.0), rel=0.05)
+    assert f0_ratio == pytest.approx(2.0 ** (semitones / 12.0), rel=0.03)
 
     rate_ratio = moods["excited"].speaking_rate / moods["melancholy"].speaking_rate
     duration_ratio = len(melancholy) / len(excited)
-    assert duration_ratio == pytest.approx(rate_ratio, rel=0.10)
+    assert duration_ratio == pytest.approx(rate_ratio, rel=0.06)
 
 
 def test_a_neutral_mood_changes_nothing(moods):

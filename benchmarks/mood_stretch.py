@@ -2,7 +2,8 @@
 soprano-zmq, remote-pipeline, openai-speech with `rate_control: stretch`).
 
 It measures, side by side in one run on the same espeak-ng sentence: the stretch's compute per block
-(ms, and its real-time factor) at the stream block size (graph/backends/tts/stretch.py, 300 ms) and at
+(ms, and its real-time factor) at the stream block size (graph/backends/tts/stretch.py, 300 ms after a
+120 ms first block) and at
 the rates the moods use, at 32 kHz (Soprano) and 48 kHz (remote-pipeline); and the added time to first
 audio of a stream that delivers 64 ms pieces (Soprano's streaming step) at rate 1.0 (passthrough) vs
 rate 1.25, when pieces arrive faster than real time (the stretch waits for a whole block first).

@@ -137,7 +137,9 @@ def test_a_streamed_stretch_keeps_pitch_and_closes_its_source():
 
     slow = asyncio.run(run(0.8))
     out = np.concatenate([c.samples for c in slow])
-    assert all(c.duration_s >= 0.3 for c in slow[:-1])  # blocks of WORLD-sized audio, not 100 ms slivers
+    # a short first block (early first audio), then blocks of WORLD-sized audio, not 100 ms slivers
+    assert slow[0].duration_s >= 0.12 / 0.8 and all(c.duration_s >= 0.3 / 0.8 for c in slow[1:-1])
+    assert slow[0].duration_s < slow[1].duration_s
     assert len(out) / len(speech.samples) == pytest.approx(1.0 / 0.8, rel=0.02)
     assert _median_f0(out, speech.sample_rate) == pytest.approx(_median_f0(speech.samples, speech.sample_rate), rel=0.05)
 

@@ -6,8 +6,8 @@ rate` ms apart plays them faster or slower while every frame keeps its f0 and fo
 would change the pitch with the speed, which is exactly what a mood's rate must not do.
 
 `stretch_stream` applies it to a streamed synthesis: pieces are gathered into blocks of at least
-`min_block_s` (WORLD needs a few frames, and each block costs one analysis) and each block is stretched
-on a worker thread. At rate 1.0 the stream passes through untouched, with no added latency.
+`min_block_s` (WORLD needs a few frames, and each block costs one analysis; the first block is only
+`first_block_s`, so the first audio is not held back long) and each block is stretched on a worker thread. At rate 1.0 the stream passes through untouched, with no added latency.
 """
 from __future__ import annotations
 
@@ -23,6 +23,8 @@ from graph.voice.types import MAX_TTS_SPEED, MIN_TTS_SPEED, AudioChunk
 
 DEFAULT_FRAME_PERIOD_MS = 5.0
 DEFAULT_MIN_BLOCK_S = 0.3
+# the first block is shorter: a stream's first audio waits for one block to be gathered and stretched
+DEFAULT_FIRST_BLOCK_S = 0.12
 
 
 def check_rate(rate: float) -> float:
@@ -56,7 +58,8 @@ def time_stretch(samples: np.ndarray, sample_rate: int, rate: float,
 
 async def stretch_stream(pieces: AsyncIterator[AudioChunk], rate: float,
                          min_block_s: float = DEFAULT_MIN_BLOCK_S,
-                         frame_period_ms: float = DEFAULT_FRAME_PERIOD_MS) -> AsyncIterator[AudioChunk]:
+                         frame_period_ms: float = DEFAULT_FRAME_PERIOD_MS,
+                         first_block_s: float = DEFAULT_FIRST_BLOCK_S) -> AsyncIterator[AudioChunk]:
     """The stream's audio at `rate`, in blocks of at least `min_block_s` (the last may be shorter).
 
     Closing this stream closes `pieces` too, so an interrupt still stops the model behind it.
@@ -67,19 +70,21 @@ async def stretch_stream(pieces: AsyncIterator[AudioChunk], rate: float,
             async for piece in pieces:
                 yield piece
             return
-        async with aclosing(_stretched_blocks(pieces, rate, min_block_s, frame_period_ms)) as blocks:
+        async with aclosing(_stretched_blocks(pieces, rate, min_block_s, frame_period_ms, first_block_s)) as blocks:
             async for chunk in blocks:
                 yield chunk
 
 
 async def _stretched_blocks(pieces: AsyncIterator[AudioChunk], rate: float, min_block_s: float,
-                            frame_period_ms: float) -> AsyncIterator[AudioChunk]:
+                            frame_period_ms: float, first_block_s: float) -> AsyncIterator[AudioChunk]:
+    block_s = min(first_block_s, min_block_s)
     pending: list[np.ndarray] = []
     pending_rate: int | None = None
     pending_samples = 0
 
     async def stretched() -> AudioChunk:
-        nonlocal pending, pending_samples
+        nonlocal pending, pending_samples, block_s
+        block_s = min_block_s
         block = np.concatenate(pending) if len(pending) > 1 else pending[0]
         pending, pending_samples = [], 0
         audio = await asyncio.to_thread(time_stretch, block, pending_rate, rate, frame_period_ms)
@@ -93,7 +98,7 @@ async def _stretched_blocks(pieces: AsyncIterator[AudioChunk], rate: float, min_
         pending.append(piece.samples)
         pending_rate = piece.sample_rate
         pending_samples += len(piece.samples)
-        if pending_samples >= pending_rate * min_block_s:
+        if pending_samples >= pending_rate * block_s:
             yield await stretched()
     if pending:
         yield await stretched()

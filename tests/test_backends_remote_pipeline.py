@@ -155,3 +155,22 @@ def test_bad_options_fail_fast():
         RemotePipelineTTS(url="http://127.0.0.1:8765/ws/stream")
     with pytest.raises(ValueError, match="pitch_shift"):
         RemotePipelineTTS(pitch_shift=40)
+
+
+async def test_a_speaking_rate_time_stretches_the_final_audio_keeping_its_pitch(service):
+    # the service's protocol carries no rate: a mood's rate is a WORLD time-stretch of its 48 kHz audio
+    import pyworld
+
+    tts = create_backend("tts", {"backend": "remote-pipeline", "url": service.url})
+    text = "A longer sentence for the stretch."
+    try:
+        chunks = [c async for c in tts.synthesize(text, TTSOptions(speed=0.8))]
+    finally:
+        await tts.aclose()
+    native = service.audio(text)
+    audio = np.concatenate([c.samples for c in chunks])
+    assert all(c.sample_rate == 48_000 for c in chunks) and np.isfinite(audio).all()
+    assert abs(len(audio) - len(native) / 0.8) <= len(chunks)  # a sample of rounding per block
+    assert service.received[0] == {"token": text}  # nothing new on the wire
+    f0, _ = pyworld.harvest(audio.astype(np.float64), RATE, f0_floor=200.0, f0_ceil=800.0)
+    assert np.median(f0[f0 > 0]) == pytest.approx(440.0, rel=0.03)  # the service's 440 Hz, not 352 Hz

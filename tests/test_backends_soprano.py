@@ -107,3 +107,21 @@ async def test_corrupt_weights_are_a_clear_startup_error(model_dir, tmp_path):
     backend = SopranoInProcessTTS(model_path=str(broken), device="cpu")
     with pytest.raises(StageError, match="cannot load the Soprano model"):
         await backend.warmup()
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_a_speaking_rate_time_stretches_the_stream_and_closing_it_closes_the_model_stream(tts):
+    # soprano-tts has no speed parameter: TTSOptions.speed is a WORLD time-stretch of what it streams
+    slow = [c async for c in tts.synthesize("Hello there, I am Miku.", TTSOptions(speed=0.8))]
+    native = (TOKENS - 1) * SOPRANO_TOKEN_SAMPLES
+    assert all(c.sample_rate == 32_000 and np.isfinite(c.samples).all() for c in slow)
+    assert abs(sum(len(c.samples) for c in slow) - native / 0.8) <= len(slow)  # rounding: a sample per block
+    # closing the stretched stream closes the model's stream: its cleanup has run (the synthesis is
+    # counted, the model lock is free) by the time aclose returns, and the next utterance works
+    before = tts.describe()["utterances"]
+    stream = tts.synthesize("A sentence that will be interrupted after its first block.", TTSOptions(speed=1.25))
+    await stream.__anext__()
+    await stream.aclose()
+    assert tts.describe()["utterances"] == before + 1
+    again = [c async for c in tts.synthesize("Still here.", TTSOptions(speed=1.25))]
+    assert abs(sum(len(c.samples) for c in again) - native / 1.25) <= len(again)

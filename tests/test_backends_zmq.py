@@ -108,6 +108,9 @@ async def test_the_worker_hosts_the_real_soprano_backend():
         assert len(chunks) > 2 and all(c.sample_rate == 32_000 for c in chunks)
         assert len(chunks[0].samples) == SOPRANO_TOKEN_SAMPLES  # streamed token by token
         assert sum(len(c.samples) for c in chunks) == 9 * SOPRANO_TOKEN_SAMPLES
+        # a mood's rate travels in the request's options; the worker's Soprano time-stretches its audio
+        slow = [c async for c in client.synthesize("Hello there, I am Miku.", TTSOptions(speed=0.8))]
+        assert abs(sum(len(c.samples) for c in slow) - 9 * SOPRANO_TOKEN_SAMPLES / 0.8) <= len(slow)
     finally:
         await client.aclose()
         worker.kill()

@@ -11,6 +11,7 @@ import pytest
 import websockets
 from websockets.exceptions import InvalidStatus
 
+from graph.brain.mood_profiles import load_moods
 from graph.voice.types import FRAME_BYTES
 from tests.conftest import METRICS_PORT
 
@@ -385,22 +386,48 @@ async def test_a_session_prompt_uses_the_brains_persona_and_mood(graph_server):
             assert response.status == 201, await response.text()
             session_id = (await response.json())["session_id"]
         try:
+            spoken = {}
             async with await open_voice(graph_server) as ws:
-                events, audio = await utterance(
+                await _set_mood(http, graph_server, body["guild_id"], "excited")
+                events, spoken["excited"] = await utterance(
                     ws, {"type": "prompt", "id": "sp", "text": "What do you like to sing?", "session_id": session_id}
                 )
-                assert events[-1]["status"] == "ok" and audio
+                assert events[-1]["status"] == "ok" and spoken["excited"]
+                # the mood changes between two utterances: the next one is spoken in the new mood
+                await _set_mood(http, graph_server, body["guild_id"], "sleepy")
                 # a later prompt of the same session (its place is remembered by then) gets the persona too
-                events, audio = await utterance(
+                events, spoken["sleepy"] = await utterance(
                     ws, {"type": "prompt", "id": "sp2", "text": "And after that?", "session_id": session_id}
                 )
-                assert events[-1]["status"] == "ok" and audio
-            for prompt in ("What do you like to sing?", "And after that?"):
+                assert events[-1]["status"] == "ok" and spoken["sleepy"]
+            for prompt, mood in (("What do you like to sing?", "excited"), ("And after that?", "sleepy")):
                 record = graph_server.llm_server.last(prompt)
                 assert "Hatsune Miku" in record.system and "mood" in record.system.lower()
+                assert record.system.count(load_moods()[mood].description) == 1
+            # the test LLM answers both with the same REPLY: the two moods' pitch and rate are what differ
+            _assert_spoken_in_moods(spoken["excited"], spoken["sleepy"], load_moods()["excited"], load_moods()["sleepy"])
         finally:
             async with http.delete(f"{graph_server.base_url}/v1/sessions/{session_id}") as response:
                 assert response.status == 200
+
+
+async def _set_mood(http, graph_server, guild_id: str, mood: str) -> None:
+    event = {"type": "mood", "event_id": f"mood-{guild_id}-{mood}", "guild_id": guild_id, "mood": mood}
+    async with http.post(f"{graph_server.base_url}/v1/events", json=event) as response:
+        assert response.status == 200, await response.text()
+
+
+def _assert_spoken_in_moods(first: bytes, second: bytes, first_mood, second_mood) -> None:
+    """The same text spoken in two moods (espeak + WORLD, configs/local.yaml): f0 and duration follow them."""
+    from tests.test_mood_voice import _median_f0, _speech_only
+
+    def mono(pcm: bytes) -> np.ndarray:
+        return _speech_only(np.frombuffer(pcm, dtype="<i2").astype(np.float32).reshape(-1, 2).mean(axis=1) / 32768.0, 48_000)
+
+    a, b = mono(first), mono(second)
+    semitones = first_mood.pitch_shift - second_mood.pitch_shift
+    assert _median_f0(a, 48_000) / _median_f0(b, 48_000) == pytest.approx(2.0 ** (semitones / 12.0), rel=0.05)
+    assert len(b) / len(a) == pytest.approx(first_mood.speaking_rate / second_mood.speaking_rate, rel=0.10)
 
 
 def _crash_app(llm_server, transport: str, tts: dict | None = None):

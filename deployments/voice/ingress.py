@@ -33,7 +33,7 @@ from deployments.controller.routes import use_controller
 from deployments.heap import freeze_startup_heap
 from deployments.metrics import CpuMeter, graph_metrics
 from deployments.voice.voice_port import MAX_MESSAGE_BYTES, DirectVoicePort
-from graph.brain.mood_profiles import load_moods
+from graph.brain.mood_profiles import load_moods, mood_voice
 from graph.controller.telemetry import VramHeadroom
 from graph.voice.config import VoiceConfig
 from graph.voice.conversation import VoiceConversation
@@ -560,14 +560,16 @@ class VoiceGraph:
     async def _utterance(self, request: SpeakRequest) -> Utterance:
         cfg = self.config
         llm_request = None
-        pitch = request.pitch_shift
+        mood = None
         if request.mode is UtteranceMode.PROMPT:
             llm_request = LLMRequest(prompt=request.text, system=cfg.system_prompt, max_tokens=cfg.max_tokens)
             if request.session_id and self.brain is not None:
                 llm_request, mood = await self._session_prompt(request, llm_request)
-                if pitch is None and mood in self.moods:
-                    pitch = self.moods[mood].pitch_shift or None  # emotion-aware speech
-        return Utterance(request.id, request.text, request.mode, llm_request, TTSOptions(), VCOptions(pitch_shift=pitch))
+        # emotion-aware speech: the session's mood (read now, per utterance, so a mood change is heard from
+        # the next utterance on) sets pitch and rate unless the request names them
+        voice = mood_voice(self.moods, mood, request.pitch_shift, request.speaking_rate)
+        return Utterance(request.id, request.text, request.mode, llm_request,
+                         TTSOptions(speed=voice.speaking_rate), VCOptions(pitch_shift=voice.pitch_shift))
 
     async def _session_prompt(self, request: SpeakRequest, fallback: LLMRequest) -> tuple[LLMRequest, str | None]:
         """The brain's prompt for this voice session: persona, the server's mood, the last few messages."""

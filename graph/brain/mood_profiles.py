@@ -1,18 +1,21 @@
 """Miku's mood profiles: loaded from `configs/moods.yaml` and validated once, at start-up.
 
 Several parts of the bot read the same profiles (the autonomous engine's timing, the LLM prompt's mood
-sentence, the voice graph's emotion-aware pitch), so they live in one validated file instead of constants
+sentence, the voice graph's emotion-aware pitch and speaking rate), so they live in one validated file instead of constants
 scattered through the code. A bad file fails loudly with the file, the mood and the field named.
 """
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from graph.voice.types import MAX_SPEAKING_RATE, MIN_SPEAKING_RATE
 
 DEFAULT_MOODS_PATH = Path(__file__).resolve().parents[2] / "configs" / "moods.yaml"
 
@@ -31,7 +34,8 @@ class MoodConfigError(ValueError):
 
 
 class MoodProfile(BaseModel):
-    """How one mood feels (for the prompt) and behaves (traits in 0..1, voice pitch in semitones)."""
+    """How one mood feels (for the prompt) and behaves (traits in 0..1, voice pitch in semitones, speaking
+    rate as a factor of the voice's normal pace)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -42,12 +46,14 @@ class MoodProfile(BaseModel):
     impulsiveness: float = Field(ge=0.0, le=1.0)
     curiosity: float = Field(ge=0.0, le=1.0)
     pitch_shift: float = Field(ge=-MAX_PITCH_SHIFT, le=MAX_PITCH_SHIFT)
+    speaking_rate: float = Field(ge=MIN_SPEAKING_RATE, le=MAX_SPEAKING_RATE)
     emoji: str = Field(min_length=1)
 
-    @field_validator("energy", "sociability", "impulsiveness", "curiosity", "pitch_shift")
+    @field_validator("energy", "sociability", "impulsiveness", "curiosity", "pitch_shift", "speaking_rate", mode="before")
     @classmethod
-    def _finite(cls, value: float) -> float:
-        if not math.isfinite(value):
+    def _finite(cls, value: Any) -> Any:
+        # before the range check, so NaN/inf read as "not finite" rather than as "out of range"
+        if isinstance(value, float) and not math.isfinite(value):
             raise ValueError("must be a finite number")
         return value
 
@@ -56,6 +62,32 @@ class MoodProfile(BaseModel):
         if name not in TRAITS:
             raise KeyError(f"unknown mood trait {name!r}; expected one of {', '.join(TRAITS)}")
         return float(getattr(self, name))
+
+
+@dataclass(frozen=True)
+class MoodVoice:
+    """How a mood sounds: semitones added to the voice's base shift, and the speaking rate (1.0 = normal)."""
+
+    pitch_shift: float | None = None  # None: the voice's base shift alone
+    speaking_rate: float = 1.0
+
+
+def mood_voice(
+    moods: Mapping[str, MoodProfile],
+    mood: str | None,
+    pitch_shift: float | None = None,
+    speaking_rate: float | None = None,
+) -> MoodVoice:
+    """The voice of one utterance: what the request asks for explicitly, else the mood's, else neutral.
+
+    Called once per utterance when it starts, so a mood change is heard from the next utterance on.
+    """
+    profile = moods.get(mood) if mood else None
+    if pitch_shift is None and profile is not None:
+        pitch_shift = profile.pitch_shift or None
+    if speaking_rate is None:
+        speaking_rate = profile.speaking_rate if profile is not None else 1.0
+    return MoodVoice(pitch_shift, float(speaking_rate))
 
 
 def parse_moods(data: Any, source: str = "<moods>") -> dict[str, MoodProfile]:

@@ -28,6 +28,7 @@ from graph.voice.pipeline import (
     UtteranceMode,
     UtteranceStarted,
 )
+from graph.voice.types import MAX_SPEAKING_RATE, MIN_SPEAKING_RATE
 
 MAX_ID_CHARS = 128
 # a prompt is at most voice.max_prompt_chars (4000) characters: even fully \\u-escaped that is ~48 kB of
@@ -47,6 +48,7 @@ class SpeakRequest:
     text: str
     session_id: str | None = None
     pitch_shift: float | None = None
+    speaking_rate: float | None = None  # None: the session's mood's rate (1.0 without one)
 
 
 @dataclass(frozen=True)
@@ -141,6 +143,16 @@ def parse_pitch_shift(value: Any, request_id: str | None = None) -> float | None
     return float(value)
 
 
+def parse_speaking_rate(value: Any, request_id: str | None = None) -> float | None:
+    """A per-utterance speaking rate (1.0 = normal, None = the mood's), finite and within the moods' range."""
+    if value is None:
+        return None
+    if not is_finite_number(value) or not MIN_SPEAKING_RATE <= value <= MAX_SPEAKING_RATE:
+        raise ProtocolError(f"'speaking_rate' must be a finite number within {MIN_SPEAKING_RATE:g}..{MAX_SPEAKING_RATE:g} "
+                            "(1.0 = normal pace)", request_id)
+    return float(value)
+
+
 def parse_client_message(raw: str | bytes, max_text_chars: int = 4000) -> SpeakRequest | InterruptRequest:
     """Parse one client message or raise ProtocolError saying exactly what is wrong."""
     message = parse_json_message(raw)
@@ -169,7 +181,8 @@ def parse_client_message(raw: str | bytes, max_text_chars: int = 4000) -> SpeakR
     if session_id is not None and not isinstance(session_id, str):
         raise ProtocolError("'session_id' must be a string", request_id)
     pitch_shift = parse_pitch_shift(message.get("pitch_shift"), request_id)
-    return SpeakRequest(request_id, UtteranceMode(kind), text, session_id, pitch_shift)
+    speaking_rate = parse_speaking_rate(message.get("speaking_rate"), request_id)
+    return SpeakRequest(request_id, UtteranceMode(kind), text, session_id, pitch_shift, speaking_rate)
 
 
 def error_message(message: str, request_id: str | None, stage: str | None = None, backend: str | None = None) -> dict[str, Any]:

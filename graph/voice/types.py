@@ -5,6 +5,7 @@ Ray Serve handles (pickled), and so each stage's contract is visible in one plac
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -48,10 +49,27 @@ class LLMRequest:
     stop: tuple[str, ...] = ()
 
 
+# A speaking rate a mood or a client may ask for (1.0 = normal); outside it speech turns mushy or dragging.
+MIN_SPEAKING_RATE = 0.7
+MAX_SPEAKING_RATE = 1.4
+# Any speaking rate a stage accepts (OpenAI's speech API takes the same range); moods stay well inside it.
+MIN_TTS_SPEED = 0.25
+MAX_TTS_SPEED = 4.0
+
+
 @dataclass(frozen=True)
 class TTSOptions:
     voice: str | None = None
+    # speaking rate, 1.0 = the voice's normal pace: espeak's words per minute, a speech server's `speed`,
+    # or a pitch-keeping time-stretch of the audio (graph/backends/tts/stretch.py) where neither exists
     speed: float = 1.0
+
+    def __post_init__(self) -> None:
+        speed = self.speed
+        if isinstance(speed, bool) or not isinstance(speed, (int, float)) or not math.isfinite(speed) \
+                or not MIN_TTS_SPEED <= speed <= MAX_TTS_SPEED:
+            raise ValueError(f"TTS speed must be a finite number within {MIN_TTS_SPEED:g}..{MAX_TTS_SPEED:g}, got {speed!r}")
+        object.__setattr__(self, "speed", float(speed))
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,8 @@
 
 espeak-ng writes a WAV stream to stdout as it synthesises, so audio is yielded in ~100 ms pieces as
 soon as it appears instead of after the whole chunk. Text goes in on stdin (never on the command line),
-and a cancelled request kills the process.
+and a cancelled request kills the process. `TTSOptions.speed` (a mood's speaking rate) scales the
+configured `words_per_minute` (`-s`), so espeak-ng itself speaks faster or slower at the same pitch.
 """
 from __future__ import annotations
 
@@ -52,7 +53,8 @@ class EspeakTTS(TTSBackend):
             pass
 
     async def synthesize(self, text: str, options: TTSOptions) -> AsyncIterator[AudioChunk]:
-        speed = max(80, min(450, int(self.words_per_minute * options.speed)))
+        # the speaking rate (a mood's) scales the configured pace; espeak-ng takes 80..450 words per minute
+        speed = max(80, min(450, round(self.words_per_minute * options.speed)))
         process = await asyncio.create_subprocess_exec(
             self.binary,
             "--stdin",

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,9 +27,11 @@ from graph.backends.http import (
     raise_for_status,
 )
 from graph.backends.pcm import BadAudio, check_samples
+from graph.backends.tts.stretch import stretch_stream
 from graph.voice.types import AudioChunk, StageError, TTSOptions
 
 _FORMAT_PCM, _FORMAT_FLOAT, _FORMAT_EXTENSIBLE = 1, 3, 0xFFFE
+RATE_CONTROLS = ("server", "stretch")
 
 
 @dataclass(frozen=True)
@@ -129,7 +132,9 @@ def _parse_fmt(body: bytes) -> WavFormat:
 class OpenAISpeechTTS(TTSBackend):
     """Options: `url` (server root, e.g. http://127.0.0.1:8001), `model`, `voice`, `response_format`
     ("wav" or "pcm"), `sample_rate` (pcm only), `api_key`, `timeout_s` (longest wait for bytes),
-    `piece_ms` (how much audio to gather before yielding a piece)."""
+    `piece_ms` (how much audio to gather before yielding a piece), `rate_control` (how a speaking rate
+    other than 1.0 is applied: "server" sends the API's `speed` field; "stretch" time-stretches the
+    received audio here, keeping its pitch, for servers that ignore `speed` as soprano-tts's own does)."""
 
     name = "openai-speech"
 
@@ -144,8 +149,12 @@ class OpenAISpeechTTS(TTSBackend):
         timeout_s: float = 30.0,
         connect_timeout_s: float = 5.0,
         piece_ms: float = 100.0,
+        rate_control: str = "server",
     ):
         base = http_url(url, "openai-speech")
+        if rate_control not in RATE_CONTROLS:
+            raise ValueError(f"openai-speech: rate_control must be one of {', '.join(RATE_CONTROLS)}, got {rate_control!r}")
+        self.rate_control = rate_control
         if response_format not in ("wav", "pcm"):
             raise ValueError(f"openai-speech: response_format must be 'wav' or 'pcm', got {response_format!r}")
         self.endpoint = f"{base}/audio/speech" if base.endswith("/v1") else f"{base}/v1/audio/speech"
@@ -170,6 +179,7 @@ class OpenAISpeechTTS(TTSBackend):
             "voice": self.voice,
             "response_format": self.response_format,
             "sample_rate": self.sample_rate,
+            "rate_control": self.rate_control,
         }
 
     async def warmup(self) -> None:
@@ -183,15 +193,26 @@ class OpenAISpeechTTS(TTSBackend):
         await self.http.probe("tts", self.label, root or self.endpoint, PROBE_TIMEOUT_S, headers)
 
     async def synthesize(self, text: str, options: TTSOptions) -> AsyncIterator[AudioChunk]:
+        if self.rate_control == "server":
+            native = self._synthesize_native(text, options.voice, options.speed)
+            stretch = 1.0
+        else:
+            native = self._synthesize_native(text, options.voice, 1.0)
+            stretch = options.speed
+        async with aclosing(stretch_stream(native, stretch)) as audio:
+            async for chunk in audio:
+                yield chunk
+
+    async def _synthesize_native(self, text: str, voice: str | None, speed: float) -> AsyncIterator[AudioChunk]:
         text = text.strip()
         if not text:
             return
         body: dict[str, Any] = {"model": self.model, "input": text, "response_format": self.response_format}
-        voice = options.voice or self.voice
+        voice = voice or self.voice
         if voice:
             body["voice"] = voice
-        if options.speed != 1.0:
-            body["speed"] = options.speed
+        if speed != 1.0:
+            body["speed"] = speed  # OpenAI's field: 0.25..4.0, 1.0 = normal
         headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
         response = await self.http.post("tts", self.label, self.endpoint, body, headers, "cannot reach the speech server")
         finished = False

@@ -15,6 +15,8 @@ Protocol (the service's, also served by this graph's own `/ws/stream`):
 
 Every binary message is checked before it becomes audio: a byte count that is not a whole number
 of float32 samples, NaN/inf or an absurd amplitude is a StageError naming the service, never noise.
+The protocol carries no speaking rate, so `TTSOptions.speed` (a mood's rate) is applied here, as a
+pitch-keeping WORLD time-stretch of the received audio (graph/backends/tts/stretch.py).
 One connection per utterance at a time; an idle connection is kept for the next one, and any failure
 or interrupt closes it (closing is how the service learns to stop).
 """
@@ -24,6 +26,7 @@ import asyncio
 import contextlib
 import json
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -33,6 +36,7 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
 from graph.backends.base import PROBE_TIMEOUT_S, TTSBackend
 from graph.backends.pcm import BadAudio, decode_float32
+from graph.backends.tts.stretch import stretch_stream
 from graph.voice.types import AudioChunk, StageError, TTSOptions
 
 REMOTE_SAMPLE_RATE = 48_000
@@ -118,6 +122,12 @@ class RemotePipelineTTS(TTSBackend):
         self._idle = connection
 
     async def synthesize(self, text: str, options: TTSOptions) -> AsyncIterator[AudioChunk]:
+        # the service's protocol has no rate: a mood's rate is a pitch-keeping time-stretch of its final audio
+        async with aclosing(stretch_stream(self._synthesize_native(text), options.speed)) as audio:
+            async for chunk in audio:
+                yield chunk
+
+    async def _synthesize_native(self, text: str) -> AsyncIterator[AudioChunk]:
         text = text.strip()
         if not text:
             return

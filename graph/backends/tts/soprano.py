@@ -21,6 +21,7 @@ import os
 import threading
 import time
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ import numpy as np
 
 from graph.backends.base import TTSBackend
 from graph.backends.threaded import ThreadedStream
+from graph.backends.tts.stretch import stretch_stream
 from graph.voice.types import AudioChunk, StageError, TTSOptions
 
 SOPRANO_SAMPLE_RATE = 32_000
@@ -61,8 +63,9 @@ class SopranoInProcessTTS(TTSBackend):
     "lmdeploy"; named differently because `backend` picks this class in config), `chunk_size` (LM tokens per
     streamed piece; 1 = lowest latency), sampling `temperature`/`top_p`/`repetition_penalty`.
 
-    Soprano has one voice and no speed control: `TTSOptions.voice`/`speed` are ignored (the RVC
-    stage makes the voice). The model loads in `warmup()` (the deployment calls it at start; `synthesize` loads on first use
+    Soprano has one voice and no speed control (soprano-tts 0.2's `infer_stream` takes none):
+    `TTSOptions.voice` is ignored (the RVC stage makes the voice) and `TTSOptions.speed` (a mood's
+    speaking rate) is a pitch-keeping time-stretch of the streamed audio (graph/backends/tts/stretch.py). The model loads in `warmup()` (the deployment calls it at start; `synthesize` loads on first use
     otherwise). soprano-tts warms itself up with one sentence while loading; `warmup()` also runs one
     streamed sentence so the streaming path is hot before the first user.
     """
@@ -162,6 +165,12 @@ class SopranoInProcessTTS(TTSBackend):
             yield piece.detach().to("cpu").float().numpy().reshape(-1)
 
     async def synthesize(self, text: str, options: TTSOptions) -> AsyncIterator[AudioChunk]:
+        # Soprano has no speed control: a mood's rate is a pitch-keeping WORLD time-stretch of its audio
+        async with aclosing(stretch_stream(self._synthesize_native(text), options.speed)) as audio:
+            async for chunk in audio:
+                yield chunk
+
+    async def _synthesize_native(self, text: str) -> AsyncIterator[AudioChunk]:
         text = text.strip()
         if not text:
             return

@@ -1,11 +1,11 @@
-"""Who may run the guarded commands (join, leave, stop): configured role names, admins optionally always."""
+"""Who may run the guarded commands (join, leave, stop, and the music controls): configured role names, admins optionally always."""
 from __future__ import annotations
 
 from typing import Iterable
 
 from .config import PermissionsConfig
 
-GUARDED = ("join", "leave", "stop")
+GUARDED = ("join", "leave", "stop", "music")  # "music": every command that changes the music
 
 
 def is_allowed(command: str, role_names: Iterable[str], is_admin: bool, config: PermissionsConfig) -> bool:

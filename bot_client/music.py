@@ -184,13 +184,18 @@ class TrackDecoder:
             if not container.streams.audio:
                 raise ValueError("it has no audio")
             stream = container.streams.audio[0]
-            resampler = av.AudioResampler(format="s16", layout="stereo", rate=SAMPLE_RATE)
+            # Mono is copied to both channels as it is: FFmpeg's upmix would lower it by 3 dB.
+            mono = stream.codec_context.layout.nb_channels == 1
+            resampler = av.AudioResampler(format="s16", layout="mono" if mono else "stereo", rate=SAMPLE_RATE)
             self.state = DecoderState.DECODING
             pending = bytearray()
 
             def emit(frames: Any) -> bool:
                 for out in frames:
-                    pending.extend(out.to_ndarray().tobytes())  # packed s16: one plane, interleaved
+                    samples = out.to_ndarray()  # packed s16: one plane, interleaved
+                    if mono:
+                        samples = np.repeat(samples.reshape(-1, 1), 2, axis=1)
+                    pending.extend(samples.astype("<i2", copy=False).tobytes())
                     while len(pending) >= FRAME_BYTES:
                         if not self._put(bytes(pending[:FRAME_BYTES])):
                             return False
@@ -364,6 +369,12 @@ class MusicPlayer:
             return MusicStatus(state, current, tuple(t.title for t in self._queue), self._volume,
                                self.played, self.skipped)
 
+    @property
+    def current(self) -> TrackDecoder | None:
+        """The decoder of the track playing (or loading), if any."""
+        with self._lock:
+            return self._current
+
     # --- player thread --------------------------------------------------------------------------
 
     def wants_playback(self) -> bool:
@@ -383,6 +394,7 @@ class MusicPlayer:
 
     def _next_locked(self, notices: list[str]) -> bytes | None:
         stall_frames = max(1, int(self.config.stall_s * 1000 // FRAME_MS))
+        open_frames = int(self.config.open_timeout_s * 1000 // FRAME_MS)
         while self._current is not None and not self._paused:
             decoder = self._current
             frame = decoder.take()
@@ -401,7 +413,9 @@ class MusicPlayer:
                 continue
             self._starved += 1
             self.starved_frames += 1
-            if self._starved >= stall_frames:
+            # Opening a URL may take up to its connect timeout before the stall clock applies.
+            limit = stall_frames if decoder.state is not DecoderState.LOADING else max(stall_frames, open_frames)
+            if self._starved >= limit:
                 notices.append(f"⚠️ Skipped **{decoder.track.title}**: the stream stalled "
                                f"(nothing for {self.config.stall_s:g} s).")
                 decoder.stop()

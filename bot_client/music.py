@@ -228,6 +228,10 @@ class TrackDecoder:
 
 
 def _describe(exc: Exception) -> str:
+    import av.error
+
+    if isinstance(exc, (av.error.ExitError, av.error.TimeoutError)):  # PyAV's timeout interrupted FFmpeg
+        return "the stream stalled: no data within the timeout"
     text = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
     return text.splitlines()[0][:200]
 

@@ -253,16 +253,18 @@ async def test_a_stalled_stream_plays_silence_without_blocking_read_and_is_skipp
     await site.start()
     port = site._server.sockets[0].getsockname()[1]
     try:
-        config = music_config(tmp_path, allow_private_urls=True, stall_s=1.0, open_timeout_s=1.0,
-                              read_timeout_s=60.0)  # FFmpeg would wait a minute: the stall counter decides
+        # FFmpeg would wait a minute for data: the player's stall counter (50 frames) decides; should the
+        # stall catch the stream still opening, the open timeout (and counter) of 20 s would.
+        config = music_config(tmp_path, allow_private_urls=True, stall_s=1.0, open_timeout_s=20.0,
+                              read_timeout_s=60.0)
         loop = asyncio.get_running_loop()
         rig = Rig(loop, config)
         url = f"http://127.0.0.1:{port}/stall.wav"
         assert rig.music.enqueue(resolve_track(url, config)) == 0
         assert rig.music.enqueue(resolve_track("next.flac", config)) == 1
-        await wait_for(lambda: rig.music.played == 1, what="the next track played")
+        await wait_for(lambda: rig.music.played == 1, timeout=90, what="the next track played")
         notices = rig.notices.snapshot()
-        assert len(notices) == 1 and "stall.wav" in notices[0] and "stalled" in notices[0]
+        assert len(notices) == 1 and "stall.wav" in notices[0] and "stalled" in notices[0], notices
         assert sent_part.is_set() and rig.music.skipped == 1
         # read() went on returning whole frames while the decoder thread sat in a network read: at least
         # the stall's 50 frames of silence were read and sent (a blocking read() would have sent none)

@@ -20,9 +20,9 @@ from __future__ import annotations
 import enum
 import ipaddress
 import logging
-import queue
 import socket
 import threading
+import time
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
@@ -120,7 +120,11 @@ class TrackDecoder:
     def __init__(self, track: Track, config: MusicConfig) -> None:
         self.track = track
         self.config = config
-        self.frames: queue.Queue[bytes] = queue.Queue(maxsize=max(2, int(config.buffer_s * 1000 // FRAME_MS)))
+        self.capacity = max(2, int(config.buffer_s * 1000 // FRAME_MS))
+        # A deque: the player thread's popleft takes no lock and wakes nobody, except when the buffer drops
+        # to half, when it lets the decoder refill it in one go (fewer, shorter turns holding the GIL).
+        self._frames: deque[bytes] = deque()
+        self._space = threading.Event()
         self.state = DecoderState.LOADING
         self.error: str | None = None
         self.frames_decoded = 0
@@ -133,6 +137,7 @@ class TrackDecoder:
     def stop(self) -> None:
         """Ask the thread to end; it does at its next frame (or when FFmpeg's read timeout fires)."""
         self._stop.set()
+        self._space.set()
 
     def join(self, timeout: float | None = None) -> bool:
         self._thread.join(timeout)
@@ -141,23 +146,33 @@ class TrackDecoder:
     def take(self) -> bytes | None:
         """The next frame if one is ready; never waits."""
         try:
-            return self.frames.get_nowait()
-        except queue.Empty:
+            frame = self._frames.popleft()
+        except IndexError:
             return None
+        if len(self._frames) <= self.capacity // 2 and not self._space.is_set():
+            self._space.set()
+        return frame
+
+    @property
+    def has_frames(self) -> bool:
+        return bool(self._frames)
 
     @property
     def drained(self) -> bool:
-        return self.state is DecoderState.ENDED and self.frames.empty()
+        return self.state is DecoderState.ENDED and not self._frames
 
     def _put(self, frame: bytes) -> bool:
-        while not self._stop.is_set():
-            try:
-                self.frames.put(frame, timeout=0.1)  # full: decoding is far enough ahead, wait for the player
-                self.frames_decoded += 1
-                return True
-            except queue.Full:
-                continue
-        return False
+        while len(self._frames) >= self.capacity:
+            if self._stop.is_set():
+                return False
+            self._space.clear()
+            if len(self._frames) >= self.capacity:  # the reader may have taken one in between
+                self._space.wait(0.1)  # full: decoding is far enough ahead, wait for the player
+        if self._stop.is_set():
+            return False
+        self._frames.append(frame)
+        self.frames_decoded += 1
+        return True
 
     def _open(self) -> Any:
         import av  # imported here: only a session that plays music pays for loading FFmpeg
@@ -208,6 +223,7 @@ class TrackDecoder:
                 for frame in packet.decode():
                     if not emit(resampler.resample(frame)):
                         return
+                time.sleep(0)  # hand the GIL over between packets: the player thread may be waiting for it
             if not emit(resampler.resample(None)):
                 return
             if pending and not self._put(bytes(pending) + bytes(FRAME_BYTES - len(pending))):
@@ -406,12 +422,12 @@ class MusicPlayer:
                 self._starved = 0
                 self.frames_played += 1
                 return frame
-            if decoder.state is DecoderState.ENDED and decoder.frames.empty():
+            if decoder.state is DecoderState.ENDED and not decoder.has_frames:
                 self.played += 1
                 self._current = None
                 self._advance_locked()
                 continue
-            if decoder.state is DecoderState.FAILED and decoder.frames.empty():
+            if decoder.state is DecoderState.FAILED and not decoder.has_frames:
                 notices.append(f"⚠️ Skipped **{decoder.track.title}**: I couldn't play it ({decoder.error}).")
                 self._skip_current_locked()
                 continue

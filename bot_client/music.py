@@ -500,7 +500,9 @@ class MusicMixer:
             curve = np.maximum(self.duck - self._attack_step * self._ramp, self.duck_gain)
         else:
             curve = np.minimum(self.duck + self._release_step * self._ramp, 1.0)
-        self.duck = float(curve[-1])
+        end = float(curve[-1])
+        # float32 ramps end a rounding step off the float64 target; snap, so the scalar path takes over
+        self.duck = target if abs(end - target) < 1e-6 else end
         return curve
 
     def mix(self, voice: bytes, music: bytes | None, music_gain: float, voice_active: bool) -> bytes:

@@ -17,7 +17,7 @@ session; ducked while she speaks, limited). Both report packet cadence, read() p
 underruns and short frames; the mixer-on side also music frames starved (decoder behind) and frames the
 limiter touched. Prints JSON as its last line.
 
-    .venv/bin/python benchmarks/playback.py [--seconds 10] [--prebuffer-ms 100] [--seed 7]
+    .venv/bin/python benchmarks/playback.py [--seconds 10] [--prebuffer-ms 100] [--seed 7] [--music-rounds 2]
 """
 from __future__ import annotations
 
@@ -238,6 +238,7 @@ async def main() -> None:
     parser.add_argument("--prebuffer-ms", type=int, default=100)
     parser.add_argument("--stall-ms", type=int, default=500)
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--music-rounds", type=int, default=2, help="runs per side of music+voice (ABBA order)")
     args = parser.parse_args()
     rng = random.Random(args.seed)
     results = {}
@@ -246,11 +247,16 @@ async def main() -> None:
         print(f"{scenario}: {results[scenario]}", file=sys.stderr)
     with tempfile.TemporaryDirectory() as music_dir:
         write_music(Path(music_dir) / "music.flac", args.seconds + 5.0)
-        music_results = {}
-        for label, mixer_on in (("mixer_off", False), ("mixer_on", True)):
-            music_results[label] = await run_music(mixer_on, args.seconds, args.prebuffer_ms, Path(music_dir),
-                                                   args.seed)
-            print(f"music+voice {label}: {music_results[label]}", file=sys.stderr)
+        # Off, on, on, off (ABBA): a load burst from elsewhere on the machine hits both sides alike.
+        music_results: dict[str, list[dict]] = {"mixer_off": [], "mixer_on": []}
+        order = [False, True, True, False] if args.music_rounds > 1 else [False, True]
+        for round_index in range(max(1, args.music_rounds // 2)):
+            for mixer_on in order:
+                label = "mixer_on" if mixer_on else "mixer_off"
+                result = await run_music(mixer_on, args.seconds, args.prebuffer_ms, Path(music_dir),
+                                         args.seed + round_index)
+                music_results[label].append(result)
+                print(f"music+voice {label}: {result}", file=sys.stderr)
     summary = {
         "benchmark": "playback",
         "seconds_per_scenario": args.seconds,
@@ -261,9 +267,10 @@ async def main() -> None:
         "silence_flows_during_stall": 0.8 <= results["stall"].get("packets_during_stall_ratio", 0.0) <= 1.2,
         "read_never_blocks": all(r["read_us_p99"] < 1000.0 for r in results.values()),
         "music_voice": music_results,
-        "music_cadence_ok": all(15.0 <= r["interval_ms_p50"] <= 25.0 for r in music_results.values()),
-        "music_read_never_blocks": all(r["read_us_p99"] < 1000.0 for r in music_results.values()),
-        "music_no_clipping": music_results["mixer_on"]["peak_abs"] < 32767,
+        "music_cadence_ok": all(15.0 <= r["interval_ms_p50"] <= 25.0 for runs in music_results.values() for r in runs),
+        "music_read_p99_under_1ms": all(r["read_us_p99"] < 1000.0 for runs in music_results.values() for r in runs),
+        "music_short_frames": sum(r["short_frames"] for runs in music_results.values() for r in runs),
+        "music_no_clipping": all(r["peak_abs"] < 32767 for r in music_results["mixer_on"]),
     }
     print(json.dumps(summary))
 

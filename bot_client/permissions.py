@@ -23,4 +23,5 @@ def is_allowed(command: str, role_names: Iterable[str], is_admin: bool, config: 
 
 def refusal(command: str, config: PermissionsConfig, prefix: str = "!miku") -> str:
     roles = ", ".join(f"**{r}**" for r in getattr(config, command, ()))
-    return f"❌ You don't have permission to use `{prefix} {command}`: it needs one of these roles: {roles}."
+    what = "control the music" if command == "music" else f"use `{prefix} {command}`"
+    return f"❌ You don't have permission to {what}: it needs one of these roles: {roles}."

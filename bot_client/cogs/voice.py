@@ -7,6 +7,7 @@ Each command only gathers Discord facts and calls plain logic (SessionManager, p
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import TYPE_CHECKING, Optional
 
@@ -167,7 +168,8 @@ class VoiceCog(commands.Cog, name="Voice"):
         if music is None:
             return
         try:
-            request = resolve_track(track, self.bot.config.music)
+            # In a thread: checking a URL resolves its host name, which must not hold up the event loop.
+            request = await asyncio.to_thread(resolve_track, track, self.bot.config.music)
             position = music.enqueue(request)
         except MusicRequestError as exc:
             await ctx.reply(str(exc), mention_author=False)

@@ -44,6 +44,7 @@ class PermissionsConfig:
     join: tuple[str, ...] = ()
     leave: tuple[str, ...] = ()
     stop: tuple[str, ...] = ()
+    music: tuple[str, ...] = ()  # play, pause, resume, skip, volume and `stop music`
     admins_always_allowed: bool = True
 
 
@@ -52,6 +53,24 @@ class PlaybackConfig:
     prebuffer_ms: int = 100
     max_buffer_s: float = 120.0  # beyond this the oldest waiting audio is dropped (and counted)
     stats_interval_s: float = 5.0
+
+
+@dataclass(frozen=True)
+class MusicConfig:
+    """Background music in a voice session (bot_client/music.py); docs/bot-config.md explains each knob."""
+
+    enabled: bool = True
+    directory: str | None = None  # local files may be played only from under here; None: URLs only
+    allow_private_urls: bool = False  # fetch from loopback/private addresses (off: no reaching into the LAN)
+    volume: int = 50  # 0-100 at the start of a session, a linear amplitude factor (100: the track's level)
+    duck_db: float = 12.0  # how far music goes down while Miku speaks
+    attack_ms: float = 50.0  # ramp down when she starts
+    release_ms: float = 300.0  # ramp back up after she stops
+    buffer_s: float = 3.0  # decoded ahead at most
+    stall_s: float = 5.0  # a track with nothing to play for this long is skipped
+    open_timeout_s: float = 10.0  # URLs: connecting
+    read_timeout_s: float = 5.0  # URLs: waiting for data
+    max_queue: int = 20
 
 
 @dataclass(frozen=True)
@@ -106,6 +125,7 @@ class BotConfig:
     permissions: PermissionsConfig = field(default_factory=PermissionsConfig)
     playback: PlaybackConfig = field(default_factory=PlaybackConfig)
     session: SessionConfig = field(default_factory=SessionConfig)
+    music: MusicConfig = field(default_factory=MusicConfig)
     autonomous: AutonomousConfig = field(default_factory=AutonomousConfig)
     seen_messages: int = 5000  # how many message ids are remembered to act on each message once
     sync_app_commands: bool = True
@@ -201,7 +221,8 @@ def _build(cls: type, data: Any, where: str) -> Any:
     for name, value in data.items():
         path = f"{where}.{name}" if where else name
         default = getattr(cls(), name)
-        if isinstance(default, (GraphConfig, PermissionsConfig, PlaybackConfig, SessionConfig, AutonomousConfig)):
+        if isinstance(default, (GraphConfig, PermissionsConfig, PlaybackConfig, SessionConfig, MusicConfig,
+                                AutonomousConfig)):
             kwargs[name] = _build(type(default), value, path)
         elif cls is AutonomousConfig and name == "servers":
             kwargs[name] = _autonomous_servers(value, path)
@@ -257,6 +278,11 @@ def load_config(path: str | os.PathLike[str] | None) -> BotConfig:
         raise ConfigError("playback.prebuffer_ms must be a multiple of 20 (one Discord frame)")
     if config.session.max_prompt_chars <= 0:
         raise ConfigError("session.max_prompt_chars must be positive")
+    music = config.music
+    if not 0 <= music.volume <= 100:
+        raise ConfigError(f"music.volume must be 0-100, got {music.volume!r}")
+    if music.buffer_s <= 0 or music.stall_s <= 0 or music.max_queue < 1:
+        raise ConfigError("music.buffer_s and music.stall_s must be positive and music.max_queue at least 1")
     wait_s = config.autonomous.wait_s
     if wait_s is None or not 0 < wait_s <= _MAX_POLL_WAIT_S:
         raise ConfigError(f"autonomous.wait_s must be more than 0 and at most {_MAX_POLL_WAIT_S:g} s, got {wait_s!r}")

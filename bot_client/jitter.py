@@ -24,6 +24,19 @@ SILENCE_FRAME = bytes(FRAME_BYTES)
 SILENCE_TAIL_FRAMES = 5  # Discord: "send five frames of silence" when a transmission breaks off
 
 
+class FrameKind(enum.Enum):
+    """What a read handed out; the mixer ducks music while an utterance plays (audio or underrun)."""
+
+    AUDIO = "audio"
+    UNDERRUN = "underrun"  # mid-utterance silence: she is still speaking
+    IDLE = "idle"  # silence with nothing to say
+    END = "end"  # b"": the session is over
+
+    @property
+    def speaking(self) -> bool:
+        return self in (FrameKind.AUDIO, FrameKind.UNDERRUN)
+
+
 class SegmentState(enum.Enum):
     PREBUFFERING = "prebuffering"  # waiting for the prebuffer (or the end of the utterance)
     PLAYING = "playing"
@@ -182,6 +195,10 @@ class JitterBuffer:
 
     def read(self) -> bytes:
         """One 20 ms frame, never blocking: audio, silence, or `b""` when the session has ended."""
+        return self.read_frame()[0]
+
+    def read_frame(self) -> tuple[bytes, FrameKind]:
+        """`read()`, and what kind of frame it was."""
         finished: list[str | None] = []
         try:
             with self._lock:
@@ -191,9 +208,9 @@ class JitterBuffer:
                 for utterance_id in finished:
                     self._on_played(utterance_id)
 
-    def _read_locked(self, finished: list[str | None]) -> bytes:
+    def _read_locked(self, finished: list[str | None]) -> tuple[bytes, FrameKind]:
         if self._closed and (not self._drain_on_close or self._fill == 0):
-            return b""
+            return b"", FrameKind.END
         while self._segments:
             segment = self._segments[0]
             if segment.state is SegmentState.PREBUFFERING:
@@ -206,7 +223,7 @@ class JitterBuffer:
                 self._frames_played += 1
                 self._in_stall = False
                 self._idle_run = 0
-                return segment.frames.popleft()
+                return segment.frames.popleft(), FrameKind.AUDIO
             if segment.ended:
                 self._segments.popleft()
                 self._played += 1
@@ -219,13 +236,13 @@ class JitterBuffer:
                 self._stalls += 1
                 self._in_stall = True
             self._silence_frames += 1
-            return SILENCE_FRAME
+            return SILENCE_FRAME, FrameKind.UNDERRUN
         if self._closed and self._fill == 0:
-            return b""
+            return b"", FrameKind.END
         self._silence_frames += 1
         self._idle_silence += 1
         self._idle_run += 1
-        return SILENCE_FRAME
+        return SILENCE_FRAME, FrameKind.IDLE
 
     # --- inspection -----------------------------------------------------------------------------
 

@@ -1,11 +1,11 @@
-"""Who may run the guarded commands (join, leave, stop): configured role names, admins optionally always."""
+"""Who may run the guarded commands (join, leave, stop, and the music controls): configured role names, admins optionally always."""
 from __future__ import annotations
 
 from typing import Iterable
 
 from .config import PermissionsConfig
 
-GUARDED = ("join", "leave", "stop")
+GUARDED = ("join", "leave", "stop", "music")  # "music": every command that changes the music
 
 
 def is_allowed(command: str, role_names: Iterable[str], is_admin: bool, config: PermissionsConfig) -> bool:
@@ -23,4 +23,5 @@ def is_allowed(command: str, role_names: Iterable[str], is_admin: bool, config: 
 
 def refusal(command: str, config: PermissionsConfig, prefix: str = "!miku") -> str:
     roles = ", ".join(f"**{r}**" for r in getattr(config, command, ()))
-    return f"❌ You don't have permission to use `{prefix} {command}`: it needs one of these roles: {roles}."
+    what = "control the music" if command == "music" else f"use `{prefix} {command}`"
+    return f"❌ You don't have permission to {what}: it needs one of these roles: {roles}."

@@ -10,15 +10,24 @@ soon as the next utterance is ready to play. `b""` cannot be used for this: it e
 for good (and the session would take it for a lost voice link). A paused player waits without reading
 or sending (discord.py sends its own five Opus silence packets as it pauses); `resume()` restarts its
 pacing, so the first frame of the next utterance goes out at once and nothing is skipped or bunched.
+
+Music (bot_client/music.py) is a second input: with a `MusicPlayer` attached, each read also takes one
+frame of music (never waiting) and mixes it under the voice (`MusicMixer`: ducked while an utterance
+plays, limited so the sum never clips). Music playing means the source is not idle: the player keeps
+running until both the voice and the music are idle (and a five-frame silence tail went out after the
+music too), and a track starting or resuming wakes a paused player.
 """
 from __future__ import annotations
 
 import threading
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import discord
 
-from .jitter import FRAME_BYTES, JitterBuffer, JitterStats
+from .jitter import FRAME_BYTES, SILENCE_TAIL_FRAMES, FrameKind, JitterBuffer, JitterStats
+
+if TYPE_CHECKING:
+    from .music import MusicMixer, MusicPlayer
 
 
 class PlayerControl(Protocol):
@@ -35,8 +44,17 @@ class JitterAudioSource(discord.AudioSource):
     Without an attached player it never pauses (silence keeps flowing while idle, as benchmarks want).
     """
 
-    def __init__(self, buffer: JitterBuffer, player: PlayerControl | None = None) -> None:
+    def __init__(self, buffer: JitterBuffer, player: PlayerControl | None = None,
+                 music: "MusicPlayer | None" = None, mixer: "MusicMixer | None" = None) -> None:
         self.buffer = buffer
+        self.music = music
+        if music is not None and mixer is None:
+            from .music import MusicMixer
+
+            c = music.config
+            mixer = MusicMixer(c.duck_db, c.attack_ms, c.release_ms)
+        self.mixer = mixer
+        self._music_tail = 0  # silence frames still owed after the music stopped (player thread only)
         self.reads = 0
         self.short_reads = 0  # must stay 0: a short frame would be a bug, so it is counted, not hidden
         self.pauses = 0
@@ -47,6 +65,8 @@ class JitterAudioSource(discord.AudioSource):
         self._player = player
         self._paused = False
         buffer.set_wake_listener(self._wake)
+        if music is not None:
+            music.set_wake_listener(self._wake)
 
     def attach(self, player: PlayerControl | None) -> None:
         """The player that `read()` feeds from now on (a new one after a voice reconnect): not paused."""
@@ -60,7 +80,9 @@ class JitterAudioSource(discord.AudioSource):
             return self._paused
 
     def read(self) -> bytes:
-        frame = self.buffer.read()
+        frame, kind = self.buffer.read_frame()
+        if self.music is not None and kind is not FrameKind.END:
+            frame = self._mix(frame, kind)
         self.reads += 1
         if frame and len(frame) != FRAME_BYTES:
             self.short_reads += 1
@@ -68,10 +90,25 @@ class JitterAudioSource(discord.AudioSource):
             self._rest_if_idle()
         return frame
 
+    def _mix(self, voice: bytes, kind: FrameKind) -> bytes:
+        assert self.music is not None and self.mixer is not None
+        music = self.music.next_frame()
+        if music is not None:
+            self._music_tail = SILENCE_TAIL_FRAMES
+        elif self._music_tail:
+            self._music_tail -= 1
+        return self.mixer.mix(voice, music, self.music.gain, kind.speaking)
+
+    def _idle(self) -> bool:
+        """Nothing to send: the voice is resting and no music plays (nor owes its silence tail)."""
+        if not self.buffer.resting():
+            return False
+        return self.music is None or (not self.music.wants_playback() and self._music_tail == 0)
+
     def _rest_if_idle(self) -> None:
         # Runs on the player thread before it sends this frame: the player sends it, then waits paused.
         with self._gate:
-            if self._player is None or self._paused or not self.buffer.resting():
+            if self._player is None or self._paused or not self._idle():
                 return
             self._player.pause()
             self._paused = True
@@ -80,7 +117,7 @@ class JitterAudioSource(discord.AudioSource):
     def _wake(self) -> None:
         # Runs on the producer's thread whenever audio arrived, an utterance ended or the buffer closed.
         with self._gate:
-            if self._player is None or not self._paused or self.buffer.resting():
+            if self._player is None or not self._paused or self._idle():
                 return
             self._player.resume()
             self._paused = False

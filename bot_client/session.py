@@ -31,6 +31,7 @@ from .graph_api import (
 )
 from .inputs import split_for_discord
 from .jitter import JitterBuffer
+from .music import MusicPlayer
 from .playback import JitterAudioSource
 
 log = logging.getLogger(__name__)
@@ -248,7 +249,9 @@ class VoiceSession:
             prebuffer_ms=config.playback.prebuffer_ms,
             max_buffer_s=config.playback.max_buffer_s,
         )
-        self.source = JitterAudioSource(self.buffer)
+        # Music obeys the session: it is the session's, and `end` stops it. Its notices come from threads.
+        self.music = MusicPlayer(config.music, notify=self._notify_from_thread) if config.music.enabled else None
+        self.source = JitterAudioSource(self.buffer, music=self.music)
         self.stream: VoiceStream | None = None
         self.pending: deque[Utterance] = deque()
         self.in_flight: Utterance | None = None
@@ -555,6 +558,13 @@ class VoiceSession:
         except Exception:  # the prompt channel may be gone; the session must still end cleanly
             log.warning("could not post to the prompt channel: %r", text, exc_info=True)
 
+    def _notify_from_thread(self, text: str) -> None:
+        """A notice from the player or a decoder thread (a track was skipped): post it from the loop."""
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+        loop.call_soon_threadsafe(lambda: self._spawn(self.notify(text), "music-notice"))
+
     async def end(self, reason: EndReason, *, graph_ended: bool = False, announce: bool = True) -> None:
         """End the session: stop audio, leave voice, release the graph's session, restore presence."""
         if self.state in (SessionState.ENDING, SessionState.ENDED):
@@ -567,6 +577,8 @@ class VoiceSession:
             if task is not current:
                 task.cancel()
         self.pending.clear()
+        if self.music is not None:
+            self.music.close()
         self.buffer.close()
         try:
             self.link.stop()
@@ -744,6 +756,8 @@ class SessionManager:
             await session.start()
         except Exception as exc:
             session.state = SessionState.ENDED
+            if session.music is not None:
+                session.music.close()
             session.buffer.close()
             try:
                 link.stop()

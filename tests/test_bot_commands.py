@@ -93,7 +93,8 @@ async def test_commands_are_hybrid_prefix_and_slash():
     bot, _ = await make_bot()
     group = bot.get_command("miku")
     assert group is not None
-    assert {c.name for c in group.commands} == {"join", "leave", "stop", "say", "voice-status"}
+    assert {c.name for c in group.commands} == {"join", "leave", "stop", "say", "voice-status",
+                                                "play", "pause", "resume", "skip", "queue", "volume"}
     slash = bot.tree.get_command("miku")
     assert slash is not None and {c.name for c in slash.commands} >= {"join", "leave", "stop", "say", "voice-status"}
 
@@ -345,7 +346,8 @@ async def test_group_name_names_the_prefix_and_slash_commands():
     assert bot.get_command("miku") is None and bot.tree.get_command("miku") is None
     group = bot.get_command("hatsune")
     assert {c.qualified_name for c in group.commands} == {
-        "hatsune join", "hatsune leave", "hatsune stop", "hatsune say", "hatsune voice-status"}
+        "hatsune join", "hatsune leave", "hatsune stop", "hatsune say", "hatsune voice-status", "hatsune play",
+        "hatsune pause", "hatsune resume", "hatsune skip", "hatsune queue", "hatsune volume"}
     slash = bot.tree.get_command("hatsune")
     assert slash.to_dict(bot.tree)["name"] == "hatsune"  # what Discord is sent when the tree syncs
     assert {c.qualified_name for c in slash.commands} >= {"hatsune join", "hatsune leave", "hatsune say"}

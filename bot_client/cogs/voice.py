@@ -1,4 +1,5 @@
-"""The `!miku` command group (prefix and slash): join, leave, voice-status, say, stop.
+"""The `!miku` command group (prefix and slash): join, leave, voice-status, say, stop, and the music
+commands (play, pause, resume, skip, queue, volume; `stop music`).
 
 The group is declared as `miku` and renamed to the config's `group_name` when the cog is built (before
 it is added to the bot, so both `!<group_name> ...` and `/<group_name> ...` answer and nothing else does).
@@ -6,6 +7,7 @@ Each command only gathers Discord facts and calls plain logic (SessionManager, p
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import TYPE_CHECKING, Optional
 
@@ -14,8 +16,9 @@ from discord.ext import commands
 
 from ..discord_adapter import join_request
 from ..graph_api import GraphError
+from ..music import MusicPlayer, MusicRequestError, format_music_status, resolve_track
 from ..permissions import is_allowed, refusal
-from ..session import NOT_IN_SESSION, VoiceLink
+from ..session import NOT_IN_SESSION, VoiceLink, VoiceSession
 from ..status import format_status
 
 if TYPE_CHECKING:
@@ -64,7 +67,9 @@ class VoiceCog(commands.Cog, name="Voice"):
         """Miku's voice commands."""
         c = self.command
         await ctx.reply(
-            f"🎤 `{c} join [#voice-channel]`, `{c} leave`, `{c} say TEXT`, `{c} stop`, `{c} voice-status`",
+            f"🎤 `{c} join [#voice-channel]`, `{c} leave`, `{c} say TEXT`, `{c} stop`, `{c} voice-status`\n"
+            f"🎵 `{c} play FILE-or-URL`, `{c} pause`, `{c} resume`, `{c} skip`, `{c} queue`, `{c} volume 0-100`, "
+            f"`{c} stop music`",
             mention_author=False,
         )
 
@@ -115,17 +120,114 @@ class VoiceCog(commands.Cog, name="Voice"):
 
     @miku.command(name="stop")
     @commands.guild_only()
-    async def stop(self, ctx: commands.Context) -> None:
-        """Stop what Miku is saying (and drop the prompts waiting)."""
-        if not await self._permitted(ctx, "stop"):
+    async def stop(self, ctx: commands.Context, what: Optional[str] = None) -> None:
+        """Stop what Miku is saying and the music; `stop voice` or `stop music` stops only that."""
+        target = (what or "all").strip().lower()
+        if target not in ("all", "voice", "music"):
+            await ctx.reply(f"❌ `{self.command} stop` takes `voice`, `music` or nothing (both).", mention_author=False)
+            return
+        if not await self._permitted(ctx, "music" if target == "music" else "stop"):
             return
         session = self.bot.manager.get(ctx.guild.id if ctx.guild else None)
         if session is None:
             await ctx.reply(NOT_IN_SESSION, mention_author=False)
             return
-        dropped = await session.stop_speaking()
-        extra = f" (dropped {dropped} waiting prompt{'s' if dropped != 1 else ''})" if dropped else ""
-        await ctx.reply(f"⏹️ Stopped{extra}.", mention_author=False)
+        parts = []
+        if target in ("all", "voice"):
+            dropped = await session.stop_speaking()
+            extra = f" (dropped {dropped} waiting prompt{'s' if dropped != 1 else ''})" if dropped else ""
+            parts.append(f"⏹️ Stopped{extra}.")
+        music = getattr(session, "music", None)
+        if target in ("all", "music") and isinstance(music, MusicPlayer):
+            tracks = music.stop()
+            if tracks or target == "music":
+                parts.append(f"⏹️ Music stopped{f' ({tracks} track' + ('s' if tracks != 1 else '') + ' dropped)' if tracks else ''}.")
+        await ctx.reply(" ".join(parts), mention_author=False)
+
+    # --- music ----------------------------------------------------------------------------------
+
+    async def _music(self, ctx: commands.Context, guarded: bool = True) -> MusicPlayer | None:
+        """The session's music player, after the role check; replies and returns None when there is none."""
+        if guarded and not await self._permitted(ctx, "music"):
+            return None
+        session: VoiceSession | None = self.bot.manager.get(ctx.guild.id if ctx.guild else None)
+        if session is None:
+            await ctx.reply(NOT_IN_SESSION, mention_author=False)
+            return None
+        music = getattr(session, "music", None)
+        if not isinstance(music, MusicPlayer):
+            await ctx.reply("❌ Music is switched off in my configuration.", mention_author=False)
+            return None
+        return music
+
+    @miku.command(name="play")
+    @commands.guild_only()
+    async def play(self, ctx: commands.Context, *, track: str) -> None:
+        """Play a file from the music folder or an http(s) URL (queued behind what is playing)."""
+        music = await self._music(ctx)
+        if music is None:
+            return
+        try:
+            # In a thread: checking a URL resolves its host name, which must not hold up the event loop.
+            request = await asyncio.to_thread(resolve_track, track, self.bot.config.music)
+            position = music.enqueue(request)
+        except MusicRequestError as exc:
+            await ctx.reply(str(exc), mention_author=False)
+            return
+        if position == 0:
+            await ctx.reply(f"🎵 Playing **{request.title}** (volume {music.volume}).", mention_author=False)
+        else:
+            await ctx.reply(f"🎵 Queued **{request.title}** (#{position} in line).", mention_author=False)
+
+    @miku.command(name="pause")
+    @commands.guild_only()
+    async def pause(self, ctx: commands.Context) -> None:
+        """Pause the music."""
+        music = await self._music(ctx)
+        if music is not None:
+            await ctx.reply("⏸️ Music paused." if music.pause() else "❌ No music is playing.", mention_author=False)
+
+    @miku.command(name="resume")
+    @commands.guild_only()
+    async def resume(self, ctx: commands.Context) -> None:
+        """Resume the paused music."""
+        music = await self._music(ctx)
+        if music is not None:
+            await ctx.reply("▶️ Music resumed." if music.resume() else "❌ The music isn't paused.",
+                            mention_author=False)
+
+    @miku.command(name="skip")
+    @commands.guild_only()
+    async def skip(self, ctx: commands.Context) -> None:
+        """Skip to the next track in the queue."""
+        music = await self._music(ctx)
+        if music is None:
+            return
+        title = music.skip()
+        if title is None:
+            await ctx.reply("❌ No music is playing.", mention_author=False)
+            return
+        now = music.status().current
+        await ctx.reply(f"⏭️ Skipped **{title}**." + (f" Now playing **{now}**." if now else ""), mention_author=False)
+
+    @miku.command(name="queue")
+    @commands.guild_only()
+    async def queue(self, ctx: commands.Context) -> None:
+        """What is playing and what is waiting."""
+        music = await self._music(ctx, guarded=False)
+        if music is not None:
+            await ctx.reply(format_music_status(music.status()), mention_author=False)
+
+    @miku.command(name="volume")
+    @commands.guild_only()
+    async def volume(self, ctx: commands.Context, level: int) -> None:
+        """Set the music's volume, 0-100."""
+        if not 0 <= level <= 100:
+            await ctx.reply("❌ The volume goes from 0 to 100.", mention_author=False)
+            return
+        music = await self._music(ctx)
+        if music is not None:
+            await ctx.reply(f"🔊 Music volume {music.set_volume(level)}.", mention_author=False)
 
     @miku.command(name="say")
     @commands.guild_only()
@@ -168,8 +270,11 @@ class VoiceCog(commands.Cog, name="Voice"):
 
     async def cog_command_error(self, ctx: commands.Context, error: commands.CommandError) -> None:
         if isinstance(error, commands.MissingRequiredArgument):
-            await ctx.reply(f"❌ Missing `{error.param.name}`. Try `{self.command} say Hello everyone!`",
+            example = {"track": "play song.ogg", "level": "volume 40"}.get(error.param.name, "say Hello everyone!")
+            await ctx.reply(f"❌ Missing `{error.param.name}`. Try `{self.command} {example}`",
                             mention_author=False)
+        elif isinstance(error, commands.BadArgument) and ctx.command is not None and ctx.command.name == "volume":
+            await ctx.reply("❌ The volume is a whole number from 0 to 100.", mention_author=False)
         elif isinstance(error, (commands.ChannelNotFound, commands.BadArgument)):
             await ctx.reply("❌ I couldn't find that voice channel. Name a voice channel like `#General`.",
                             mention_author=False)

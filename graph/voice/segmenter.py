@@ -163,6 +163,7 @@ _OPEN_ENDED_WORDS = frozenset(
     "one two three four five six seven eight nine ten eleven twelve twenty thirty forty fifty sixty "
     "seventy eighty ninety hundred thousand million billion several".split()
 )
+_WORD_LOOKBACK = 64  # characters looked back for the word before a candidate (longer words: the chunk)
 _SENTENCE_RUN = re.compile(f"[{re.escape(SENTENCE_END)}]+")
 _DASH_RUN = re.compile("-+")
 _HAS_WORD = re.compile(r"[^\W_]")
@@ -172,9 +173,14 @@ _WORDS = re.compile(f"[{_CJK_RANGES}]|[^\\W_{_CJK_RANGES}]+")  # a CJK character
 _SPACE_BEFORE_PUNCT = re.compile(r"\s+([,.!?;:…。！？、，])(?=\s|$)")
 _TRAILING_DASH = re.compile(r"\s+-{1,3}$")
 
+# Text that _normalize would change (checked first: most chunks are already normal, one search is cheaper)
+_NOT_NORMAL = re.compile(r"^\s|\s$|[^\S ]|  |\s[,.!?;:…。！？、，](?=\s|$)")
+
+
 def _normalize(text: str) -> str:
     """Collapse whitespace and tidy the spaces that removed emoji/actions leave before punctuation."""
-    text = _SPACE_BEFORE_PUNCT.sub(r"\1", " ".join(text.split()))
+    if _NOT_NORMAL.search(text) is not None:
+        text = _SPACE_BEFORE_PUNCT.sub(r"\1", " ".join(text.split()))
     return _TRAILING_DASH.sub(",", text) if text.endswith("-") else text
 
 
@@ -268,7 +274,8 @@ class _ChunkCutter:
         elif text:
             self._buf += text
         while True:
-            self._strip_leading_space()
+            if self._base < len(self._buf) and self._buf[self._base].isspace():
+                self._strip_leading_space()
             cut = self._next_cut(final)
             if cut is None:
                 break
@@ -279,7 +286,8 @@ class _ChunkCutter:
             self._depth = self._chunk_depth
             self._base = self._scan = self._clause_end = end
             text_out = _normalize(piece)
-            if _speakable(text_out):
+            # every cut but the length cap was taken only where the piece holds a word
+            if kind is not _Cut.CAP or _speakable(text_out):
                 chunks.append(text_out)
                 self._first = False
         if final:
@@ -394,7 +402,7 @@ class _ChunkCutter:
             if j == n and not final:
                 return NEED_MORE
             run = buf[i:j]
-            if run != "." and any(ch in _CJK_SENTENCE_END for ch in run):
+            if run != "." and not run.isascii() and any(ch in _CJK_SENTENCE_END for ch in run):
                 return _Cut.SENTENCE, j, j
             res = self._after_sentence_end(j, n, run, final, token_start=i if run == "." else None)
             if res is NEED_MORE:
@@ -465,10 +473,7 @@ class _ChunkCutter:
             return NEED_MORE if not final else skip
         if buf[e] != " " or not buf[e + 1].isalnum():
             return skip  # the next word ends its clause ("That's a tough | one."): keep them together
-        k = i
-        while k > self._base and not buf[k - 1].isspace():
-            k -= 1
-        if buf[k:i].lower() in _OPEN_ENDED_WORDS:
+        if self._word_before(i).lower() in _OPEN_ENDED_WORDS:
             return skip
         return _Cut.SOFT, i, i + 1
 
@@ -500,12 +505,18 @@ class _ChunkCutter:
             return None
         return _Cut.SENTENCE, j
 
+    def _word_before(self, i: int) -> str:
+        """The run of non-space characters that ends at `i` (from the chunk's start at most)."""
+        head = self._buf[max(self._base, i - _WORD_LOOKBACK) : i]
+        if not head or head[-1].isspace():
+            return ""
+        word = head.rsplit(None, 1)[-1]
+        if len(word) == len(head) and i - _WORD_LOOKBACK > self._base:
+            return self._buf[self._base : i].rsplit(None, 1)[-1]  # a word longer than the look-back
+        return word
+
     def _is_abbreviation(self, dot: int, following: str) -> bool:
-        buf = self._buf
-        k = dot
-        while k > self._base and not buf[k - 1].isspace():
-            k -= 1
-        token = buf[k:dot].lstrip("\"“‘'(「『[（*")
+        token = self._word_before(dot).lstrip("\"“‘'(「『[（*")
         low = token.lower()
         if low in _ABBREVIATIONS:
             return True

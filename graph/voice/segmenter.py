@@ -298,9 +298,13 @@ class _ChunkCutter:
 
     def _strip_leading_space(self) -> None:
         base = self._base
-        if base < len(self._buf) and self._buf[base].isspace():
-            m = _NONSPACE.search(self._buf, base)
-            base = m.start() if m else len(self._buf)
+        buf = self._buf
+        if base < len(buf) and buf[base].isspace():
+            if base + 1 < len(buf) and not buf[base + 1].isspace():
+                base += 1  # the common case: one space between two chunks
+            else:
+                m = _NONSPACE.search(buf, base)
+                base = m.start() if m else len(buf)
             self._base = base
             self._scan = max(base, self._scan)
             self._clause_end = max(base, self._clause_end)
@@ -373,7 +377,9 @@ class _ChunkCutter:
     def _resolve(self, i: int, final: bool):
         """Decide the candidate at `i`: (kind, chunk end, next scan position) or NEED_MORE."""
         buf = self._buf
-        n, final = self._bound(i, final)
+        n = len(buf)
+        if n >= i + self._cfg.lookahead_limit:  # _bound, inline: this runs for every candidate
+            n, final = i + self._cfg.lookahead_limit, True
         base = self._base
         c = buf[i]
         if c == "\n":
@@ -490,13 +496,16 @@ class _ChunkCutter:
         ellipsis = "…" in run or ".." in run
         if not ellipsis and ("!" in run or "?" in run):
             return _Cut.SENTENCE, j
-        m = _NONSPACE.search(buf, j, n)
-        gap_end = m.start() if m else n
-        if "\n" in buf[j:gap_end]:
-            return _Cut.SENTENCE, j
-        if m is None:
-            return NEED_MORE if not final else (_Cut.SENTENCE, j)
-        following = m.group()
+        if j + 1 < n and buf[j] == " " and not buf[j + 1].isspace():
+            following = buf[j + 1]  # the common case: one space, then the next word
+        else:
+            m = _NONSPACE.search(buf, j, n)
+            gap_end = m.start() if m else n
+            if "\n" in buf[j:gap_end]:
+                return _Cut.SENTENCE, j
+            if m is None:
+                return NEED_MORE if not final else (_Cut.SENTENCE, j)
+            following = m.group()
         if ellipsis:
             return (_Cut.CLAUSE, j) if following.islower() else (_Cut.SENTENCE, j)
         if following.islower():

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import struct
 from collections.abc import AsyncIterator
-from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any
 
@@ -192,16 +191,14 @@ class OpenAISpeechTTS(TTSBackend):
         headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
         await self.http.probe("tts", self.label, root or self.endpoint, PROBE_TIMEOUT_S, headers)
 
-    async def synthesize(self, text: str, options: TTSOptions) -> AsyncIterator[AudioChunk]:
+    def synthesize(self, text: str, options: TTSOptions) -> AsyncIterator[AudioChunk]:
         if self.rate_control == "server":
             native = self._synthesize_native(text, options.voice, options.speed)
             stretch = 1.0
         else:
             native = self._synthesize_native(text, options.voice, 1.0)
             stretch = options.speed
-        async with aclosing(stretch_stream(native, stretch)) as audio:
-            async for chunk in audio:
-                yield chunk
+        return stretch_stream(native, stretch)  # closing it closes the native stream
 
     async def _synthesize_native(self, text: str, voice: str | None, speed: float) -> AsyncIterator[AudioChunk]:
         text = text.strip()

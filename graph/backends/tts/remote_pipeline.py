@@ -26,7 +26,6 @@ import asyncio
 import contextlib
 import json
 from collections.abc import AsyncIterator
-from contextlib import aclosing
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -121,11 +120,9 @@ class RemotePipelineTTS(TTSBackend):
         connection = await self._connect()
         self._idle = connection
 
-    async def synthesize(self, text: str, options: TTSOptions) -> AsyncIterator[AudioChunk]:
+    def synthesize(self, text: str, options: TTSOptions) -> AsyncIterator[AudioChunk]:
         # the service's protocol has no rate: a mood's rate is a pitch-keeping time-stretch of its final audio
-        async with aclosing(stretch_stream(self._synthesize_native(text), options.speed)) as audio:
-            async for chunk in audio:
-                yield chunk
+        return stretch_stream(self._synthesize_native(text), options.speed)  # closing it closes the native stream
 
     async def _synthesize_native(self, text: str) -> AsyncIterator[AudioChunk]:
         text = text.strip()

@@ -21,7 +21,6 @@ import os
 import threading
 import time
 from collections.abc import AsyncIterator
-from contextlib import aclosing
 from pathlib import Path
 from typing import Any
 
@@ -164,11 +163,9 @@ class SopranoInProcessTTS(TTSBackend):
         for piece in model.infer_stream(text, chunk_size=self.chunk_size, **self.sampling):
             yield piece.detach().to("cpu").float().numpy().reshape(-1)
 
-    async def synthesize(self, text: str, options: TTSOptions) -> AsyncIterator[AudioChunk]:
+    def synthesize(self, text: str, options: TTSOptions) -> AsyncIterator[AudioChunk]:
         # Soprano has no speed control: a mood's rate is a pitch-keeping WORLD time-stretch of its audio
-        async with aclosing(stretch_stream(self._synthesize_native(text), options.speed)) as audio:
-            async for chunk in audio:
-                yield chunk
+        return stretch_stream(self._synthesize_native(text), options.speed)  # closing it closes the native stream
 
     async def _synthesize_native(self, text: str) -> AsyncIterator[AudioChunk]:
         text = text.strip()

@@ -35,10 +35,18 @@ APP_ARGS = ("llm", "tts", "vc", "voice", "controller", "brain")
 # Serve's proxy forwards HTTP/WebSocket traffic to the ingress over gRPC instead of Ray actor calls
 # (about 10 ms less time to first audio here, docs/performance.md). Serve reads this when the proxy
 # starts, so it belongs in the environment of whatever starts Ray: `ray start`, `miku serve`, tests.
-# WEBSOCKETS_MAX_LINE_LENGTH: over websockets' default (8 KiB) a header line makes Serve's proxy hang
-# the WebSocket handshake (uvicorn never sends the 431); with 1 MiB it reaches the ingress, which
-# refuses oversized headers at once (deployments/http_guard.py)
-PROXY_ENV = {"RAY_SERVE_PROXY_USE_GRPC": "1", "WEBSOCKETS_MAX_LINE_LENGTH": str(2**20)}
+# WEBSOCKETS_MAX_LINE_LENGTH / WEBSOCKETS_MAX_NUM_HEADERS: when a WebSocket upgrade breaks websockets'
+# own limits (a header line over 8 KiB, more than 128 headers), Serve's proxy (uvicorn's sans-io
+# websockets protocol) never answers: the handshake hangs until the client leaves. uvicorn has already
+# buffered the whole request by then (it puts no bound on HTTP headers either), so these limits only
+# decide whether the request reaches the ingress, which refuses more than 16 KiB of headers at once
+# (deployments/http_guard.py). They are set past anything a client can usefully send; the direct voice
+# port sets its own, tight ones (deployments/voice/voice_port.py).
+PROXY_ENV = {
+    "RAY_SERVE_PROXY_USE_GRPC": "1",
+    "WEBSOCKETS_MAX_LINE_LENGTH": str(2**30),
+    "WEBSOCKETS_MAX_NUM_HEADERS": str(2**20),
+}
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 BUILDER_IMPORT_PATH = "deployments.app:build_app"
 

@@ -148,6 +148,14 @@ class StageRecovery:
             log.warning("the %s stage's replica was lost; waiting for Serve to replace it", stage)
             self._recovering[stage] = asyncio.create_task(self._recover(stage), name=f"recover-{stage}")
 
+    async def wait_recovered(self, stage: str) -> None:
+        task = self._recovering.get(stage)
+        if task is not None:
+            await asyncio.shield(task)
+
+    def stages(self) -> list[str]:
+        return sorted(stage for stage in self._recovering if self.recovering(stage))
+
     def check(self, stage: str) -> None:
         """Raise at once while `stage` is being replaced."""
         if self.recovering(stage):
@@ -183,6 +191,36 @@ class HandleStages:
         self.llm, self.tts, self.vc = (with_transport(handle, transport) for handle in (llm, tts, vc))
         self.names = names
         self.recovery = StageRecovery(self._probe, names)
+        self._watchers: list[asyncio.Task] = []
+
+    def start(self) -> None:
+        """Watch each stage's replica (see `_BackendHost.watch`): one that dies while no call is in
+        flight is marked lost at once, so the next prompt fails fast saying it restarts instead of
+        waiting ~10 s in Serve's router for the replacement."""
+        self._watchers = [asyncio.create_task(self._watch(stage), name=f"watch-{stage}") for stage in ("llm", "tts", "vc")]
+
+    async def _watch(self, stage: str) -> None:
+        handle = getattr(self, stage)
+        while True:
+            try:
+                async for _ in handle.options(stream=True).watch.remote():
+                    pass
+                continue  # the replica ended the call after its beats: open the next one
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:  # noqa: BLE001 - the replica is gone (or unreachable): a lost stage
+                log.warning("the %s stage's watch call failed: %s", stage, str(error).splitlines()[0] if str(error) else type(error).__name__)
+            self.recovery.lost(stage)
+            try:
+                await self.recovery.wait_recovered(stage)
+            except Exception:  # noqa: BLE001 - the probe loop only ends by succeeding or being cancelled
+                await asyncio.sleep(self.recovery.retry_s)
+
+    async def aclose(self) -> None:
+        for task in self._watchers:
+            task.cancel()
+        await asyncio.gather(*self._watchers, return_exceptions=True)
+        await self.recovery.aclose()
 
     async def _probe(self, stage: str) -> None:
         await getattr(self, stage).status.remote()
@@ -531,6 +569,7 @@ class VoiceGraph:
             await self.stages.connect()
         else:
             self.stages = HandleStages(llm, tts, vc, self.names, self.config.stage_transport)
+            self.stages.start()
         self.voice_port = await self._open_voice_port() if self.config.direct_voice else None
         freeze_startup_heap()  # last: everything set up so far lives as long as the replica
 
@@ -550,7 +589,7 @@ class VoiceGraph:
         # getattr: a constructor that failed part-way still gets here
         if getattr(self, "voice_port", None) is not None:
             await self.voice_port.aclose()
-        if isinstance(getattr(self, "stages", None), LinkStages):
+        if getattr(self, "stages", None) is not None:
             await self.stages.aclose()
         if getattr(self, "cpu", None) is not None:
             await self.cpu.stop()
@@ -663,6 +702,10 @@ class VoiceGraph:
         if self.config.direct_voice and self.voice_port is not None and not self.voice_port.serving:
             raise RuntimeError("the direct voice port stopped serving")
 
+    async def recovering_stages(self) -> list[str]:
+        """The stages whose replica was lost and is being replaced (calls to them fail fast meanwhile)."""
+        return self.stages.recovery.stages()
+
     @app.get("/healthz")
     async def healthz(self, authorization: Optional[str] = Header(default=None)) -> JSONResponse:
         """Public: `{"status": "ok"|"degraded"}` and nothing else. With the bearer token: every stage's
@@ -692,6 +735,7 @@ class VoiceGraph:
         body: dict[str, Any] = {"status": "ok" if healthy else "degraded"}
         if auth.token_matches(authorization):
             body["stages"] = stages
+            body["recovering"] = self.stages.recovery.stages()  # lost replicas Serve is replacing
         return JSONResponse(body, status_code=200 if healthy else 503)
 
     @app.websocket("/v1/voice")

@@ -36,6 +36,10 @@ from graph.voice.types import (
 )
 
 
+WATCH_BEAT_S = 0.5  # see _BackendHost.watch
+WATCH_BEATS = 4
+
+
 async def probe_backend(backend, timeout_s: float = PROBE_TIMEOUT_S * 2) -> str | None:
     """None when the backend's own probe passes; else what is down, naming the backend and its URL.
 
@@ -97,6 +101,15 @@ class _BackendHost:
         if down is not None:
             detail["error"] = down
         return StageStatus(self.stage, detail.get("backend", self.backend.name), down is None, detail)
+
+    async def watch(self, beats: int = WATCH_BEATS) -> AsyncIterator[bool]:
+        """A call that stays open while this replica lives: over the `grpc` and `actor` transports the
+        ingress keeps one open per stage, so a replica that dies while Miku is idle fails it at once
+        (the stage links do the same with their WebSocket). It ends by itself after a few beats and is
+        opened again, so a replica draining for a redeploy is never held up for long."""
+        for _ in range(max(1, min(int(beats), WATCH_BEATS))):
+            yield True
+            await asyncio.sleep(WATCH_BEAT_S)
 
     async def __del__(self) -> None:
         # getattr: a constructor that failed part-way (e.g. a missing model) still gets here

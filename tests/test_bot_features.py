@@ -5,7 +5,7 @@ during a voice session, everything held back exactly once afterwards. One test r
 graph (`graph_server`): its controller pauses the features and `POST /v1/compose` writes the message."""
 from __future__ import annotations
 
-import asyncio
+from pathlib import Path
 from types import SimpleNamespace
 from unittest.mock import AsyncMock, MagicMock
 
@@ -32,6 +32,7 @@ from graph.features.scheduler import RunOutcome
 from tests.support.feed_server import FeedServer
 from tests.support.features import SettableCheck
 
+ROOT = Path(__file__).resolve().parents[1]
 GUILD, CHANNEL, FIG_CHANNEL, USER = 9101, 9102, 9103, 9104
 
 
@@ -89,7 +90,7 @@ def configs(tmp_path, feeds=(), jobs=()):
 # ---- start-up --------------------------------------------------------------------------------------
 
 
-def test_bad_feature_files_stop_the_bot_naming_file_and_field(tmp_path):
+def test_bad_feature_files_stop_the_bot_naming_file_and_field(tmp_path, monkeypatch):
     bad = tmp_path / "schedule.yaml"
     bad.write_text("jobs:\n  - {id: x, guild_id: 1, channel_id: 2, cron: '0 9 * * mon', text: hi, timezone: Nowhere/City}\n")
     with pytest.raises(ConfigError, match=rf"^{bad}: jobs\[0\].timezone: unknown time zone"):
@@ -100,6 +101,7 @@ def test_bad_feature_files_stop_the_bot_naming_file_and_field(tmp_path):
         load_feature_configs(BotConfig(figurines_file=str(figs)))
     with pytest.raises(ConfigError, match="cannot be read"):
         load_feature_configs(BotConfig(schedule_file=str(tmp_path / "missing.yaml")))
+    monkeypatch.chdir(ROOT)
     shipped = load_feature_configs(BotConfig())  # configs/schedule.yaml and configs/figurines.yaml
     assert shipped.schedule is not None and shipped.figurines is not None
 
@@ -292,3 +294,17 @@ async def test_a_prompt_job_against_the_real_graph(graph_server, tmp_path):
             await graph.end_session(session.session_id)
         await features.close()
         await graph.close()
+
+
+async def test_compose_route_needs_the_token_and_a_valid_body(graph_server):
+    import aiohttp
+
+    url = f"{graph_server.base_url}/v1/compose"
+    async with aiohttp.ClientSession() as http:
+        async with http.post(url, json={"instruction": "hi"}) as response:
+            assert response.status == 401
+        async with http.post(url, json={"instruction": "", "guild_id": "not-an-id"},
+                             headers=graph_server.auth_headers) as response:
+            assert response.status == 422
+            fields = {tuple(e["loc"]) for e in (await response.json())["detail"]}
+            assert ("body", "instruction") in fields and ("body", "guild_id") in fields

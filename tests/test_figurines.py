@@ -8,6 +8,8 @@ import logging
 import os
 import stat
 
+from pathlib import Path
+
 import pytest
 
 from graph.features.feeds import FeedReader
@@ -24,6 +26,7 @@ from graph.features.gate import FIGURINE_NOTIFIER, FeatureGate
 from tests.support.feed_server import FeedServer, Route
 from tests.support.features import RecordingOps, SettableCheck
 
+ROOT = Path(__file__).resolve().parents[1]
 CHANNEL, USER = 500, 600
 
 
@@ -82,7 +85,7 @@ def test_bad_values_name_the_field(bad, field):
 
 
 def test_files(tmp_path):
-    assert load_figurines("configs/figurines.yaml").keywords
+    assert load_figurines(ROOT / "configs" / "figurines.yaml").keywords
     path = tmp_path / "f.yaml"
     path.write_text("feeds: [\n")
     with pytest.raises(FigurineConfigError, match=rf"^{path}: \(top level\): not valid YAML"):

@@ -10,6 +10,8 @@ import random
 import stat
 from datetime import datetime, timedelta, timezone
 
+from pathlib import Path
+
 import pytest
 
 from graph.features.gate import SCHEDULED_EVENTS, FeatureGate
@@ -24,6 +26,7 @@ from graph.features.schedule import (
 from graph.features.scheduler import DEFERRED_FILE, JOBS_FILE, RunOutcome, ScheduledEvents
 from tests.support.features import RecordingOps, SettableCheck
 
+ROOT = Path(__file__).resolve().parents[1]
 GUILD, CHANNEL = 111, 222
 
 
@@ -120,7 +123,7 @@ def test_bad_files(tmp_path):
 
 
 def test_the_shipped_schedule_file_loads():
-    config = load_schedule("configs/schedule.yaml")
+    config = load_schedule(ROOT / "configs" / "schedule.yaml")
     assert config.enabled
 
 

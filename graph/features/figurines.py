@@ -429,14 +429,21 @@ class FigurineNotifier:
 
     def _take(self, source: FeedSource, items: tuple[FeedItem, ...], seeded: bool) -> tuple[int, int]:
         known = self.store.known(source.url, [i.id for i in items])
-        fresh = [i for i in dict((i.id, i) for i in items).values() if i.id not in known][:MAX_NEW_PER_POLL]
+        fresh = [i for i in dict((i.id, i) for i in items).values() if i.id not in known]
         if not fresh:
             return 0, 0
-        # Feeds list newest first; items are recorded oldest first so they are posted in that order.
+        # All of them are remembered; only the first MAX_NEW_PER_POLL as listed (feeds list newest first)
+        # may be posted, so a feed that dumps its back catalogue at once does not flood the channel.
+        postable = {i.id for i in fresh[:MAX_NEW_PER_POLL]}
+        if len(fresh) > MAX_NEW_PER_POLL:
+            log.warning("figurine feed %s lists %d new items at once; only the newest %d may be posted",
+                        source.url, len(fresh), MAX_NEW_PER_POLL)
+        # Recorded oldest first, so they are posted in the order they appeared.
         fresh.sort(key=lambda i: i.published if i.published is not None else float("inf"))
         keywords = source.keywords or self.config.keywords
         post = seeded or self.config.post_existing
-        marked = [(item, post and matches(item, keywords, self.config.exclude)) for item in fresh]
+        marked = [(item, post and item.id in postable and matches(item, keywords, self.config.exclude))
+                  for item in fresh]
         targets = self.targets()
         added = self.store.add_items(marked, targets, self.clock())
         queued = sum(1 for _, deliver in marked if deliver) * len(targets)

@@ -308,3 +308,22 @@ async def test_compose_route_needs_the_token_and_a_valid_body(graph_server):
             assert response.status == 422
             fields = {tuple(e["loc"]) for e in (await response.json())["detail"]}
             assert ("body", "instruction") in fields and ("body", "guild_id") in fields
+
+
+async def test_the_bot_starts_the_features_and_hands_them_the_end_of_a_session(tmp_path):
+    graph = AsyncMock(spec=GraphClient)
+    graph.features.return_value = []
+    bot = MikuBot(BotConfig(sync_app_commands=False, autonomous=BotConfig().autonomous.__class__(enabled=False)),
+                  graph, configs(tmp_path))
+    await bot.setup_hook()
+    try:
+        assert bot.get_cog("Features") is not None and bot.features.scheduler.scheduler.running
+        bot.features.after_session = AsyncMock()
+        bot.replayer.replay = AsyncMock()
+        await bot._after_session(MagicMock(), MagicMock())
+        for task in list(bot._background):
+            await task
+        bot.features.after_session.assert_awaited_once()
+    finally:
+        await bot.features.close()
+    assert MikuBot(BotConfig(), graph).features is None  # no files given: nothing started

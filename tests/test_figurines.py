@@ -256,3 +256,29 @@ async def test_a_refusing_target_is_retried_later_then_given_up(tmp_path, server
         assert [outcome for *_, outcome in notes.store.delivered()] == ["posted", "dropped"]
     finally:
         await notes.stop()
+
+
+async def test_the_notifier_loop_posts_on_its_own(tmp_path, server, controller, ops):
+    news = server.serve_file("/news.atom", "news_atom_1.xml")
+    notes = notifier(tmp_path, controller, ops, Clock(), news, channels=[CHANNEL], post_existing=True, tick_s=0.05)
+    controller.in_session = True
+    notes.start()
+    try:
+        await _wait(lambda: notes.store.waiting_count() == 1)  # read during the session, held
+        assert ops.sent == []
+        controller.in_session = False
+        (sent,) = await ops.wait_for(1)
+        assert sent.payload.title == "Good Smile announces a Hatsune Miku Symphony figure"
+    finally:
+        await notes.stop()
+
+
+async def _wait(predicate, timeout=30.0):
+    import asyncio
+
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not predicate():
+        if loop.time() > deadline:
+            raise AssertionError("condition not reached")
+        await asyncio.sleep(0.01)

@@ -341,3 +341,18 @@ async def _wait(predicate, timeout=30.0):
         if loop.time() > deadline:
             raise AssertionError("condition not reached")
         await asyncio.sleep(0.01)
+
+
+async def test_the_watcher_posts_a_deferred_run_when_a_session_ends_elsewhere(tmp_path, controller, ops):
+    # e.g. the session's lease expired: no after-session hook ran in this bot, the watcher notices
+    events = service(schedule(tmp_path, job(text="after the lease", choices=None), recheck_s=0.05), controller, ops)
+    await events.start()
+    try:
+        controller.in_session = True
+        assert await events.run_now("monday-video") is RunOutcome.DEFERRED
+        controller.in_session = False
+        (sent,) = await ops.wait_for(1)
+        assert sent.payload == "after the lease"
+        await _wait(lambda: len(events.deferred) == 0)
+    finally:
+        await events.shutdown()

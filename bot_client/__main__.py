@@ -42,7 +42,11 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     graph = GraphClient(config.graph.url, graph_token, request_timeout_s=config.graph.request_timeout_s,
                         connect_timeout_s=config.graph.connect_timeout_s, direct_voice=config.graph.direct_voice)
-    bot = MikuBot(config, graph, feature_configs)
+    try:
+        bot = MikuBot(config, graph, feature_configs)
+    except ConfigError as exc:  # e.g. the features' state directory cannot be written
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     try:
         bot.run(token, log_handler=None)
     except discord.LoginFailure:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sqlite3
 import time
 from dataclasses import dataclass
 from datetime import datetime
@@ -127,14 +128,20 @@ class BotFeatures:
         self.graph = graph
         self.scheduler: ScheduledEvents | None = None
         self.figurines: FigurineNotifier | None = None
-        if configs.schedule is not None:
-            self.scheduler = ScheduledEvents(configs.schedule, gate=FeatureGate(SCHEDULED_EVENTS, check),
-                                             post=ops.send_text, compose=self._compose, clock=clock)
-        if configs.figurines is not None:
-            fig = configs.figurines
-            self.figurines = FigurineNotifier(fig, gate=FeatureGate(FIGURINE_NOTIFIER, check), ops=ops,
-                                              reader=FeedReader(max_bytes=fig.max_bytes, timeout_s=fig.timeout_s),
-                                              clock=clock)
+        try:
+            if configs.schedule is not None:
+                self.scheduler = ScheduledEvents(configs.schedule, gate=FeatureGate(SCHEDULED_EVENTS, check),
+                                                 post=ops.send_text, compose=self._compose, clock=clock)
+        except (OSError, sqlite3.Error) as exc:
+            raise ConfigError(f"scheduled events: state_dir {configs.schedule.state_dir!r} cannot be used: {exc}") from None
+        try:
+            if configs.figurines is not None:
+                fig = configs.figurines
+                self.figurines = FigurineNotifier(fig, gate=FeatureGate(FIGURINE_NOTIFIER, check), ops=ops,
+                                                  reader=FeedReader(max_bytes=fig.max_bytes, timeout_s=fig.timeout_s),
+                                                  clock=clock)
+        except (OSError, sqlite3.Error) as exc:
+            raise ConfigError(f"figurine notifier: state_dir {configs.figurines.state_dir!r} cannot be used: {exc}") from None
 
     async def _compose(self, spec: JobSpec) -> str | None:
         return await self.graph.compose(spec.prompt or "", spec.guild_id, spec.channel_id)

@@ -15,7 +15,7 @@ from discord.ext import commands
 
 from bot_client.bot import MikuBot
 from bot_client.cogs.events import EventsCog
-from bot_client.config import BotConfig, ConfigError
+from bot_client.config import AutonomousConfig, BotConfig, ConfigError
 from bot_client.discord_adapter import SAFE_MENTIONS
 from bot_client.features import (
     BotFeatures,
@@ -101,6 +101,11 @@ def test_bad_feature_files_stop_the_bot_naming_file_and_field(tmp_path, monkeypa
         load_feature_configs(BotConfig(figurines_file=str(figs)))
     with pytest.raises(ConfigError, match="cannot be read"):
         load_feature_configs(BotConfig(schedule_file=str(tmp_path / "missing.yaml")))
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    unusable = FeatureConfigs(parse_schedule({"state_dir": str(blocker / "state")}), None)
+    with pytest.raises(ConfigError, match="scheduled events: state_dir .* cannot be used"):
+        BotFeatures(unusable, AsyncMock(spec=GraphClient), AsyncMock())
     monkeypatch.chdir(ROOT)
     shipped = load_feature_configs(BotConfig())  # configs/schedule.yaml and configs/figurines.yaml
     assert shipped.schedule is not None and shipped.figurines is not None
@@ -313,7 +318,7 @@ async def test_compose_route_needs_the_token_and_a_valid_body(graph_server):
 async def test_the_bot_starts_the_features_and_hands_them_the_end_of_a_session(tmp_path):
     graph = AsyncMock(spec=GraphClient)
     graph.features.return_value = []
-    bot = MikuBot(BotConfig(sync_app_commands=False, autonomous=BotConfig().autonomous.__class__(enabled=False)),
+    bot = MikuBot(BotConfig(sync_app_commands=False, autonomous=AutonomousConfig(enabled=False)),
                   graph, configs(tmp_path))
     await bot.setup_hook()
     try:

@@ -282,3 +282,15 @@ async def _wait(predicate, timeout=30.0):
         if loop.time() > deadline:
             raise AssertionError("condition not reached")
         await asyncio.sleep(0.01)
+
+
+async def test_the_same_product_in_two_feeds_is_posted_once(tmp_path, server, controller, ops):
+    first = server.serve_file("/shop.xml", "shop_rss_1.xml")
+    mirror = server.serve_file("/mirror.xml", "shop_rss_1.xml")  # another feed listing the same items
+    notes = notifier(tmp_path, controller, ops, Clock(), first, mirror, channels=[CHANNEL], post_existing=True)
+    try:
+        report, posted = await notes.tick()
+        assert report.new_items == 4 and report.queued == 1 and posted == 1
+        assert [s.payload.url for s in ops.sent] == ["https://shop.example/items/1001"]
+    finally:
+        await notes.stop()

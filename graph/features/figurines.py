@@ -237,7 +237,8 @@ class FigurineStore:
                 next_poll_at REAL NOT NULL DEFAULT 0, last_error TEXT);
             CREATE TABLE IF NOT EXISTS items (seq INTEGER PRIMARY KEY AUTOINCREMENT, feed_url TEXT NOT NULL,
                 item_id TEXT NOT NULL, matched INTEGER NOT NULL, found_at REAL NOT NULL, data TEXT NOT NULL,
-                UNIQUE (feed_url, item_id));
+                link TEXT NOT NULL DEFAULT '', UNIQUE (feed_url, item_id));
+            CREATE INDEX IF NOT EXISTS items_link ON items (link);
             CREATE TABLE IF NOT EXISTS deliveries (seq INTEGER NOT NULL, target TEXT NOT NULL,
                 attempts INTEGER NOT NULL DEFAULT 0, done_at REAL, outcome TEXT, PRIMARY KEY (seq, target));
             CREATE INDEX IF NOT EXISTS deliveries_waiting ON deliveries (done_at, seq);
@@ -286,9 +287,13 @@ class FigurineStore:
         added = []
         with self._db:
             for item, deliver in items:
+                if deliver and item.link and self._db.execute(
+                        "SELECT 1 FROM items WHERE link = ? AND matched = 1", (item.link,)).fetchone():
+                    deliver = False  # the same product from another feed (or under a new id): posted already
                 cursor = self._db.execute(
-                    "INSERT OR IGNORE INTO items (feed_url, item_id, matched, found_at, data) VALUES (?, ?, ?, ?, ?)",
-                    (item.feed_url, item.id, int(deliver), now, json.dumps(asdict(item), ensure_ascii=False)))
+                    "INSERT OR IGNORE INTO items (feed_url, item_id, matched, found_at, data, link) "
+                    "VALUES (?, ?, ?, ?, ?, ?)",
+                    (item.feed_url, item.id, int(deliver), now, json.dumps(asdict(item), ensure_ascii=False), item.link))
                 if not cursor.rowcount:
                     continue
                 seq = cursor.lastrowid
@@ -445,13 +450,14 @@ class FigurineNotifier:
         marked = [(item, post and item.id in postable and matches(item, keywords, self.config.exclude))
                   for item in fresh]
         targets = self.targets()
+        before = self.store.waiting_count()
         added = self.store.add_items(marked, targets, self.clock())
-        queued = sum(1 for _, deliver in marked if deliver) * len(targets)
+        queued = self.store.waiting_count() - before
         if not post:
             log.info("figurine feed %s read for the first time: %d items remembered, none posted", source.url, len(added))
         elif queued:
-            log.info("figurine feed %s: %d new items, %d matching, for %d subscribers", source.url, len(added),
-                     sum(1 for _, d in marked if d), len(targets))
+            log.info("figurine feed %s: %d new items, %d posts queued for %d subscribers", source.url, len(added),
+                     queued, len(targets))
         return len(added), queued
 
     # ---- posting -------------------------------------------------------------------------------

@@ -13,6 +13,8 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from graph.features.gate import SCHEDULED_EVENTS, FeatureGate
 from graph.features.schedule import (
@@ -354,5 +356,51 @@ async def test_the_watcher_posts_a_deferred_run_when_a_session_ends_elsewhere(tm
         (sent,) = await ops.wait_for(1)
         assert sent.payload == "after the lease"
         await _wait(lambda: len(events.deferred) == 0)
+    finally:
+        await events.shutdown()
+
+
+# ---- any order of runs, sessions, catch-ups and restarts ------------------------------------------
+
+STEPS = st.lists(st.sampled_from(["session", "fire", "flush", "restart"]), min_size=1, max_size=14)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(steps=STEPS, policy=st.sampled_from(["run_once", "skip"]))
+def test_never_posted_in_a_session_never_twice_never_lost(tmp_path_factory, steps, policy):
+    """A model of the policy next to the real scheduler: after every step the messages really sent are
+    exactly the model's (nothing during a session, one per coalesced deferred run, none lost)."""
+    asyncio.run(_walk(tmp_path_factory.mktemp("walk"), steps, policy))
+
+
+async def _walk(tmp_path, steps, policy):
+    controller, ops = SettableCheck(), RecordingOps()
+    config = schedule(tmp_path, job(text="tick", choices=None, misfire=policy))
+    events = service(config, controller, ops)
+    await events.start(watch=False)
+    in_session, pending, posts = False, False, 0
+    try:
+        for step in steps + ["end"]:
+            if step == "session":
+                in_session = controller.in_session = not in_session
+            elif step == "end":  # the walk ends with the session over and a catch-up
+                in_session = controller.in_session = False
+                step = "flush"
+            if step == "fire":
+                await events.fire(events.get("monday-video"))
+                if not in_session:
+                    posts, pending = posts + 1, False
+                elif policy == "run_once":
+                    pending = True
+            elif step == "flush":
+                await events.flush_deferred()
+                if not in_session and pending:
+                    posts, pending = posts + 1, False
+            elif step == "restart":
+                await events.shutdown()
+                events = service(config, controller, ops)
+                await events.start(watch=False)
+            assert len(ops.sent) == posts, (steps, step)
+            assert len(events.deferred) == int(pending)
     finally:
         await events.shutdown()

@@ -11,6 +11,8 @@ import stat
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from graph.features.feeds import FeedReader
 from graph.features.figurines import (
@@ -294,3 +296,61 @@ async def test_the_same_product_in_two_feeds_is_posted_once(tmp_path, server, co
         assert [s.payload.url for s in ops.sent] == ["https://shop.example/items/1001"]
     finally:
         await notes.stop()
+
+
+def rss(titles: list[str]) -> bytes:
+    items = "".join(f"<item><title>{t}</title><link>https://shop.example/{i}</link><guid>g{i}</guid>"
+                    f"<pubDate>Tue, 01 Dec 2026 {i % 24:02d}:00:00 +0000</pubDate></item>"
+                    for i, t in reversed(list(enumerate(titles))))
+    return f'<?xml version="1.0"?><rss version="2.0"><channel><title>Shop</title>{items}</channel></rss>'.encode()
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(steps=st.lists(st.sampled_from(["session", "publish", "publish-other", "tick", "deliver", "restart"]),
+                      min_size=1, max_size=16))
+def test_items_are_posted_once_in_order_and_never_in_a_session(tmp_path_factory, steps):
+    import asyncio
+
+    asyncio.run(_walk(tmp_path_factory.mktemp("walk"), steps))
+
+
+async def _walk(tmp_path, steps):
+    server = await FeedServer().start()
+    titles: list[str] = []
+    server.set("/feed.xml", Route(body=rss(titles)))
+    controller, ops, clock = SettableCheck(), RecordingOps(), Clock()
+
+    def make():
+        return notifier(tmp_path, controller, ops, clock, server.url("/feed.xml"), channels=[CHANNEL], post_existing=True)
+
+    notes = make()
+    try:
+        for step in steps + ["end"]:
+            if step == "session":
+                controller.in_session = not controller.in_session
+            elif step in ("publish", "publish-other"):
+                titles.append(f"Miku figure {len(titles)}" if step == "publish" else f"Racing car {len(titles)}")
+                server.set("/feed.xml", Route(body=rss(titles)))
+            elif step == "tick":
+                clock.now += 900
+                sent_before = len(ops.sent)
+                await notes.tick()
+                if controller.in_session:
+                    assert len(ops.sent) == sent_before
+            elif step == "deliver":
+                sent_before = len(ops.sent)
+                await notes.deliver_pending()
+                if controller.in_session:
+                    assert len(ops.sent) == sent_before
+            elif step == "restart":
+                await notes.stop()
+                notes = make()
+            elif step == "end":
+                controller.in_session = False
+                clock.now += 900
+                await notes.tick()
+        expected = [t for t in titles if t.startswith("Miku")]
+        assert [s.payload.title for s in ops.sent] == expected
+    finally:
+        await notes.stop()
+        await server.stop()

@@ -21,6 +21,7 @@ from .actions import ActionExecutor, ChatOps, ExecutionReport, QueueReplayer
 from .autonomous import AutonomousPoller
 from .config import AutonomousConfig, BotConfig
 from .discord_adapter import DiscordChatOps
+from .features import BotFeatures, DiscordFeatureOps, FeatureConfigs
 from .graph_api import GraphClient, GraphError
 from .inputs import SeenMessages
 from .router import MessageRouter
@@ -144,7 +145,7 @@ def minimal_intents(config: BotConfig | AutonomousConfig | None = None) -> disco
 
 
 class MikuBot(commands.Bot):
-    def __init__(self, config: BotConfig, graph: GraphClient) -> None:
+    def __init__(self, config: BotConfig, graph: GraphClient, feature_configs: FeatureConfigs | None = None) -> None:
         super().__init__(
             command_prefix=commands.when_mentioned_or(config.command_prefix),
             intents=minimal_intents(config),
@@ -164,6 +165,10 @@ class MikuBot(commands.Bot):
         self._background: set[asyncio.Task] = set()
         self.poller = AutonomousPoller(graph, self._execute_autonomous, wait_s=config.autonomous.wait_s,
                                        on_recovered=self._resync_servers)
+        # Scheduled events and the figurine notifier (bot_client/features.py), when their files are there.
+        self.features = (BotFeatures(feature_configs, graph, DiscordFeatureOps(self))
+                         if feature_configs is not None and (feature_configs.schedule or feature_configs.figurines)
+                         else None)
 
     async def setup_hook(self) -> None:
         from .cogs.events import EventsCog
@@ -171,6 +176,11 @@ class MikuBot(commands.Bot):
 
         await self.add_cog(VoiceCog(self))
         await self.add_cog(EventsCog(self))
+        if self.features is not None:
+            from .cogs.features import FeaturesCog
+
+            await self.add_cog(FeaturesCog(self, self.features))
+            await self.features.start()
         if self.config.sync_app_commands:
             try:
                 await self.tree.sync()
@@ -233,6 +243,8 @@ class MikuBot(commands.Bot):
 
     async def _after_session(self, session: VoiceSession, reason: EndReason) -> None:
         self._spawn(self.replayer.replay())
+        if self.features is not None:
+            self._spawn(self.features.after_session())  # deferred scheduled runs, waiting figurine posts
 
     def _spawn(self, coro) -> None:
         task = asyncio.ensure_future(coro)
@@ -248,5 +260,10 @@ class MikuBot(commands.Bot):
                 await self.poller.stop()  # before the graph client closes: no poll outlives it
             except Exception:
                 log.exception("stopping the autonomous poller failed")
+            if self.features is not None:
+                try:
+                    await self.features.close()
+                except Exception:
+                    log.exception("stopping the scheduled events / figurine notifier failed")
             await self.graph.close()
             await super().close()

@@ -129,6 +129,9 @@ class BotConfig:
     autonomous: AutonomousConfig = field(default_factory=AutonomousConfig)
     seen_messages: int = 5000  # how many message ids are remembered to act on each message once
     sync_app_commands: bool = True
+    # Paused-by-voice features (bot_client/features.py); None: configs/<name>.yaml when it exists, else off.
+    schedule_file: str | None = None
+    figurines_file: str | None = None
 
     @property
     def command_name(self) -> str:

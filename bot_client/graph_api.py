@@ -248,6 +248,17 @@ class GraphClient:
         actions = (body or {}).get("actions", [])
         return [a for a in actions if isinstance(a, dict)]
 
+    async def compose(self, instruction: str, guild_id: int | str | None = None,
+                      channel_id: int | str | None = None) -> str | None:
+        """`POST /v1/compose`: a message in the persona's voice from an instruction; None when none was written."""
+        body = await self._request("POST", "/v1/compose", json_body={
+            "instruction": instruction,
+            "guild_id": str(guild_id) if guild_id is not None else None,
+            "channel_id": str(channel_id) if channel_id is not None else None,
+        })
+        text = body.get("text") if isinstance(body, dict) else None
+        return text if isinstance(text, str) and text.strip() else None
+
     async def enqueue(self, event: dict) -> dict:
         """Hold a text-channel message event in the controller's queue (`POST /v1/queue`).
 

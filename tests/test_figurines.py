@@ -8,7 +8,11 @@ import logging
 import os
 import stat
 
+from pathlib import Path
+
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from graph.features.feeds import FeedReader
 from graph.features.figurines import (
@@ -24,6 +28,7 @@ from graph.features.gate import FIGURINE_NOTIFIER, FeatureGate
 from tests.support.feed_server import FeedServer, Route
 from tests.support.features import RecordingOps, SettableCheck
 
+ROOT = Path(__file__).resolve().parents[1]
 CHANNEL, USER = 500, 600
 
 
@@ -82,7 +87,7 @@ def test_bad_values_name_the_field(bad, field):
 
 
 def test_files(tmp_path):
-    assert load_figurines("configs/figurines.yaml").keywords
+    assert load_figurines(ROOT / "configs" / "figurines.yaml").keywords
     path = tmp_path / "f.yaml"
     path.write_text("feeds: [\n")
     with pytest.raises(FigurineConfigError, match=rf"^{path}: \(top level\): not valid YAML"):
@@ -253,3 +258,99 @@ async def test_a_refusing_target_is_retried_later_then_given_up(tmp_path, server
         assert [outcome for *_, outcome in notes.store.delivered()] == ["posted", "dropped"]
     finally:
         await notes.stop()
+
+
+async def test_the_notifier_loop_posts_on_its_own(tmp_path, server, controller, ops):
+    news = server.serve_file("/news.atom", "news_atom_1.xml")
+    notes = notifier(tmp_path, controller, ops, Clock(), news, channels=[CHANNEL], post_existing=True, tick_s=0.05)
+    controller.in_session = True
+    notes.start()
+    try:
+        await _wait(lambda: notes.store.waiting_count() == 1)  # read during the session, held
+        assert ops.sent == []
+        controller.in_session = False
+        (sent,) = await ops.wait_for(1)
+        assert sent.payload.title == "Good Smile announces a Hatsune Miku Symphony figure"
+    finally:
+        await notes.stop()
+
+
+async def _wait(predicate, timeout=30.0):
+    import asyncio
+
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not predicate():
+        if loop.time() > deadline:
+            raise AssertionError("condition not reached")
+        await asyncio.sleep(0.01)
+
+
+async def test_the_same_product_in_two_feeds_is_posted_once(tmp_path, server, controller, ops):
+    first = server.serve_file("/shop.xml", "shop_rss_1.xml")
+    mirror = server.serve_file("/mirror.xml", "shop_rss_1.xml")  # another feed listing the same items
+    notes = notifier(tmp_path, controller, ops, Clock(), first, mirror, channels=[CHANNEL], post_existing=True)
+    try:
+        report, posted = await notes.tick()
+        assert report.new_items == 4 and report.queued == 1 and posted == 1
+        assert [s.payload.url for s in ops.sent] == ["https://shop.example/items/1001"]
+    finally:
+        await notes.stop()
+
+
+def rss(titles: list[str]) -> bytes:
+    items = "".join(f"<item><title>{t}</title><link>https://shop.example/{i}</link><guid>g{i}</guid>"
+                    f"<pubDate>Tue, 01 Dec 2026 {i % 24:02d}:00:00 +0000</pubDate></item>"
+                    for i, t in reversed(list(enumerate(titles))))
+    return f'<?xml version="1.0"?><rss version="2.0"><channel><title>Shop</title>{items}</channel></rss>'.encode()
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(steps=st.lists(st.sampled_from(["session", "publish", "publish-other", "tick", "deliver", "restart"]),
+                      min_size=1, max_size=16))
+def test_items_are_posted_once_in_order_and_never_in_a_session(tmp_path_factory, steps):
+    import asyncio
+
+    asyncio.run(_walk(tmp_path_factory.mktemp("walk"), steps))
+
+
+async def _walk(tmp_path, steps):
+    server = await FeedServer().start()
+    titles: list[str] = []
+    server.set("/feed.xml", Route(body=rss(titles)))
+    controller, ops, clock = SettableCheck(), RecordingOps(), Clock()
+
+    def make():
+        return notifier(tmp_path, controller, ops, clock, server.url("/feed.xml"), channels=[CHANNEL], post_existing=True)
+
+    notes = make()
+    try:
+        for step in steps + ["end"]:
+            if step == "session":
+                controller.in_session = not controller.in_session
+            elif step in ("publish", "publish-other"):
+                titles.append(f"Miku figure {len(titles)}" if step == "publish" else f"Racing car {len(titles)}")
+                server.set("/feed.xml", Route(body=rss(titles)))
+            elif step == "tick":
+                clock.now += 900
+                sent_before = len(ops.sent)
+                await notes.tick()
+                if controller.in_session:
+                    assert len(ops.sent) == sent_before
+            elif step == "deliver":
+                sent_before = len(ops.sent)
+                await notes.deliver_pending()
+                if controller.in_session:
+                    assert len(ops.sent) == sent_before
+            elif step == "restart":
+                await notes.stop()
+                notes = make()
+            elif step == "end":
+                controller.in_session = False
+                clock.now += 900
+                await notes.tick()
+        expected = [t for t in titles if t.startswith("Miku")]
+        assert [s.payload.title for s in ops.sent] == expected
+    finally:
+        await notes.stop()
+        await server.stop()

@@ -10,7 +10,11 @@ import random
 import stat
 from datetime import datetime, timedelta, timezone
 
+from pathlib import Path
+
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from graph.features.gate import SCHEDULED_EVENTS, FeatureGate
 from graph.features.schedule import (
@@ -24,6 +28,7 @@ from graph.features.schedule import (
 from graph.features.scheduler import DEFERRED_FILE, JOBS_FILE, RunOutcome, ScheduledEvents
 from tests.support.features import RecordingOps, SettableCheck
 
+ROOT = Path(__file__).resolve().parents[1]
 GUILD, CHANNEL = 111, 222
 
 
@@ -120,7 +125,7 @@ def test_bad_files(tmp_path):
 
 
 def test_the_shipped_schedule_file_loads():
-    config = load_schedule("configs/schedule.yaml")
+    config = load_schedule(ROOT / "configs" / "schedule.yaml")
     assert config.enabled
 
 
@@ -338,3 +343,64 @@ async def _wait(predicate, timeout=30.0):
         if loop.time() > deadline:
             raise AssertionError("condition not reached")
         await asyncio.sleep(0.01)
+
+
+async def test_the_watcher_posts_a_deferred_run_when_a_session_ends_elsewhere(tmp_path, controller, ops):
+    # e.g. the session's lease expired: no after-session hook ran in this bot, the watcher notices
+    events = service(schedule(tmp_path, job(text="after the lease", choices=None), recheck_s=0.05), controller, ops)
+    await events.start()
+    try:
+        controller.in_session = True
+        assert await events.run_now("monday-video") is RunOutcome.DEFERRED
+        controller.in_session = False
+        (sent,) = await ops.wait_for(1)
+        assert sent.payload == "after the lease"
+        await _wait(lambda: len(events.deferred) == 0)
+    finally:
+        await events.shutdown()
+
+
+# ---- any order of runs, sessions, catch-ups and restarts ------------------------------------------
+
+STEPS = st.lists(st.sampled_from(["session", "fire", "flush", "restart"]), min_size=1, max_size=14)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(steps=STEPS, policy=st.sampled_from(["run_once", "skip"]))
+def test_never_posted_in_a_session_never_twice_never_lost(tmp_path_factory, steps, policy):
+    """A model of the policy next to the real scheduler: after every step the messages really sent are
+    exactly the model's (nothing during a session, one per coalesced deferred run, none lost)."""
+    asyncio.run(_walk(tmp_path_factory.mktemp("walk"), steps, policy))
+
+
+async def _walk(tmp_path, steps, policy):
+    controller, ops = SettableCheck(), RecordingOps()
+    config = schedule(tmp_path, job(text="tick", choices=None, misfire=policy))
+    events = service(config, controller, ops)
+    await events.start(watch=False)
+    in_session, pending, posts = False, False, 0
+    try:
+        for step in steps + ["end"]:
+            if step == "session":
+                in_session = controller.in_session = not in_session
+            elif step == "end":  # the walk ends with the session over and a catch-up
+                in_session = controller.in_session = False
+                step = "flush"
+            if step == "fire":
+                await events.fire(events.get("monday-video"))
+                if not in_session:
+                    posts, pending = posts + 1, False
+                elif policy == "run_once":
+                    pending = True
+            elif step == "flush":
+                await events.flush_deferred()
+                if not in_session and pending:
+                    posts, pending = posts + 1, False
+            elif step == "restart":
+                await events.shutdown()
+                events = service(config, controller, ops)
+                await events.start(watch=False)
+            assert len(ops.sent) == posts, (steps, step)
+            assert len(events.deferred) == int(pending)
+    finally:
+        await events.shutdown()

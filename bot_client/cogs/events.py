@@ -29,6 +29,9 @@ class EventsCog(commands.Cog, name="Events"):
     def _is_command(self, content: str) -> bool:
         """A message the command group runs (`!miku ...`, or a mention of the bot then `miku ...`)."""
         prefixes = [self.bot.config.command_name]
+        # the scheduled-events and figurine commands (cogs/features.py), when that cog is loaded
+        prefixes += [f"{self.bot.config.command_prefix}{name}" for name in ("schedule", "figures")
+                     if self.bot.get_command(name) is not None]
         me = self.bot.user
         if me is not None:  # commands.when_mentioned: "<@id> " and "<@!id> " before the group name
             prefixes += [f"<@{me.id}> {self.bot.config.group_name}", f"<@!{me.id}> {self.bot.config.group_name}"]

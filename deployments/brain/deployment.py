@@ -768,6 +768,13 @@ class Brain:
         prompt = await self._brain.voice_prompt(guild_id=guild_id, channel_id=channel_id, user_id=user_id, user_name=user_name, text=text)
         return prompt.to_dict()
 
+    async def compose(self, guild_id: str | None, channel_id: str | None, instruction: str) -> dict[str, Any]:
+        """A message written from an instruction in the persona's voice (scheduled events); text None on failure."""
+        from graph.features.compose import compose_message
+
+        composed = await compose_message(self._brain, guild_id=guild_id, channel_id=channel_id, instruction=instruction)
+        return composed.to_dict()
+
     async def snapshot(self) -> dict[str, Any]:
         snapshot = self._brain.snapshot()
         if self._autonomous is not None:

@@ -237,7 +237,8 @@ class FigurineStore:
                 next_poll_at REAL NOT NULL DEFAULT 0, last_error TEXT);
             CREATE TABLE IF NOT EXISTS items (seq INTEGER PRIMARY KEY AUTOINCREMENT, feed_url TEXT NOT NULL,
                 item_id TEXT NOT NULL, matched INTEGER NOT NULL, found_at REAL NOT NULL, data TEXT NOT NULL,
-                UNIQUE (feed_url, item_id));
+                link TEXT NOT NULL DEFAULT '', UNIQUE (feed_url, item_id));
+            CREATE INDEX IF NOT EXISTS items_link ON items (link);
             CREATE TABLE IF NOT EXISTS deliveries (seq INTEGER NOT NULL, target TEXT NOT NULL,
                 attempts INTEGER NOT NULL DEFAULT 0, done_at REAL, outcome TEXT, PRIMARY KEY (seq, target));
             CREATE INDEX IF NOT EXISTS deliveries_waiting ON deliveries (done_at, seq);
@@ -286,9 +287,13 @@ class FigurineStore:
         added = []
         with self._db:
             for item, deliver in items:
+                if deliver and item.link and self._db.execute(
+                        "SELECT 1 FROM items WHERE link = ? AND matched = 1", (item.link,)).fetchone():
+                    deliver = False  # the same product from another feed (or under a new id): posted already
                 cursor = self._db.execute(
-                    "INSERT OR IGNORE INTO items (feed_url, item_id, matched, found_at, data) VALUES (?, ?, ?, ?, ?)",
-                    (item.feed_url, item.id, int(deliver), now, json.dumps(asdict(item), ensure_ascii=False)))
+                    "INSERT OR IGNORE INTO items (feed_url, item_id, matched, found_at, data, link) "
+                    "VALUES (?, ?, ?, ?, ?, ?)",
+                    (item.feed_url, item.id, int(deliver), now, json.dumps(asdict(item), ensure_ascii=False), item.link))
                 if not cursor.rowcount:
                     continue
                 seq = cursor.lastrowid
@@ -429,22 +434,30 @@ class FigurineNotifier:
 
     def _take(self, source: FeedSource, items: tuple[FeedItem, ...], seeded: bool) -> tuple[int, int]:
         known = self.store.known(source.url, [i.id for i in items])
-        fresh = [i for i in dict((i.id, i) for i in items).values() if i.id not in known][:MAX_NEW_PER_POLL]
+        fresh = [i for i in dict((i.id, i) for i in items).values() if i.id not in known]
         if not fresh:
             return 0, 0
-        # Feeds list newest first; items are recorded oldest first so they are posted in that order.
+        # All of them are remembered; only the first MAX_NEW_PER_POLL as listed (feeds list newest first)
+        # may be posted, so a feed that dumps its back catalogue at once does not flood the channel.
+        postable = {i.id for i in fresh[:MAX_NEW_PER_POLL]}
+        if len(fresh) > MAX_NEW_PER_POLL:
+            log.warning("figurine feed %s lists %d new items at once; only the newest %d may be posted",
+                        source.url, len(fresh), MAX_NEW_PER_POLL)
+        # Recorded oldest first, so they are posted in the order they appeared.
         fresh.sort(key=lambda i: i.published if i.published is not None else float("inf"))
         keywords = source.keywords or self.config.keywords
         post = seeded or self.config.post_existing
-        marked = [(item, post and matches(item, keywords, self.config.exclude)) for item in fresh]
+        marked = [(item, post and item.id in postable and matches(item, keywords, self.config.exclude))
+                  for item in fresh]
         targets = self.targets()
+        before = self.store.waiting_count()
         added = self.store.add_items(marked, targets, self.clock())
-        queued = sum(1 for _, deliver in marked if deliver) * len(targets)
+        queued = self.store.waiting_count() - before
         if not post:
             log.info("figurine feed %s read for the first time: %d items remembered, none posted", source.url, len(added))
         elif queued:
-            log.info("figurine feed %s: %d new items, %d matching, for %d subscribers", source.url, len(added),
-                     sum(1 for _, d in marked if d), len(targets))
+            log.info("figurine feed %s: %d new items, %d posts queued for %d subscribers", source.url, len(added),
+                     queued, len(targets))
         return len(added), queued
 
     # ---- posting -------------------------------------------------------------------------------

@@ -70,6 +70,11 @@ from graph.brain.events import (
 from graph.brain.llm import complete_from_backend
 from graph.brain.mood_profiles import load_moods
 from graph.brain.prompts import ChatContext
+from graph.brain.text_route import (
+    TEXT_INFERENCE_FEATURE,
+    TextEndpointsConfig,
+    build_routed_backend,
+)
 from graph.voice.types import LLMRequest
 
 log = logging.getLogger(__name__)
@@ -148,16 +153,26 @@ class AutonomousHosting:
         return parse_autonomous_config(_deep_merge(data, self.engine), source=f"{path} + overrides")
 
 
-def load_brain_config(config: dict[str, Any] | str | Path | None) -> tuple[BrainConfig, Mapping[str, Any] | None]:
-    """The brain's config, and its `autonomous` mapping (which BrainConfig itself does not know)."""
+# Sections of the brain's config that its host reads (BrainConfig itself does not know them).
+HOST_SECTIONS = ("autonomous", "text_llm", "bipolar")
+
+
+def load_brain_settings(config: dict[str, Any] | str | Path | None) -> tuple[BrainConfig, dict[str, Any]]:
+    """The brain's config, and the host's sections (`autonomous`, `text_llm`, `bipolar`; absent ones None)."""
     if config is None:
         config = DEFAULT_CONFIG_FILE
     if isinstance(config, (str, Path)):
         data = BrainConfig.read_file(config)
     else:
         data = dict(config.get("brain", config))
-    autonomous = data.pop("autonomous", None)
-    return BrainConfig.from_mapping(data), autonomous
+    sections = {name: data.pop(name, None) for name in HOST_SECTIONS}
+    return BrainConfig.from_mapping(data), sections
+
+
+def load_brain_config(config: dict[str, Any] | str | Path | None) -> tuple[BrainConfig, Mapping[str, Any] | None]:
+    """The brain's config, and its `autonomous` mapping (which BrainConfig itself does not know)."""
+    brain_config, sections = load_brain_settings(config)
+    return brain_config, sections["autonomous"]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -197,6 +212,29 @@ class ControllerFeatureCheck:
 
 
 CheckFeature = Callable[[str], Awaitable[FeatureCheck]]
+
+
+class ControllerRouteCheck:
+    """`check("text_inference")` on the controller actor, whole (the route and the effect, not just allowed).
+
+    No controller running means no voice session can be running either: the normal route."""
+
+    def __init__(self, name: str, namespace: str):
+        self.name = name
+        self.namespace = namespace
+        self._actor = None
+
+    async def __call__(self) -> Any:
+        if self._actor is None:
+            try:
+                self._actor = ray.get_actor(self.name, namespace=self.namespace)
+            except ValueError:
+                return False
+        try:
+            return await self._actor.check.remote(TEXT_INFERENCE_FEATURE)
+        except ray.exceptions.RayActorError:
+            self._actor = None  # restarted or gone: look it up again next time
+            raise
 
 
 class ControllerPause:
@@ -664,6 +702,10 @@ def _complete_via_handle(handle: DeploymentHandle, max_tokens: int = 256, temper
     return complete
 
 
+async def _never_in_session() -> bool:
+    return False
+
+
 async def _tick_forever(name: str, interval_s: float, tick: Callable[[], Awaitable[Any]]) -> None:
     while True:
         await asyncio.sleep(interval_s)
@@ -686,17 +728,9 @@ class Brain:
         tick_interval_s: float = 30.0,
         autonomous: dict[str, Any] | str | None = None,
     ):
-        brain_config, autonomous_from_config = load_brain_config(config)
-        hosting = AutonomousHosting.from_sources(autonomous, autonomous_from_config)
-        complete = None
-        self._backend = None
-        if isinstance(llm, DeploymentHandle):
-            # share the app's TextLLM deployment (one model on the GPU) instead of a second client
-            complete = _complete_via_handle(llm)
-        elif llm:
-            self._backend = create_backend("llm", llm)
-            complete = complete_from_backend(self._backend)
-        check_feature = pause_check = None
+        brain_config, sections = load_brain_settings(config)
+        hosting = AutonomousHosting.from_sources(autonomous, sections["autonomous"])
+        check_feature = pause_check = route_check = None
         if controller is not False:
             from deployments.controller.actor import (
                 CONTROLLER_NAME,
@@ -707,9 +741,28 @@ class Brain:
             name, namespace = target.get("name", CONTROLLER_NAME), target.get("namespace", CONTROLLER_NAMESPACE)
             check_feature = ControllerFeatureCheck(name, namespace)
             pause_check = ControllerFeatureCheck(name, namespace, missing_allows=False)
+            route_check = ControllerRouteCheck(name, namespace)
+        complete = None
+        self._backend = None
+        route_config = None
+        if sections["text_llm"]:
+            # two servers: the normal one, and the RX 6800 one while a voice session runs (graph/brain/text_route.py)
+            route_config = TextEndpointsConfig.from_mapping(sections["text_llm"], "brain.text_llm")
+            self._backend = build_routed_backend(route_config, route_check or _never_in_session)
+            complete = complete_from_backend(self._backend)
+        elif isinstance(llm, DeploymentHandle):
+            # share the app's TextLLM deployment (one model on the GPU) instead of a second client
+            complete = _complete_via_handle(llm)
+        elif llm:
+            self._backend = create_backend("llm", llm)
+            complete = complete_from_backend(self._backend)
         self._brain = await BrainLogic.create(brain_config, complete=complete, check_feature=check_feature, clock=time.time, rng=random.Random())
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(_tick_forever("brain", tick_interval_s, self._brain.tick))]
+        if route_config is not None:
+            # the switch (and the GTX 1660's unload) happens when a session starts, not at the next reply
+            self._tasks.append(loop.create_task(
+                _tick_forever("text-route", route_config.route_poll_s, self._backend.selector.refresh)))
         self._autonomous: AutonomousHost | None = None
         if hosting.enabled:
             pause = ControllerPause(pause_check, timeout_s=hosting.controller_timeout_s)
@@ -772,6 +825,9 @@ class Brain:
         snapshot = self._brain.snapshot()
         if self._autonomous is not None:
             snapshot["autonomous"] = self._autonomous.snapshot()
+        selector = getattr(self._backend, "selector", None)
+        if selector is not None:
+            snapshot["text_route"] = selector.snapshot()
         return snapshot
 
     async def check_health(self) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from .graph_api import GraphClient, GraphError, QueuedMessage
@@ -57,6 +58,7 @@ class ActionExecutor:
     def __init__(self, ops: ChatOps, graph: GraphClient | None = None) -> None:
         self.ops = ops
         self.graph = graph  # for `queue`: the controller holds the message until the session ends
+        self.on_persona: Callable[[int, str], None] | None = None  # a switch_persona was carried out (avatars)
 
     async def execute(self, actions: list[dict], event: dict | None = None) -> ExecutionReport:
         report = ExecutionReport()
@@ -188,6 +190,8 @@ class ActionExecutor:
         if guild is None or not name:
             return False
         await self.ops.set_nickname(guild, str(name))
+        if self.on_persona is not None and action.get("persona"):
+            self.on_persona(guild, str(action["persona"]))
         return True
 
     async def _do_draw(self, action: dict, event: dict) -> bool:

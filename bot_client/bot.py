@@ -19,6 +19,7 @@ from discord.ext import commands
 
 from .actions import ActionExecutor, ChatOps, ExecutionReport, QueueReplayer
 from .autonomous import AutonomousPoller
+from .avatars import FEATURE_PROFILE_PICTURE, AvatarFeed, AvatarSetup, AvatarSwitcher
 from .config import AutonomousConfig, BotConfig
 from .discord_adapter import DiscordChatOps
 from .graph_api import GraphClient, GraphError
@@ -144,7 +145,7 @@ def minimal_intents(config: BotConfig | AutonomousConfig | None = None) -> disco
 
 
 class MikuBot(commands.Bot):
-    def __init__(self, config: BotConfig, graph: GraphClient) -> None:
+    def __init__(self, config: BotConfig, graph: GraphClient, avatars: AvatarSetup | None = None) -> None:
         super().__init__(
             command_prefix=commands.when_mentioned_or(config.command_prefix),
             intents=minimal_intents(config),
@@ -164,6 +165,13 @@ class MikuBot(commands.Bot):
         self._background: set[asyncio.Task] = set()
         self.poller = AutonomousPoller(graph, self._execute_autonomous, wait_s=config.autonomous.wait_s,
                                        on_recovered=self._resync_servers)
+        # Profile picture per mood/persona (bot_client/avatars.py); None when not configured.
+        self.avatar_setup = avatars
+        self.avatars: AvatarSwitcher | None = None
+        self._avatar_tasks: list[asyncio.Task] = []
+        if avatars is not None and avatars.settings.enabled:
+            self.avatars = AvatarSwitcher(avatars.library, avatars.settings, self._apply_avatar, self._avatar_allowed)
+            self.executor.on_persona = self._persona_switched
 
     async def setup_hook(self) -> None:
         from .cogs.events import EventsCog
@@ -187,6 +195,9 @@ class MikuBot(commands.Bot):
             self._spawn(self.replayer.replay())  # messages left queued by a crash during a session
         # The graph keeps server settings in memory only: send them after every (re)connect.
         self._spawn(self.send_server_configs([g.id for g in self.guilds]))
+        if self.avatars is not None and not self._avatar_tasks:  # needs self.user: started once, when ready
+            feed = AvatarFeed(self.avatars, self.graph.persona_mood, self._avatar_guild)
+            self._avatar_tasks = [asyncio.ensure_future(self.avatars.run()), asyncio.ensure_future(feed.run())]
 
     async def on_resumed(self) -> None:
         await self.presence.reapply()  # a resumed gateway session may have lost the status too
@@ -233,6 +244,32 @@ class MikuBot(commands.Bot):
 
     async def _after_session(self, session: VoiceSession, reason: EndReason) -> None:
         self._spawn(self.replayer.replay())
+        if self.avatars is not None:
+            self.avatars.session_ended()  # the picture wanted now goes out once (if still wanted)
+
+    # --- profile picture ------------------------------------------------------------------------
+
+    def _avatar_guild(self) -> int | None:
+        """The server whose mood she wears: the configured one, else the first she is in."""
+        configured = self.avatar_setup.settings.guild_id if self.avatar_setup else None
+        if configured is not None:
+            return configured
+        return min((g.id for g in self.guilds), default=None)
+
+    async def _apply_avatar(self, data: bytes) -> None:
+        if self.user is None:
+            raise RuntimeError("not logged in yet")
+        await self.user.edit(avatar=data)
+
+    async def _avatar_allowed(self) -> bool:
+        """`check("profile_picture")`: locked while a session runs (the bot's own, or any the controller has)."""
+        if self.manager.sessions:
+            return False
+        return not (await self.graph.check_feature(FEATURE_PROFILE_PICTURE)).blocked
+
+    def _persona_switched(self, guild_id: int, persona: str) -> None:
+        if self.avatars is not None and guild_id == self._avatar_guild():
+            self.avatars.want(persona, self.avatars.wanted_for[1])
 
     def _spawn(self, coro) -> None:
         task = asyncio.ensure_future(coro)
@@ -241,6 +278,8 @@ class MikuBot(commands.Bot):
 
     async def close(self) -> None:
         # Shutdown ends every session first, so no feature stays blocked longer than needed.
+        for task in self._avatar_tasks:
+            task.cancel()
         try:
             await self.manager.shutdown()
         finally:

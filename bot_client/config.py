@@ -129,6 +129,7 @@ class BotConfig:
     autonomous: AutonomousConfig = field(default_factory=AutonomousConfig)
     seen_messages: int = 5000  # how many message ids are remembered to act on each message once
     sync_app_commands: bool = True
+    avatars: str | None = "configs/avatars/avatars.yaml"  # profile pictures per mood/persona; null: never change
 
     @property
     def command_name(self) -> str:

@@ -817,6 +817,12 @@ class Brain:
     async def current_mood(self, guild_id: str | None, channel_id: str | None = None) -> dict[str, Any]:
         return self._brain.current_mood(guild_id, channel_id).to_dict()
 
+    async def persona_mood(self, guild_id: str | None) -> dict[str, Any]:
+        """The server's active persona and mood (the bot's profile picture follows them)."""
+        persona = self._brain.personas.active(guild_id)
+        return {"guild_id": guild_id, "persona": persona.name, "display_name": persona.display_name or persona.name,
+                "mood": self._brain.current_mood(guild_id).name}
+
     async def voice_prompt(self, guild_id: str | None, channel_id: str | None, user_id: str, user_name: str, text: str) -> dict[str, Any]:
         prompt = await self._brain.voice_prompt(guild_id=guild_id, channel_id=channel_id, user_id=user_id, user_name=user_name, text=text)
         return prompt.to_dict()

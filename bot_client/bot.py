@@ -154,7 +154,8 @@ class MikuBot(commands.Bot):
         )
         self.config = config
         self.graph = graph
-        self.ops = DiscordChatOps(self)
+        self.ops = DiscordChatOps(self, persona_picture=(lambda p: avatars.library.persona_image(p).data)
+                                  if avatars is not None else None)
         self.presence = PresenceKeeper(self._apply_presence, config.session.presence_text)
         self.manager = SessionManager(graph, config, self.presence, after_session=self._after_session)
         self.guard = AutonomyGuard(config.autonomous, is_paused=lambda: bool(self.manager.sessions))

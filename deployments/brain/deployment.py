@@ -51,8 +51,9 @@ from graph.autonomous import (
     parse_event as parse_autonomous_event,
 )
 from graph.backends.base import create_backend
+from graph.brain.bipolar import BipolarConfig, BipolarHost
 from graph.brain.brain import Brain as BrainLogic
-from graph.brain.brain import BrainConfig
+from graph.brain.brain import BrainConfig, allow_everything
 from graph.brain.events import (
     ALLOW,
     FEATURE_AUTONOMOUS,
@@ -67,6 +68,7 @@ from graph.brain.events import (
 from graph.brain.events import (
     parse_event as parse_brain_event,
 )
+from graph.brain.heartflow import ChatState
 from graph.brain.llm import complete_from_backend
 from graph.brain.mood_profiles import load_moods
 from graph.brain.prompts import ChatContext
@@ -757,6 +759,17 @@ class Brain:
             self._backend = create_backend("llm", llm)
             complete = complete_from_backend(self._backend)
         self._brain = await BrainLogic.create(brain_config, complete=complete, check_feature=check_feature, clock=time.time, rng=random.Random())
+        # Bipolar mode: Miku and Evil Miku argue in the channels where it is on (graph/brain/bipolar.py)
+        bipolar_config = BipolarConfig.from_mapping(sections["bipolar"], "brain.bipolar")
+        self._bipolar: BipolarHost | None = None
+        if bipolar_config.enabled:
+            heartflow = self._brain.heartflow
+            self._bipolar = BipolarHost(
+                bipolar_config, personas=self._brain.personas,
+                complete=complete if brain_config.generate_replies else None,
+                check_feature=check_feature or allow_everything,
+                is_focused=lambda channel: getattr(heartflow.subflows.get(channel), "state", None) is ChatState.FOCUSED,
+                clock=time.time, command_prefix=brain_config.command_prefix)
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(_tick_forever("brain", tick_interval_s, self._brain.tick))]
         if route_config is not None:
@@ -781,6 +794,13 @@ class Brain:
             result = await self._brain.handle_event(event)
         except EventValidationError as exc:
             return {"actions": [], INVALID_KEY: exc.errors}
+        if self._bipolar is not None and event.get("type") == "message":
+            try:
+                extra, consumed = await self._bipolar.on_message(parse_brain_event(event))
+                # its own commands (!argue, !bipolar) replace the brain's answer to that message
+                result["actions"] = extra if consumed else result["actions"] + extra
+            except Exception:  # the brain's answer must reach the client whatever bipolar mode does
+                log.exception("bipolar mode failed on event %s", event.get("event_id"))
         if self._autonomous is not None:
             try:
                 result["actions"].extend(await self._autonomous.on_event(event, list(result["actions"])))
@@ -834,6 +854,8 @@ class Brain:
         selector = getattr(self._backend, "selector", None)
         if selector is not None:
             snapshot["text_route"] = selector.snapshot()
+        if self._bipolar is not None:
+            snapshot["bipolar"] = self._bipolar.snapshot()
         return snapshot
 
     async def check_health(self) -> None:

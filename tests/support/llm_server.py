@@ -9,6 +9,7 @@ Behaviour is chosen by markers in the prompt:
   [fail500]  HTTP 500 with a JSON error body
   [broken]   three tokens, then the connection is cut mid-line
   [error]    an OpenAI error object inside the stream
+  [yes]      the one-word answer "yes" (a judge that agrees)
 otherwise    REPLY, word by word, 5 ms apart
 
 With `unload=True` it also answers llama-swap's `GET /unload` (counted in `unloads`); without, that
@@ -153,6 +154,8 @@ class LLMTestServer:
             return web.json_response({"error": {"message": "model crashed", "type": "server_error"}}, status=500)
         if "[slow]" in prompt:
             tokens, delay = [f" word{i}" for i in range(200)], 0.05
+        elif "[yes]" in prompt:
+            tokens, delay = ["yes"], 0.005
         else:
             tokens, delay = re.findall(r"\s*\S+", REPLY), 0.005
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})

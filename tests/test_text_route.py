@@ -215,3 +215,82 @@ async def test_the_deployment_route_check_reads_the_real_controller_actor(ray_cl
     finally:
         shutdown_controller(name, "miku")
     assert await ControllerRouteCheck(name + "-absent", "miku")() is False  # no controller: no session
+
+
+async def _wait_until(predicate, what: str, limit_s: float = 60.0):
+    """Wait on a condition (not a timing assertion)."""
+    import asyncio
+
+    async with asyncio.timeout(limit_s):
+        while not await predicate():
+            await asyncio.sleep(0.05)
+
+
+async def test_the_brain_deployment_routes_text_and_silences_bipolar_across_a_controller_sigkill(
+        ray_cluster, gpu_servers, tmp_path):
+    """The Brain deployment's own wiring (its class, in process): `text_llm` and `bipolar` from its config, the
+    real FeatureController actor, and SIGKILL of that actor in the middle of a voice session."""
+    import os
+    import signal
+    import uuid
+
+    from deployments.brain.deployment import Brain as BrainDeployment
+    from deployments.controller.actor import get_or_create_controller, shutdown_controller
+
+    normal, session = gpu_servers
+    name = f"FeatureController-brainroute-{uuid.uuid4().hex[:8]}"
+    actor = get_or_create_controller(ControllerConfig(state_dir=str(tmp_path / "controller"), lease_s=120), name=name)
+    cls = BrainDeployment.func_or_class
+    brain = cls.__new__(cls)
+    await brain.__init__(
+        config={"memory_path": str(tmp_path / "brain.sqlite3"),
+                "text_llm": {"normal": {"backend": "openai", "url": normal.url, "model": "miku-1660"},
+                             "session": {"backend": "openai", "url": session.url, "model": "miku-6800"},
+                             "route_poll_s": 0.1},
+                "bipolar": {"channels": ["c1"], "max_messages": 2}},
+        controller={"name": name, "namespace": "miku"}, tick_interval_s=3600, autonomous={"enabled": False})
+    selector = brain._backend.selector
+    complete = brain._brain.complete
+
+    def argue(n: int, marker: str) -> dict:
+        return {"type": "message", "event_id": f"d{n}", "guild_id": "g", "channel_id": "c1", "message_id": f"dm{n}",
+                "author_id": "u1", "author_name": "Ann", "content": f"!argue {marker}", "timestamp": 1_000_000.0 + n}
+
+    try:
+        assert await complete("[d1] before the session", None) and prompts(normal, "[d1]")
+        unloads = normal.unloads
+        started = await actor.start_session.remote(SessionRequest(guild_id="g", voice_channel_id="v", text_channel_id="t", user_id="u"))
+
+        async def switched():  # the deployment's route poll sees the session with no text call at all
+            return selector.route is TextRoute.SESSION and normal.unloads > unloads
+        await _wait_until(switched, "the route poll to switch and release the GTX 1660")
+        assert (await brain.handle_event(argue(2, "[d2]")))["actions"] == []  # bipolar: silent
+        assert prompts(normal, "[d2]") == [] and prompts(session, "[d2]") == []
+
+        old_pid = await actor.pid.remote()
+        os.kill(old_pid, signal.SIGKILL)
+        assert await complete("[d3] while the controller restarts", None)
+
+        async def restarted():
+            return await actor.pid.remote() != old_pid
+        await _wait_until(restarted, "the controller actor to come back")
+        assert await complete("[d4] after the restart", None)
+        assert (await brain.handle_event(argue(5, "[d5]")))["actions"] == []  # the restarted actor still holds it
+        for marker in ("[d3]", "[d4]", "[d5]"):
+            assert prompts(normal, marker) == []
+        assert prompts(session, "[d3]") and prompts(session, "[d4]")
+        assert normal.unloads == unloads + 1  # released once, not again after the restart
+
+        await actor.end_session.remote(started.session.session_id)
+
+        async def back():
+            return selector.route is TextRoute.NORMAL
+        await _wait_until(back, "the route poll to go back to the normal endpoint")
+        [argument] = (await brain.handle_event(argue(6, "[d6]")))["actions"]
+        assert argument["type"] == "argument" and len(argument["lines"]) == 2
+        assert len(prompts(normal, "[d6]")) == 2 and prompts(session, "[d6]") == []
+        snapshot = await brain.snapshot()
+        assert snapshot["text_route"]["route"] == "normal" and snapshot["bipolar"]["stats"]["arguments"] == 1
+    finally:
+        await brain.__del__()
+        shutdown_controller(name, "miku")

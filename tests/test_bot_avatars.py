@@ -263,3 +263,69 @@ async def test_a_persona_switch_action_asks_for_that_personas_picture():
                                       "display_name": "Evil Miku"}])
     assert report.done == ["switch_persona"] and seen == [(5, "evil_miku")]
     ops.set_nickname.assert_awaited_once_with(5, "Evil Miku")
+
+
+async def test_the_bot_follows_the_graphs_mood_over_http_and_holds_it_during_a_session(controller, aiohttp_graph):
+    """The bot's own wiring: `GET /v1/mood` feeds the switcher, `GET /v1/features/profile_picture` (the real
+    controller's answer) locks it, and the picture wanted at the session's end is uploaded once."""
+    from bot_client.avatars import AvatarFeed
+
+    state, url = aiohttp_graph
+    state["controller"] = controller
+    graph = GraphClient(url, "t0ken")
+    bot = MikuBot(BotConfig(sync_app_commands=False), graph, avatars=load_avatars(SHIPPED))
+    profile = DiscordProfile()
+    clock = Clock()
+    switcher = AvatarSwitcher(bot.avatars.library, AvatarSettings(min_interval_s=300.0), profile,
+                              bot._avatar_allowed, clock=clock)
+    feed = AvatarFeed(switcher, graph.persona_mood, lambda: 42)
+    try:
+        state["mood"] = "excited"
+        assert await feed.poll_once()
+        assert (await switcher.step()).outcome is AvatarOutcome.APPLIED
+        assert profile.uploads == [switcher.library.pick("miku", "excited").data]
+
+        session = begin(controller)
+        clock.now += 1000
+        for mood in ("sleepy", "angry"):
+            state["mood"] = mood
+            await feed.poll_once()
+            assert (await switcher.step()).outcome is AvatarOutcome.LOCKED
+        assert len(profile.uploads) == 1 and state["feature_checks"] == 3  # asked each time, refused twice
+        controller.end_session(session)
+        switcher.session_ended()
+        assert (await switcher.step()).outcome is AvatarOutcome.APPLIED
+        assert (await switcher.step()).outcome is AvatarOutcome.UNCHANGED
+        assert profile.uploads[1:] == [switcher.library.pick("miku", "angry").data]
+        assert state["mood_queries"] == ["42", "42", "42"]
+    finally:
+        await graph.close()
+
+
+@pytest.fixture
+async def aiohttp_graph():
+    """A real HTTP server with the graph's two routes the avatar feature uses."""
+    from aiohttp import web
+
+    state: dict = {"mood": "neutral", "persona": "miku", "mood_queries": [], "feature_checks": 0}
+
+    async def mood(request: web.Request) -> web.Response:
+        assert request.headers["Authorization"] == "Bearer t0ken"
+        state["mood_queries"].append(request.query.get("guild_id"))
+        return web.json_response({"guild_id": request.query.get("guild_id"), "persona": state["persona"],
+                                  "display_name": "Hatsune Miku", "mood": state["mood"]})
+
+    async def feature(request: web.Request) -> web.Response:
+        state["feature_checks"] += 1
+        return web.json_response(state["controller"].check(request.match_info["name"]).to_dict())
+
+    app = web.Application()
+    app.router.add_get("/v1/mood", mood)
+    app.router.add_get("/v1/features/{name}", feature)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]
+    yield state, f"http://127.0.0.1:{port}"
+    await runner.cleanup()

@@ -211,7 +211,7 @@ def load_avatars(path: str | Path) -> AvatarSetup:
 class AvatarOutcome(enum.Enum):
     UNCHANGED = "unchanged"  # nothing new is wanted
     APPLIED = "applied"
-    LOCKED = "locked"  # a voice session holds profile_picture: held silently until it ends
+    LOCKED = "locked"  # a voice session holds profile_picture: held silently until it ends (asked again later)
     WAITING = "waiting"  # within the rate window (or the retry time after a refusal)
     REFUSED = "refused"  # Discord said no; tried again after `retry_s`
 
@@ -306,7 +306,9 @@ class AvatarSwitcher:
             if not self._locked_logged:
                 log.info("profile picture change to %s held: a voice session locks it", self.wanted.name)
                 self._locked_logged = True
-            return StepResult(AvatarOutcome.LOCKED)
+            # session_ended() wakes the loop at once for the bot's own sessions; asking again now and then
+            # covers a session that ends elsewhere (another client, a lease expiry): a check, not an upload
+            return StepResult(AvatarOutcome.LOCKED, self.settings.mood_poll_s)
         self._locked_logged = False
         image = self.wanted
         try:

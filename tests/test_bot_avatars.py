@@ -329,3 +329,17 @@ async def aiohttp_graph():
     port = site._server.sockets[0].getsockname()[1]
     yield state, f"http://127.0.0.1:{port}"
     await runner.cleanup()
+
+
+def test_the_bot_refuses_to_start_with_a_bad_picture(tmp_path, monkeypatch, capsys):
+    from bot_client.__main__ import main
+
+    avatars = copy_config(tmp_path, "moods:\n  shy: shy.png\n")
+    (avatars.parent / "shy.png").write_bytes(b"GIF89a but not really")
+    config = tmp_path / "bot.yaml"
+    config.write_text(f"avatars: {avatars}\n")
+    monkeypatch.setenv("DISCORD_TOKEN", "x")
+    monkeypatch.setenv("MIKU_GRAPH_TOKEN", "y")
+    assert main(["--config", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert str(avatars) in err and "moods.shy" in err and "shy.png is not an image" in err

@@ -193,3 +193,20 @@ async def test_the_client_posts_each_line_as_its_persona_in_order():
     plain = PlainOps()
     await ActionExecutor(plain).execute([action])
     assert plain.sent == [(7, "**Hatsune Miku**: Leeks are the best!"), (7, "**Evil Miku**: Leeks are overrated.")]
+
+
+async def test_channel_switches_survive_a_restart_in_a_private_file(controller, llm, tmp_path, caplog):
+    import os
+    import stat
+
+    state = tmp_path / "state" / "bipolar_channels.json"
+    first = host(controller, llm, Clock(), state_path=str(state))
+    await first.on_message(message("!bipolar on", channel="c9", author_can_moderate=True))
+    await first.on_message(message("!bipolar off", channel="c1", author_can_moderate=True))  # on in the config
+    assert stat.S_IMODE(os.stat(state).st_mode) == 0o600
+    again = host(controller, llm, Clock(), state_path=str(state))
+    assert again.channels == {"c9"}
+    state.write_text("{not json")
+    with caplog.at_level(logging.WARNING, logger="graph.brain.bipolar"):
+        fallback = host(controller, llm, Clock(), state_path=str(state))
+    assert fallback.channels == {"c1"} and any("not read" in r.getMessage() for r in caplog.records)

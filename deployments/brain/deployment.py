@@ -26,7 +26,7 @@ import random
 import time
 from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -761,6 +761,11 @@ class Brain:
         self._brain = await BrainLogic.create(brain_config, complete=complete, check_feature=check_feature, clock=time.time, rng=random.Random())
         # Bipolar mode: Miku and Evil Miku argue in the channels where it is on (graph/brain/bipolar.py)
         bipolar_config = BipolarConfig.from_mapping(sections["bipolar"], "brain.bipolar")
+        if bipolar_config.state_path is None and brain_config.memory_path != ":memory:":
+            # `!bipolar on|off` is kept next to the brain's memory (relative paths: from the repository)
+            bipolar_config = replace(bipolar_config, state_path=str(Path(brain_config.memory_path).parent / "bipolar_channels.json"))
+        elif bipolar_config.state_path and not Path(bipolar_config.state_path).expanduser().is_absolute():
+            bipolar_config = replace(bipolar_config, state_path=str(REPO_ROOT / bipolar_config.state_path))
         self._bipolar: BipolarHost | None = None
         if bipolar_config.enabled:
             heartflow = self._brain.heartflow

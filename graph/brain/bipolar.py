@@ -1,6 +1,7 @@
 """Bipolar mode: Miku and Evil Miku argue in a channel when people provoke it (or ask for it).
 
-Per channel (on in `bipolar.channels`, or switched with `!bipolar on|off` by a moderator), every message
+Per channel (on in `bipolar.channels`, or switched with `!bipolar on|off` by a moderator, which is kept in
+`state_path` across restarts), every message
 adds to the channel's argument score: its trigger words and phrases (configurable weights), a bonus
 when it names both personas, and, while Heart Flow has the channel FOCUSED, an optional LLM judge
 ("is this trying to start an argument between them?"). The score halves every `half_life_s`. Past
@@ -18,17 +19,21 @@ Plain asyncio: the LLM, the feature check, Heart Flow's focus and the clock are 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import math
+import os
 import re
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from graph.brain.events import FEATURE_BIPOLAR, FeatureCheck, MessageEvent
 from graph.brain.personas import PersonaLibrary
+from graph.files import create_private_file
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +76,7 @@ class BipolarConfig:
     line_timeout_s: float = 60.0
     argue_command: str = "argue"
     toggle_command: str = "bipolar"
+    state_path: str | None = None  # where `!bipolar on|off` is kept (0600 JSON); None: in memory only
 
     @classmethod
     def from_mapping(cls, data: Any, source: str = "bipolar") -> BipolarConfig:
@@ -114,6 +120,9 @@ class BipolarConfig:
                 if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
                     raise BipolarConfigError(f"{where} must be a number >= 0, got {value!r}")
                 value = type(default)(value)
+            elif key == "state_path":
+                if value is not None and (not isinstance(value, str) or not value.strip()):
+                    raise BipolarConfigError(f"{where} must be a file path or null, got {value!r}")
             elif isinstance(default, str):
                 if not isinstance(value, str) or not value.strip() or " " in value.strip():
                     raise BipolarConfigError(f"{where} must be one word, got {value!r}")
@@ -127,6 +136,33 @@ class BipolarConfig:
         if config.max_line_chars < 20:
             raise BipolarConfigError(f"{source}.max_line_chars must be at least 20")
         return config
+
+
+class ChannelSwitches:
+    """The channels a moderator switched on or off, in a private JSON file so they survive a restart.
+
+    `{"channel id": true|false}`; written whole to a new 0600 file, then renamed over the old one."""
+
+    def __init__(self, path: str | Path | None) -> None:
+        self.path = Path(path).expanduser() if path else None
+
+    def load(self) -> dict[str, bool]:
+        if self.path is None or not self.path.exists():
+            return {}
+        try:
+            data = json.loads(self.path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:  # unreadable: start from the config, say so, keep the file
+            log.warning("bipolar channel switches in %s not read (%s); using the config's channels", self.path, exc)
+            return {}
+        return {str(k): bool(v) for k, v in data.items()} if isinstance(data, dict) else {}
+
+    def save(self, switches: Mapping[str, bool]) -> None:
+        if self.path is None:
+            return
+        temporary = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        temporary.unlink(missing_ok=True)
+        create_private_file(temporary, json.dumps(dict(switches), sort_keys=True).encode())
+        os.replace(temporary, self.path)
 
 
 class ArgumentScore:
@@ -194,7 +230,11 @@ class BipolarHost:
         self._is_focused = is_focused
         self._clock = clock
         self._prefix = command_prefix
+        self._store = ChannelSwitches(config.state_path)
+        self._switches = self._store.load()
         self.channels: set[str] = set(config.channels)
+        for channel, on in self._switches.items():
+            (self.channels.add if on else self.channels.discard)(channel)
         self.score = ArgumentScore(config.half_life_s)
         self._cooldown_until: dict[str, float] = {}
         self._running: set[str] = set()
@@ -239,7 +279,7 @@ class BipolarHost:
         if content.startswith(self._prefix):
             words = content[len(self._prefix):].split()
             if words and words[0].lower() == self.config.toggle_command:
-                return self._toggle(ev, words[1:]), True
+                return await self._toggle(ev, words[1:]), True
             if words and words[0].lower() == self.config.argue_command:
                 if ev.channel_id not in self.channels:
                     return [self._say(ev, f"Bipolar mode is off here. A moderator can turn it on with "
@@ -273,13 +313,18 @@ class BipolarHost:
             return [], False
         return await self._argue(ev.channel_id, content[:300], f"score {score:.1f} >= {self.config.threshold:g}"), False
 
-    def _toggle(self, ev: MessageEvent, args: list[str]) -> list[dict[str, Any]]:
+    async def _toggle(self, ev: MessageEvent, args: list[str]) -> list[dict[str, Any]]:
         sub = args[0].lower() if args else "status"
         if sub in ("on", "off"):
             if not ev.author_can_moderate:
                 return [self._say(ev, "Only moderators can switch bipolar mode on or off.")]
             (self.channels.add if sub == "on" else self.channels.discard)(ev.channel_id)
             self.score.reset(ev.channel_id)
+            self._switches[ev.channel_id] = sub == "on"
+            try:
+                await asyncio.to_thread(self._store.save, dict(self._switches))
+            except OSError as exc:  # switched for now; it just will not survive a restart
+                log.warning("bipolar channel switches not saved to %s (%s)", self._store.path, exc)
             return [self._say(ev, "😈 Bipolar mode is on in this channel." if sub == "on"
                               else "💙 Bipolar mode is off in this channel.")]
         state = "on" if ev.channel_id in self.channels else "off"

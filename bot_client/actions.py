@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass, field
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 from .graph_api import GraphClient, GraphError, QueuedMessage
@@ -62,6 +62,7 @@ class ActionExecutor:
         self.ops = ops
         self.graph = graph  # for `queue`: the controller holds the message until the session ends
         self.on_persona: Callable[[int, str], None] | None = None  # a switch_persona was carried out (avatars)
+        self.sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep  # injectable (tests)
 
     async def execute(self, actions: list[dict], event: dict | None = None) -> ExecutionReport:
         report = ExecutionReport()
@@ -204,7 +205,13 @@ class ActionExecutor:
         if channel is None or not lines:
             return False
         send_as = getattr(self.ops, "send_as", None)
-        for line in lines:
+        try:
+            pace = min(max(float(action.get("pace_s") or 0.0), 0.0), 10.0)
+        except (TypeError, ValueError):
+            pace = 0.0
+        for index, line in enumerate(lines):
+            if index and pace:
+                await self.sleep(pace)  # a pause between speakers, so it reads like a chat
             persona, name = str(line.get("persona") or ""), str(line.get("display_name") or line.get("persona") or "")
             for part in split_for_discord(str(line["text"])):
                 if send_as is not None:

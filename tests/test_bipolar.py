@@ -176,11 +176,19 @@ async def test_the_client_posts_each_line_as_its_persona_in_order():
         async def send_as(self, channel_id, persona, display_name, text):
             self.posts.append((channel_id, persona, display_name, text))
 
-    action = {"type": "argument", "channel_id": "7", "lines": [
+    action = {"type": "argument", "channel_id": "7", "pace_s": 2.0, "lines": [
         {"persona": "miku", "display_name": "Hatsune Miku", "text": "Leeks are the best!"},
         {"persona": "evil_miku", "display_name": "Evil Miku", "text": "Leeks are overrated."}]}
     ops = Ops()
-    assert (await ActionExecutor(ops).execute([action])).done == ["argument"]
+    executor = ActionExecutor(ops)
+    pauses = []
+
+    async def pause(seconds):
+        pauses.append((seconds, len(ops.posts)))
+
+    executor.sleep = pause
+    assert (await executor.execute([action])).done == ["argument"]
+    assert pauses == [(2.0, 1)]  # one pause, between the two speakers
     assert ops.posts == [(7, "miku", "Hatsune Miku", "Leeks are the best!"),
                          (7, "evil_miku", "Evil Miku", "Leeks are overrated.")]
     class PlainOps:  # a client without webhooks
@@ -191,7 +199,7 @@ async def test_the_client_posts_each_line_as_its_persona_in_order():
             self.sent.append((channel_id, text))
 
     plain = PlainOps()
-    await ActionExecutor(plain).execute([action])
+    await ActionExecutor(plain).execute([dict(action, pace_s=0)])
     assert plain.sent == [(7, "**Hatsune Miku**: Leeks are the best!"), (7, "**Evil Miku**: Leeks are overrated.")]
 
 

@@ -74,6 +74,7 @@ class BipolarConfig:
     max_line_chars: int = 400
     cooldown_s: float = 1800.0
     line_timeout_s: float = 60.0
+    pace_s: float = 2.0  # the client waits this long between lines (at most 10 s), so it reads like a chat
     argue_command: str = "argue"
     toggle_command: str = "bipolar"
     state_path: str | None = None  # where `!bipolar on|off` is kept (0600 JSON); None: in memory only
@@ -376,7 +377,7 @@ class BipolarHost:
         self.stats["lines"] += len(lines)
         log.info("bipolar argument in channel %s (%s): %d lines", channel, trigger, len(lines))
         return [{"type": "argument", "channel_id": channel, "topic": topic, "trigger": trigger,
-                 "lines": [line.to_dict() for line in lines]}]
+                 "pace_s": min(self.config.pace_s, 10.0), "lines": [line.to_dict() for line in lines]}]
 
     async def _write(self, topic: str) -> list[ArgumentLine]:
         lines: list[ArgumentLine] = []

@@ -162,6 +162,13 @@ def test_bad_settings_name_the_field(bad, field):
         BipolarConfig.from_mapping(bad)
 
 
+def test_naming_evil_miku_alone_does_not_count_as_naming_both(controller):
+    bipolar = BipolarHost(BipolarConfig(triggers={}), personas=PERSONAS, complete=None, check_feature=AsyncMock())
+    assert bipolar.keyword_points("Evil Miku is here") == 0
+    assert bipolar.keyword_points("Miku and Evil Miku are here") == 1.5
+    assert bipolar.keyword_points("hatsune, meet dark miku") == 1.5
+
+
 def test_an_unknown_persona_is_a_start_up_error():
     with pytest.raises(BipolarConfigError, match="no persona 'good_miku'"):
         BipolarHost(BipolarConfig(personas=("miku", "good_miku")), personas=PERSONAS, complete=None,

@@ -247,7 +247,14 @@ class BipolarHost:
     def keyword_points(self, content: str) -> float:
         text = f" {content.lower()} "
         points = sum(weight for phrase, weight in self.config.triggers.items() if phrase in text)
-        named = [p for p in self.config.personas if any(n in text for n in self.config.names.get(p, (p,)))]
+        # longest names first, each found one blanked out: "evil miku" names Evil Miku, not Miku as well
+        named: set[str] = set()
+        masked = text
+        pairs = [(persona, name) for persona in self.config.personas for name in self.config.names.get(persona, (persona,))]
+        for persona, name in sorted(pairs, key=lambda pair: -len(pair[1])):
+            if name and name in masked:
+                named.add(persona)
+                masked = masked.replace(name, " ")
         if len(named) == 2:
             points += self.config.both_named_bonus
         return points

@@ -158,7 +158,7 @@ class DiscordChatOps:
         """Post `text` as the persona: a webhook with its name and picture (needs Manage Webhooks). Without
         that permission, a plain message with the name in bold (logged once per channel)."""
         channel = await self._channel(channel_id)
-        if channel_id not in self._webhooks_refused:
+        if channel_id not in self._webhooks_refused and hasattr(channel, "create_webhook"):  # threads have none
             try:
                 hook = await self._persona_webhook(channel, persona, display_name)
                 await hook.send(text, username=display_name[:80] or persona, allowed_mentions=SAFE_MENTIONS, wait=True)

@@ -225,3 +225,37 @@ async def test_channel_switches_survive_a_restart_in_a_private_file(controller, 
     with caplog.at_level(logging.WARNING, logger="graph.brain.bipolar"):
         fallback = host(controller, llm, Clock(), state_path=str(state))
     assert fallback.channels == {"c1"} and any("not read" in r.getMessage() for r in caplog.records)
+
+
+async def test_discord_ops_post_through_one_webhook_per_persona_or_fall_back_without_permission():
+    from types import SimpleNamespace
+    from unittest.mock import MagicMock
+
+    import discord
+
+    from bot_client.discord_adapter import SAFE_MENTIONS, DiscordChatOps
+
+    hook = AsyncMock()
+    channel = MagicMock(id=7)
+    channel.webhooks = AsyncMock(return_value=[])
+    channel.create_webhook = AsyncMock(return_value=hook)
+    channel.send = AsyncMock()
+    client = MagicMock(user=SimpleNamespace(id=1))
+    client.get_channel.return_value = channel
+    ops = DiscordChatOps(client, persona_picture=lambda persona: f"png of {persona}".encode())
+    await ops.send_as(7, "evil_miku", "Evil Miku", "Leeks are overrated.")
+    await ops.send_as(7, "evil_miku", "Evil Miku", "Again.")
+    channel.create_webhook.assert_awaited_once_with(name="miku-persona:evil_miku", avatar=b"png of evil_miku",
+                                                    reason="Miku's bipolar mode")
+    assert [c.args for c in hook.send.await_args_list] == [("Leeks are overrated.",), ("Again.",)]
+    assert hook.send.await_args.kwargs == {"username": "Evil Miku", "allowed_mentions": SAFE_MENTIONS, "wait": True}
+
+    denied = MagicMock(id=8)
+    denied.webhooks = AsyncMock(side_effect=discord.Forbidden(SimpleNamespace(status=403, reason="Forbidden"), "Missing Permissions"))
+    denied.create_webhook = AsyncMock()
+    denied.send = AsyncMock()
+    client.get_channel.return_value = denied
+    await ops.send_as(8, "miku", "Hatsune Miku", "Hi!")
+    await ops.send_as(8, "miku", "Hatsune Miku", "Hi again!")
+    assert denied.webhooks.await_count == 1  # asked once; then straight to the fallback
+    assert [c.args for c in denied.send.await_args_list] == [("**Hatsune Miku**: Hi!",), ("**Hatsune Miku**: Hi again!",)]

@@ -767,6 +767,10 @@ class Brain:
         elif bipolar_config.state_path and not Path(bipolar_config.state_path).expanduser().is_absolute():
             bipolar_config = replace(bipolar_config, state_path=str(REPO_ROOT / bipolar_config.state_path))
         self._bipolar: BipolarHost | None = None
+        missing = [name for name in bipolar_config.personas if self._brain.personas.get(name) is None]
+        if missing and sections["bipolar"] is None:  # not asked for, and these personas lack one: just off
+            log.info("bipolar mode off: no persona %s in %s", " or ".join(missing), brain_config.persona_dir)
+            bipolar_config = replace(bipolar_config, enabled=False)
         if bipolar_config.enabled:
             heartflow = self._brain.heartflow
             self._bipolar = BipolarHost(

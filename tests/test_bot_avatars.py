@@ -227,13 +227,13 @@ async def test_the_running_switcher_waits_for_the_session_to_end(controller):
     try:
         session = begin(controller)
         switcher.want("evil_miku", None)
-        async with asyncio.timeout(10):
+        async with asyncio.timeout(30):
             while False not in switcher.checks:  # the loop asked the controller and was told no
                 await asyncio.sleep(0.01)
         assert profile.uploads == []
         controller.end_session(session)
         switcher.session_ended()
-        async with asyncio.timeout(10):
+        async with asyncio.timeout(30):
             await profile.uploaded.wait()
         assert profile.uploads == [switcher.library.pick("evil_miku", None).data]
     finally:

@@ -217,7 +217,7 @@ async def test_the_deployment_route_check_reads_the_real_controller_actor(ray_cl
     assert await ControllerRouteCheck(name + "-absent", "miku")() is False  # no controller: no session
 
 
-async def _wait_until(predicate, what: str, limit_s: float = 60.0):
+async def _wait_until(predicate, what: str, limit_s: float = 120.0):
     """Wait on a condition (not a timing assertion)."""
     import asyncio
 

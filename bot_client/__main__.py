@@ -8,6 +8,7 @@ import sys
 
 import discord
 
+from .avatars import load_avatars
 from .bot import MikuBot
 from .config import ConfigError, load_config
 from .features import load_feature_configs
@@ -31,6 +32,7 @@ def main(argv: list[str] | None = None) -> int:
         config = load_config(path)  # a path that was named but is missing is an error, not the defaults
         graph_token = config.graph_token()
         feature_configs = load_feature_configs(config)  # configs/schedule.yaml, configs/figurines.yaml
+        avatars = load_avatars(config.avatars) if config.avatars else None  # every picture checked now
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -43,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     graph = GraphClient(config.graph.url, graph_token, request_timeout_s=config.graph.request_timeout_s,
                         connect_timeout_s=config.graph.connect_timeout_s, direct_voice=config.graph.direct_voice)
     try:
-        bot = MikuBot(config, graph, feature_configs)
+        bot = MikuBot(config, graph, feature_configs, avatars=avatars)
     except ConfigError as exc:  # e.g. the features' state directory cannot be written
         print(f"error: {exc}", file=sys.stderr)
         return 2

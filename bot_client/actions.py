@@ -1,7 +1,7 @@
 """Carry out what the graph decided, and replay the text messages held back during a voice session.
 
 The brain (`POST /v1/events`) answers each Discord event with actions (docs/brain.md): reply, send,
-react, blocked, queue, rate_limited, mute, switch_persona, draw, look. `ActionExecutor` performs them through
+react, blocked, queue, rate_limited, mute, switch_persona, draw, look, argument (bipolar mode). `ActionExecutor` performs them through
 the small `ChatOps` protocol (the cog implements it with discord.py), one at a time and in order; one
 failing action (a deleted channel, a missing permission) is logged and does not stop the others.
 `QueueReplayer` hands the controller's queue back to the brain after a session, acknowledging each message
@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 from .graph_api import GraphClient, GraphError, QueuedMessage
@@ -35,6 +36,9 @@ class ChatOps(Protocol):
 
     async def set_nickname(self, guild_id: int, name: str) -> None: ...
 
+    # Optional (bipolar mode): post as a persona, through a channel webhook with its name and picture.
+    # async def send_as(self, channel_id: int, persona: str, display_name: str, text: str) -> None: ...
+
 
 def _int(value: Any) -> int | None:
     try:
@@ -57,6 +61,8 @@ class ActionExecutor:
     def __init__(self, ops: ChatOps, graph: GraphClient | None = None) -> None:
         self.ops = ops
         self.graph = graph  # for `queue`: the controller holds the message until the session ends
+        self.on_persona: Callable[[int, str], None] | None = None  # a switch_persona was carried out (avatars)
+        self.sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep  # injectable (tests)
 
     async def execute(self, actions: list[dict], event: dict | None = None) -> ExecutionReport:
         report = ExecutionReport()
@@ -188,6 +194,30 @@ class ActionExecutor:
         if guild is None or not name:
             return False
         await self.ops.set_nickname(guild, str(name))
+        if self.on_persona is not None and action.get("persona"):
+            self.on_persona(guild, str(action["persona"]))
+        return True
+
+    async def _do_argument(self, action: dict, event: dict) -> bool:
+        """Bipolar mode: each line as its persona (a webhook with that name and picture), in order."""
+        channel = self._channel(action, event)
+        lines = [line for line in action.get("lines") or [] if isinstance(line, dict) and str(line.get("text", "")).strip()]
+        if channel is None or not lines:
+            return False
+        send_as = getattr(self.ops, "send_as", None)
+        try:
+            pace = min(max(float(action.get("pace_s") or 0.0), 0.0), 10.0)
+        except (TypeError, ValueError):
+            pace = 0.0
+        for index, line in enumerate(lines):
+            if index and pace:
+                await self.sleep(pace)  # a pause between speakers, so it reads like a chat
+            persona, name = str(line.get("persona") or ""), str(line.get("display_name") or line.get("persona") or "")
+            for part in split_for_discord(str(line["text"])):
+                if send_as is not None:
+                    await send_as(channel, persona, name, part)
+                else:  # no webhooks here: the name in bold says who speaks
+                    await self.ops.send(channel, f"**{name}**: {part}")
         return True
 
     async def _do_draw(self, action: dict, event: dict) -> bool:

@@ -19,6 +19,7 @@ from discord.ext import commands
 
 from .actions import ActionExecutor, ChatOps, ExecutionReport, QueueReplayer
 from .autonomous import AutonomousPoller
+from .avatars import FEATURE_PROFILE_PICTURE, AvatarFeed, AvatarSetup, AvatarSwitcher
 from .config import AutonomousConfig, BotConfig
 from .discord_adapter import DiscordChatOps
 from .features import BotFeatures, DiscordFeatureOps, FeatureConfigs
@@ -145,7 +146,8 @@ def minimal_intents(config: BotConfig | AutonomousConfig | None = None) -> disco
 
 
 class MikuBot(commands.Bot):
-    def __init__(self, config: BotConfig, graph: GraphClient, feature_configs: FeatureConfigs | None = None) -> None:
+    def __init__(self, config: BotConfig, graph: GraphClient, feature_configs: FeatureConfigs | None = None,
+                 avatars: AvatarSetup | None = None) -> None:
         super().__init__(
             command_prefix=commands.when_mentioned_or(config.command_prefix),
             intents=minimal_intents(config),
@@ -154,7 +156,8 @@ class MikuBot(commands.Bot):
         )
         self.config = config
         self.graph = graph
-        self.ops = DiscordChatOps(self)
+        self.ops = DiscordChatOps(self, persona_picture=(lambda p: avatars.library.persona_image(p).data)
+                                  if avatars is not None else None)
         self.presence = PresenceKeeper(self._apply_presence, config.session.presence_text)
         self.manager = SessionManager(graph, config, self.presence, after_session=self._after_session)
         self.guard = AutonomyGuard(config.autonomous, is_paused=lambda: bool(self.manager.sessions))
@@ -169,6 +172,13 @@ class MikuBot(commands.Bot):
         self.features = (BotFeatures(feature_configs, graph, DiscordFeatureOps(self))
                          if feature_configs is not None and (feature_configs.schedule or feature_configs.figurines)
                          else None)
+        # Profile picture per mood/persona (bot_client/avatars.py); None when not configured.
+        self.avatar_setup = avatars
+        self.avatars: AvatarSwitcher | None = None
+        self._avatar_tasks: list[asyncio.Task] = []
+        if avatars is not None and avatars.settings.enabled:
+            self.avatars = AvatarSwitcher(avatars.library, avatars.settings, self._apply_avatar, self._avatar_allowed)
+            self.executor.on_persona = self._persona_switched
 
     async def setup_hook(self) -> None:
         from .cogs.events import EventsCog
@@ -197,6 +207,9 @@ class MikuBot(commands.Bot):
             self._spawn(self.replayer.replay())  # messages left queued by a crash during a session
         # The graph keeps server settings in memory only: send them after every (re)connect.
         self._spawn(self.send_server_configs([g.id for g in self.guilds]))
+        if self.avatars is not None and not self._avatar_tasks:  # needs self.user: started once, when ready
+            feed = AvatarFeed(self.avatars, self.graph.persona_mood, self._avatar_guild)
+            self._avatar_tasks = [asyncio.ensure_future(self.avatars.run()), asyncio.ensure_future(feed.run())]
 
     async def on_resumed(self) -> None:
         await self.presence.reapply()  # a resumed gateway session may have lost the status too
@@ -245,6 +258,32 @@ class MikuBot(commands.Bot):
         self._spawn(self.replayer.replay())
         if self.features is not None:
             self._spawn(self.features.after_session())  # deferred scheduled runs, waiting figurine posts
+        if self.avatars is not None:
+            self.avatars.session_ended()  # the picture wanted now goes out once (if still wanted)
+
+    # --- profile picture ------------------------------------------------------------------------
+
+    def _avatar_guild(self) -> int | None:
+        """The server whose mood she wears: the configured one, else the first she is in."""
+        configured = self.avatar_setup.settings.guild_id if self.avatar_setup else None
+        if configured is not None:
+            return configured
+        return min((g.id for g in self.guilds), default=None)
+
+    async def _apply_avatar(self, data: bytes) -> None:
+        if self.user is None:
+            raise RuntimeError("not logged in yet")
+        await self.user.edit(avatar=data)
+
+    async def _avatar_allowed(self) -> bool:
+        """`check("profile_picture")`: locked while a session runs (the bot's own, or any the controller has)."""
+        if self.manager.sessions:
+            return False
+        return not (await self.graph.check_feature(FEATURE_PROFILE_PICTURE)).blocked
+
+    def _persona_switched(self, guild_id: int, persona: str) -> None:
+        if self.avatars is not None and guild_id == self._avatar_guild():
+            self.avatars.want(persona, self.avatars.wanted_for[1])
 
     def _spawn(self, coro) -> None:
         task = asyncio.ensure_future(coro)
@@ -253,6 +292,8 @@ class MikuBot(commands.Bot):
 
     async def close(self) -> None:
         # Shutdown ends every session first, so no feature stays blocked longer than needed.
+        for task in self._avatar_tasks:
+            task.cancel()
         try:
             await self.manager.shutdown()
         finally:

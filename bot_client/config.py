@@ -132,6 +132,7 @@ class BotConfig:
     # Paused-by-voice features (bot_client/features.py); None: configs/<name>.yaml when it exists, else off.
     schedule_file: str | None = None
     figurines_file: str | None = None
+    avatars: str | None = "configs/avatars/avatars.yaml"  # profile pictures per mood/persona; null: never change
 
     @property
     def command_name(self) -> str:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import discord
@@ -120,11 +121,55 @@ def join_request(
     return request, target
 
 
-class DiscordChatOps:
-    """`ChatOps` on a live discord.py client."""
+WEBHOOK_PREFIX = "miku-persona:"  # the webhooks bipolar mode creates are named this + the persona
 
-    def __init__(self, client: discord.Client) -> None:
+
+class DiscordChatOps:
+    """`ChatOps` on a live discord.py client.
+
+    `persona_picture(persona)` gives the bytes of a persona's picture (configs/avatars) for the webhook
+    bipolar mode creates per channel and persona; without it the webhook has Discord's default picture.
+    """
+
+    def __init__(self, client: discord.Client,
+                 persona_picture: Callable[[str], bytes | None] | None = None) -> None:
         self.client = client
+        self.persona_picture = persona_picture
+        self._webhooks: dict[tuple[int, str], discord.Webhook] = {}
+        self._webhooks_refused: set[int] = set()
+
+    async def _persona_webhook(self, channel: Any, persona: str, display_name: str) -> discord.Webhook:
+        key = (channel.id, persona)
+        hook = self._webhooks.get(key)
+        if hook is None:
+            name = f"{WEBHOOK_PREFIX}{persona}"[:80]
+            me = self.client.user
+            for existing in await channel.webhooks():
+                if existing.name == name and (me is None or getattr(existing.user, "id", None) == me.id):
+                    hook = existing
+                    break
+            if hook is None:
+                picture = self.persona_picture(persona) if self.persona_picture else None
+                hook = await channel.create_webhook(name=name, avatar=picture, reason="Miku's bipolar mode")
+            self._webhooks[key] = hook
+        return hook
+
+    async def send_as(self, channel_id: int, persona: str, display_name: str, text: str) -> None:
+        """Post `text` as the persona: a webhook with its name and picture (needs Manage Webhooks). Without
+        that permission, a plain message with the name in bold (logged once per channel)."""
+        channel = await self._channel(channel_id)
+        if channel_id not in self._webhooks_refused and hasattr(channel, "create_webhook"):  # threads have none
+            try:
+                hook = await self._persona_webhook(channel, persona, display_name)
+                await hook.send(text, username=display_name[:80] or persona, allowed_mentions=SAFE_MENTIONS, wait=True)
+                return
+            except discord.Forbidden:
+                log.warning("no Manage Webhooks permission in channel %s: personas speak as the bot there", channel_id)
+                self._webhooks_refused.add(channel_id)
+            except discord.NotFound:
+                self._webhooks.pop((channel_id, persona), None)  # deleted by someone: made again next time
+                raise
+        await channel.send(f"**{display_name}**: {text}", allowed_mentions=SAFE_MENTIONS)
 
     async def _channel(self, channel_id: int) -> Any:
         channel = self.client.get_channel(channel_id)

@@ -57,6 +57,8 @@ class FeatureState:
     name: str
     blocked: bool
     message: str | None = None
+    effect: str | None = None  # what a session does to it now (blocked, locked, paused, queued, routed...)
+    route: str | None = None  # routed features: where it is served now
 
 
 @dataclass(frozen=True)
@@ -99,6 +101,12 @@ def _error_message(body: Any, fallback: str) -> str:
             if isinstance(value, dict) and isinstance(value.get("message"), str):
                 return value["message"]
     return fallback
+
+
+def _feature_state(item: dict) -> FeatureState:
+    effect, route = item.get("effect"), item.get("route")
+    return FeatureState(str(item.get("name")), bool(item.get("blocked")), item.get("message"),
+                        str(effect) if effect else None, str(route) if route else None)
 
 
 def parse_health(body: Any) -> GraphHealth:
@@ -239,9 +247,18 @@ class GraphClient:
         items = body.get("features", body) if isinstance(body, dict) else body
         if isinstance(items, dict):
             items = [dict(v, name=v.get("name", k)) for k, v in items.items()]
-        return [
-            FeatureState(str(f.get("name")), bool(f.get("blocked")), f.get("message")) for f in items or []
-        ]
+        return [_feature_state(f) for f in items or [] if isinstance(f, dict)]
+
+    async def check_feature(self, name: str) -> FeatureState:
+        """`GET /v1/features/{name}`: the controller's `check(name)` now."""
+        body = await self._request("GET", f"/v1/features/{name}")
+        return _feature_state(dict(body or {}, name=name))
+
+    async def persona_mood(self, guild_id: int | str | None) -> tuple[str | None, str | None]:
+        """`GET /v1/mood`: the server's active persona and mood."""
+        path = "/v1/mood" if guild_id is None else f"/v1/mood?guild_id={int(guild_id)}"
+        body = await self._request("GET", path) or {}
+        return body.get("persona"), body.get("mood")
 
     async def post_event(self, event: dict) -> list[dict]:
         body = await self._request("POST", "/v1/events", json_body=event)

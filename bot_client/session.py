@@ -29,6 +29,7 @@ from .graph_api import (
     SessionInfo,
     VoiceStream,
 )
+from .feature_words import session_changes
 from .inputs import split_for_discord
 from .jitter import JitterBuffer
 from .music import MusicPlayer
@@ -773,11 +774,12 @@ class SessionManager:
             return JoinOutcome(False, f"❌ I couldn't start speaking: {message}")
         self.sessions[request.guild_id] = session
         await self.presence.enter(request.guild_id)
-        paused = ", ".join(info.blackouts) if info.blackouts else "nothing"
+        changes = session_changes(info.blackouts)  # in plain words; silent features left out
         return JoinOutcome(
             True,
             f"🎤 Joined <#{request.voice_channel_id}>! Type in <#{request.text_channel_id}> and I'll answer out loud. "
-            f"Paused while I'm in voice: {paused}. Use `{self.config.command_name} leave` when you're done.",
+            + (f"{changes} " if changes else "")
+            + f"Use `{self.config.command_name} leave` when you're done.",
             session,
         )
 

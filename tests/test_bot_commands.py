@@ -239,7 +239,9 @@ def test_voice_status_text():
     health = GraphHealth(True, (StageHealth("tts", "espeak", True, "gtx1660"), StageHealth("vc", "world", True)))
     text = format_status(status, [FeatureState("vision", True), FeatureState("autonomous_engine", False)], health)
     assert "<#4>" in text and "<#10>" in text and "Prompts waiting: 2" in text and "2m 05s" in text
-    assert "310 ms" in text and "Features blocked: vision" in text and "tts: espeak on gtx1660" in text
+    assert "310 ms" in text and "tts: espeak on gtx1660" in text
+    assert "• Looking at images and videos: off until I leave voice" in text and "• Speaking up on my own: on" in text
+    assert "vision" not in text and "autonomous_engine" not in text  # states in words, no feature ids
     assert "Not in a voice session" in format_status(None, None, None)
 
 

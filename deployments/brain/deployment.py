@@ -26,7 +26,7 @@ import random
 import time
 from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -51,8 +51,9 @@ from graph.autonomous import (
     parse_event as parse_autonomous_event,
 )
 from graph.backends.base import create_backend
+from graph.brain.bipolar import BipolarConfig, BipolarHost
 from graph.brain.brain import Brain as BrainLogic
-from graph.brain.brain import BrainConfig
+from graph.brain.brain import BrainConfig, allow_everything
 from graph.brain.events import (
     ALLOW,
     FEATURE_AUTONOMOUS,
@@ -67,9 +68,15 @@ from graph.brain.events import (
 from graph.brain.events import (
     parse_event as parse_brain_event,
 )
+from graph.brain.heartflow import ChatState
 from graph.brain.llm import complete_from_backend
 from graph.brain.mood_profiles import load_moods
 from graph.brain.prompts import ChatContext
+from graph.brain.text_route import (
+    TEXT_INFERENCE_FEATURE,
+    TextEndpointsConfig,
+    build_routed_backend,
+)
 from graph.voice.types import LLMRequest
 
 log = logging.getLogger(__name__)
@@ -148,16 +155,26 @@ class AutonomousHosting:
         return parse_autonomous_config(_deep_merge(data, self.engine), source=f"{path} + overrides")
 
 
-def load_brain_config(config: dict[str, Any] | str | Path | None) -> tuple[BrainConfig, Mapping[str, Any] | None]:
-    """The brain's config, and its `autonomous` mapping (which BrainConfig itself does not know)."""
+# Sections of the brain's config that its host reads (BrainConfig itself does not know them).
+HOST_SECTIONS = ("autonomous", "text_llm", "bipolar")
+
+
+def load_brain_settings(config: dict[str, Any] | str | Path | None) -> tuple[BrainConfig, dict[str, Any]]:
+    """The brain's config, and the host's sections (`autonomous`, `text_llm`, `bipolar`; absent ones None)."""
     if config is None:
         config = DEFAULT_CONFIG_FILE
     if isinstance(config, (str, Path)):
         data = BrainConfig.read_file(config)
     else:
         data = dict(config.get("brain", config))
-    autonomous = data.pop("autonomous", None)
-    return BrainConfig.from_mapping(data), autonomous
+    sections = {name: data.pop(name, None) for name in HOST_SECTIONS}
+    return BrainConfig.from_mapping(data), sections
+
+
+def load_brain_config(config: dict[str, Any] | str | Path | None) -> tuple[BrainConfig, Mapping[str, Any] | None]:
+    """The brain's config, and its `autonomous` mapping (which BrainConfig itself does not know)."""
+    brain_config, sections = load_brain_settings(config)
+    return brain_config, sections["autonomous"]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -197,6 +214,29 @@ class ControllerFeatureCheck:
 
 
 CheckFeature = Callable[[str], Awaitable[FeatureCheck]]
+
+
+class ControllerRouteCheck:
+    """`check("text_inference")` on the controller actor, whole (the route and the effect, not just allowed).
+
+    No controller running means no voice session can be running either: the normal route."""
+
+    def __init__(self, name: str, namespace: str):
+        self.name = name
+        self.namespace = namespace
+        self._actor = None
+
+    async def __call__(self) -> Any:
+        if self._actor is None:
+            try:
+                self._actor = ray.get_actor(self.name, namespace=self.namespace)
+            except ValueError:
+                return False
+        try:
+            return await self._actor.check.remote(TEXT_INFERENCE_FEATURE)
+        except ray.exceptions.RayActorError:
+            self._actor = None  # restarted or gone: look it up again next time
+            raise
 
 
 class ControllerPause:
@@ -664,6 +704,10 @@ def _complete_via_handle(handle: DeploymentHandle, max_tokens: int = 256, temper
     return complete
 
 
+async def _never_in_session() -> bool:
+    return False
+
+
 async def _tick_forever(name: str, interval_s: float, tick: Callable[[], Awaitable[Any]]) -> None:
     while True:
         await asyncio.sleep(interval_s)
@@ -686,17 +730,9 @@ class Brain:
         tick_interval_s: float = 30.0,
         autonomous: dict[str, Any] | str | None = None,
     ):
-        brain_config, autonomous_from_config = load_brain_config(config)
-        hosting = AutonomousHosting.from_sources(autonomous, autonomous_from_config)
-        complete = None
-        self._backend = None
-        if isinstance(llm, DeploymentHandle):
-            # share the app's TextLLM deployment (one model on the GPU) instead of a second client
-            complete = _complete_via_handle(llm)
-        elif llm:
-            self._backend = create_backend("llm", llm)
-            complete = complete_from_backend(self._backend)
-        check_feature = pause_check = None
+        brain_config, sections = load_brain_settings(config)
+        hosting = AutonomousHosting.from_sources(autonomous, sections["autonomous"])
+        check_feature = pause_check = route_check = None
         if controller is not False:
             from deployments.controller.actor import (
                 CONTROLLER_NAME,
@@ -707,9 +743,48 @@ class Brain:
             name, namespace = target.get("name", CONTROLLER_NAME), target.get("namespace", CONTROLLER_NAMESPACE)
             check_feature = ControllerFeatureCheck(name, namespace)
             pause_check = ControllerFeatureCheck(name, namespace, missing_allows=False)
+            route_check = ControllerRouteCheck(name, namespace)
+        complete = None
+        self._backend = None
+        route_config = None
+        if sections["text_llm"]:
+            # two servers: the normal one, and the RX 6800 one while a voice session runs (graph/brain/text_route.py)
+            route_config = TextEndpointsConfig.from_mapping(sections["text_llm"], "brain.text_llm")
+            self._backend = build_routed_backend(route_config, route_check or _never_in_session)
+            complete = complete_from_backend(self._backend)
+        elif isinstance(llm, DeploymentHandle):
+            # share the app's TextLLM deployment (one model on the GPU) instead of a second client
+            complete = _complete_via_handle(llm)
+        elif llm:
+            self._backend = create_backend("llm", llm)
+            complete = complete_from_backend(self._backend)
         self._brain = await BrainLogic.create(brain_config, complete=complete, check_feature=check_feature, clock=time.time, rng=random.Random())
+        # Bipolar mode: Miku and Evil Miku argue in the channels where it is on (graph/brain/bipolar.py)
+        bipolar_config = BipolarConfig.from_mapping(sections["bipolar"], "brain.bipolar")
+        if bipolar_config.state_path is None and brain_config.memory_path != ":memory:":
+            # `!bipolar on|off` is kept next to the brain's memory (relative paths: from the repository)
+            bipolar_config = replace(bipolar_config, state_path=str(Path(brain_config.memory_path).parent / "bipolar_channels.json"))
+        elif bipolar_config.state_path and not Path(bipolar_config.state_path).expanduser().is_absolute():
+            bipolar_config = replace(bipolar_config, state_path=str(REPO_ROOT / bipolar_config.state_path))
+        self._bipolar: BipolarHost | None = None
+        missing = [name for name in bipolar_config.personas if self._brain.personas.get(name) is None]
+        if missing and sections["bipolar"] is None:  # not asked for, and these personas lack one: just off
+            log.info("bipolar mode off: no persona %s in %s", " or ".join(missing), brain_config.persona_dir)
+            bipolar_config = replace(bipolar_config, enabled=False)
+        if bipolar_config.enabled:
+            heartflow = self._brain.heartflow
+            self._bipolar = BipolarHost(
+                bipolar_config, personas=self._brain.personas,
+                complete=complete if brain_config.generate_replies else None,
+                check_feature=check_feature or allow_everything,
+                is_focused=lambda channel: getattr(heartflow.subflows.get(channel), "state", None) is ChatState.FOCUSED,
+                clock=time.time, command_prefix=brain_config.command_prefix)
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(_tick_forever("brain", tick_interval_s, self._brain.tick))]
+        if route_config is not None:
+            # the switch (and the GTX 1660's unload) happens when a session starts, not at the next reply
+            self._tasks.append(loop.create_task(
+                _tick_forever("text-route", route_config.route_poll_s, self._backend.selector.refresh)))
         self._autonomous: AutonomousHost | None = None
         if hosting.enabled:
             pause = ControllerPause(pause_check, timeout_s=hosting.controller_timeout_s)
@@ -728,6 +803,13 @@ class Brain:
             result = await self._brain.handle_event(event)
         except EventValidationError as exc:
             return {"actions": [], INVALID_KEY: exc.errors}
+        if self._bipolar is not None and event.get("type") == "message":
+            try:
+                extra, consumed = await self._bipolar.on_message(parse_brain_event(event))
+                # its own commands (!argue, !bipolar) replace the brain's answer to that message
+                result["actions"] = extra if consumed else result["actions"] + extra
+            except Exception:  # the brain's answer must reach the client whatever bipolar mode does
+                log.exception("bipolar mode failed on event %s", event.get("event_id"))
         if self._autonomous is not None:
             try:
                 result["actions"].extend(await self._autonomous.on_event(event, list(result["actions"])))
@@ -764,6 +846,12 @@ class Brain:
     async def current_mood(self, guild_id: str | None, channel_id: str | None = None) -> dict[str, Any]:
         return self._brain.current_mood(guild_id, channel_id).to_dict()
 
+    async def persona_mood(self, guild_id: str | None) -> dict[str, Any]:
+        """The server's active persona and mood (the bot's profile picture follows them)."""
+        persona = self._brain.personas.active(guild_id)
+        return {"guild_id": guild_id, "persona": persona.name, "display_name": persona.display_name or persona.name,
+                "mood": self._brain.current_mood(guild_id).name}
+
     async def voice_prompt(self, guild_id: str | None, channel_id: str | None, user_id: str, user_name: str, text: str) -> dict[str, Any]:
         prompt = await self._brain.voice_prompt(guild_id=guild_id, channel_id=channel_id, user_id=user_id, user_name=user_name, text=text)
         return prompt.to_dict()
@@ -779,6 +867,11 @@ class Brain:
         snapshot = self._brain.snapshot()
         if self._autonomous is not None:
             snapshot["autonomous"] = self._autonomous.snapshot()
+        selector = getattr(self._backend, "selector", None)
+        if selector is not None:
+            snapshot["text_route"] = selector.snapshot()
+        if self._bipolar is not None:
+            snapshot["bipolar"] = self._bipolar.snapshot()
         return snapshot
 
     async def check_health(self) -> None:

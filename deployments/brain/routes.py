@@ -15,6 +15,7 @@ its `prompt`) has its oldest history turns dropped until it fits, marked `"trunc
 - `GET /v1/autonomous/servers`: the servers the engine tracks and their allow-lists.
 - `POST /v1/compose`: a message written from an instruction in the active persona's voice and mood
   (the bot's scheduled events with a `prompt`); `{"text": null}` when the LLM could not write it.
+- `GET /v1/mood?guild_id=G`: a server's mood and active persona (the bot's profile picture follows them).
 
 The brain is the `Brain` deployment of the Serve application named `BRAIN_APP_NAME` (set it, or call
 `configure(app_name=...)`, in the ingress replica before serving; default "miku").
@@ -186,3 +187,10 @@ async def compose(
     """`{"text", "persona", "mood"}`: the message in the active persona's voice; `text` null when the LLM
     could not write it (the caller decides what to post instead)."""
     return await brain.compose.remote(body.guild_id, body.channel_id, body.instruction)
+@router.get("/v1/mood", dependencies=[Depends(require_token)])
+async def persona_mood(
+    brain: Annotated[DeploymentHandle, Depends(get_brain_handle)],
+    guild_id: Annotated[str | None, Query(pattern=r"^[0-9]{1,20}$")] = None,
+) -> dict[str, Any]:
+    """`{"guild_id", "persona", "display_name", "mood"}`: one server's (or, without guild_id, DMs') state."""
+    return await brain.persona_mood.remote(guild_id)

@@ -1,0 +1,104 @@
+"""Deciding that someone asked for a picture: a corpus of requests and of talk about pictures (EN + ZH),
+through the detector and streamed through the brain (a mention in Normal mode, then in a voice session)."""
+from __future__ import annotations
+
+import dataclasses
+import random
+from pathlib import Path
+
+import pytest
+
+from graph.brain import Brain, BrainConfig, FeatureCheck
+from graph.brain.actions import DRAW_WHAT_MESSAGE
+from graph.brain.draw_request import detect_draw_request
+
+REPO = Path(__file__).resolve().parents[1]
+CORPUS = REPO / "tests" / "data" / "draw_requests.tsv"
+
+
+def corpus() -> list[tuple[str, str, str | None]]:
+    rows = []
+    for line in CORPUS.read_text(encoding="utf-8").splitlines():
+        if not line.strip() or line.startswith("#"):
+            continue
+        parts = line.split("\t")
+        rows.append((parts[0], parts[1], parts[2] if len(parts) > 2 else None))
+    return rows
+
+
+def test_corpus_has_both_kinds_in_both_languages():
+    rows = corpus()
+    kinds = {(kind, any("\u4e00" <= ch <= "\u9fff" for ch in text)) for kind, text, _ in rows}
+    assert kinds == {("request", False), ("request", True), ("talk", False), ("talk", True)}
+
+
+@pytest.mark.parametrize("kind,text,subject", corpus())
+def test_detector_on_the_corpus(kind, text, subject):
+    found = detect_draw_request(text)
+    if kind == "request":
+        assert found is not None and found.subject == subject
+    else:
+        assert found is None
+
+
+def test_a_bare_command_asks_what_to_draw():
+    assert detect_draw_request("!draw") is not None and detect_draw_request("!draw").subject == ""
+
+
+class Clock:
+    now = 1_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Blackouts:
+    def __init__(self):
+        self.voice = False
+        self.asked: list[str] = []
+
+    async def __call__(self, feature: str) -> FeatureCheck:
+        self.asked.append(feature)
+        if not self.voice:
+            return FeatureCheck(True)
+        if feature == "image_generation":
+            return FeatureCheck(False, "🎤 no drawing in voice", False)
+        return FeatureCheck(False, None, True)
+
+
+async def test_corpus_through_the_brain_draws_only_on_requests():
+    clock = Clock()
+    config = dataclasses.replace(BrainConfig.load(REPO / "configs" / "brain.yaml"), memory_path=":memory:")
+    blackouts = Blackouts()
+
+    async def llm(prompt: str, _options=None) -> str:
+        return "a normal answer"
+
+    brain = await Brain.create(config, complete=llm, check_feature=blackouts, clock=clock, rng=random.Random(1))
+    try:
+        for voice in (False, True):
+            blackouts.voice = voice
+            for index, (kind, text, subject) in enumerate(corpus()):
+                clock.now += 120  # past any per-chat rate limit
+                message_id = f"{int(voice)}-{index}"
+                event = {"type": "message", "event_id": message_id, "guild_id": "g", "channel_id": f"c{index}",
+                         "message_id": message_id, "author_id": "u1", "author_name": "Ann", "content": text,
+                         "mentions_miku": True, "timestamp": clock.now}
+                actions = (await brain.handle_event(event))["actions"]
+                types = [a["type"] for a in actions if a["type"] != "react"]
+                if kind == "request" and not voice:
+                    assert types == ["draw"], (text, actions)
+                    assert actions[0]["prompt"] == subject and "twin tails" in actions[0]["style"]
+                elif kind == "request":
+                    assert types == ["blocked"] and actions[0]["message"] == "🎤 no drawing in voice", (text, actions)
+                elif not voice:
+                    assert types == ["reply"] and actions[0]["text"], (text, actions)
+                else:
+                    assert types == ["queue"], (text, actions)  # talk waits for the session's end like any text
+        clock.now += 120
+        bare = {"type": "message", "event_id": "bare", "guild_id": "g", "channel_id": "cb", "message_id": "bare",
+                "author_id": "u1", "content": "!draw", "mentions_miku": True, "timestamp": clock.now}
+        blackouts.voice = False
+        assert (await brain.handle_event(bare))["actions"][0]["text"] == DRAW_WHAT_MESSAGE
+    finally:
+        await brain.close()

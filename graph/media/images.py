@@ -43,7 +43,8 @@ def open_checked(data: bytes, limits: ImageLimits) -> Image.Image:
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(data))
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
-        raise BadImage(f"the image claims too many pixels to open safely ({error})") from None
+        raise BadImage(f"the image claims more pixels than the {limits.max_pixels:,} pixel limit "
+                       "(a decompression bomb?); it was not opened") from None
     except UnidentifiedImageError:
         raise BadImage(f"not an image (starts with {data[:16]!r})") from None
     except Exception as error:  # noqa: BLE001 - any failure to parse the header is a broken image

@@ -26,6 +26,7 @@ import asyncio
 import base64
 import io
 import json
+import re
 import threading
 import uuid
 from dataclasses import dataclass, field
@@ -83,7 +84,7 @@ class _ThreadedServer:
 
     async def _start(self) -> None:
         self._hold = asyncio.Event()
-        app = web.Application(client_max_size=2**20)
+        app = web.Application(client_max_size=64 * 2**20)
         self.routes(app)
         self._runner = web.AppRunner(app, handler_cancellation=True)
         await self._runner.setup()
@@ -320,3 +321,92 @@ class ComfyUIProtocolServer(_ThreadedServer):
         if name not in self.files:
             return web.Response(status=404)
         return web.Response(body=self.files[name], content_type="image/png")
+
+
+class OpenAIVisionProtocolServer(_ThreadedServer):
+    """OpenAI chat completions with image parts (`image_url` data: URIs), streamed as SSE, the format
+    llama.cpp's server (with an mmproj), Ollama and vLLM accept. It is not a model: it decodes every image
+    it is sent (Pillow) and answers with what it measured ("2 image(s): 64x48 rgb(255,0,0); ..."), so a
+    test sees exactly which frames arrived. Also `/unload` (llama-swap's) and `/v1/models`."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.received: list[dict] = []
+
+    def routes(self, app: web.Application) -> None:
+        app.router.add_post("/v1/chat/completions", self._chat)
+        app.router.add_get("/v1/models", self._models)
+        app.router.add_post("/unload", self._unload)
+
+    async def _models(self, request: web.Request) -> web.Response:
+        return web.json_response({"object": "list", "data": [{"id": "vision", "object": "model"}]})
+
+    async def _unload(self, request: web.Request) -> web.Response:
+        self.record(request)
+        return web.Response(text="OK")
+
+    async def _chat(self, request: web.Request) -> web.StreamResponse:
+        body = await request.json()
+        self.record(request, {"model": body.get("model")})
+        self.received.append(body)
+        user = body["messages"][-1]["content"]
+        seen = []
+        for part in user if isinstance(user, list) else []:
+            if part.get("type") == "image_url":
+                url = part["image_url"]["url"]
+                header, _, payload = url.partition(",")
+                image = Image.open(io.BytesIO(base64.b64decode(payload))).convert("RGB")
+                r, g, b = image.resize((1, 1)).getpixel((0, 0))
+                seen.append(f"{image.width}x{image.height} {header.split(';')[0][5:]} rgb({r},{g},{b})")
+        text = next((p["text"] for p in user if p.get("type") == "text"), "") if isinstance(user, list) else user
+        if "[fail]" in text:
+            return web.json_response({"error": {"message": "the mmproj is not loaded", "type": "server_error"}}, status=500)
+        reply = f"Ooh! {len(seen)} image(s): " + "; ".join(seen)
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        for word in re.findall(r"\s*\S+", reply):
+            chunk = {"choices": [{"index": 0, "delta": {"content": word}, "finish_reason": None}]}
+            await response.write(f"data: {json.dumps(chunk)}\n\n".encode())
+        await response.write(b'data: {"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}\n\ndata: [DONE]\n\n')
+        await response.write_eof()
+        return response
+
+
+class MediaHostServer(_ThreadedServer):
+    """Serves the files a test posts as 'attachments' (`files[name] = (content_type, bytes)`), plus
+    `/huge` (a 50 MB body with no Content-Length) and `/redirect?to=` (a 302)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.files: dict[str, tuple[str, bytes]] = {}
+
+    def routes(self, app: web.Application) -> None:
+        app.router.add_get("/files/{name}", self._file)
+        app.router.add_get("/huge", self._huge)
+        app.router.add_get("/redirect", self._redirect)
+
+    async def _file(self, request: web.Request) -> web.Response:
+        self.record(request)
+        name = request.match_info["name"]
+        if name not in self.files:
+            return web.Response(status=404)
+        content_type, data = self.files[name]
+        return web.Response(body=data, content_type=content_type)
+
+    async def _huge(self, request: web.Request) -> web.StreamResponse:
+        self.record(request)
+        response = web.StreamResponse(headers={"Content-Type": "image/png"})
+        response.enable_chunked_encoding()
+        await response.prepare(request)
+        block = b"\0" * 2**20
+        try:
+            for _ in range(50):
+                await response.write(block)
+        except (ConnectionResetError, asyncio.CancelledError):
+            return response
+        await response.write_eof()
+        return response
+
+    async def _redirect(self, request: web.Request) -> web.Response:
+        self.record(request)
+        raise web.HTTPFound(request.rel_url.query["to"])

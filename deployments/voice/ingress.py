@@ -27,6 +27,7 @@ from ray.serve.handle import DeploymentHandle
 
 from deployments import auth, http_guard
 from deployments.brain import routes as brain_routes
+from deployments.media import routes as media_routes
 from deployments.controller.actor import CONTROLLER_NAME, get_or_create_controller
 from deployments.controller.routes import router as sessions_router
 from deployments.controller.routes import use_controller
@@ -67,6 +68,7 @@ app = FastAPI(title="Miku voice graph", version="0.1.0", docs_url=None, redoc_ur
 http_guard.install(app)  # bounded bodies, no NaN or deep nesting, a 422 that can always be sent
 app.include_router(sessions_router)
 app.include_router(brain_routes.router)
+app.include_router(media_routes.router)
 
 
 def _as_stage_error(error: BaseException, stage: str, backend: str) -> StageError:
@@ -497,8 +499,11 @@ class VoiceGraph:
         config: dict,
         controller_config: dict | None = None,
         brain: DeploymentHandle | None = None,
+        image: DeploymentHandle | None = None,
+        vision: DeploymentHandle | None = None,
     ):
         self.config = VoiceConfig.from_dict(config)
+        media_routes.configure(image=image, vision=vision)  # POST /v1/images, /v1/vision (deployments/media)
         auth.configure(auth.resolve_token(self.config.token, self.config.token_file))
         controller_config = dict(controller_config or {})
         actor_name = controller_config.pop("actor_name", CONTROLLER_NAME)

@@ -31,6 +31,7 @@ from graph.brain.events import (
     ReplyAction,
 )
 from graph.brain.draw_request import detect_draw_request
+from graph.media.vision import image_links
 
 DRAW_WHAT_MESSAGE = "🎨 What should I draw? Tell me, like `draw me a cat on a piano`."
 
@@ -255,12 +256,21 @@ class ActionRegistry:
 
 
 def _visual_attachments(ctx: ActionContext) -> list[dict[str, str]]:
-    return [
+    """Images and videos of the new messages: attachments and embeds (the client sends both as attachments)
+    and links to images in the text."""
+    found = [
         {"content_type": a.content_type, "url": a.url}
         for m in ctx.new_messages
         for a in m.attachments
         if a.is_visual
     ]
+    seen = {item["url"] for item in found}
+    for message in ctx.new_messages:
+        for url in image_links(message.content):
+            if url not in seen:
+                seen.add(url)
+                found.append({"content_type": "", "url": url})
+    return found
 
 
 async def _blocked_or(

@@ -96,9 +96,43 @@ async def test_corpus_through_the_brain_draws_only_on_requests():
                 else:
                     assert types == ["queue"], (text, actions)  # talk waits for the session's end like any text
         clock.now += 120
+        command = {"type": "message", "event_id": "cmd", "guild_id": "g", "channel_id": "cq", "message_id": "cmd",
+                   "author_id": "u1", "content": "!draw a leek on the moon", "timestamp": clock.now}  # no mention
+        blackouts.voice = False
+        assert [a["prompt"] for a in (await brain.handle_event(command))["actions"] if a["type"] == "draw"] == ["a leek on the moon"]
+        clock.now += 120
         bare = {"type": "message", "event_id": "bare", "guild_id": "g", "channel_id": "cb", "message_id": "bare",
                 "author_id": "u1", "content": "!draw", "mentions_miku": True, "timestamp": clock.now}
-        blackouts.voice = False
         assert (await brain.handle_event(bare))["actions"][0]["text"] == DRAW_WHAT_MESSAGE
+    finally:
+        await brain.close()
+
+
+async def test_an_image_triggers_vision_only_when_miku_is_addressed():
+    clock = Clock()
+    config = dataclasses.replace(BrainConfig.load(REPO / "configs" / "brain.yaml"), memory_path=":memory:")
+
+    async def llm(prompt: str, _options=None) -> str:
+        return "a normal answer"
+
+    brain = await Brain.create(config, complete=llm, check_feature=Blackouts(), clock=clock, rng=random.Random(2))
+    try:
+        def event(i: int, **extra) -> dict:
+            clock.now += 120
+            return {"type": "message", "event_id": f"v{i}", "guild_id": "g", "channel_id": "cv", "message_id": f"v{i}",
+                    "author_id": "u2", "author_name": "Bo", "content": "look at my cat", "timestamp": clock.now,
+                    "attachments": [{"url": "https://cdn.discordapp.com/attachments/1/2/cat.png", "content_type": "image/png"}],
+                    **extra}
+
+        unaddressed = [a["type"] for a in (await brain.handle_event(event(1)))["actions"]]
+        assert "look" not in unaddressed  # only context
+        actions = (await brain.handle_event(event(2, mentions_miku=True)))["actions"]
+        look = next(a for a in actions if a["type"] == "look")
+        assert list(look["attachments"]) == [{"content_type": "image/png", "url": "https://cdn.discordapp.com/attachments/1/2/cat.png"}]
+        assert "Miku" in look["prompt"]["system"] and "attached image" in look["prompt"]["system"]
+        assert look["prompt"]["user"] == "Bo: look at my cat"
+        link = (await brain.handle_event(event(3, mentions_miku=True, attachments=[],
+                                              content="what is this https://cdn.discordapp.com/attachments/9/9/x.gif")))["actions"]
+        assert next(a for a in link if a["type"] == "look")["attachments"][0]["url"].endswith("/x.gif")
     finally:
         await brain.close()

@@ -35,6 +35,7 @@ from graph.brain.actions import (
     default_registry,
 )
 from graph.brain.activation import ActionModifier, ActivationResult
+from graph.brain.draw_request import is_draw_command
 from graph.brain.events import (
     ALLOW,
     FEATURE_AUTONOMOUS,
@@ -423,7 +424,7 @@ class Brain:
         sub = self.heartflow.subflow(ev.channel_id, now)
         interest = self._message_interest(ev, sub, stored.importance)
         self.heartflow.observe(sub, interest, now)
-        if ev.addressed_to_miku:
+        if ev.addressed_to_miku or is_draw_command(ev.content):  # `/draw ...`, `!draw ...` need no mention
             sub.recent_words.extend(self._words(ev.content))
             return await self._answer_addressed(ev, sub, now)
         if sub.state is ChatState.CHAT:

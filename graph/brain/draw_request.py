@@ -78,6 +78,11 @@ class DrawRequest:
     kind: str  # "command", "imperative", "ask", "make", "zh"
 
 
+def is_draw_command(text: str) -> bool:
+    """`/draw ...` or `!draw ...`: addressed to Miku by itself, no mention needed."""
+    return bool(text) and _COMMAND.match(text) is not None
+
+
 def _strip_address(text: str) -> str:
     text = _ADDRESS.sub("", text, count=1).strip()
     return text

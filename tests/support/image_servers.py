@@ -122,6 +122,7 @@ class A1111ProtocolServer(_ThreadedServer):
         super().__init__()
         self.progress = {"progress": 0.0, "step": 0, "steps": 0}
         self.checkpoint_loaded = True
+        self.hold_reload = False  # reload-checkpoint waits for release_hold() (a model that takes a while to load)
 
     def routes(self, app: web.Application) -> None:
         app.router.add_post("/sdapi/v1/txt2img", self._txt2img)
@@ -141,6 +142,8 @@ class A1111ProtocolServer(_ThreadedServer):
 
     async def _reload(self, request: web.Request) -> web.Response:
         self.record(request)
+        if self.hold_reload:
+            await self.wait_hold()
         self.checkpoint_loaded = True
         return web.json_response({})
 

@@ -58,6 +58,8 @@ def fill_workflow(template: dict[str, Any], request: ImageRequest) -> dict[str, 
 
 def load_workflow(path: str | Path) -> dict[str, Any]:
     path = Path(path)
+    if not path.is_absolute() and not path.exists():
+        path = DEFAULT_WORKFLOW.parents[2] / path  # "configs/comfyui/..." from the checkout, whatever the cwd
     try:
         workflow = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:

@@ -294,16 +294,22 @@ class ActionExecutor:
     @contextlib.asynccontextmanager
     async def _typing(self, channel: int):
         """The typing indicator for as long as the block runs (Discord shows it ~10 s per call)."""
+        async def typing_once() -> bool:
+            try:
+                await self.ops.typing(channel)
+                return True
+            except Exception as exc:  # noqa: BLE001 - a missing permission must not stop the drawing
+                log.debug("typing indicator failed: %r", exc)
+                return False
+
         async def keep_typing() -> None:
             while True:
-                try:
-                    await self.ops.typing(channel)
-                except Exception as exc:  # noqa: BLE001 - a missing permission must not stop the drawing
-                    log.debug("typing indicator failed: %r", exc)
-                    return
                 await asyncio.sleep(self.typing_every_s)
+                if not await typing_once():
+                    return
 
-        task = asyncio.ensure_future(keep_typing())
+        started = await typing_once()
+        task = asyncio.ensure_future(keep_typing() if started else asyncio.sleep(0))
         try:
             yield
         finally:
@@ -333,6 +339,8 @@ def media_error_text(verb: str, event: dict) -> str:
     message = str(event.get("message") or "something went wrong")
     if event.get("kind") == "blocked":
         return message
+    if message.startswith("I couldn't"):
+        return f"❌ {message}"  # already says it
     what = "draw that" if verb == "draw" else "look at that"
     return f"❌ I couldn't {what}: {message}"
 

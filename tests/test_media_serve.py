@@ -16,50 +16,11 @@ from PIL import Image
 from bot_client.actions import ActionExecutor
 from bot_client.graph_api import GraphClient
 from graph.controller.features import IMAGE_MESSAGE, VISION_MESSAGE
+from tests.support.chat_ops import RecordingOps
 
 pytestmark = pytest.mark.timeout(300)
 GUILD, CHANNEL, USER = 700, 701, 702
 _ids = itertools.count(9_000)
-
-
-class RecordingOps:
-    """ChatOps that records what the bot would do in Discord."""
-
-    def __init__(self):
-        self.log: list[tuple] = []
-        self._next_id = itertools.count(50_000)
-
-    async def reply(self, channel_id, message_id, text):
-        self.log.append(("reply", message_id, text))
-
-    async def send(self, channel_id, text):
-        self.log.append(("send", text))
-
-    async def react(self, channel_id, message_id, emoji):
-        self.log.append(("react", message_id, emoji))
-
-    async def typing(self, channel_id):
-        self.log.append(("typing", channel_id))
-
-    async def reply_progress(self, channel_id, message_id, text):
-        progress_id = next(self._next_id)
-        self.log.append(("progress", progress_id, text))
-        return progress_id
-
-    async def edit(self, channel_id, message_id, text):
-        self.log.append(("edit", message_id, text))
-
-    async def delete(self, channel_id, message_id):
-        self.log.append(("delete", message_id))
-
-    async def reply_image(self, channel_id, message_id, text, filename, data):
-        self.log.append(("image", message_id, text, data))
-
-    def kinds(self) -> list[str]:
-        return [entry[0] for entry in self.log]
-
-    def texts(self) -> list[str]:
-        return [entry[2] for entry in self.log if entry[0] in ("reply", "progress", "edit")]
 
 
 def event(content: str, **extra) -> dict:

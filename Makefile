@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check
 DEBIAN_PACKAGES := espeak-ng libopus0
-TEST_EXTRAS := test,bench,soprano,rvc,llamacpp
+TEST_EXTRAS := test,bench,soprano,rvc,llamacpp,image
 SOPRANO_TTS := soprano-tts==0.2.0
 # llama-cpp-python builds llama.cpp from source: portable CPU build, no server/examples/tests
 LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF -DGGML_BLAS=OFF -DLLAMA_CURL=OFF

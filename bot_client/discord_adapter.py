@@ -51,7 +51,7 @@ def to_incoming(message: discord.Message, bot_user_id: int | None) -> IncomingMe
         author_is_bot=bool(author.bot),
         author_is_self=bot_user_id is not None and author.id == bot_user_id,
         author_can_moderate=bool(permissions is not None and permissions.moderate_members),
-        attachments=tuple(Attachment(a.url, a.content_type or "") for a in message.attachments),
+        attachments=tuple(Attachment(a.url, a.content_type or "") for a in message.attachments) + embed_media(message),
         mentions_bot=bot_user_id is not None and any(u.id == bot_user_id for u in message.mentions),
         mentioned_user_ids=tuple(u.id for u in message.mentions),
         reply_to_id=reply_to_id,
@@ -60,7 +60,21 @@ def to_incoming(message: discord.Message, bot_user_id: int | None) -> IncomingMe
         channel_name=getattr(message.channel, "name", "") or "",
         guild_name=guild.name if guild is not None else "",
         mention_names=mention_names,
+        channel_nsfw=bool(getattr(message.channel, "nsfw", False)),
     )
+
+
+def embed_media(message: Any) -> tuple[Attachment, ...]:
+    """The pictures and videos of a message's embeds (link previews, GIF pickers) as attachments, so the
+    graph can look at them like any other; `image/*` or `video/*` says which (the type is not known)."""
+    found = []
+    for embed in getattr(message, "embeds", None) or []:
+        for part, kind in ((getattr(embed, "image", None), "image/*"), (getattr(embed, "thumbnail", None), "image/*"),
+                           (getattr(embed, "video", None), "video/*")):
+            url = getattr(part, "proxy_url", None) or getattr(part, "url", None)
+            if url and url not in {a.url for a in found}:
+                found.append(Attachment(str(url), kind))
+    return tuple(found[:4])
 
 
 def channel_is_full(channel: Any, me: Any) -> bool:
@@ -192,6 +206,34 @@ class DiscordChatOps:
     async def react(self, channel_id: int, message_id: int, emoji: str) -> None:
         channel = await self._channel(channel_id)
         await channel.get_partial_message(message_id).add_reaction(emoji)
+
+    async def typing(self, channel_id: int) -> None:
+        channel = await self._channel(channel_id)
+        await channel.typing()
+
+    async def reply_progress(self, channel_id: int, message_id: int | None, text: str) -> int | None:
+        channel = await self._channel(channel_id)
+        reference = (channel.get_partial_message(message_id).to_reference(fail_if_not_exists=False)
+                     if message_id is not None else None)
+        sent = await channel.send(text, reference=reference, allowed_mentions=SAFE_MENTIONS)
+        return sent.id
+
+    async def edit(self, channel_id: int, message_id: int, text: str) -> None:
+        channel = await self._channel(channel_id)
+        await channel.get_partial_message(message_id).edit(content=text, allowed_mentions=SAFE_MENTIONS)
+
+    async def delete(self, channel_id: int, message_id: int) -> None:
+        channel = await self._channel(channel_id)
+        await channel.get_partial_message(message_id).delete()
+
+    async def reply_image(self, channel_id: int, message_id: int | None, text: str, filename: str, data: bytes) -> None:
+        import io
+
+        channel = await self._channel(channel_id)
+        reference = (channel.get_partial_message(message_id).to_reference(fail_if_not_exists=False)
+                     if message_id is not None else None)
+        await channel.send(text, file=discord.File(io.BytesIO(data), filename=filename), reference=reference,
+                           allowed_mentions=SAFE_MENTIONS)
 
     async def timeout_member(self, guild_id: int, user_id: int, duration_s: int, reason: str) -> None:
         guild = self.client.get_guild(guild_id)

@@ -260,6 +260,47 @@ class GraphClient:
         body = await self._request("GET", path) or {}
         return body.get("persona"), body.get("mood")
 
+    async def media_stream(self, path: str, body: dict, timeout_s: float = 360.0):
+        """POST to a media route (`/v1/images`, `/v1/vision`) and yield its NDJSON events as they arrive.
+
+        A drawing takes minutes at worst: no total timeout, but the graph must say something (progress)
+        within `timeout_s`. Errors the graph streams are events (`type: error`); an unreachable graph or a
+        refused request is a GraphError as for every route."""
+        http = await self._session()
+        url = f"{self.base_url}{path}"
+        timeout = aiohttp.ClientTimeout(total=None, connect=self.connect_timeout_s, sock_read=timeout_s)
+        try:
+            async with http.post(url, json=body, headers=self.auth_headers, timeout=timeout) as resp:
+                if resp.status >= 400:
+                    text = await resp.text()
+                    try:
+                        detail = json.loads(text) if text else None
+                    except ValueError:
+                        detail = {"message": text}
+                    message = _error_message(detail, f"POST {path} failed with HTTP {resp.status}")
+                    if resp.status in (401, 403):
+                        raise GraphAuthError(f"the graph refused the bot's token ({resp.status})", resp.status, detail)
+                    raise (GraphUnavailable if resp.status in (502, 503, 504) else GraphError)(message, resp.status, detail)
+                async for line in resp.content:
+                    line = line.strip()
+                    if not line:
+                        continue
+                    try:
+                        event = json.loads(line)
+                    except ValueError:
+                        log.warning("a media route sent a line that is not JSON: %r", line[:80])
+                        continue
+                    if isinstance(event, dict):
+                        yield event
+        except (aiohttp.ClientConnectionError, asyncio.TimeoutError, OSError) as exc:
+            raise GraphUnavailable(f"the voice graph at {self.base_url} is unreachable ({exc.__class__.__name__})") from exc
+
+    def draw(self, order: dict):
+        return self.media_stream("/v1/images", order)
+
+    def look(self, order: dict):
+        return self.media_stream("/v1/vision", order)
+
     async def post_event(self, event: dict) -> list[dict]:
         body = await self._request("POST", "/v1/events", json_body=event)
         actions = (body or {}).get("actions", [])

@@ -40,6 +40,7 @@ class IncomingMessage:
     channel_name: str = ""
     guild_name: str = ""
     mention_names: Mapping[str, str] = field(default_factory=dict)  # "<@123>"-style token -> "@name"
+    channel_nsfw: bool = False  # an age-restricted channel: the only place an NSFW drawing is allowed
 
     @property
     def event_id(self) -> str:
@@ -68,6 +69,7 @@ class IncomingMessage:
             "channel_name": self.channel_name,
             "guild_name": self.guild_name,
             "timestamp": self.created_at,
+            "channel_nsfw": self.channel_nsfw,
         }
 
 

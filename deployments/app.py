@@ -20,6 +20,7 @@ from ray import serve
 from ray.serve import Application
 
 from deployments.brain.deployment import Brain
+from deployments.media.stages import ImageGen, Vision
 from deployments.voice.ingress import VoiceGraph
 from deployments.voice.stages import RVCVoice, SopranoTTS, TextLLM
 from graph.voice.config import VoiceConfig
@@ -30,8 +31,11 @@ DEPLOYMENTS = {
     "RVCVoice": RVCVoice,
     "Brain": Brain,
     "VoiceGraph": VoiceGraph,
+    "ImageGen": ImageGen,
+    "Vision": Vision,
 }
-APP_ARGS = ("llm", "tts", "vc", "voice", "controller", "brain")
+# image/vision are optional: without them the graph has no ImageGen/Vision deployment (their routes say so)
+APP_ARGS = ("llm", "tts", "vc", "voice", "controller", "brain", "image", "vision")
 # Serve's proxy forwards HTTP/WebSocket traffic to the ingress over gRPC instead of Ray actor calls
 # (about 10 ms less time to first audio here, docs/performance.md). Serve reads this when the proxy
 # starts, so it belongs in the environment of whatever starts Ray: `ray start`, `miku serve`, tests.
@@ -115,7 +119,13 @@ def compose_app(args: dict[str, Any], deployment_options: dict[str, dict] | None
         llm=llm,  # the brain writes its text replies with the same TextLLM deployment
         controller={"name": controller.get("actor_name", "FeatureController"), "namespace": "miku"},
     )
-    return deployment("VoiceGraph").bind(llm, tts, vc, args.get("voice") or {}, controller, brain)
+    controller_ref = {"name": controller.get("actor_name", "FeatureController"), "namespace": "miku"}
+    media = {}
+    if args.get("image"):
+        media["image"] = deployment("ImageGen").bind(args["image"], controller_ref)
+    if args.get("vision"):
+        media["vision"] = deployment("Vision").bind(args["vision"], controller_ref)
+    return deployment("VoiceGraph").bind(llm, tts, vc, args.get("voice") or {}, controller, brain, **media)
 
 
 def load_serve_config(path: str | Path) -> dict[str, Any]:

@@ -95,11 +95,34 @@ class GraphServer:
         return {"Authorization": f"Bearer {self.token}"}
 
 
+class MediaServers:
+    """The drawing and vision backends of the session's graph: protocol servers (tests/support/image_servers.py)."""
+
+    def __init__(self):
+        from tests.support.image_servers import A1111ProtocolServer, MediaHostServer, OpenAIVisionProtocolServer
+
+        self.a1111 = A1111ProtocolServer().start()
+        self.vision = OpenAIVisionProtocolServer().start()
+        self.media_host = MediaHostServer().start()
+
+    def stop(self):
+        for server in (self.a1111, self.vision, self.media_host):
+            server.stop()
+
+
 @pytest.fixture(scope="session")
-def graph_server(ray_cluster, serve_http_port, llm_server, tmp_path_factory):
+def media_servers():
+    servers = MediaServers()
+    yield servers
+    servers.stop()
+
+
+@pytest.fixture(scope="session")
+def graph_server(ray_cluster, serve_http_port, llm_server, media_servers, tmp_path_factory):
     """The whole graph from configs/local.yaml, deployed once per session as app 'miku' at '/'.
 
-    The LLM stage talks to the session's real SSE test server; everything else is the embedded default.
+    The LLM stage talks to the session's real SSE test server, drawing and vision to protocol servers
+    (`media_servers`); everything else is the embedded default.
     """
     from deployments.app import CONFIG_DIR, deploy_config
 
@@ -113,6 +136,10 @@ def graph_server(ray_cluster, serve_http_port, llm_server, tmp_path_factory):
             # a short lease so tests of vanished clients finish quickly; state in a fresh directory
             "controller": {"state_dir": str(tmp_path_factory.mktemp("controller")), "lease_s": GRAPH_LEASE_S},
             "brain": {"memory_path": str(tmp_path_factory.mktemp("brain") / "memory.sqlite3")},
+            "image": {"backend": "a1111", "url": media_servers.a1111.url, "progress_interval_s": 0.1},
+            "vision": {"backend": "openai-vision", "url": media_servers.vision.url, "model": "vision",
+                       "unload_path": "/unload",
+                       "fetch": {"allowed_hosts": ["127.0.0.1"], "allow_internal": True, "allow_http": True}},
         },
     )
     yield GraphServer(serve_http_port, GRAPH_TOKEN, handle, llm_server)

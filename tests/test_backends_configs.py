@@ -27,7 +27,7 @@ OPTIONS = deployment_options_of(BOX_APP)
 def test_same_application_and_deployments_as_local_yaml():
     assert BOX_APP["import_path"] == LOCAL_APP["import_path"] == "deployments.app:build_app"
     assert BOX_APP["name"] == LOCAL_APP["name"]
-    assert set(BOX_APP["args"]) >= {"llm", "tts", "vc"}
+    assert set(BOX_APP["args"]) >= {"llm", "tts", "vc", "image", "vision"}
     assert {d["name"] for d in BOX_APP["deployments"]} == {d["name"] for d in LOCAL_APP["deployments"]}
 
 
@@ -35,6 +35,8 @@ def test_same_application_and_deployments_as_local_yaml():
     "name, resource, visible, hidden",
     [
         ("SopranoTTS", "gtx1660", "CUDA_VISIBLE_DEVICES", "HIP_VISIBLE_DEVICES"),
+        ("ImageGen", "gtx1660", "CUDA_VISIBLE_DEVICES", "HIP_VISIBLE_DEVICES"),
+        ("Vision", "gtx1660", "CUDA_VISIBLE_DEVICES", "HIP_VISIBLE_DEVICES"),
         ("RVCVoice", "rx6800", "HIP_VISIBLE_DEVICES", "CUDA_VISIBLE_DEVICES"),
         ("TextLLM", "rx6800", "HIP_VISIBLE_DEVICES", "CUDA_VISIBLE_DEVICES"),
     ],

@@ -27,6 +27,7 @@ from ray.serve.handle import DeploymentHandle
 
 from deployments import auth, http_guard
 from deployments.brain import routes as brain_routes
+from deployments.media import routes as media_routes
 from deployments.controller.actor import CONTROLLER_NAME, get_or_create_controller
 from deployments.controller.routes import router as sessions_router
 from deployments.controller.routes import use_controller
@@ -67,6 +68,7 @@ app = FastAPI(title="Miku voice graph", version="0.1.0", docs_url=None, redoc_ur
 http_guard.install(app)  # bounded bodies, no NaN or deep nesting, a 422 that can always be sent
 app.include_router(sessions_router)
 app.include_router(brain_routes.router)
+app.include_router(media_routes.router)
 
 
 def _as_stage_error(error: BaseException, stage: str, backend: str) -> StageError:
@@ -535,8 +537,12 @@ class VoiceGraph:
         config: dict,
         controller_config: dict | None = None,
         brain: DeploymentHandle | None = None,
+        image: DeploymentHandle | None = None,
+        vision: DeploymentHandle | None = None,
     ):
         self.config = VoiceConfig.from_dict(config)
+        media_routes.configure(image=image, vision=vision)  # POST /v1/images, /v1/vision (deployments/media)
+        self.media = {name: handle for name, handle in (("image", image), ("vision", vision)) if handle is not None}
         auth.configure(auth.resolve_token(self.config.token, self.config.token_file))
         controller_config = dict(controller_config or {})
         actor_name = controller_config.pop("actor_name", CONTROLLER_NAME)
@@ -724,14 +730,24 @@ class VoiceGraph:
             except Exception as error:
                 return {"ok": False, "error": str(error).splitlines()[-1] if str(error) else type(error).__name__}
 
+        async def media_status(handle) -> dict[str, Any]:
+            try:
+                media = await asyncio.wait_for(handle.status.remote(), timeout=5)
+                return {"ok": media["ok"], "optional": True, **media["detail"]}
+            except Exception as error:  # noqa: BLE001
+                return {"ok": False, "optional": True, "error": f"{type(error).__name__}: {error}"[:300]}
+
         # Asked together: each stage may probe its backend (up to a few seconds when one is down).
         names = ("llm", "tts", "vc", "controller")
-        answers = await asyncio.gather(
-            stage_status("llm", self.llm), stage_status("tts", self.tts), stage_status("vc", self.vc),
-            controller_status(),
+        answers, media = await asyncio.gather(
+            asyncio.gather(stage_status("llm", self.llm), stage_status("tts", self.tts), stage_status("vc", self.vc),
+                           controller_status()),
+            asyncio.gather(*(media_status(handle) for handle in self.media.values())),
         )
         stages = dict(zip(names, answers))
         healthy = all(answer["ok"] for answer in answers)
+        # drawing and vision are reported but do not degrade the voice graph (their servers are optional)
+        stages.update(zip(self.media, media))
         body: dict[str, Any] = {"status": "ok" if healthy else "degraded"}
         if auth.token_matches(authorization):
             body["stages"] = stages

@@ -97,11 +97,20 @@ BACKENDS: dict[str, dict[str, str]] = {
         "simulated": "graph.backends.simulated:SimulatedVC",
         "rvc-onnx": "graph.backends.vc.rvc_onnx:RVCOnnxVC",
     },
+    "image": {
+        "openai-images": "graph.backends.image.openai_images:OpenAIImagesBackend",
+        "a1111": "graph.backends.image.a1111:A1111Backend",
+        "comfyui": "graph.backends.image.comfyui:ComfyUIBackend",
+        "diffusers": "graph.backends.image.diffusers_local:DiffusersBackend",
+    },
+    "vision": {
+        "openai-vision": "graph.backends.vision.openai_vision:OpenAIVisionBackend",
+    },
 }
 
 
 def create_backend(stage: str, config: dict[str, Any]) -> Backend:
-    """Build the backend that `config["backend"]` names for `stage` ("llm", "tts" or "vc")."""
+    """Build the backend that `config["backend"]` names for `stage` ("llm", "tts", "vc", "image", "vision")."""
     if stage not in BACKENDS:
         raise ValueError(f"unknown stage {stage!r}; expected one of {sorted(BACKENDS)}")
     options = dict(config or {})

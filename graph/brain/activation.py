@@ -70,7 +70,6 @@ class ActionModifier:
 
     async def select(self, ctx: ActionContext) -> ActivationResult:
         result = ActivationResult()
-        texts = [m.content for m in ctx.new_messages]
         pending_judges: list[BaseAction] = []
         keyword_intents: set[str] = set()
         kinds: dict[str, ActivationType] = {}
@@ -99,7 +98,7 @@ class ActionModifier:
                 else:
                     result.dropped[name] = "random: not this time"
             elif kind is ActivationType.KEYWORD:
-                if action.spec.matches_keywords(texts):
+                if action.keyword_match(ctx):
                     result.reasons[name] = "keyword"
                     if action.spec.intent:
                         keyword_intents.add(action.spec.intent)
@@ -113,7 +112,7 @@ class ActionModifier:
         to_judge: list[BaseAction] = []
         for action in pending_judges:
             spec = action.spec
-            if spec.matches_keywords(texts):
+            if action.keyword_match(ctx):
                 result.reasons[spec.name] = "keyword (judge skipped)"
             elif spec.intent and spec.intent in keyword_intents:
                 result.dropped[spec.name] = f"covered by a KEYWORD action ({spec.intent})"

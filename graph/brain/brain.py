@@ -19,6 +19,7 @@ import re
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
+import dataclasses
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,7 @@ from graph.brain.actions import (
     default_registry,
 )
 from graph.brain.activation import ActionModifier, ActivationResult
+from graph.brain.draw_request import is_draw_command
 from graph.brain.events import (
     ALLOW,
     FEATURE_AUTONOMOUS,
@@ -41,6 +43,7 @@ from graph.brain.events import (
     BlockedAction,
     BrainAction,
     FeatureCheck,
+    LookAction,
     MemberJoinEvent,
     MessageEvent,
     MoodEvent,
@@ -81,6 +84,11 @@ FAIL_CLOSED_FEATURES = frozenset({"image_generation", "vision"})
 async def allow_everything(feature: str) -> FeatureCheck:
     """The blackout check when no controller is wired: nothing is blacked out."""
     return ALLOW
+
+
+# what the vision model is told besides the persona's prompt (graph/media, the Vision stage)
+LOOK_INSTRUCTIONS = ("The user shared the attached image(s) or video frames. Look at them and answer in "
+                     "character, briefly, as a chat message; mention what you actually see.")
 
 
 @dataclass(frozen=True)
@@ -416,7 +424,7 @@ class Brain:
         sub = self.heartflow.subflow(ev.channel_id, now)
         interest = self._message_interest(ev, sub, stored.importance)
         self.heartflow.observe(sub, interest, now)
-        if ev.addressed_to_miku:
+        if ev.addressed_to_miku or is_draw_command(ev.content):  # `/draw ...`, `!draw ...` need no mention
             sub.recent_words.extend(self._words(ev.content))
             return await self._answer_addressed(ev, sub, now)
         if sub.state is ChatState.CHAT:
@@ -538,9 +546,19 @@ class Brain:
     async def _execute(self, name: str, ctx: ActionContext) -> list[BrainAction]:
         actions = await self.actions[name].execute(ctx, self.check_feature)
         self.stats["blocked"] += sum(isinstance(a, BlockedAction) for a in actions)
-        return actions
+        # the vision model answers in her voice, with the chat's context: it gets the reply prompt
+        return [dataclasses.replace(a, prompt=await self._reply_prompt(ctx.message, LOOK_INSTRUCTIONS))
+                if isinstance(a, LookAction) and a.prompt is None else a for a in actions]
 
     async def _reply(self, ev: MessageEvent, extra_instructions: str = "") -> ReplyAction:
+        prompt = await self._reply_prompt(ev, extra_instructions)
+        text = None
+        if self.config.generate_replies and self.complete is not None:
+            text = await self._llm(prompt.as_text(), prompt.system)
+        self.stats["replies"] += 1
+        return ReplyAction(channel_id=ev.channel_id, reply_to_message_id=ev.message_id, text=text, prompt=prompt)
+
+    async def _reply_prompt(self, ev: MessageEvent, extra_instructions: str = "") -> Prompt:
         history = [m for m in await self._context_messages(ev, self.config.context_messages + 1) if m.message_id != ev.message_id]
         user_memory = []
         if self.config.user_memory_messages > 0:
@@ -559,11 +577,7 @@ class Brain:
             user_memory=user_memory,
             extra_instructions=extra_instructions,
         )
-        text = None
-        if self.config.generate_replies and self.complete is not None:
-            text = await self._llm(prompt.as_text(), prompt.system)
-        self.stats["replies"] += 1
-        return ReplyAction(channel_id=ev.channel_id, reply_to_message_id=ev.message_id, text=text, prompt=prompt)
+        return prompt
 
     async def _llm(self, prompt: str, system: str | None) -> str | None:
         """Call the injected LLM with a timeout; None on failure (the caller degrades, never crashes)."""

@@ -320,11 +320,14 @@ class DrawAction(BrainAction):
 
 @dataclass(frozen=True)
 class LookAction(BrainAction):
-    """Describe the attached images/videos (vision) and post the description as a reply."""
+    """Look at the attached images/videos (and image links, embeds) and answer as a reply. `prompt` is the
+    persona's reply prompt (system, recent history, the user's words): the vision model answers in her voice
+    with the chat's context."""
 
     channel_id: str = ""
     reply_to_message_id: str | None = None
     attachments: tuple[dict[str, str], ...] = ()
+    prompt: Prompt | None = None
     type: str = "look"
 
 

@@ -175,3 +175,22 @@ def test_latency_history_keeps_the_last_hour_as_columns():
     assert [p["ttfa_ms"] for p in history.recent_ttfa()] == [80.0, 120.0]
     clock.now += 1801
     assert history.columns()["columns"]["t"] == [1_001_800.0]
+
+
+def test_admin_changes_land_in_the_controller_audit_log_with_their_user(tmp_path):
+    from graph.controller.audit import AuditAction
+    from graph.controller.config import ControllerConfig
+    from graph.controller.errors import InvalidRequest
+    from graph.controller.state_machine import SessionController
+
+    clock = Clock()
+    ctl = SessionController.open(ControllerConfig(state_dir=str(tmp_path)), clock=clock)
+    for index in range(5):
+        ctl.record_admin("alice", "persona.switch", {"guild_id": "1", "persona": f"p{index}"})
+    tail = ctl.audit_tail(2).entries
+    assert [e.detail["args"]["persona"] for e in tail] == ["p3", "p4"]
+    assert all(e.action is AuditAction.ADMIN_CHANGE and e.detail["user"] == "alice" for e in tail)
+    with pytest.raises(InvalidRequest):
+        ctl.record_admin("alice", "x", {"blob": "y" * 20_000})
+    reopened = SessionController.open(ControllerConfig(state_dir=str(tmp_path)), clock=clock)
+    assert reopened.audit_tail(1).entries[0].detail["change"] == "persona.switch"  # checkpointed

@@ -194,3 +194,19 @@ def test_admin_changes_land_in_the_controller_audit_log_with_their_user(tmp_path
         ctl.record_admin("alice", "x", {"blob": "y" * 20_000})
     reopened = SessionController.open(ControllerConfig(state_dir=str(tmp_path)), clock=clock)
     assert reopened.audit_tail(1).entries[0].detail["change"] == "persona.switch"  # checkpointed
+
+
+def test_cli_set_password_writes_a_private_hash_the_book_accepts(tmp_path, monkeypatch, capsys):
+    import io
+
+    from deployments.cli import main
+
+    path = tmp_path / "admin-users"
+    monkeypatch.setattr("sys.stdin", io.StringIO("a-long-enough-password\n"))
+    assert main(["admin", "set-password", "--user", "owner", "--users-file", str(path), "--password-stdin"]) == 0
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    assert "a-long-enough-password" not in path.read_text()
+    assert PasswordBook(users_file=str(path), environ={}).verify("owner", "a-long-enough-password")
+    monkeypatch.setattr("sys.stdin", io.StringIO("short\n"))
+    assert main(["admin", "set-password", "--users-file", str(path), "--password-stdin"]) == 2
+    assert "at least" in capsys.readouterr().err

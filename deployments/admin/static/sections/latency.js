@@ -7,10 +7,12 @@
   const LABELS = { first_token: "LLM first token", first_chunk: "first speakable chunk", first_tts_audio: "TTS first audio",
     first_vc_audio: "VC first audio", first_frame: "first frame (TTFA)" };
 
-  function options(title, names, width) {
+  function options(title, names, width, windowS) {
+    const now = Date.now() / 1000;
     return {
       title, width, height: 260,
-      scales: { x: { time: true } },
+      // the whole window, whatever the points: an hour is an hour even with one utterance in it
+      scales: { x: { time: true, range: () => [now - windowS, now] }, y: { range: (u, min, max) => [0, Math.max(10, (max || 0) * 1.15)] } },
       axes: [{ stroke: "#8ba0b3", grid: { stroke: "#2a3a4a" } }, { stroke: "#8ba0b3", grid: { stroke: "#2a3a4a" }, label: "ms" }],
       series: [{}].concat(names.map((name) => ({ label: LABELS[name], stroke: COLORS[name], width: 2,
         points: { show: true, size: 5 }, spanGaps: false, value: (u, v) => (v == null ? "—" : `${Math.round(v)} ms`) }))),
@@ -33,8 +35,8 @@
           for (const plot of plots) plot.destroy();
           const width = Math.max(320, ttfaBox.clientWidth || 800);
           plots = [
-            new uPlot(options("Time to first audio", ["first_frame"], width), [cols.t, cols.first_frame], ttfaBox),
-            new uPlot(options("Stages", data.series, width), [cols.t].concat(data.series.map((s) => cols[s])), stageBox),
+            new uPlot(options("Time to first audio", ["first_frame"], width, data.window_s), [cols.t, cols.first_frame], ttfaBox),
+            new uPlot(options("Stages", data.series, width, data.window_s), [cols.t].concat(data.series.map((s) => cols[s])), stageBox),
           ];
           container.dataset.points = String(cols.t.length);
         } catch (failure) { showError(failure); }

@@ -491,9 +491,7 @@ async def server_settings(body: ServerSettingsBody, session: Annotated[PanelSess
 
 
 def install(app: FastAPI) -> None:
-    """Mount the panel on `app`: headers middleware, static files, the routes (and plugged-in ones)."""
+    """Mount the panel on `app`: headers middleware, static files, the routes."""
     app.add_middleware(SecurityHeaders)
     app.mount(PREFIX + "/static", StaticFiles(directory=STATIC_DIR), name="admin-static")
     app.include_router(router)
-    for extra in panel_sections.extra_routers:
-        app.include_router(extra)

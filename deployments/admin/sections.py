@@ -2,16 +2,14 @@
 
 The page asks `GET /admin/api/sections` which sections exist and loads each one's script (from
 `deployments/admin/static/`, same origin: the CSP allows nothing else); the script calls
-`MikuAdmin.section(id, {title, render})` (static/app.js). A new stage (schedule, feeds, image) adds
-its section with `register_section(...)` at import time and its routes with `include_router(...)`,
+`MikuAdmin.section(id, {render})` (static/app.js). A new stage (schedule, feeds, image) adds its
+section with `register_section(...)` at import time and includes its own APIRouter in the ingress app,
 using `deployments.admin.routes.panel_user` / `panel_change` / `audit_change` for login, CSRF and the
 audit log, as the built-in sections do.
 """
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-
-from fastapi import APIRouter
 
 
 @dataclass(frozen=True)
@@ -26,18 +24,12 @@ class Section:
 
 
 _sections: dict[str, Section] = {}
-extra_routers: list[APIRouter] = []
 
 
 def register_section(section: Section) -> None:
     if not section.id.replace("-", "").isalnum():
         raise ValueError(f"section id {section.id!r}: letters, digits and '-' only")
     _sections[section.id] = section
-
-
-def include_router(router: APIRouter) -> None:
-    """Routes of a plugged-in section; mounted with the panel's own (before the app serves)."""
-    extra_routers.append(router)
 
 
 def sections() -> list[Section]:

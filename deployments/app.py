@@ -109,7 +109,8 @@ def compose_app(args: dict[str, Any], deployment_options: dict[str, dict] | None
         llm=llm,  # the brain writes its text replies with the same TextLLM deployment
         controller={"name": controller.get("actor_name", "FeatureController"), "namespace": "miku"},
     )
-    return deployment("VoiceGraph").bind(llm, tts, vc, args.get("voice") or {}, controller, brain, args.get("admin") or {})
+    return deployment("VoiceGraph").bind(llm, tts, vc, args.get("voice") or {}, controller, brain,
+                                        admin=args.get("admin") or {})
 
 
 def load_serve_config(path: str | Path) -> dict[str, Any]:

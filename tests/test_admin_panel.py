@@ -59,6 +59,9 @@ def docs_screenshot(page: Page, name: str) -> None:
 def log_in(browser: Browser, base: str, user: str = ADMIN_USER) -> tuple[BrowserContext, Page]:
     context = browser.new_context(viewport={"width": 1280, "height": 900})
     page = context.new_page()
+    # anything the CSP refused (an inline script or style somewhere) shows up here
+    page.csp_violations = []
+    page.on("console", lambda message: "Content Security Policy" in message.text and page.csp_violations.append(message.text))
     page.goto(base + "/admin/")
     expect(page).to_have_url(base + "/admin/login", timeout=WAIT_MS)
     page.fill("#user", user)
@@ -118,6 +121,10 @@ def test_login_and_a_voice_session_appears_live(graph_server, browser):
         assert int(page.locator("#section-latency").get_attribute("data-points")) >= 4
         expect(page.locator("#latency-ttfa canvas")).to_have_count(1)
         docs_screenshot(page, "latency")
+        for section in ("conversations", "personas", "autonomous", "audit", "settings"):
+            page.click(f"#nav a[data-section={section}]")
+            expect(page.locator(f"#section-{section}")).to_be_visible(timeout=WAIT_MS)
+        assert page.csp_violations == []
     context.close()
 
 
@@ -212,6 +219,16 @@ def test_a_change_without_the_csrf_token_is_refused(graph_server, browser):
         status, text = page.evaluate(script, [body, token])
         assert status == 200, text
         assert json.loads(text)["mood"] == "sleepy"
+        # the same request with the token but sent by another site's page, and a login sent as a form
+        cookie = next(c for c in context.cookies() if c["name"] == "miku_admin")["value"]
+        forged = requests.post(base + "/admin/api/moods/set", json=body, cookies={"miku_admin": cookie}, timeout=60,
+                               headers={"X-CSRF-Token": token, "Origin": "http://evil.example"})
+        assert forged.status_code == 403 and "cross-site" in forged.text
+        form = requests.post(base + "/admin/api/login", data={"user": ADMIN_USER, "password": ADMIN_PASSWORD}, timeout=60)
+        assert form.status_code == 415 and "miku_admin" not in form.cookies
+        static = requests.get(base + "/admin/static/app.js", timeout=60)
+        assert static.status_code == 200 and "script-src 'self'" in static.headers["content-security-policy"]
+        assert requests.get(base + "/admin/static/%2e%2e/routes.py", timeout=60).status_code == 404
         # the graph's bearer token opens the API, not the panel; the panel never shows it
         assert api(graph_server, "GET", "/admin/api/overview").status_code == 401
         assert api(graph_server, "GET", "/v1/sessions").status_code == 200

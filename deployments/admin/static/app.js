@@ -92,9 +92,13 @@
     });
   }
 
-  function route() {
+  function wantedSection() {
     const wanted = (window.location.hash || "#overview").slice(1);
-    const id = state.sections.some((s) => s.id === wanted) ? wanted : "overview";
+    return state.sections.some((s) => s.id === wanted) ? wanted : "overview";
+  }
+
+  function route() {
+    const id = wantedSection();
     if (!registered.has(id)) return; // its script is still loading: section() calls route() again
     for (const link of document.querySelectorAll("#nav a")) link.classList.toggle("active", link.dataset.section === id);
     if (state.current && state.current.cleanup) state.current.cleanup();
@@ -126,7 +130,11 @@
   }
 
   window.MikuAdmin = {
-    section(id, definition) { registered.set(id, definition); if (!state.current) route(); },
+    section(id, definition) {
+      registered.set(id, definition);
+      // the section on screen is not the one asked for (its script was still loading): show it now
+      if (!state.current || (state.current.id !== id && wantedSection() === id)) route();
+    },
     api, el, table, fmtTime, fmtMs, onOverview, showError,
     get user() { return state.user; },
   };

@@ -154,6 +154,19 @@ def test_switching_the_persona_in_the_panel_changes_what_the_brain_uses(graph_se
         reply = next(a for a in answer.json()["actions"] if a["type"] == "reply")
         assert "`evil_miku`" in reply["text"]
 
+        # what the brain stored of that message: found by search, then deleted with its author's others
+        page.click("#nav a[data-section=conversations]")
+        page.fill("#conv-search", "modfile info")
+        page.click("#conv-search-button")
+        expect(page.locator("#conv-messages")).to_contain_text("515153", timeout=WAIT_MS)
+        docs_screenshot(page, "conversations")
+        page.fill("#conv-delete-user", "515153")
+        page.click("#conv-delete-button")
+        expect(page.locator("#conv-result")).to_contain_text("by 515153", timeout=WAIT_MS)
+        assert not page.locator("#conv-result").text_content().startswith("Deleted 0 ")
+        page.click("#conv-search-button")
+        expect(page.locator("#conv-messages")).to_contain_text("No messages.", timeout=WAIT_MS)
+
         page.click("#nav a[data-section=audit]")
         row = page.locator("#audit-table tr", has_text="persona.switch").first
         expect(row).to_contain_text(ADMIN_USER, timeout=WAIT_MS)
@@ -252,4 +265,49 @@ def test_logout_kills_the_cookie(graph_server, browser):
         assert requests.get(base + "/admin/api/session", cookies={"miku_admin": cookie}, timeout=60).status_code == 401
         page.goto(base + "/admin/")
         expect(page).to_have_url(base + "/admin/login", timeout=WAIT_MS)
+    context.close()
+
+
+def test_server_settings_are_validated_and_the_engine_pauses_per_server(graph_server, browser):
+    base = graph_server.base_url
+    guild = "717171"
+    context, page = log_in(browser, base)
+    with screenshot_on_failure(page, "autonomous"):
+        page.click("#nav a[data-section=settings]")
+        page.fill("#set-guild", guild)
+        page.fill("#set-channels", "717172, 717173")
+        page.fill("#set-home", "999999")  # not one of the allowed channels
+        page.click("#set-save")
+        expect(page.locator("#set-result")).to_contain_text("home channel must be one of", timeout=WAIT_MS)
+        page.fill("#set-home", "717173")
+        page.fill("#set-tz", "Mars/Olympus_Mons")
+        page.click("#set-save")
+        expect(page.locator("#set-result")).to_have_class("result error", timeout=WAIT_MS)
+        expect(page.locator("#set-result")).to_contain_text("Mars/Olympus_Mons")
+        page.fill("#set-tz", "Asia/Tokyo")
+        page.click("#set-save")
+        expect(page.locator("#set-result")).to_contain_text(f"Saved for server {guild}", timeout=WAIT_MS)
+        try:
+            page.click("#nav a[data-section=autonomous]")
+            card = page.locator(f".autonomous-server[data-guild='{guild}']")
+            expect(card).to_contain_text("running", timeout=WAIT_MS)
+            expect(card).to_contain_text("join_conversation")
+            card.locator("button").click()
+            expect(card).to_contain_text("paused", timeout=WAIT_MS)
+            explained = api(graph_server, "GET", "/v1/autonomous/explain", params={"guild_id": guild}).json()
+            assert explained["settings"]["enabled"] is False and explained["settings"]["timezone"] == "Asia/Tokyo"
+            docs_screenshot(page, "autonomous")
+            card.locator("button").click()
+            expect(card).to_contain_text("running", timeout=WAIT_MS)
+            page.click("#nav a[data-section=audit]")
+            expect(page.locator("#audit-table")).to_contain_text("autonomous.pause", timeout=WAIT_MS)
+            expect(page.locator("#audit-table")).to_contain_text("autonomous.resume")
+        finally:
+            # stop tracking the server again: the shared graph's engine should not keep it
+            page.click("#nav a[data-section=settings]")
+            page.fill("#set-guild", guild)
+            page.fill("#set-channels", "")
+            page.fill("#set-home", "")
+            page.click("#set-save")
+            expect(page.locator("#set-result")).to_contain_text("no longer tracked", timeout=WAIT_MS)
     context.close()

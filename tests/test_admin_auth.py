@@ -210,3 +210,20 @@ def test_cli_set_password_writes_a_private_hash_the_book_accepts(tmp_path, monke
     monkeypatch.setattr("sys.stdin", io.StringIO("short\n"))
     assert main(["admin", "set-password", "--users-file", str(path), "--password-stdin"]) == 2
     assert "at least" in capsys.readouterr().err
+
+
+async def test_overview_is_built_once_per_interval_for_every_open_panel():
+    from deployments.admin.routes import OverviewCache
+
+    clock = Clock()
+    builds = []
+
+    async def build():
+        builds.append(clock.now)
+        return {"build": len(builds)}
+
+    cache = OverviewCache(build, max_age_s=0.5, clock=clock)
+    assert [await cache.get() for _ in range(3)] == [{"build": 1}] * 3
+    clock.now += 0.6
+    assert (await cache.get()) == {"build": 2}
+    assert len(builds) == 2

@@ -295,6 +295,7 @@ async def build_overview(ctx: AdminContext) -> dict[str, Any]:
         asyncio.to_thread(ctx.gpu_snapshot),
     )
     sessions, warnings = ([], []) if isinstance(report, dict) else report
+    problems = [f"session controller: {answer['error']}" for answer in (report, features, stats) if isinstance(answer, dict)]
     session_rows = []
     for session in sessions:
         row = session.to_dict()
@@ -311,7 +312,7 @@ async def build_overview(ctx: AdminContext) -> dict[str, Any]:
     return {
         "at": ctx.clock(),
         "sessions": session_rows,
-        "warnings": [w.to_dict() for w in warnings],
+        "warnings": [w.to_dict() for w in warnings] + [{"message": problem} for problem in problems[:1]],
         "features": features if isinstance(features, dict) else [f.to_dict() for f in features],
         "queue": queue,
         "stages": stages,

@@ -153,6 +153,22 @@ def test_switching_the_persona_in_the_panel_changes_what_the_brain_uses(graph_se
         assert answer.status_code == 200, answer.text
         reply = next(a for a in answer.json()["actions"] if a["type"] == "reply")
         assert "`evil_miku`" in reply["text"]
+        # and her voice: a spoken prompt in a session on that server reaches the LLM as Evil Miku
+        body = {"guild_id": guild, "voice_channel_id": "515154", "text_channel_id": "515152", "user_id": "515153"}
+        started = api(graph_server, "POST", "/v1/sessions", json=body)
+        assert started.status_code == 201, started.text
+        marker = f"persona-check-{uuid.uuid4().hex[:8]}"
+        try:
+            with ws_connect(graph_server.ws_url + "/v1/voice", additional_headers=graph_server.auth_headers) as ws:
+                ws.send(json.dumps({"type": "prompt", "id": marker, "text": f"Who are you? {marker}",
+                                    "session_id": started.json()["session_id"]}))
+                while (message := ws.recv(timeout=60)) and not (
+                        isinstance(message, str) and json.loads(message)["type"] in ("utterance.end", "error")):
+                    pass
+                assert json.loads(message)["type"] == "utterance.end", message
+        finally:
+            api(graph_server, "DELETE", f"/v1/sessions/{started.json()['session_id']}")
+        assert "You are Evil Miku" in graph_server.llm_server.last(marker).system
 
         # what the brain stored of that message: found by search, then deleted with its author's others
         page.click("#nav a[data-section=conversations]")

@@ -5,7 +5,8 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check
-DEBIAN_PACKAGES := espeak-ng libopus0
+# chromium: the admin panel's browser tests (tests/test_admin_panel.py, Playwright on the system browser)
+DEBIAN_PACKAGES := espeak-ng libopus0 chromium
 TEST_EXTRAS := test,bench,soprano,rvc,llamacpp,image
 SOPRANO_TTS := soprano-tts==0.2.0
 # llama-cpp-python builds llama.cpp from source: portable CPU build, no server/examples/tests

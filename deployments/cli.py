@@ -3,6 +3,7 @@
     miku say "TEXT" --out FILE.wav            speak verbatim
     miku chat "PROMPT" --llm-url URL --out FILE.wav
     miku serve                                keep the graph running for clients
+    miku admin set-password [--user NAME]     set an admin panel password (argon2 hash, 0600 file)
 
 It connects to a running Ray cluster (RAY_ADDRESS, or one started with `ray start`) or starts a local one
 with the two GPU resources declared, deploys the graph from a Serve config, and writes the exact bytes the
@@ -217,7 +218,8 @@ def cmd_serve(args) -> int:
         deploy(Path(args.config), {}, progress, "miku")
         resolve_token(None, token_file)  # the ingress created it already; this only reads it
         progress(f"Serving on http://{http.get('host', '127.0.0.1')}:{http.get('port', 8000)} "
-                 f"(bearer token: MIKU_GRAPH_TOKEN or {token_file}). Ctrl-C stops.")
+                 f"(bearer token: MIKU_GRAPH_TOKEN or {token_file}; admin panel at /admin/, password "
+                 "with `miku admin set-password`). Ctrl-C stops.")
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:
@@ -248,7 +250,13 @@ def main(argv: list[str] | None = None) -> int:
     chat.add_argument("--play", action="store_true")
 
     sub.add_parser("serve", help="deploy the graph and keep it running")
+    from deployments.admin import cli as admin_cli
+
+    admin_cli.add_parser(sub)
     args = parser.parse_args(argv)
+
+    if args.command == "admin":
+        return admin_cli.run(args)
 
     if args.command == "serve":
         return cmd_serve(args)

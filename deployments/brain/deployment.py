@@ -52,6 +52,7 @@ from graph.autonomous import (
 )
 from graph.backends.base import create_backend
 from graph.brain.bipolar import BipolarConfig, BipolarHost
+from graph.brain.admin import BrainAdmin
 from graph.brain.brain import Brain as BrainLogic
 from graph.brain.brain import BrainConfig, allow_everything
 from graph.brain.events import (
@@ -790,6 +791,10 @@ class Brain:
             pause = ControllerPause(pause_check, timeout_s=hosting.controller_timeout_s)
             self._autonomous = AutonomousHost(self._brain, hosting, pause=pause)
             self._tasks.append(loop.create_task(_tick_forever("autonomous", hosting.tick_interval_s, self._autonomous.tick)))
+
+    async def admin(self, op: str, args: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The admin panel's operations (graph.brain.admin.BrainAdmin.OPS); refusals come back as data."""
+        return await BrainAdmin(self._brain, self._autonomous).call(op, args)
 
     async def handle_event(self, event: dict[str, Any]) -> dict[str, Any]:
         """One client event -> `{"actions": [...]}`; a malformed one -> `{"actions": [], "invalid": [errors]}`.

@@ -239,6 +239,14 @@ class FeatureController:
     async def audit_page(self, after_seq: int = 0, limit: int = 100) -> AuditPage:
         return self._ctl.audit_page(after_seq, limit)
 
+    async def audit_tail(self, limit: int = 100) -> AuditPage:
+        return self._ctl.audit_tail(limit)
+
+    async def record_admin(self, user: str, change: str, detail: Mapping[str, Any] | None = None) -> AuditEntry:
+        """An admin-panel change, in the audit log with its user (not retried twice: one entry per call
+        is what the panel wants, and a re-run after a crash writes at most one more)."""
+        return self._ctl.record_admin(user, change, detail)
+
     async def stats(self) -> ControllerStats:
         return self._ctl.stats()
 

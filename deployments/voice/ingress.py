@@ -9,6 +9,7 @@ local task would leave the LLM generating). Routes of the session controller and
 # No `from __future__ import annotations` here: Serve's class-based FastAPI views need real annotations
 # to recognise `WebSocket` parameters (with strings, the handshake is refused with 403).
 import asyncio
+import dataclasses
 import json
 import logging
 from collections import OrderedDict
@@ -26,6 +27,7 @@ from ray.exceptions import RayActorError, RayTaskError
 from ray.serve.handle import DeploymentHandle
 
 from deployments import auth, http_guard
+from deployments.admin import routes as admin_routes
 from deployments.brain import routes as brain_routes
 from deployments.media import routes as media_routes
 from deployments.controller.actor import CONTROLLER_NAME, get_or_create_controller
@@ -34,8 +36,13 @@ from deployments.controller.routes import use_controller
 from deployments.heap import freeze_startup_heap
 from deployments.metrics import CpuMeter, graph_metrics
 from deployments.voice.voice_port import MAX_MESSAGE_BYTES, DirectVoicePort
+from graph.admin.config import AdminConfig, resolve_secret
+from graph.admin.latency import LatencyHistory
+from graph.admin.lockout import LoginThrottle
+from graph.admin.passwords import PasswordBook
+from graph.admin.sessions import PanelSessions
 from graph.brain.mood_profiles import load_moods, mood_voice
-from graph.controller.telemetry import VramHeadroom
+from graph.controller.telemetry import GpuTelemetry, VramHeadroom
 from graph.voice.config import VoiceConfig
 from graph.voice.conversation import VoiceConversation
 from graph.voice.pipeline import (
@@ -69,6 +76,7 @@ http_guard.install(app)  # bounded bodies, no NaN or deep nesting, a 422 that ca
 app.include_router(sessions_router)
 app.include_router(brain_routes.router)
 app.include_router(media_routes.router)
+admin_routes.install(app)  # the admin panel under /admin, with its own login (deployments/admin/routes.py)
 
 
 def _as_stage_error(error: BaseException, stage: str, backend: str) -> StageError:
@@ -539,10 +547,12 @@ class VoiceGraph:
         brain: DeploymentHandle | None = None,
         image: DeploymentHandle | None = None,
         vision: DeploymentHandle | None = None,
+        admin: dict | None = None,
     ):
         self.config = VoiceConfig.from_dict(config)
         media_routes.configure(image=image, vision=vision)  # POST /v1/images, /v1/vision (deployments/media)
         self.media = {name: handle for name, handle in (("image", image), ("vision", vision)) if handle is not None}
+        admin_config = AdminConfig.from_dict(admin)
         auth.configure(auth.resolve_token(self.config.token, self.config.token_file))
         controller_config = dict(controller_config or {})
         actor_name = controller_config.pop("actor_name", CONTROLLER_NAME)
@@ -577,7 +587,45 @@ class VoiceGraph:
             self.stages = HandleStages(llm, tts, vc, self.names, self.config.stage_transport)
             self.stages.start()
         self.voice_port = await self._open_voice_port() if self.config.direct_voice else None
+        self.latency = LatencyHistory()
+        self._configure_admin(admin_config, headroom)
         freeze_startup_heap()  # last: everything set up so far lives as long as the replica
+
+    def _configure_admin(self, config: AdminConfig, headroom: VramHeadroom) -> None:
+        """The admin panel's view of this replica: its stages, latency history, controller and brain."""
+        if not config.enabled:
+            admin_routes.configure(None)
+            return
+        telemetry = GpuTelemetry()
+        voice_settings = {k: v for k, v in dataclasses.asdict(self.config).items() if k not in ("token", "token_file")}
+        admin_routes.configure(admin_routes.AdminContext(
+            config=config,
+            passwords=PasswordBook(inline=config.users, users_file=config.users_file),
+            throttle=LoginThrottle(config.lockout),
+            sessions=PanelSessions(resolve_secret(config.secret_file), lifetime_s=config.session_lifetime_s,
+                                   idle_s=config.session_idle_s),
+            latency=self.latency,
+            controller=self.controller,
+            brain=self.brain,
+            stage_health=self._stage_health,
+            gpu_snapshot=lambda: telemetry.snapshot().as_dict(),
+            vram_limits_gb=dict(headroom.limits_gb),
+            voice_settings=lambda: dict(voice_settings),
+        ))
+
+    async def _stage_health(self) -> dict[str, Any]:
+        """Each model stage's status and backend (what /healthz shows with the token)."""
+        async def one(stage: str, handle) -> dict[str, Any]:
+            try:
+                status = await asyncio.wait_for(handle.status.remote(), timeout=5)
+                return {"ok": status.ok, "backend": self.names.get(stage, stage), **status.detail}
+            except Exception as error:
+                return {"ok": False, "backend": self.names.get(stage, stage),
+                        "error": _as_stage_error(error, stage, self.names[stage]).message}
+
+        names = ("llm", "tts", "vc")
+        answers = await asyncio.gather(*(one(stage, getattr(self, stage)) for stage in names))
+        return dict(zip(names, answers))
 
     async def _open_voice_port(self) -> DirectVoicePort | None:
         cfg = self.config
@@ -676,6 +724,7 @@ class VoiceGraph:
             if event.frames:
                 self.metrics.frames_sent.inc(event.frames)
             self.metrics.record_underruns(event.underruns, "graph")
+            self.latency.add(event.timings_ms, mode.value)
             ttfa = event.timings_ms.get("first_frame")
             if ttfa is not None:
                 self.metrics.time_to_first_audio.observe(ttfa, tags={"mode": mode.value})

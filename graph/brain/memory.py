@@ -209,6 +209,41 @@ class MemoryStore:
             rows = await cur.fetchall()
         return [_from_row(r) for r in reversed(rows)]
 
+    # -- the admin panel's views (bounded: at most `limit` rows each) -------------------------------
+
+    async def channels(self, limit: int = 100) -> list[dict]:
+        """The channels with stored messages, most recently active first: id, server, count, last message time."""
+        async with self._db.execute(
+            "SELECT channel_id, MAX(guild_id), COUNT(*), MAX(ts) FROM messages GROUP BY channel_id "
+            "ORDER BY MAX(ts) DESC LIMIT ?", (limit,),
+        ) as cur:
+            rows = await cur.fetchall()
+        return [{"channel_id": r[0], "guild_id": r[1], "messages": int(r[2]), "last_ts": r[3]} for r in rows]
+
+    async def recent(self, channel_id: str, limit: int = 50) -> list[StoredMessage]:
+        """A channel's newest `limit` messages whatever their age, oldest first."""
+        async with self._db.execute(
+            f"SELECT {_COLUMNS} FROM messages WHERE channel_id = ? ORDER BY ts DESC LIMIT ?", (channel_id, limit),
+        ) as cur:
+            rows = await cur.fetchall()
+        return [_from_row(r) for r in reversed(rows)]
+
+    async def search(self, text: str, limit: int = 50) -> list[StoredMessage]:
+        """Messages whose content or author name contains `text` (case-insensitive for ASCII), newest first."""
+        pattern = "%" + text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        async with self._db.execute(
+            f"SELECT {_COLUMNS} FROM messages WHERE content LIKE ? ESCAPE '\\' OR author_name LIKE ? ESCAPE '\\' "
+            "ORDER BY ts DESC LIMIT ?", (pattern, pattern, limit),
+        ) as cur:
+            rows = await cur.fetchall()
+        return [_from_row(r) for r in rows]
+
+    async def delete_author(self, author_id: str) -> int:
+        """Forget everything one user wrote (moderation, or the user's own request); returns the count."""
+        cursor = await self._db.execute("DELETE FROM messages WHERE author_id = ?", (author_id,))
+        await self._db.commit()
+        return cursor.rowcount
+
     async def count(self) -> int:
         async with self._db.execute("SELECT COUNT(*) FROM messages") as cur:
             row = await cur.fetchone()

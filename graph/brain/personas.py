@@ -205,3 +205,7 @@ class PersonaLibrary:
 
     def names(self) -> list[str]:
         return sorted(self.personas)
+
+    def assignments(self) -> dict[str | None, str]:
+        """Servers (None = DMs) whose persona was switched away from the default, and to which."""
+        return dict(self._active)

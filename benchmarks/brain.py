@@ -56,7 +56,7 @@ async def events_per_second(runs: int, workdir: Path) -> dict:
 
 
 async def judge_wall_time(repeats: int = 5, judges: int = 5, delay_s: float = 0.1) -> dict:
-    async def slow_llm(prompt: str, system: str | None) -> str:
+    async def slow_llm(prompt: str, system: str | None, options=None) -> str:
         await asyncio.sleep(delay_s)
         return "yes"
 

@@ -53,7 +53,7 @@ class RecordingLLM:
         self.default = default
         self.prompts: list[str] = []
 
-    async def __call__(self, prompt: str, system: str | None) -> str:
+    async def __call__(self, prompt: str, system: str | None, options=None) -> str:
         self.prompts.append(prompt)
         for name, answer in self.answers.items():
             if f"Action: {name}\n" in prompt:
@@ -188,7 +188,7 @@ async def test_judges_run_in_parallel():
     peak = 0
     release = asyncio.Event()
 
-    async def complete(prompt, system):
+    async def complete(prompt, system, options=None):
         nonlocal in_flight, peak
         in_flight += 1
         peak = max(peak, in_flight)
@@ -208,7 +208,7 @@ async def test_judges_run_in_parallel():
 async def test_failed_and_timed_out_judges_count_as_no_and_are_not_cached():
     never = asyncio.Event()
 
-    async def complete(prompt, system):
+    async def complete(prompt, system, options=None):
         if "Action: slow" in prompt:
             await never.wait()
         if "Action: broken" in prompt:

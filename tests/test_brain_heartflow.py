@@ -162,7 +162,7 @@ class ScriptedLLM:
         self.fail = fail
         self.plans = 0
 
-    async def __call__(self, prompt: str, system: str | None) -> str:
+    async def __call__(self, prompt: str, system: str | None, options=None) -> str:
         if self.fail:
             raise TimeoutError("model is down")
         if system == JUDGE_SYSTEM:

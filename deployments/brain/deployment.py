@@ -67,10 +67,9 @@ from graph.brain.events import (
 from graph.brain.events import (
     parse_event as parse_brain_event,
 )
-from graph.brain.llm import complete_from_backend
+from graph.brain.llm import LLMCallOptions, ModelRouting, complete_from_backend, is_in_process
 from graph.brain.mood_profiles import load_moods
 from graph.brain.prompts import ChatContext
-from graph.voice.types import LLMRequest
 
 log = logging.getLogger(__name__)
 
@@ -655,9 +654,15 @@ class AutonomousHost:
 # The deployment
 
 
-def _complete_via_handle(handle: DeploymentHandle, max_tokens: int = 256, temperature: float = 0.8):
-    async def complete(prompt: str, system: str | None) -> str:
-        request = LLMRequest(prompt=prompt, system=system, max_tokens=max_tokens, temperature=temperature)
+def _complete_via_handle(handle: DeploymentHandle, max_tokens: int = 256, temperature: float = 0.8,
+                         routing: ModelRouting | None = None):
+    """`complete` through the app's TextLLM handle; its backend is not known here, so the request
+    carries both the routed model name and the adapter file (each backend reads what it understands)."""
+    routing = routing or ModelRouting()
+
+    async def complete(prompt: str, system: str | None, options: LLMCallOptions | None = None) -> str:
+        request = routing.request(prompt, system, options, in_process=None,
+                                  default_max_tokens=max_tokens, default_temperature=temperature)
         tokens = [token async for token in handle.options(stream=True).stream.remote(request)]
         return "".join(tokens).strip()
 
@@ -692,10 +697,10 @@ class Brain:
         self._backend = None
         if isinstance(llm, DeploymentHandle):
             # share the app's TextLLM deployment (one model on the GPU) instead of a second client
-            complete = _complete_via_handle(llm)
+            complete = _complete_via_handle(llm, routing=brain_config.model_routing)
         elif llm:
             self._backend = create_backend("llm", llm)
-            complete = complete_from_backend(self._backend)
+            complete = complete_from_backend(self._backend, routing=brain_config.model_routing)
         check_feature = pause_check = None
         if controller is not False:
             from deployments.controller.actor import (
@@ -708,6 +713,10 @@ class Brain:
             check_feature = ControllerFeatureCheck(name, namespace)
             pause_check = ControllerFeatureCheck(name, namespace, missing_allows=False)
         self._brain = await BrainLogic.create(brain_config, complete=complete, check_feature=check_feature, clock=time.time, rng=random.Random())
+        if self._backend is not None:  # a persona ADAPTER the configured LLM cannot serve fails here, by name
+            brain_config.model_routing.check(
+                {p.name: p.adapter for p in self._brain.personas.personas.values() if p.adapter},
+                in_process=is_in_process(self._backend))
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(_tick_forever("brain", tick_interval_s, self._brain.tick))]
         self._autonomous: AutonomousHost | None = None

@@ -125,6 +125,7 @@ class ActionModifier:
             verdicts = await self.judge.judge_many(
                 [JudgeRequest(a.spec.name, a.spec.judge_config(), a.spec.llm_judge_prompt or a.spec.description) for a in to_judge],
                 ctx.context_text,
+                ctx.llm_options,
             )
             for name, verdict in verdicts.items():
                 if verdict:

@@ -55,6 +55,7 @@ from graph.brain.events import (
 )
 from graph.brain.heartflow import ChatState, HeartFlow, HeartFlowConfig, SubFlow
 from graph.brain.judge import JudgeCache, LLMJudge
+from graph.brain.llm import LLMCallOptions, ModelRouting
 from graph.brain.memory import MemoryStore, StoredMessage, importance_score
 from graph.brain.moods import (
     MoodScheduler,
@@ -62,12 +63,12 @@ from graph.brain.moods import (
     load_mood_descriptions,
     mood_scope,
 )
-from graph.brain.personas import PersonaLibrary, load_personas
+from graph.brain.personas import Persona, PersonaLibrary, load_personas
 from graph.brain.prompts import ChatContext, PromptBuilder
 
 log = logging.getLogger(__name__)
 
-Complete = Callable[[str, str | None], Awaitable[str]]
+Complete = Callable[..., Awaitable[str]]  # complete(prompt, system, options: LLMCallOptions | None = None)
 CheckFeature = Callable[[str], Awaitable[FeatureCheck]]
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -118,6 +119,7 @@ class BrainConfig:
     rate_limited_message: str | None = "I'm getting lots of messages here, give me a moment and ask me again! ⏳"
     queued_message: str | None = "🎤 I'm in a voice chat right now; I'll answer this when I'm back!"
     welcome_message: str = "Welcome, {name}! 🎵"
+    model_routing: ModelRouting = field(default_factory=ModelRouting)  # persona FROM/ADAPTER -> server names
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any] | None, base_dir: str | Path | None = None) -> "BrainConfig":
@@ -132,6 +134,8 @@ class BrainConfig:
         for key, value in data.items():
             if key == "heart_flow":
                 value = HeartFlowConfig.from_mapping(value)
+            elif key == "model_routing":
+                value = ModelRouting.from_mapping(value)
             elif key in ("bot_allow_list", "mood_exclude_from_rotation"):
                 value = tuple(str(v) for v in (value or ()))
             elif key == "mood_rotation_s":
@@ -504,6 +508,7 @@ class Brain:
             persona_emoji=persona.emoji,
             image_style=persona.image_style,
             mute_duration_s=self.config.mute_duration_s,
+            llm_options=self.llm_options(persona),
         )
 
     async def _context_messages(self, ev: MessageEvent, limit: int) -> list[StoredMessage]:
@@ -561,26 +566,32 @@ class Brain:
         )
         text = None
         if self.config.generate_replies and self.complete is not None:
-            text = await self._llm(prompt.as_text(), prompt.system)
+            text = await self._llm(prompt.as_text(), prompt.system, self.llm_options(self.personas.active(ev.guild_id)))
         self.stats["replies"] += 1
         return ReplyAction(channel_id=ev.channel_id, reply_to_message_id=ev.message_id, text=text, prompt=prompt)
 
-    async def _llm(self, prompt: str, system: str | None) -> str | None:
+    @staticmethod
+    def llm_options(persona: Persona) -> LLMCallOptions:
+        """What the persona says about every LLM call: its FROM model, ADAPTER, temperature, token limit."""
+        return LLMCallOptions(model=persona.base_model, adapter=persona.adapter, temperature=persona.temperature,
+                              max_tokens=persona.max_tokens, stop=persona.stop)
+
+    async def _llm(self, prompt: str, system: str | None, options: LLMCallOptions | None = None) -> str | None:
         """Call the injected LLM with a timeout; None on failure (the caller degrades, never crashes)."""
         if self.complete is None:
             return None
         self.stats["llm_calls"] += 1
         try:
-            return await asyncio.wait_for(self.complete(prompt, system), self.config.llm_timeout_s)
+            return await asyncio.wait_for(self.complete(prompt, system, options), self.config.llm_timeout_s)
         except Exception as exc:
             self.stats["llm_failures"] += 1
             log.warning("LLM call failed (%s: %s)", type(exc).__name__, exc)
             return None
 
-    async def _judge_complete(self, prompt: str, system: str | None) -> str:
+    async def _judge_complete(self, prompt: str, system: str | None, options: LLMCallOptions | None = None) -> str:
         assert self.complete is not None
         self.stats["llm_calls"] += 1
-        return await self.complete(prompt, system)
+        return await self.complete(prompt, system, options)
 
     # -- focused chats ----------------------------------------------------------------------------
 
@@ -609,11 +620,13 @@ class Brain:
                 recent = await self._context_messages(latest, self.config.context_messages)
                 context_text = self._render(recent)
                 ctx = self._action_context(latest, batch, ChatMode.FOCUS)
+                persona = self.personas.active(latest.guild_id)
+                options = self.llm_options(persona)
                 activation = await self.modifier.select(ctx)
                 thought = ""
                 if self.config.think_step:
-                    thought = await self._llm(self._think_prompt(latest, context_text), self.personas.active(latest.guild_id).system_prompt) or ""
-                plan_text = await self._llm(self._plan_prompt(latest, context_text, thought, activation), None)
+                    thought = await self._llm(self._think_prompt(latest, context_text), persona.system_prompt, options) or ""
+                plan_text = await self._llm(self._plan_prompt(latest, context_text, thought, activation), None, options)
                 if loop.pending and replans < self.config.max_replans:
                     batch = batch + tuple(loop.pending)
                     loop.pending.clear()

@@ -208,7 +208,7 @@ async def test_adapter_is_loaded_as_lora_path_in_process(tmp_path):
     model = build_tiny_gguf(tmp_path / "base.gguf")
     personas = tmp_path / "personas"
     personas.mkdir()
-    build_tiny_lora(personas / "style.gguf")
+    build_tiny_lora(personas / "style.gguf", scale=1.0)
     write_persona(personas, "alpha", "ignored-in-process", 0.0, 12)
     write_persona(personas, "beta", "ignored-in-process", 0.0, 12, extra="ADAPTER style.gguf")
     backend = LlamaCppPythonLLM(str(model), mode="completions", n_ctx=256)

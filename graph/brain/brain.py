@@ -53,7 +53,7 @@ from graph.brain.events import (
     SwitchPersonaAction,
     parse_event,
 )
-from graph.brain.heartflow import ChatState, HeartFlow, HeartFlowConfig, SubFlow
+from graph.brain.heartflow import ChatState, FocusStages, HeartFlow, HeartFlowConfig, SubFlow
 from graph.brain.judge import JudgeCache, LLMJudge
 from graph.brain.llm import LLMCallOptions, ModelRouting
 from graph.brain.memory import MemoryStore, StoredMessage, importance_score
@@ -107,6 +107,10 @@ class BrainConfig:
     generate_replies: bool = True
     think_step: bool = True
     max_replans: int = 2
+    replan_probability: float = 0.8  # new messages during a cycle: chance that it re-plans (else they wait)
+    parallel_stages: bool = True  # focus cycle: action modification, memory activation, processors gathered
+    memory_activation_messages: int = 3  # relevant older messages (FTS5) for the think and plan prompts
+    memory_activation_days: float = 30.0
     context_hours: float = 6.0
     context_messages: int = 12
     judge_context_messages: int = 3  # newest messages of a cycle that judges see
@@ -120,6 +124,12 @@ class BrainConfig:
     queued_message: str | None = "🎤 I'm in a voice chat right now; I'll answer this when I'm back!"
     welcome_message: str = "Welcome, {name}! 🎵"
     model_routing: ModelRouting = field(default_factory=ModelRouting)  # persona FROM/ADAPTER -> server names
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.replan_probability <= 1.0:
+            raise ValueError(f"replan_probability must be in [0, 1], got {self.replan_probability}")
+        if self.memory_activation_messages < 0 or self.memory_activation_days <= 0:
+            raise ValueError("memory_activation_messages must be >= 0 and memory_activation_days > 0")
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any] | None, base_dir: str | Path | None = None) -> "BrainConfig":
@@ -208,6 +218,7 @@ class _FocusLoop:
 
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     pending: list[MessageEvent] = field(default_factory=list)
+    memories: list[StoredMessage] | None = None  # the last cycle's activated memories (for parallel thinking)
     cycles: int = 0
     replans: int = 0
 
@@ -241,6 +252,7 @@ class Brain:
         self.judge_cache = JudgeCache(config.judge_cache_ttl_s, clock)
         self.judge = LLMJudge(self._judge_complete if complete else None, self.judge_cache, config.judge_timeout_s)
         self.modifier = ActionModifier(self.actions, self.judge, self.rng)
+        self.stages = FocusStages(config.parallel_stages, clock)
         self.prompts = PromptBuilder(text_history=config.context_messages, memory_lines=config.user_memory_messages)
         self._seen_messages: OrderedDict[str, None] = OrderedDict()
         self._seen_events: OrderedDict[str, None] = OrderedDict()
@@ -260,6 +272,7 @@ class Brain:
             "blocked": 0,
             "focus_cycles": 0,
             "replans": 0,
+            "replans_skipped": 0,
             "llm_calls": 0,
             "llm_failures": 0,
         }
@@ -622,17 +635,30 @@ class Brain:
                 ctx = self._action_context(latest, batch, ChatMode.FOCUS)
                 persona = self.personas.active(latest.guild_id)
                 options = self.llm_options(persona)
-                activation = await self.modifier.select(ctx)
-                thought = ""
-                if self.config.think_step:
-                    thought = await self._llm(self._think_prompt(latest, context_text), persona.system_prompt, options) or ""
-                plan_text = await self._llm(self._plan_prompt(latest, context_text, thought, activation), None, options)
+
+                async def think(memories: list[StoredMessage] | None) -> str:
+                    if not self.config.think_step:
+                        return ""
+                    return await self._llm(self._think_prompt(latest, context_text, memories), persona.system_prompt, options) or ""
+
+                stages = await self.stages.run(
+                    lambda: self.modifier.select(ctx),
+                    lambda: self._activate_memory(latest, batch, recent),
+                    think,
+                    earlier_memories=loop.memories,
+                )
+                activation, thought, loop.memories = stages.activation, stages.thought, stages.memories
+                plan_text = await self._llm(self._plan_prompt(latest, context_text, thought, activation, stages.memories), None, options)
                 if loop.pending and replans < self.config.max_replans:
-                    batch = batch + tuple(loop.pending)
-                    loop.pending.clear()
-                    replans += 1
-                    self.stats["replans"] += 1
-                    continue
+                    # New messages came in while she planned: look again (with the configured chance),
+                    # else they wait for the next cycle.
+                    if self.rng.random() < self.config.replan_probability:
+                        batch = batch + tuple(loop.pending)
+                        loop.pending.clear()
+                        replans += 1
+                        self.stats["replans"] += 1
+                        continue
+                    self.stats["replans_skipped"] += 1
                 break
             loop.cycles += 1
             self.stats["focus_cycles"] += 1
@@ -654,24 +680,47 @@ class Brain:
         replied = any(not a.type == "react" for a in actions)
         for index, _ in enumerate(batch):
             hf.record_outcome(sub, replied and index == len(batch) - 1, now)
-        if not replied:
+        if not replied and any(a.type == "react" for a in actions):
+            hf.record_focus_reaction(sub)  # an emoji is taking part: the no-reply count starts again
+        elif not replied:
             hf.record_focus_no_reply(sub, now)
         return actions
 
-    def _think_prompt(self, latest: MessageEvent, context_text: str) -> str:
+    async def _activate_memory(self, latest: MessageEvent, batch: tuple[MessageEvent, ...], recent: list[StoredMessage]) -> list[StoredMessage]:
+        """Memory activation: older messages of this chat about what the new ones talk about (FTS5),
+        minus what the recent context already shows. A failing search only loses the memories."""
+        if self.config.memory_activation_messages <= 0:
+            return []
+        try:
+            return await self.memory.relevant(
+                latest.channel_id, [m.content for m in batch], now=max(latest.timestamp, self.clock()),
+                days=self.config.memory_activation_days, limit=self.config.memory_activation_messages,
+                exclude=[m.message_id for m in recent] + [m.message_id for m in batch])
+        except Exception as exc:
+            log.warning("memory activation failed (%s: %s)", type(exc).__name__, exc)
+            return []
+
+    def _memory_text(self, memories: list[StoredMessage] | None) -> str:
+        if not memories:
+            return ""
+        return "\n\nYou remember from earlier in this chat:\n" + "\n".join(
+            f"- {'you' if m.is_self else (m.author_name or m.author_id)}: {self.prompts._clip(m.content)}" for m in memories)
+
+    def _think_prompt(self, latest: MessageEvent, context_text: str, memories: list[StoredMessage] | None = None) -> str:
         mood = self.current_mood(latest.guild_id, latest.channel_id)
         return (
-            f"You are reading this chat (your mood: {mood.name}).\n{context_text}\n\n"
+            f"You are reading this chat (your mood: {mood.name}).\n{context_text}{self._memory_text(memories)}\n\n"
             "In one or two sentences, think privately about what is going on and whether you want to say something."
         )
 
-    def _plan_prompt(self, latest: MessageEvent, context_text: str, thought: str, activation: ActivationResult) -> str:
+    def _plan_prompt(self, latest: MessageEvent, context_text: str, thought: str, activation: ActivationResult,
+                     memories: list[StoredMessage] | None = None) -> str:
         options = "\n".join(
             f"- {name}: {self.actions[name].spec.description}" + (" (can run alongside another action)" if self.actions[name].spec.parallel_action else "")
             for name in activation.usable
         )
         return (
-            f"Chat so far:\n{context_text}\n\nYour thought: {thought or '(none)'}\n\n"
+            f"Chat so far:\n{context_text}\n\nYour thought: {thought or '(none)'}{self._memory_text(memories)}\n\n"
             f"Available actions:\n{options}\n\n"
             'Answer with JSON only: {"action": "<one action>", "parallel": ["<actions that run alongside>"], "reason": "<short>"}'
         )

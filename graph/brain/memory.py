@@ -5,6 +5,11 @@ scans (`(channel_id, ts)`, `(author_id, ts)`) so they stay fast at millions of r
 deletes what is older than the configured age (30 days by default). The `decisions` table makes "each
 message is decided once" survive reconnects and restarts: claiming a message is one atomic
 INSERT OR IGNORE; a message that was only queued (voice session) may be claimed again later.
+
+Memory activation (Heart Flow's focus cycle) finds *relevant* older messages, not just recent ones:
+`messages_fts` is an SQLite FTS5 index over the message text (external content, kept in step by
+triggers, so retention deletes reach it too), searched by `relevant()` with bm25 ranking. `brain_state`
+keeps small settings that must survive a restart (the active persona and mood per scope).
 """
 from __future__ import annotations
 
@@ -40,7 +45,52 @@ CREATE TABLE IF NOT EXISTS decisions (
     ts REAL NOT NULL
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS idx_decisions_ts ON decisions(ts);
+CREATE TABLE IF NOT EXISTS brain_state (
+    kind TEXT NOT NULL,
+    scope TEXT NOT NULL,
+    value TEXT NOT NULL,
+    ts REAL NOT NULL,
+    PRIMARY KEY (kind, scope)
+) WITHOUT ROWID;
 """
+
+# Full-text index for memory activation. Created apart from SCHEMA so an existing database gets it
+# (and is back-filled with 'rebuild') on its first open by this version.
+FTS_SCHEMA = """
+CREATE VIRTUAL TABLE messages_fts USING fts5(content, content='messages', content_rowid='id', tokenize='unicode61 remove_diacritics 2');
+CREATE TRIGGER messages_fts_insert AFTER INSERT ON messages BEGIN
+    INSERT INTO messages_fts(rowid, content) VALUES (new.id, new.content);
+END;
+CREATE TRIGGER messages_fts_delete AFTER DELETE ON messages BEGIN
+    INSERT INTO messages_fts(messages_fts, rowid, content) VALUES ('delete', old.id, old.content);
+END;
+CREATE TRIGGER messages_fts_update AFTER UPDATE OF content ON messages BEGIN
+    INSERT INTO messages_fts(messages_fts, rowid, content) VALUES ('delete', old.id, old.content);
+    INSERT INTO messages_fts(rowid, content) VALUES (new.id, new.content);
+END;
+INSERT INTO messages_fts(messages_fts) VALUES ('rebuild');
+"""
+
+# Words too common to say what a message is about (they would match half the memory).
+_STOPWORDS = frozenset(
+    "the and for are but not you all any can had her was one our out has him his how its may new now "
+    "see two way who did get let say she too use that this with have from they will what when your "
+    "just like been than then them were there their about would could should into some very also "
+    "yeah lol lmao okay haha does doing here".split()
+)
+_TERM = re.compile(r"[^\W_]{3,}", re.UNICODE)
+
+
+def search_terms(texts: Iterable[str], limit: int = 8) -> list[str]:
+    """The distinct content words of `texts` (newest text's words first), for an FTS5 query."""
+    terms: list[str] = []
+    for text in reversed(list(texts)):
+        for word in _TERM.findall(text.lower()):
+            if word not in _STOPWORDS and not word.isdigit() and word not in terms:
+                terms.append(word)
+                if len(terms) >= limit:
+                    return terms
+    return terms
 
 DEFERRED = "deferred"  # queued during a voice session: may be decided later
 
@@ -118,6 +168,10 @@ class MemoryStore:
         await db.execute("PRAGMA journal_mode=WAL")
         await db.execute("PRAGMA synchronous=NORMAL")
         await db.executescript(SCHEMA)
+        async with db.execute("SELECT 1 FROM sqlite_master WHERE name = 'messages_fts'") as cur:
+            has_fts = await cur.fetchone() is not None
+        if not has_fts:
+            await db.executescript(FTS_SCHEMA)
         await db.commit()
         return cls(db, path)
 
@@ -208,6 +262,43 @@ class MemoryStore:
         ) as cur:
             rows = await cur.fetchall()
         return [_from_row(r) for r in reversed(rows)]
+
+    async def relevant(self, channel_id: str, texts: Sequence[str], *, now: float, days: float = 30.0,
+                       limit: int = 3, exclude: Iterable[str] = ()) -> list[StoredMessage]:
+        """Older messages of this channel that share words with `texts`, best bm25 match first.
+
+        Her own messages and other users' both count (what was said about it before); `exclude`
+        drops the ones already in the prompt's recent context. An empty word list finds nothing."""
+        terms = search_terms(texts)
+        if not terms or limit <= 0:
+            return []
+        query = " OR ".join('"' + t.replace('"', '""') + '"' for t in terms)
+        excluded = set(exclude)
+        async with self._db.execute(
+            f"SELECT {', '.join('m.' + c.strip() for c in _COLUMNS.split(','))} FROM messages_fts f "
+            "JOIN messages m ON m.id = f.rowid WHERE messages_fts MATCH ? AND m.channel_id = ? "
+            "AND m.ts >= ? AND m.ts <= ? ORDER BY bm25(messages_fts) LIMIT ?",
+            (query, channel_id, now - days * 86400.0, now, limit + len(excluded)),
+        ) as cur:
+            rows = await cur.fetchall()
+        found = [_from_row(r) for r in rows if r[0] not in excluded]
+        return found[:limit]
+
+    # -- small persistent settings (active persona, mood) ----------------------------------------
+
+    async def save_state(self, kind: str, scope: str, value: str, ts: float) -> None:
+        await self._db.execute(
+            "INSERT INTO brain_state (kind, scope, value, ts) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT(kind, scope) DO UPDATE SET value = excluded.value, ts = excluded.ts",
+            (kind, scope, value, ts),
+        )
+        await self._db.commit()
+
+    async def load_state(self, kind: str) -> dict[str, tuple[str, float]]:
+        """{scope: (value, ts)} of one kind of saved setting."""
+        async with self._db.execute("SELECT scope, value, ts FROM brain_state WHERE kind = ?", (kind,)) as cur:
+            rows = await cur.fetchall()
+        return {scope: (value, ts) for scope, value, ts in rows}
 
     async def count(self) -> int:
         async with self._db.execute("SELECT COUNT(*) FROM messages") as cur:

@@ -431,7 +431,7 @@ class Brain:
                 return command
 
         sub = self.heartflow.subflow(ev.channel_id, now)
-        interest = self._message_interest(ev, sub, stored.importance)
+        interest = await self._message_interest(ev, sub, stored.importance)
         self.heartflow.observe(sub, interest, now)
         if ev.addressed_to_miku:
             sub.recent_words.extend(self._words(ev.content))
@@ -447,14 +447,26 @@ class Brain:
     def _words(text: str) -> set[str]:
         return {w.lower() for w in _WORD.findall(text)}
 
-    def _message_interest(self, ev: MessageEvent, sub: SubFlow, importance: float) -> float:
+    async def _message_interest(self, ev: MessageEvent, sub: SubFlow, importance: float) -> float:
         words = self._words(ev.content)
         persona = self.personas.active(ev.guild_id)
         known = set(persona.interests) | set(sub.recent_words)
         relevance = min(1.0, len(words & known) / 3.0) if words else 0.0
         return self.heartflow.message_interest(
-            sub, addressed=ev.addressed_to_miku, length=len(ev.content), relevance=relevance, importance=importance
+            sub, addressed=ev.addressed_to_miku, length=len(ev.content), relevance=relevance, importance=importance,
+            memory=await self._memory_weight(ev),
         )
+
+    async def _memory_weight(self, ev: MessageEvent) -> float:
+        """0..1: how much of this chat's memory is about what the message says (FTS5 hits, of 3)."""
+        if self.config.heart_flow.weight_memory <= 0:
+            return 0.0
+        try:
+            hits = await self.memory.topic_hits(ev.channel_id, [ev.content], limit=3, exclude=ev.message_id)
+        except Exception as exc:
+            log.warning("memory weight failed (%s: %s)", type(exc).__name__, exc)
+            return 0.0
+        return hits / 3.0
 
     async def _answer_addressed(self, ev: MessageEvent, sub: SubFlow, now: float) -> list[BrainAction]:
         """Mentions, replies to her and DMs: always answered, or the user is told why not."""

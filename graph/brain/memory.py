@@ -7,8 +7,9 @@ message is decided once" survive reconnects and restarts: claiming a message is 
 INSERT OR IGNORE; a message that was only queued (voice session) may be claimed again later.
 
 Memory activation (Heart Flow's focus cycle) finds *relevant* older messages, not just recent ones:
-`messages_fts` is an SQLite FTS5 index over the message text (external content, kept in step by
-triggers, so retention deletes reach it too), searched by `relevant()` with bm25 ranking. `brain_state`
+`messages_fts` is a contentless SQLite FTS5 index over the message text and channel (kept in step by
+triggers, so retention deletes reach it too), searched by `relevant()`: the channel's newest matches,
+ranked by bm25. `brain_state`
 keeps small settings that must survive a restart (the active persona and mood per scope).
 """
 from __future__ import annotations
@@ -54,22 +55,25 @@ CREATE TABLE IF NOT EXISTS brain_state (
 ) WITHOUT ROWID;
 """
 
-# Full-text index for memory activation. Created apart from SCHEMA so an existing database gets it
-# (and is back-filled with 'rebuild') on its first open by this version.
+# Full-text index for memory activation: contentless FTS5 (the text lives once, in `messages`), with the
+# channel as an indexed token column so a search only walks that channel's postings; triggers keep it in
+# step (retention deletes reach it). Created apart from SCHEMA so an existing database gets it, back-filled,
+# on its first open by this version.
 FTS_SCHEMA = """
-CREATE VIRTUAL TABLE messages_fts USING fts5(content, content='messages', content_rowid='id', tokenize='unicode61 remove_diacritics 2');
+CREATE VIRTUAL TABLE messages_fts USING fts5(content, chan, content='', tokenize='unicode61 remove_diacritics 2');
 CREATE TRIGGER messages_fts_insert AFTER INSERT ON messages BEGIN
-    INSERT INTO messages_fts(rowid, content) VALUES (new.id, new.content);
+    INSERT INTO messages_fts(rowid, content, chan) VALUES (new.id, new.content, 'c' || hex(new.channel_id));
 END;
 CREATE TRIGGER messages_fts_delete AFTER DELETE ON messages BEGIN
-    INSERT INTO messages_fts(messages_fts, rowid, content) VALUES ('delete', old.id, old.content);
+    INSERT INTO messages_fts(messages_fts, rowid, content, chan) VALUES ('delete', old.id, old.content, 'c' || hex(old.channel_id));
 END;
-CREATE TRIGGER messages_fts_update AFTER UPDATE OF content ON messages BEGIN
-    INSERT INTO messages_fts(messages_fts, rowid, content) VALUES ('delete', old.id, old.content);
-    INSERT INTO messages_fts(rowid, content) VALUES (new.id, new.content);
+CREATE TRIGGER messages_fts_update AFTER UPDATE OF content, channel_id ON messages BEGIN
+    INSERT INTO messages_fts(messages_fts, rowid, content, chan) VALUES ('delete', old.id, old.content, 'c' || hex(old.channel_id));
+    INSERT INTO messages_fts(rowid, content, chan) VALUES (new.id, new.content, 'c' || hex(new.channel_id));
 END;
-INSERT INTO messages_fts(messages_fts) VALUES ('rebuild');
+INSERT INTO messages_fts(rowid, content, chan) SELECT id, content, 'c' || hex(channel_id) FROM messages;
 """
+FTS_CANDIDATES = 50  # newest matches ranked by bm25: bounded work however much a common word matches
 
 # Words too common to say what a message is about (they would match half the memory).
 _STOPWORDS = frozenset(
@@ -79,6 +83,15 @@ _STOPWORDS = frozenset(
     "yeah lol lmao okay haha does doing here".split()
 )
 _TERM = re.compile(r"[^\W_]{3,}", re.UNICODE)
+
+
+def _fts_query(channel_id: str, texts: Iterable[str]) -> str | None:
+    """An FTS5 query for this channel's messages with any of the texts' content words (None: no words)."""
+    terms = search_terms(texts)
+    if not terms:
+        return None
+    chan = "c" + channel_id.encode().hex()
+    return f'chan : "{chan}" AND content : (' + " OR ".join('"' + t.replace('"', '""') + '"' for t in terms) + ")"
 
 
 def search_terms(texts: Iterable[str], limit: int = 8) -> list[str]:
@@ -269,20 +282,33 @@ class MemoryStore:
 
         Her own messages and other users' both count (what was said about it before); `exclude`
         drops the ones already in the prompt's recent context. An empty word list finds nothing."""
-        terms = search_terms(texts)
-        if not terms or limit <= 0:
+        query = _fts_query(channel_id, texts)
+        if query is None or limit <= 0:
             return []
-        query = " OR ".join('"' + t.replace('"', '""') + '"' for t in terms)
         excluded = set(exclude)
         async with self._db.execute(
-            f"SELECT {', '.join('m.' + c.strip() for c in _COLUMNS.split(','))} FROM messages_fts f "
-            "JOIN messages m ON m.id = f.rowid WHERE messages_fts MATCH ? AND m.channel_id = ? "
-            "AND m.ts >= ? AND m.ts <= ? ORDER BY bm25(messages_fts) LIMIT ?",
-            (query, channel_id, now - days * 86400.0, now, limit + len(excluded)),
+            f"SELECT {', '.join('m.' + c.strip() for c in _COLUMNS.split(','))}, bm25(messages_fts) FROM messages_fts "
+            "JOIN messages m ON m.id = messages_fts.rowid WHERE messages_fts MATCH ? AND m.ts >= ? AND m.ts <= ? "
+            "ORDER BY messages_fts.rowid DESC LIMIT ?",
+            (query, now - days * 86400.0, now, FTS_CANDIDATES + len(excluded)),
         ) as cur:
             rows = await cur.fetchall()
-        found = [_from_row(r) for r in rows if r[0] not in excluded]
-        return found[:limit]
+        ranked = sorted((r for r in rows if r[0] not in excluded), key=lambda r: r[-1])  # bm25: lower is better
+        return [_from_row(r) for r in ranked[:limit]]
+
+    async def topic_hits(self, channel_id: str, texts: Sequence[str], *, limit: int = 3, exclude: str | None = None) -> int:
+        """How many stored messages of this channel (up to `limit`) share a word with `texts`: the cheap
+        form of `relevant()` for the interest of every message (no ranking, no join)."""
+        query = _fts_query(channel_id, texts)
+        if query is None:
+            return 0
+        async with self._db.execute(
+            "SELECT count(*) FROM (SELECT rowid FROM messages_fts WHERE messages_fts MATCH ? "
+            "AND rowid NOT IN (SELECT id FROM messages WHERE message_id = ?) LIMIT ?)",
+            (query, exclude or "", limit),
+        ) as cur:
+            row = await cur.fetchone()
+        return int(row[0])
 
     # -- small persistent settings (active persona, mood) ----------------------------------------
 

@@ -54,7 +54,7 @@ from graph.brain.events import (
     parse_event,
 )
 from graph.brain.heartflow import ChatState, FocusStages, HeartFlow, HeartFlowConfig, SubFlow
-from graph.brain.judge import JudgeCache, LLMJudge
+from graph.brain.judge import JUDGE_SYSTEM, JudgeCache, LLMJudge, parse_judge_answer
 from graph.brain.llm import LLMCallOptions, ModelRouting
 from graph.brain.memory import MemoryStore, StoredMessage, importance_score
 from graph.brain.moods import (
@@ -72,6 +72,11 @@ Complete = Callable[..., Awaitable[str]]  # complete(prompt, system, options: LL
 CheckFeature = Callable[[str], Awaitable[FeatureCheck]]
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+DM_PERSONA_SCOPE = "dm"  # DMs share one persona; servers have their own (by guild id)
+
+
+def _persona_scope(guild_id: str | None) -> str:
+    return DM_PERSONA_SCOPE if guild_id is None else guild_id
 _WORD = re.compile(r"[^\W\d_]{4,}|[\u4e00-\u9fff]{2,}", re.UNICODE)
 
 
@@ -124,6 +129,10 @@ class BrainConfig:
     queued_message: str | None = "🎤 I'm in a voice chat right now; I'll answer this when I'm back!"
     welcome_message: str = "Welcome, {name}! 🎵"
     model_routing: ModelRouting = field(default_factory=ModelRouting)  # persona FROM/ADAPTER -> server names
+    # Who may switch the persona (`!modfile switch`) and set the mood (`!mood NAME`, member mood events):
+    # role names per command, empty = everyone (like the bot's voice-command permissions).
+    command_roles: Mapping[str, tuple[str, ...]] = field(default_factory=lambda: {"persona": (), "mood": ()})
+    admins_always_allowed: bool = True
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.replan_probability <= 1.0:
@@ -146,6 +155,14 @@ class BrainConfig:
                 value = HeartFlowConfig.from_mapping(value)
             elif key == "model_routing":
                 value = ModelRouting.from_mapping(value)
+            elif key == "command_roles":
+                value = dict(value or {})
+                unknown_commands = set(value) - {"persona", "mood"}
+                if unknown_commands:
+                    raise ValueError(f"command_roles: unknown commands {sorted(unknown_commands)}; expected persona, mood")
+                if not all(isinstance(v, (list, tuple)) and all(isinstance(r, str) for r in v) for v in value.values()):
+                    raise ValueError("command_roles: each command needs a list of role names")
+                value = {"persona": (), "mood": (), **{k: tuple(v) for k, v in value.items()}}
             elif key in ("bot_allow_list", "mood_exclude_from_rotation"):
                 value = tuple(str(v) for v in (value or ()))
             elif key == "mood_rotation_s":
@@ -259,6 +276,7 @@ class Brain:
         self._focus: dict[str, _FocusLoop] = {}
         self._rate_notice_until: dict[str, float] = {}
         self._last_retention = clock()
+        self._last_manage = self._last_evaluation = clock()
         self.presence: dict[str, str] = {}
         self.stats: dict[str, int] = {
             "events": 0,
@@ -304,7 +322,9 @@ class Brain:
             rng=rng,
         )
         memory = memory or await MemoryStore.open(config.memory_path)
-        return cls(config, memory=memory, personas=personas, moods=moods, registry=registry, complete=complete, check_feature=check_feature, clock=clock, rng=rng)
+        brain = cls(config, memory=memory, personas=personas, moods=moods, registry=registry, complete=complete, check_feature=check_feature, clock=clock, rng=rng)
+        await brain.restore_state()  # the active persona and mood survive a restart
+        return brain
 
     async def close(self) -> None:
         await self.memory.close()
@@ -333,7 +353,7 @@ class Brain:
             self.stats["duplicates"] += 1
             actions = []
         elif isinstance(event, MoodEvent):
-            actions = self._on_mood(event)
+            actions = await self._on_mood(event)
         elif isinstance(event, MemberJoinEvent):
             actions = await self._on_member_join(event)
         else:
@@ -348,11 +368,47 @@ class Brain:
             if not self._focus[chat_id].lock.locked():
                 del self._focus[chat_id]
         rotated = self.moods.rotate_due(now)
+        for scope, mood in rotated:
+            await self._save_mood(scope, mood)
         pruned = 0
         if now - self._last_retention >= self.config.retention_interval_s:
             pruned = await self.memory.prune(now, self.config.retention_days * 86400.0)
             self._last_retention = now
-        return {"state": self.heartflow.state.name, "moods_rotated": len(rotated), "pruned": pruned}
+        drifted = self.heartflow.random_deactivation(now - self._last_manage)
+        self._last_manage = now
+        evaluated = None
+        if now - self._last_evaluation >= self.config.heart_flow.evaluation_interval_s:
+            self._last_evaluation = now
+            evaluated = await self._evaluate_chats(now)
+        return {"state": self.heartflow.state.name, "moods_rotated": len(rotated), "pruned": pruned,
+                "deactivated": drifted, "evaluated": evaluated}
+
+    async def _evaluate_chats(self, now: float) -> dict[str, list[str]] | None:
+        """The sub-flow manager's LLM evaluation: should she join an ABSENT chat that is warming up
+        (only while the state's CHAT limit has room), and is a CHAT chat still worth her attention?"""
+        if not self.config.heart_flow.llm_evaluation or self.complete is None:
+            return None
+        join, leave = self.heartflow.evaluation_candidates(now)
+        out: dict[str, list[str]] = {"joined": [], "left": []}
+
+        async def ask(sub: SubFlow, question: str) -> bool:
+            recent = await self.memory.channel_context(sub.chat_id, now=now, hours=self.config.context_hours, limit=8)
+            if not recent:
+                return False
+            persona = self.personas.active(recent[-1].guild_id)
+            prompt = f"Recent chat:\n{self._render(recent)}\n\n{question} Answer yes or no."
+            return parse_judge_answer(await self._llm(prompt, JUDGE_SYSTEM, self.llm_options(persona)))
+
+        join_votes = await asyncio.gather(*(ask(s, "Should Miku join this conversation now?") for s in join))
+        stay_votes = await asyncio.gather(*(ask(s, "Should Miku stay in this conversation?") for s in leave))
+        for sub, yes in zip(join, join_votes):
+            if yes and self.heartflow.promote_to_chat(sub, now):  # re-checks the limit: votes ran at once
+                out["joined"].append(sub.chat_id)
+        for sub, yes in zip(leave, stay_votes):
+            if not yes and sub.state is ChatState.CHAT:
+                self.heartflow.demote_to_absent(sub, now)
+                out["left"].append(sub.chat_id)
+        return out
 
     def current_mood(self, guild_id: str | None, channel_id: str | None = None) -> MoodState:
         """The mood of a server (or of one DM channel); the voice graph reads this for its prompt."""
@@ -756,6 +812,9 @@ class Brain:
             if sub == "list":
                 return [say("Personas: " + ", ".join(self.personas.names()))]
             if sub == "switch" and len(args) == 2:
+                refused = self._refuse("persona", ev.author_roles, ev.author_is_admin)
+                if refused:
+                    return [say(refused)]
                 persona = self.personas.get(args[1])
                 if persona is None:
                     return [say(f"I don't know a persona called {args[1]!r}. Try one of: {', '.join(self.personas.names())}")]
@@ -765,6 +824,7 @@ class Brain:
                         message = verdict.message or f"I can't switch to {persona.display_name or persona.name} right now."
                         return [BlockedAction(channel_id=ev.channel_id, reply_to_message_id=ev.message_id, feature=persona.feature, message=message)]
                 self.personas.switch(ev.guild_id, persona.name)
+                await self._save("persona", _persona_scope(ev.guild_id), persona.name)
                 return [
                     SwitchPersonaAction(guild_id=ev.guild_id, persona=persona.name, display_name=persona.display_name or persona.name),
                     say(f"Switched to {persona.display_name or persona.name}."),
@@ -775,21 +835,69 @@ class Brain:
             if not args:
                 mood = self.moods.current(scope)
                 return [say(f"I'm feeling {mood.name} right now. ({mood.description})")]
+            refused = self._refuse("mood", ev.author_roles, ev.author_is_admin)
+            if refused:
+                return [say(refused)]
             try:
                 mood = self.moods.set(scope, args[0])
             except KeyError:
                 return [say(f"I don't have a mood called {args[0]!r}. Moods: {', '.join(self.moods.names())}")]
+            await self._save_mood(scope, mood)
             return [say(f"Okay, now I'm feeling {mood.name}.")]
         return None
 
-    def _on_mood(self, ev: MoodEvent) -> list[BrainAction]:
+    def _refuse(self, command: str, roles: tuple[str, ...], is_admin: bool) -> str | None:
+        """None when the author may run `command` ("persona" or "mood"), else the refusal to reply.
+
+        Gated like the voice commands: an empty role list lets everyone; admins may always (by default)."""
+        wanted = self.config.command_roles.get(command, ())
+        if not wanted or (is_admin and self.config.admins_always_allowed):
+            return None
+        have = {r.casefold() for r in roles}
+        if any(r.casefold() in have for r in wanted):
+            return None
+        what = "switch my persona" if command == "persona" else "change my mood"
+        return f"❌ You don't have permission to {what}: it needs one of these roles: " + ", ".join(f"**{r}**" for r in wanted) + "."
+
+    async def _save(self, kind: str, scope: str, value: str) -> None:
+        """Persist a setting with the brain's state (SQLite, 0600); a failed write is logged, not fatal."""
+        try:
+            await self.memory.save_state(kind, scope, value, self.clock())
+        except Exception as exc:
+            log.warning("could not save %s for %s (%s: %s)", kind, scope, type(exc).__name__, exc)
+
+    async def _save_mood(self, scope: str, mood: MoodState) -> None:
+        await self._save("mood", scope, mood.name)
+
+    async def restore_state(self) -> dict[str, int]:
+        """Put back the active personas and moods saved before a restart (unknown names are skipped)."""
+        restored = {"personas": 0, "moods": 0}
+        for scope, (name, _) in (await self.memory.load_state("persona")).items():
+            try:
+                self.personas.switch(None if scope == DM_PERSONA_SCOPE else scope, name)
+                restored["personas"] += 1
+            except KeyError:
+                log.warning("saved persona %r for %s no longer exists: using the default", name, scope)
+        for scope, (name, since) in (await self.memory.load_state("mood")).items():
+            if self.moods.restore(scope, name, since):
+                restored["moods"] += 1
+            else:
+                log.warning("saved mood %r for %s no longer exists: using the default", name, scope)
+        return restored
+
+    async def _on_mood(self, ev: MoodEvent) -> list[BrainAction]:
         scope = mood_scope(ev.guild_id, ev.channel_id)
+        if ev.author_id is not None:  # a member asked (no author: the client or an operator did)
+            refused = self._refuse("mood", ev.author_roles, ev.author_is_admin)
+            if refused:
+                return [SendAction(channel_id=ev.channel_id, text=refused)] if ev.channel_id else []
         try:
             mood = self.moods.set(scope, ev.mood)
         except KeyError:
             if ev.channel_id:
                 return [SendAction(channel_id=ev.channel_id, text=f"Unknown mood {ev.mood!r}. Moods: {', '.join(self.moods.names())}")]
             return []
+        await self._save_mood(scope, mood)
         if ev.channel_id:
             return [SendAction(channel_id=ev.channel_id, text=f"Mood changed to {mood.name}.")]
         return []

@@ -33,7 +33,7 @@ from graph.brain.actions import (
     ChatMode,
     default_registry,
 )
-from graph.brain.activation import ActionModifier, ActivationResult
+from graph.brain.activation import ActionModifier, ActivationResult, JudgePrefilter
 from graph.brain.events import (
     ALLOW,
     FEATURE_AUTONOMOUS,
@@ -107,6 +107,9 @@ class BrainConfig:
     heart_flow: HeartFlowConfig = field(default_factory=HeartFlowConfig)
     actions: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     judge_timeout_s: float = 5.0
+    normal_judge: str = "judge"  # LLM_JUDGE actions in NORMAL mode: "judge" (with a warning) or "keywords"
+    judge_short_message_chars: int = 4  # pre-filter: no judge for complex actions on shorter messages
+    judge_description_fit: bool = True  # pre-filter: no judge when a concrete action's words miss the message
     judge_cache_ttl_s: float = 30.0
     llm_timeout_s: float = 60.0
     generate_replies: bool = True
@@ -268,7 +271,9 @@ class Brain:
         self.actions: dict[str, BaseAction] = (registry or default_registry()).build(config.actions)
         self.judge_cache = JudgeCache(config.judge_cache_ttl_s, clock)
         self.judge = LLMJudge(self._judge_complete if complete else None, self.judge_cache, config.judge_timeout_s)
-        self.modifier = ActionModifier(self.actions, self.judge, self.rng)
+        self.modifier = ActionModifier(
+            self.actions, self.judge, self.rng, normal_judge=config.normal_judge,
+            prefilter=JudgePrefilter(config.judge_short_message_chars, config.judge_description_fit))
         self.stages = FocusStages(config.parallel_stages, clock)
         self.prompts = PromptBuilder(text_history=config.context_messages, memory_lines=config.user_memory_messages)
         self._seen_messages: OrderedDict[str, None] = OrderedDict()
@@ -432,6 +437,8 @@ class Brain:
             "heart_flow": self.heartflow.snapshot(),
             "stats": dict(self.stats),
             "judge_cache": {"hits": self.judge_cache.hits, "misses": self.judge_cache.misses, "hit_rate": self.judge_cache.hit_rate},
+            "judges": {"calls": self.judge.calls, "saved_by_prefilter": self.modifier.judge_calls_saved,
+                       "saved_by_reason": dict(self.modifier.saved)},
         }
 
     # -- messages ---------------------------------------------------------------------------------

@@ -34,6 +34,7 @@ from graph.brain.actions import (
     default_registry,
 )
 from graph.brain.activation import ActionModifier, ActivationResult, JudgePrefilter
+from graph.brain.buffer import MessageBuffer
 from graph.brain.events import (
     ALLOW,
     FEATURE_AUTONOMOUS,
@@ -119,6 +120,11 @@ class BrainConfig:
     parallel_stages: bool = True  # focus cycle: action modification, memory activation, processors gathered
     memory_activation_messages: int = 3  # relevant older messages (FTS5) for the think and plan prompts
     memory_activation_days: float = 30.0
+    # Message buffer: a user's parts (lines, images) within this window are decided as one message.
+    # 0 = off. It delays every decision by the window, so 1-2 s is the useful range.
+    message_buffer_s: float = 0.0
+    message_buffer_max_parts: int = 8
+    message_buffer_max_wait_s: float = 6.0
     context_hours: float = 6.0
     context_messages: int = 12
     judge_context_messages: int = 3  # newest messages of a cycle that judges see
@@ -258,6 +264,7 @@ class Brain:
         check_feature: CheckFeature | None = None,
         clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
+        sleep: Callable[[float], Awaitable[None]] | None = None,
     ):
         self.config = config
         self.memory = memory
@@ -275,6 +282,8 @@ class Brain:
             self.actions, self.judge, self.rng, normal_judge=config.normal_judge,
             prefilter=JudgePrefilter(config.judge_short_message_chars, config.judge_description_fit))
         self.stages = FocusStages(config.parallel_stages, clock)
+        self.buffer = MessageBuffer(config.message_buffer_s, clock=clock, sleep=sleep or asyncio.sleep,
+                                    max_parts=config.message_buffer_max_parts, max_wait_s=max(config.message_buffer_max_wait_s, config.message_buffer_s))
         self.prompts = PromptBuilder(text_history=config.context_messages, memory_lines=config.user_memory_messages)
         self._seen_messages: OrderedDict[str, None] = OrderedDict()
         self._seen_events: OrderedDict[str, None] = OrderedDict()
@@ -296,6 +305,7 @@ class Brain:
             "focus_cycles": 0,
             "replans": 0,
             "replans_skipped": 0,
+            "buffered_parts": 0,
             "llm_calls": 0,
             "llm_failures": 0,
         }
@@ -312,6 +322,7 @@ class Brain:
         registry: ActionRegistry | None = None,
         memory: MemoryStore | None = None,
         mood_descriptions: Mapping[str, str] | None = None,
+        sleep: Callable[[float], Awaitable[None]] | None = None,
     ) -> "Brain":
         """Load personas and moods, open memory, and build a brain."""
         config = config or BrainConfig.from_mapping({})
@@ -327,7 +338,8 @@ class Brain:
             rng=rng,
         )
         memory = memory or await MemoryStore.open(config.memory_path)
-        brain = cls(config, memory=memory, personas=personas, moods=moods, registry=registry, complete=complete, check_feature=check_feature, clock=clock, rng=rng)
+        brain = cls(config, memory=memory, personas=personas, moods=moods, registry=registry, complete=complete,
+                    check_feature=check_feature, clock=clock, rng=rng, sleep=sleep)
         await brain.restore_state()  # the active persona and mood survive a restart
         return brain
 
@@ -493,6 +505,15 @@ class Brain:
             if command is not None:
                 return command
 
+        if self.buffer.enabled:
+            # A multi-part message (lines or images within the window) is decided once, as one.
+            merged = await self.buffer.submit(ev)
+            if merged is None:
+                self.stats["buffered_parts"] += 1
+                return []
+            ev = merged
+            now = self.clock()
+
         sub = self.heartflow.subflow(ev.channel_id, now)
         interest = await self._message_interest(ev, sub, stored.importance)
         self.heartflow.observe(sub, interest, now)
@@ -634,7 +655,8 @@ class Brain:
         return actions
 
     async def _reply(self, ev: MessageEvent, extra_instructions: str = "") -> ReplyAction:
-        history = [m for m in await self._context_messages(ev, self.config.context_messages + 1) if m.message_id != ev.message_id]
+        answered = {ev.message_id, *self.buffer.earlier_parts(ev.message_id)}  # a merged message's parts are the turn
+        history = [m for m in await self._context_messages(ev, self.config.context_messages + 1 + len(answered) - 1) if m.message_id not in answered]
         user_memory = []
         if self.config.user_memory_messages > 0:
             user_memory = [

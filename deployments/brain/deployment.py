@@ -617,7 +617,9 @@ class AutonomousHost:
         if complete is None or not self.brain.config.generate_replies:
             return None
         try:
-            text = await asyncio.wait_for(complete(prompt.as_text(), prompt.system), self.brain.config.llm_timeout_s)
+            persona = self.brain.personas.get(prompt.persona) or self.brain.personas.active(None)
+            options = self.brain.llm_options(persona)  # the persona's model, temperature, token limit
+            text = await asyncio.wait_for(complete(prompt.as_text(), prompt.system, options), self.brain.config.llm_timeout_s)
         except Exception as exc:  # the client gets the prompt instead; nothing is lost
             self.stats["llm_failures"] += 1
             log.warning("autonomous message not written (%s: %s)", type(exc).__name__, exc)

@@ -31,9 +31,12 @@ class RecordingLLM:
 
     def __init__(self, plan: str = '{"action": "no_reply"}', judge: str = "no"):
         self.plan, self.judge = plan, judge
+        self.fail = False
         self.prompts: list[tuple[str, str | None]] = []
 
     async def __call__(self, prompt: str, system: str | None, options=None) -> str:
+        if self.fail:
+            raise ConnectionError("the LLM is down")
         self.prompts.append((prompt, system))
         if system == JUDGE_SYSTEM:
             return self.judge
@@ -215,6 +218,11 @@ async def test_llm_evaluation_joins_absent_chats_within_the_limits_and_leaves_du
         assert hf.within_limits() and hf.subflows["a"].state is ChatState.CHAT
         assert any("join" in p for p in llm.of_kind("Should Miku")), llm.prompts[-1]
         llm.judge = "no"  # the LLM finds chat "a" dull now: she leaves it
+        clock.now += hf.config.evaluation_interval_s
+        llm.fail = True  # a failed evaluation changes nothing
+        clock.now += hf.config.evaluation_interval_s
+        assert (await brain.tick())["evaluated"] == {"joined": [], "left": []} and hf.subflows["a"].state is ChatState.CHAT
+        llm.fail = False
         clock.now += hf.config.evaluation_interval_s
         result = await brain.tick()
         assert "a" in result["evaluated"]["left"] and hf.subflows["a"].state is ChatState.ABSENT

@@ -408,21 +408,23 @@ class Brain:
         join, leave = self.heartflow.evaluation_candidates(now)
         out: dict[str, list[str]] = {"joined": [], "left": []}
 
-        async def ask(sub: SubFlow, question: str) -> bool:
+        async def ask(sub: SubFlow, question: str) -> bool | None:
+            """The LLM's strict yes/no; None (change nothing) when there is no chat to show or no answer."""
             recent = await self.memory.channel_context(sub.chat_id, now=now, hours=self.config.context_hours, limit=8)
             if not recent:
-                return False
+                return None
             persona = self.personas.active(recent[-1].guild_id)
             prompt = f"Recent chat:\n{self._render(recent)}\n\n{question} Answer yes or no."
-            return parse_judge_answer(await self._llm(prompt, JUDGE_SYSTEM, self.llm_options(persona)))
+            answer = await self._llm(prompt, JUDGE_SYSTEM, self.llm_options(persona))
+            return None if answer is None else parse_judge_answer(answer)
 
         join_votes = await asyncio.gather(*(ask(s, "Should Miku join this conversation now?") for s in join))
         stay_votes = await asyncio.gather(*(ask(s, "Should Miku stay in this conversation?") for s in leave))
         for sub, yes in zip(join, join_votes):
-            if yes and self.heartflow.promote_to_chat(sub, now):  # re-checks the limit: votes ran at once
+            if yes is True and self.heartflow.promote_to_chat(sub, now):  # re-checks the limit: votes ran at once
                 out["joined"].append(sub.chat_id)
         for sub, yes in zip(leave, stay_votes):
-            if not yes and sub.state is ChatState.CHAT:
+            if yes is False and sub.state is ChatState.CHAT:  # a failed call is not a "leave"
                 self.heartflow.demote_to_absent(sub, now)
                 out["left"].append(sub.chat_id)
         return out

@@ -52,6 +52,8 @@ def to_incoming(message: discord.Message, bot_user_id: int | None) -> IncomingMe
         author_is_self=bot_user_id is not None and author.id == bot_user_id,
         author_can_moderate=bool(permissions is not None and permissions.moderate_members),
         attachments=tuple(Attachment(a.url, a.content_type or "") for a in message.attachments) + embed_media(message),
+        author_roles=tuple(r.name for r in getattr(author, "roles", []) or [] if getattr(r, "name", "") != "@everyone"),
+        author_is_admin=bool(permissions is not None and permissions.administrator),
         mentions_bot=bot_user_id is not None and any(u.id == bot_user_id for u in message.mentions),
         mentioned_user_ids=tuple(u.id for u in message.mentions),
         reply_to_id=reply_to_id,

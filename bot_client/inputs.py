@@ -31,6 +31,8 @@ class IncomingMessage:
     author_is_bot: bool = False
     author_is_self: bool = False
     author_can_moderate: bool = False
+    author_roles: tuple[str, ...] = ()  # role names: the brain gates persona and mood switching by them
+    author_is_admin: bool = False
     attachments: tuple[Attachment, ...] = ()
     mentions_bot: bool = False
     mentioned_user_ids: tuple[int, ...] = ()
@@ -60,6 +62,8 @@ class IncomingMessage:
             "author_is_bot": self.author_is_bot,
             "author_is_self": self.author_is_self,
             "author_can_moderate": self.author_can_moderate,
+            "author_roles": list(self.author_roles),
+            "author_is_admin": self.author_is_admin,
             "content": self.content,
             "mentions_miku": self.mentions_bot,
             "reply_to_miku": self.reply_to_bot,

@@ -117,7 +117,10 @@ async def _post(host: AutonomousHost, event: dict, clock: FakeClock | None = Non
 
 
 async def test_inline_decision_is_made_once_and_written_by_the_llm(host_factory, clock):
-    async def llm(prompt: str, system: str | None) -> str:
+    seen_options = []
+
+    async def llm(prompt: str, system: str | None, options=None) -> str:
+        seen_options.append(options)
         return f"hey everyone! [{len(prompt)} chars of prompt]"
 
     host = await host_factory(decide_on_event=True, complete=llm)
@@ -133,6 +136,7 @@ async def test_inline_decision_is_made_once_and_written_by_the_llm(host_factory,
     assert action["autonomous"]["action"] == "join_conversation"
     assert action["autonomous"]["debug"]["fired"]["action"] == "join_conversation"
     assert "lively conversation" in action["prompt"]["user"] and action["prompt"]["persona"] == "miku"
+    assert seen_options[-1].model == "llama3.1:8b-instruct" and seen_options[-1].temperature == 0.8  # the persona's
     # the same messages re-delivered, and the ticks after: nothing more to decide on
     for index in range(14):
         assert await _post(host, _message(guild, channel, index, event_id=f"again-{index}"), clock) == []
@@ -160,7 +164,7 @@ async def test_without_an_llm_the_action_carries_the_prompt_and_no_text(host_fac
 
 
 async def test_a_brain_reply_counts_as_miku_speaking(host_factory):
-    async def llm(prompt: str, system: str | None) -> str:
+    async def llm(prompt: str, system: str | None, options=None) -> str:
         return "sure!"
 
     host = await host_factory(complete=llm)

@@ -194,7 +194,7 @@ async def test_deleting_the_prompt_channel_ends_the_session():
 def test_to_incoming_reads_a_discord_message():
     msg = MagicMock(spec=discord.Message)
     msg.id, msg.content = 555, "<@42> hi <@77>"
-    msg.author = member(3)
+    msg.author = member(3, roles=("@everyone", "DJ"), admin=True)
     msg.author.display_name, msg.author.name, msg.author.bot = "Rin", "rin", False
     msg.guild = SimpleNamespace(id=1, name="Crypton")
     msg.channel = SimpleNamespace(id=10, name="voice-chat")
@@ -209,6 +209,7 @@ def test_to_incoming_reads_a_discord_message():
     assert incoming.mentions_bot and incoming.mention_names["<@77>"] == "@Kaito"
     event = incoming.to_event()
     assert event["event_id"] == "message:555" and event["channel_name"] == "voice-chat"
+    assert event["author_roles"] == ["DJ"] and event["author_is_admin"] is True  # the brain's persona/mood gate
     assert event["timestamp"] == dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc).timestamp()
 
 

@@ -70,7 +70,7 @@ from graph.brain.events import (
     parse_event as parse_brain_event,
 )
 from graph.brain.heartflow import ChatState
-from graph.brain.llm import complete_from_backend
+from graph.brain.llm import LLMCallOptions, ModelRouting, complete_from_backend, is_in_process
 from graph.brain.mood_profiles import load_moods
 from graph.brain.prompts import ChatContext
 from graph.brain.text_route import (
@@ -659,7 +659,9 @@ class AutonomousHost:
         if complete is None or not self.brain.config.generate_replies:
             return None
         try:
-            text = await asyncio.wait_for(complete(prompt.as_text(), prompt.system), self.brain.config.llm_timeout_s)
+            persona = self.brain.personas.get(prompt.persona) or self.brain.personas.active(None)
+            options = self.brain.llm_options(persona)  # the persona's model, temperature, token limit
+            text = await asyncio.wait_for(complete(prompt.as_text(), prompt.system, options), self.brain.config.llm_timeout_s)
         except Exception as exc:  # the client gets the prompt instead; nothing is lost
             self.stats["llm_failures"] += 1
             log.warning("autonomous message not written (%s: %s)", type(exc).__name__, exc)
@@ -696,9 +698,15 @@ class AutonomousHost:
 # The deployment
 
 
-def _complete_via_handle(handle: DeploymentHandle, max_tokens: int = 256, temperature: float = 0.8):
-    async def complete(prompt: str, system: str | None) -> str:
-        request = LLMRequest(prompt=prompt, system=system, max_tokens=max_tokens, temperature=temperature)
+def _complete_via_handle(handle: DeploymentHandle, max_tokens: int = 256, temperature: float = 0.8,
+                         routing: ModelRouting | None = None):
+    """`complete` through the app's TextLLM handle; its backend is not known here, so the request
+    carries both the routed model name and the adapter file (each backend reads what it understands)."""
+    routing = routing or ModelRouting()
+
+    async def complete(prompt: str, system: str | None, options: LLMCallOptions | None = None) -> str:
+        request = routing.request(prompt, system, options, in_process=None,
+                                  default_max_tokens=max_tokens, default_temperature=temperature)
         tokens = [token async for token in handle.options(stream=True).stream.remote(request)]
         return "".join(tokens).strip()
 
@@ -752,13 +760,13 @@ class Brain:
             # two servers: the normal one, and the RX 6800 one while a voice session runs (graph/brain/text_route.py)
             route_config = TextEndpointsConfig.from_mapping(sections["text_llm"], "brain.text_llm")
             self._backend = build_routed_backend(route_config, route_check or _never_in_session)
-            complete = complete_from_backend(self._backend)
+            complete = complete_from_backend(self._backend, routing=brain_config.model_routing)
         elif isinstance(llm, DeploymentHandle):
             # share the app's TextLLM deployment (one model on the GPU) instead of a second client
-            complete = _complete_via_handle(llm)
+            complete = _complete_via_handle(llm, routing=brain_config.model_routing)
         elif llm:
             self._backend = create_backend("llm", llm)
-            complete = complete_from_backend(self._backend)
+            complete = complete_from_backend(self._backend, routing=brain_config.model_routing)
         self._brain = await BrainLogic.create(brain_config, complete=complete, check_feature=check_feature, clock=time.time, rng=random.Random())
         # Bipolar mode: Miku and Evil Miku argue in the channels where it is on (graph/brain/bipolar.py)
         bipolar_config = BipolarConfig.from_mapping(sections["bipolar"], "brain.bipolar")
@@ -780,6 +788,10 @@ class Brain:
                 check_feature=check_feature or allow_everything,
                 is_focused=lambda channel: getattr(heartflow.subflows.get(channel), "state", None) is ChatState.FOCUSED,
                 clock=time.time, command_prefix=brain_config.command_prefix)
+        if self._backend is not None:  # a persona ADAPTER the configured LLM cannot serve fails here, by name
+            brain_config.model_routing.check(
+                {p.name: p.adapter for p in self._brain.personas.personas.values() if p.adapter},
+                in_process=is_in_process(self._backend))
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(_tick_forever("brain", tick_interval_s, self._brain.tick))]
         if route_config is not None:

@@ -157,6 +157,7 @@ class ActionContext:
     persona_emoji: tuple[str, ...] = ("🎵",)
     image_style: str = ""
     mute_duration_s: int = 600
+    llm_options: Any = None  # the persona's LLMCallOptions for judge calls (graph.brain.llm)
 
 
 CheckFeature = Callable[[str], Awaitable[FeatureCheck]]

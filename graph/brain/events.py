@@ -70,6 +70,8 @@ class MessageEvent(_EventBase):
     author_is_bot: bool = False
     author_is_self: bool = False  # the client sets this for Miku's own messages
     author_can_moderate: bool = False  # the author's roles allow moderation (mute)
+    author_roles: tuple[Annotated[str, Field(max_length=100)], ...] = Field(default=(), max_length=250)  # role names (persona/mood gating)
+    author_is_admin: bool = False  # the author has the administrator permission
     content: str = Field(default="", max_length=8000)
     mentions_miku: bool = False
     reply_to_miku: bool = False
@@ -131,6 +133,8 @@ class MoodEvent(_EventBase):
     channel_id: str | None = None  # where to confirm; DMs are scoped by channel
     mood: str | None = None
     author_id: str | None = None
+    author_roles: tuple[Annotated[str, Field(max_length=100)], ...] = Field(default=(), max_length=250)
+    author_is_admin: bool = False
 
 
 Event = Annotated[Union[MessageEvent, PresenceEvent, MemberJoinEvent, MoodEvent], Field(discriminator="type")]

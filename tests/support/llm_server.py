@@ -35,6 +35,7 @@ class RequestRecord:
     prompt: str
     model: str | None
     system: str | None = None
+    body: dict = field(default_factory=dict)  # the JSON body as sent (temperature, max_tokens, model...)
     tokens_sent: int = 0
     finished: bool = False
     disconnected: bool = False
@@ -147,7 +148,7 @@ class LLMTestServer:
         return await self._stream(request, body["prompt"], None, chunk, {"content": "", "stop": True}, done_line=False)
 
     async def _stream(self, request, prompt, model, chunk, final, done_line: bool, system=None) -> web.StreamResponse:
-        record = RequestRecord(request.path, prompt, model, system)
+        record = RequestRecord(request.path, prompt, model, system, body=await request.json())
         self.requests.append(record)
         if "[fail500]" in prompt:
             record.finished = True

@@ -23,6 +23,10 @@ class ActionKind(enum.Enum):
     BREAK_SILENCE = "break_silence"
     SHARE_SOMETHING = "share_something"
 
+    # Members are singletons compared by identity: hash them the same way (Enum's own __hash__ is a
+    # Python-level call, and the rules look actions up on every evaluation of every server).
+    __hash__ = object.__hash__
+
 
 @dataclass(frozen=True, slots=True)
 class ChannelSignals:

@@ -321,6 +321,14 @@ def _snowflake(value: Any) -> int | None:
     return int(text) if text.isdigit() and len(text) <= 19 and int(text) < 2**63 else None
 
 
+def _message_id(engine_event_id: str | None) -> str | None:
+    """The Discord message id in an engine message event id (`message:<id>`), else None."""
+    if engine_event_id and engine_event_id.startswith("message:"):
+        message_id = engine_event_id.split(":", 1)[1]
+        return message_id if _snowflake(message_id) is not None else None
+    return None
+
+
 # Brain actions after which she has spoken in a channel (the engine must count her as having spoken).
 _SPEAKING_ACTIONS = frozenset({"reply", "send", "draw", "look", "mute"})
 
@@ -576,6 +584,8 @@ class AutonomousHost:
             "type": "send",
             "guild_id": str(decision.guild_id),
             "channel_id": str(decision.channel_id),
+            # a reply to the newest human message when there is a recent one, else a plain post
+            "reply_to_message_id": _message_id(decision.reply_to_event_id),
             "text": text,
             "prompt": prompt.to_dict(),
             "autonomous": {

@@ -213,6 +213,7 @@ class AutonomousConfig(_Strict):
     recent_cap: int = Field(ge=4, le=4096)
     pending_cap: int = Field(ge=1, le=64)
     dedupe_window: int = Field(ge=16)
+    reply_window_s: float = Field(default=300.0, ge=0)  # she replies to a human message at most this old
     night: Night
     actions: ActionRules
     # Per mood, action settings that replace the ones above for that mood (validated as a whole rule):

@@ -412,6 +412,9 @@ class AutonomousEngine:
         # She is about to speak: record it now so the next tick does not act on the same moment.
         channel = state.channel(channel_signals.channel_id)
         assert channel is not None
+        recent_human = (channel.last_human_ts is not None
+                        and now - channel.last_human_ts <= self._config.reply_window_s)
+        reply_to = channel.last_human_event_id if recent_human else None
         channel.consumed_trigger_id = channel.last_human_event_id
         channel.add_miku(now)
         state.last_miku_ts = now
@@ -435,6 +438,7 @@ class AutonomousEngine:
             trigger_event_id=proposal.trigger_event_id,
             target_user_id=proposal.signal.signal.user_id if proposal.signal else None,
             debug=debug,
+            reply_to_event_id=reply_to,
         )
 
     # ---- signals -------------------------------------------------------------------------------

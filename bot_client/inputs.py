@@ -39,6 +39,7 @@ class IncomingMessage:
     created_at: float = 0.0  # POSIX seconds
     channel_name: str = ""
     guild_name: str = ""
+    channel_nsfw: bool = False
     mention_names: Mapping[str, str] = field(default_factory=dict)  # "<@123>"-style token -> "@name"
 
     @property
@@ -67,6 +68,7 @@ class IncomingMessage:
             "attachments": [{"url": a.url, "content_type": a.content_type} for a in self.attachments],
             "channel_name": self.channel_name,
             "guild_name": self.guild_name,
+            "channel_nsfw": self.channel_nsfw,
             "timestamp": self.created_at,
         }
 

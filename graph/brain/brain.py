@@ -64,6 +64,7 @@ from graph.brain.moods import (
 )
 from graph.brain.personas import PersonaLibrary, load_personas
 from graph.brain.prompts import ChatContext, PromptBuilder
+from graph.web import WEB_COMMANDS, WebCommands, WebConfig
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +119,7 @@ class BrainConfig:
     rate_limited_message: str | None = "I'm getting lots of messages here, give me a moment and ask me again! ⏳"
     queued_message: str | None = "🎤 I'm in a voice chat right now; I'll answer this when I'm back!"
     welcome_message: str = "Welcome, {name}! 🎵"
+    web: Mapping[str, Any] = field(default_factory=dict)  # !news/!meme/!search sources (graph.web.WebConfig)
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any] | None, base_dir: str | Path | None = None) -> "BrainConfig":
@@ -238,6 +240,7 @@ class Brain:
         self.judge = LLMJudge(self._judge_complete if complete else None, self.judge_cache, config.judge_timeout_s)
         self.modifier = ActionModifier(self.actions, self.judge, self.rng)
         self.prompts = PromptBuilder(text_history=config.context_messages, memory_lines=config.user_memory_messages)
+        self.web = WebCommands(WebConfig.from_mapping(config.web), rng=self.rng)
         self._seen_messages: OrderedDict[str, None] = OrderedDict()
         self._seen_events: OrderedDict[str, None] = OrderedDict()
         self._focus: dict[str, _FocusLoop] = {}
@@ -290,6 +293,7 @@ class Brain:
         return cls(config, memory=memory, personas=personas, moods=moods, registry=registry, complete=complete, check_feature=check_feature, clock=clock, rng=rng)
 
     async def close(self) -> None:
+        await self.web.close()
         await self.memory.close()
 
     async def check_feature(self, feature: str) -> FeatureCheck:
@@ -706,7 +710,22 @@ class Brain:
             except KeyError:
                 return [say(f"I don't have a mood called {args[0]!r}. Moods: {', '.join(self.moods.names())}")]
             return [say(f"Okay, now I'm feeling {mood.name}.")]
+        if name in WEB_COMMANDS:
+            return [say(await self.web.run(name, " ".join(args), nsfw=ev.channel_nsfw, write=self._web_writer(ev)))]
         return None
+
+    def _web_writer(self, ev: MessageEvent):
+        """The LLM in the active persona's voice and mood, for the web commands' summaries (None: no LLM)."""
+        if not self.config.generate_replies or self.complete is None:
+            return None
+
+        async def write(instruction: str) -> str | None:
+            persona = self.personas.active(ev.guild_id)
+            chat = ChatContext(guild_name=ev.guild_name, channel_name=ev.channel_name, is_dm=ev.is_dm)
+            system = self.prompts.system_prompt(persona, self.current_mood(ev.guild_id, ev.channel_id), chat)
+            return await self._llm(instruction, system)
+
+        return write
 
     def _on_mood(self, ev: MoodEvent) -> list[BrainAction]:
         scope = mood_scope(ev.guild_id, ev.channel_id)

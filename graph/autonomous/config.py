@@ -124,8 +124,13 @@ class BreakSilenceRule(MoodScaling):
 
 
 class ShareSomethingRule(MoodScaling):
-    """A calm (not dead) hour and a long gap since she last said anything: she brings up something."""
+    """A calm (not dead) hour and a long gap since she last said anything: she shares a post.
 
+    The post is a real item from the configured share feeds (the host's `share_feeds`); the host turns
+    this off (`enabled: false`) when it has none, so she never shares an invented topic.
+    """
+
+    enabled: bool = True
     max_messages_1h: int = Field(ge=1)
     max_momentum: float = Field(ge=0)
     min_gap_s: float = Field(ge=0)

@@ -72,7 +72,8 @@ _JOIN = ("channel_alive", "momentum", "speakers", "messages_since_miku", "gap_si
 _ENGAGE = ("signal", "channel_alive", "quiet", "night")
 _FOMO = ("channel_alive", "messages_since_miku", "active_chat", "gap_since_action", "fresh_trigger", "night")
 _BREAK = ("quiet", "gap_since_action", "unanswered", "night")
-_SHARE = ("channel_alive", "low_activity_hour", "calm_now", "gap_since_action", "gap_since_miku", "night")
+_SHARE = ("channel_alive", "low_activity_hour", "calm_now", "gap_since_action", "gap_since_miku", "night",
+          "feeds_configured")
 
 
 def _since(value: float | None, uptime_s: float) -> float:
@@ -178,10 +179,10 @@ def share_something(s: ServerSignals, f: MoodFactors, rule: ShareSomethingRule) 
     gap_ok = _since(s.since_action_s, s.uptime_s) >= need_gap
     night_ok = rule.night_allowed or not s.night
     if ch is None:
-        oks = (False, False, False, gap_ok, False, night_ok)
+        oks = (False, False, False, gap_ok, False, night_ok, rule.enabled)
     else:
         oks = (True, ch.messages_1h <= rule.max_messages_1h, ch.momentum <= rule.max_momentum, gap_ok,
-               _since(ch.since_miku_s, s.uptime_s) >= need_gap, night_ok)
+               _since(ch.since_miku_s, s.uptime_s) >= need_gap, night_ok, rule.enabled)
     rate = rule.rate_per_min * f.rate
     check = ActionCheck(
         ActionKind.SHARE_SOMETHING, ch.channel_id if ch else None, _blocked(_SHARE, oks),
@@ -366,7 +367,7 @@ def _share_stable(s, check, f, rule: ShareSomethingRule, hl, h) -> float:
     ch = _latest_alive(s)
     if check.eligible:
         return min(_alive_left(ch), _night_break(s, rule, h))
-    if ch is None:
+    if ch is None or not rule.enabled:
         return INF
     need_gap = rule.min_gap_s * f.wait
     return max(h.hour_drop(ch.channel_id, rule.max_messages_1h), _decay_to(ch.momentum, rule.max_momentum, hl),

@@ -20,7 +20,7 @@ from array import array
 from collections.abc import Callable, Mapping
 from datetime import datetime
 
-from graph.autonomous.config import ActionRules, AutonomousConfig, ServerSettings
+from graph.autonomous.config import ActionRules, AutonomousConfig, ServerSettings, zone
 from graph.autonomous.decision import (
     ActionCheck,
     ActionKind,
@@ -170,6 +170,8 @@ class AutonomousEngine:
         self._servers: dict[int, ServerState] = {}
         self._seen = _SeenIds(config.dedupe_window)
         self._last_tick_ts: float | None = None  # the last tick that evaluated (gate active)
+        self._local_cache_now: float | None = None
+        self._local_cache: dict[str, datetime] = {}
         # True: run every rule for every server on every tick (the reference the shortcut is tested against)
         self._full_evaluation = full_evaluation
         for settings in config.servers:
@@ -277,15 +279,19 @@ class AutonomousEngine:
         decisions = []
         previous_tick, self._last_tick_ts = self._last_tick_ts, now
         rng_random, exp = self._rng.random, math.exp
+        max_window = self._config.max_roll_window_s
         for state in self._servers.values():
             if state.dirty or now >= state.plan_until or self._full_evaluation:
                 decision = self._decide(state, now, previous_tick)
             elif not state.plan:
                 continue  # nothing eligible, nothing rolled: skipping is exactly an evaluation
             else:
-                window = self._window(state, now, previous_tick)
+                last = state.last_eval_ts  # never None here: a plan comes from an evaluation
+                window = now - (last if previous_tick is None or last > previous_tick else previous_tick)
                 if window <= 0:
                     continue
+                if window > max_window:
+                    window = max_window
                 rolls = []
                 for rate in state.plan:
                     roll = rng_random()
@@ -321,6 +327,15 @@ class AutonomousEngine:
         signals = self._signals(state, now)
         return tuple(p.check for p in propose_all(signals, self._factors[state.mood], self._rules[state.mood]))
 
+    def _local_time(self, now: float, timezone: str) -> datetime:
+        """Local time in a zone, shared by every server in that zone evaluated at the same instant."""
+        if self._local_cache_now != now:
+            self._local_cache_now, self._local_cache = now, {}
+        local = self._local_cache.get(timezone)
+        if local is None:
+            local = self._local_cache[timezone] = datetime.fromtimestamp(now, zone(timezone))
+        return local
+
     def _window(self, state: ServerState, now: float, previous_tick: float | None) -> float:
         """The time a roll covers: since this server was last evaluated (a skipped server counts as
         evaluated at the previous tick), so rates are per minute whatever the tick period."""
@@ -350,7 +365,7 @@ class AutonomousEngine:
         for channel in state.channels:
             channel.prune(now)
 
-        local = datetime.fromtimestamp(now, state.settings.tz)
+        local = self._local_time(now, state.settings.timezone)
         signals = self._signals(state, now, local)
         factors = self._factors[state.mood]
         pre_drawn = iter(rolls or ())
@@ -380,12 +395,18 @@ class AutonomousEngine:
 
     def _horizon(self, state: ServerState, now: float, local: datetime) -> Horizon:
         into_hour = local.minute * 60 + local.second + local.microsecond / 1e6
-        channels = {c.channel_id: c for c in state.channels}
         cooldown = self._config.actions.engage_user.repeat_cooldown_s
 
+        def activity(channel_id: int) -> ChannelActivity | None:
+            return next((c for c in state.channels if c.channel_id == channel_id), None)
+
+        def window_change(channel_id: int) -> float:
+            found = activity(channel_id)
+            return math.inf if found is None else found.recent_window_changes_in(now)
+
         def hour_drop(channel_id: int, limit: int) -> float:
-            activity = channels.get(channel_id)
-            return 0.0 if activity is None else activity.hour_drops_to_in(now, limit)
+            found = activity(channel_id)
+            return 0.0 if found is None else found.hour_drops_to_in(now, limit)
 
         def repeat_ends(view: PendingView) -> float:
             until = state.engaged_until(view.signal, cooldown)
@@ -393,7 +414,7 @@ class AutonomousEngine:
 
         return Horizon(
             to_next_hour=max(0.0, 3600.0 - into_hour),
-            window_change={c.channel_id: c.recent_window_changes_in(now) for c in state.channels},
+            window_change=window_change,
             hour_drop=hour_drop,
             repeat_ends=repeat_ends,
         )

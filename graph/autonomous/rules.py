@@ -224,10 +224,10 @@ _EPS = 1e-6  # seconds shaved off "stops holding at" times against float roundin
 
 @dataclass(frozen=True, slots=True)
 class Horizon:
-    """Time facts the signals do not carry, all in seconds from now."""
+    """Time facts the signals do not carry, all in seconds from now (computed only when a rule asks)."""
 
     to_next_hour: float  # the next local hour boundary (night starts and ends only there)
-    window_change: dict[int, float]  # per channel: the oldest recent message leaves the 5-minute window
+    window_change: Callable[[int], float]  # channel -> until its oldest recent message leaves the 5 minutes
     hour_drop: Callable[[int, int], float]  # (channel, limit) -> until messages_1h <= limit
     repeat_ends: Callable[[PendingView], float]  # until a 'repeat' signal stops being one
 
@@ -296,8 +296,8 @@ def _join_stable(s, check, f, rule: JoinConversationRule, hl, h) -> float:
     if check.eligible:
         ch = s.channel(check.channel_id)
         return min(_alive_left(ch), _decay_below(ch.momentum, rule.min_momentum, hl),
-                   h.window_change.get(ch.channel_id, INF), _night_break(s, rule, h),
-                   *(h.window_change.get(c.channel_id, INF) for c in s.channels
+                   h.window_change(ch.channel_id), _night_break(s, rule, h),
+                   *(h.window_change(c.channel_id) for c in s.channels
                      if c is not ch and c.momentum == ch.momentum))
     best = INF
     for c in s.channels:  # any channel may be (or become) the one the rule looks at
@@ -313,6 +313,8 @@ def _engage_weights(rule: EngageUserRule) -> dict[SignalSource, float]:
 
 
 def _engage_stable(s, check, f, rule: EngageUserRule, h) -> float:
+    if not s.pending:
+        return INF  # no signal: nothing to engage until an event brings one (eligible needs a signal)
     weights = _engage_weights(rule)
     usable = [p for p in s.pending if weights[p.signal.source] > 0 and p.age_s <= rule.max_activity_age_s]
     alive = [c for c in s.channels if c.alive]
@@ -336,8 +338,8 @@ def _fomo_stable(s, check, f, rule: FomoRule, h) -> float:
     need_messages = math.ceil(rule.min_messages_since_miku * f.count)
     if check.eligible:
         ch = s.channel(check.channel_id)
-        return min(_alive_left(ch), h.window_change.get(ch.channel_id, INF), _night_break(s, rule, h),
-                   *(h.window_change.get(c.channel_id, INF) for c in s.channels
+        return min(_alive_left(ch), h.window_change(ch.channel_id), _night_break(s, rule, h),
+                   *(h.window_change(c.channel_id) for c in s.channels
                      if c is not ch and c.messages_since_miku == ch.messages_since_miku))
     best = INF
     for c in s.channels:

@@ -169,6 +169,8 @@ class ChannelActivity:
             return 0
         newest = int(now // BUCKET_S)
         oldest = max(self._bucket_head - _BUCKETS + 1, newest - _BUCKETS + 1)
+        if oldest == self._bucket_head - _BUCKETS + 1:
+            return sum(buckets)  # the whole ring is inside the hour
         return sum(buckets[i % _BUCKETS] for i in range(oldest, self._bucket_head + 1))
 
     def hour_drops_to_in(self, now: float, limit: int) -> float:

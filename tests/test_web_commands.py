@@ -252,3 +252,25 @@ async def test_brain_answers_web_commands_as_replies_in_the_persona_voice(tmp_pa
         assert action["type"] == "reply" and "r/Vocaloid" in action["text"]
     finally:
         await brain.close()
+
+
+async def test_duckduckgo_without_the_ddgs_package_says_how_to_install_it(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "ddgs", None)  # what `import ddgs` sees when it is not installed
+    web_commands = commands(ddgs=True)
+    try:
+        text = await web_commands.run("search", "miku")
+    finally:
+        await web_commands.close()
+    assert "needs the `ddgs` package: pip install ddgs" in text
+
+
+def test_the_client_tells_the_brain_whether_a_channel_is_nsfw():
+    from bot_client.inputs import IncomingMessage
+    from graph.brain.events import parse_event
+
+    message = IncomingMessage(message_id=1, channel_id=2, guild_id=3, author_id=4, author_name="Rin",
+                              content="!meme", channel_nsfw=True, created_at=1764500000.0)
+    assert parse_event(message.to_event()).channel_nsfw is True
+    assert parse_event({**message.to_event(), "channel_nsfw": False}).channel_nsfw is False

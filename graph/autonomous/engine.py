@@ -361,7 +361,8 @@ class AutonomousEngine:
         if state.last_action_ts is not None and now - state.last_action_ts < config.min_action_interval_s:
             state.plan_until = state.last_action_ts + config.min_action_interval_s
             return None
-        state.expire_pending(now, config.actions.engage_user.max_activity_age_s)
+        if state.pending:
+            state.expire_pending(now, config.actions.engage_user.max_activity_age_s)
         for channel in state.channels:
             channel.prune(now)
 
@@ -500,12 +501,13 @@ class AutonomousEngine:
                          half_life_s: float) -> ChannelSignals:
         if activity is None:
             return ChannelSignals(channel_id, 0, 0, 0.0, 0, 0, None, None, False, None)
+        messages_5m, speakers_5m = activity.recent_counts(now)
         return ChannelSignals(
             channel_id=channel_id,
-            messages_5m=activity.messages_recent(now),
+            messages_5m=messages_5m,
             messages_1h=activity.messages_hour(now),
             momentum=activity.momentum(now, half_life_s),
-            speakers_5m=activity.speakers_recent(now),
+            speakers_5m=speakers_5m,
             messages_since_miku=activity.messages_since_miku,
             since_human_s=None if activity.last_human_ts is None else now - activity.last_human_ts,
             since_miku_s=None if activity.last_miku_ts is None else now - activity.last_miku_ts,

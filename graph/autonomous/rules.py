@@ -87,8 +87,12 @@ def _liveliest(signals: ServerSignals) -> ChannelSignals | None:
 
 def _latest_alive(signals: ServerSignals) -> ChannelSignals | None:
     """The allowed channel a human wrote in most recently, if within the last hour."""
-    alive = [c for c in signals.channels if c.alive]
-    return min(alive, key=lambda c: c.since_human_s, default=None)
+    best = None
+    for c in signals.channels:
+        since = c.since_human_s
+        if since is not None and since <= HOUR_WINDOW_S and (best is None or since < best.since_human_s):
+            best = c
+    return best
 
 
 def join_conversation(s: ServerSignals, f: MoodFactors, rule: JoinConversationRule) -> Proposal:
@@ -265,18 +269,19 @@ def stable_for(
     h: Horizon,
 ) -> float:
     """Seconds during which `checks` (every action's eligibility and rate) stay as they are without events."""
-    by_kind = {c.action: c for c in checks}
-    bounds = (
-        _join_stable(s, by_kind[ActionKind.JOIN_CONVERSATION], factors[ActionKind.JOIN_CONVERSATION],
-                     rules.join_conversation, half_life_s, h),
-        _engage_stable(s, by_kind[ActionKind.ENGAGE_USER], factors[ActionKind.ENGAGE_USER], rules.engage_user, h),
-        _fomo_stable(s, by_kind[ActionKind.FOMO], factors[ActionKind.FOMO], rules.fomo, h),
-        _break_stable(s, by_kind[ActionKind.BREAK_SILENCE], factors[ActionKind.BREAK_SILENCE], rules.break_silence,
-                      rules.engage_user.max_activity_age_s, h),
-        _share_stable(s, by_kind[ActionKind.SHARE_SOMETHING], factors[ActionKind.SHARE_SOMETHING],
-                      rules.share_something, half_life_s, h),
-    )
-    return min(bounds)
+    join, engage, fomo_check, break_check, share = checks  # priority order (iter_proposals)
+    bound = _join_stable(s, join, factors[ActionKind.JOIN_CONVERSATION], rules.join_conversation, half_life_s, h)
+    if bound > 0:
+        bound = min(bound, _engage_stable(s, engage, factors[ActionKind.ENGAGE_USER], rules.engage_user, h))
+    if bound > 0:
+        bound = min(bound, _fomo_stable(s, fomo_check, factors[ActionKind.FOMO], rules.fomo, h))
+    if bound > 0:
+        bound = min(bound, _break_stable(s, break_check, factors[ActionKind.BREAK_SILENCE], rules.break_silence,
+                                         rules.engage_user.max_activity_age_s, h))
+    if bound > 0:
+        bound = min(bound, _share_stable(s, share, factors[ActionKind.SHARE_SOMETHING], rules.share_something,
+                                         half_life_s, h))
+    return bound
 
 
 def _night_make(s: ServerSignals, rule, h: Horizon) -> float:

@@ -149,6 +149,14 @@ class ChannelActivity:
     def messages_recent(self, now: float) -> int:
         return len(self._recent) - bisect_left(self._recent, _cut(now - RECENT_WINDOW_S))
 
+    def recent_counts(self, now: float) -> tuple[int, int]:
+        """(messages, distinct speakers) in the recent window, with one search."""
+        recent = self._recent
+        start = bisect_left(recent, _cut(now - RECENT_WINDOW_S))
+        if start == len(recent):
+            return 0, 0
+        return len(recent) - start, len({value & _AUTHOR_MASK for value in recent[start:]})
+
     def speakers_recent(self, now: float) -> int:
         recent = self._recent
         start = bisect_left(recent, _cut(now - RECENT_WINDOW_S))

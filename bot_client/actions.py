@@ -149,8 +149,14 @@ class ActionExecutor:
         channel = self._channel(action, event)
         if not isinstance(text, str) or not text.strip() or channel is None:
             return False
-        for part in split_for_discord(text):
-            await self.ops.send(channel, part)
+        # A send may thread onto a message (autonomous ones reply to a recent human message); the
+        # causing event's message is never implied: a plain send stays plain.
+        reply_to = _int(action.get("reply_to_message_id"))
+        for index, part in enumerate(split_for_discord(text)):
+            if index == 0 and reply_to is not None:
+                await self.ops.reply(channel, reply_to, part)
+            else:
+                await self.ops.send(channel, part)
         return True
 
     async def _do_react(self, action: dict, event: dict) -> bool:

@@ -12,7 +12,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
 import discord
 from discord.ext import commands
@@ -20,7 +21,7 @@ from discord.ext import commands
 from .actions import ActionExecutor, ChatOps, ExecutionReport, QueueReplayer
 from .autonomous import AutonomousPoller
 from .avatars import FEATURE_PROFILE_PICTURE, AvatarFeed, AvatarSetup, AvatarSwitcher
-from .config import AutonomousConfig, BotConfig
+from .config import AutonomousConfig, AutonomousServerConfig, BotConfig
 from .discord_adapter import DiscordChatOps
 from .features import BotFeatures, DiscordFeatureOps, FeatureConfigs
 from .graph_api import GraphClient, GraphError
@@ -33,22 +34,49 @@ log = logging.getLogger(__name__)
 SERVER_CONFIG = "server_config"
 
 
+MAX_DEFAULT_CHANNELS = 25  # a tracked-by-default server: at most this many channels (memory per server)
+
+
+def default_server(guild: Any, me: Any) -> AutonomousServerConfig | None:
+    """Where she may speak up in a server nobody configured: the text channels the bot can see and write
+    in (at most MAX_DEFAULT_CHANNELS), the system channel first as the home channel. None: none at all."""
+    writable = []
+    for channel in getattr(guild, "text_channels", ()) or ():
+        try:
+            perms = channel.permissions_for(me)
+        except Exception:  # a channel the cache knows too little about
+            continue
+        if perms.view_channel and perms.send_messages:
+            writable.append(channel.id)
+    if not writable:
+        return None
+    system = getattr(guild, "system_channel", None)
+    home = system.id if system is not None and system.id in writable else writable[0]
+    ordered = [home] + [c for c in writable if c != home]
+    return AutonomousServerConfig(guild.id, tuple(ordered[:MAX_DEFAULT_CHANNELS]), home, None)
+
+
 def server_config_events(
     config: AutonomousConfig,
     guild_ids: Iterable[int],
     *,
     stop: bool = False,
     new_id: Callable[[], str] = lambda: uuid.uuid4().hex,
+    defaults: Mapping[int, AutonomousServerConfig] | None = None,
 ) -> list[dict]:
-    """The `server_config` events to post for the guilds the bot is in: one per guild configured here.
+    """The `server_config` events to post for the guilds the bot is in: one per guild it tracks.
 
-    Guilds without settings get nothing (she never speaks up there). With autonomy disabled, or `stop`
-    (the bot left the guild), configured guilds get an empty allow-list, which makes the graph stop
-    tracking them. Each event has a fresh `event_id`, so a re-send after a reconnect is applied again.
+    A guild's settings are its entry in `config.servers`, else (with `track_all_servers`) its entry in
+    `defaults` (built by `default_server` from the guild). Guilds with neither get nothing (she never
+    speaks up there). With autonomy disabled, or `stop` (the bot left the guild), tracked guilds get an
+    empty allow-list, which makes the graph stop tracking them. Each event has a fresh `event_id`, so a
+    re-send after a reconnect is applied again.
     """
     events = []
     for guild_id in dict.fromkeys(int(g) for g in guild_ids):
         server = config.server(guild_id)
+        if server is None and config.track_all_servers and defaults:
+            server = defaults.get(guild_id)
         if server is None:
             continue
         channels = server.allowed_channels if config.enabled and not stop else ()
@@ -79,10 +107,22 @@ class AutonomyGuard:
     Other actions (replies to messages and so on) always pass.
     """
 
-    def __init__(self, config: AutonomousConfig, is_paused: Callable[[], bool] = lambda: False) -> None:
+    def __init__(self, config: AutonomousConfig, is_paused: Callable[[], bool] = lambda: False,
+                 defaults: Mapping[int, AutonomousServerConfig] | None = None) -> None:
         self.config = config
         self.is_paused = is_paused
+        self.defaults = defaults if defaults is not None else {}  # servers tracked by default (track_all_servers)
         self.dropped = 0
+
+    def server(self, guild_id: Any) -> AutonomousServerConfig | None:
+        """A server's settings: configured, else tracked by default."""
+        server = self.config.server(guild_id or 0)
+        if server is None and self.config.track_all_servers:
+            try:
+                server = self.defaults.get(int(guild_id))
+            except (TypeError, ValueError):
+                return None
+        return server
 
     def why_not(self, action: dict) -> str | None:
         """None when the action may be carried out, else the reason it may not."""
@@ -92,7 +132,7 @@ class AutonomyGuard:
             return "autonomy is disabled in the bot config"
         if self.is_paused():
             return "a voice session is running"
-        server = self.config.server(action.get("guild_id") or 0)
+        server = self.server(action.get("guild_id"))
         if server is None:
             return f"server {action.get('guild_id')} has no autonomous settings"
         try:
@@ -160,7 +200,9 @@ class MikuBot(commands.Bot):
                                   if avatars is not None else None)
         self.presence = PresenceKeeper(self._apply_presence, config.session.presence_text)
         self.manager = SessionManager(graph, config, self.presence, after_session=self._after_session)
-        self.guard = AutonomyGuard(config.autonomous, is_paused=lambda: bool(self.manager.sessions))
+        self.default_servers: dict[int, AutonomousServerConfig] = {}  # filled from the guilds on connect
+        self.guard = AutonomyGuard(config.autonomous, is_paused=lambda: bool(self.manager.sessions),
+                                   defaults=self.default_servers)
         self.executor = GuardedExecutor(self.ops, graph, self.guard)
         self.replayer = QueueReplayer(graph, self.executor)
         self.router = MessageRouter(graph, self.manager, self.executor, self.ops,
@@ -206,6 +248,8 @@ class MikuBot(commands.Bot):
         if not self.manager.sessions:
             self._spawn(self.replayer.replay())  # messages left queued by a crash during a session
         # The graph keeps server settings in memory only: send them after every (re)connect.
+        for guild in self.guilds:
+            self._learn_default(guild)
         self._spawn(self.send_server_configs([g.id for g in self.guilds]))
         if self.avatars is not None and not self._avatar_tasks:  # needs self.user: started once, when ready
             feed = AvatarFeed(self.avatars, self.graph.persona_mood, self._avatar_guild)
@@ -215,10 +259,29 @@ class MikuBot(commands.Bot):
         await self.presence.reapply()  # a resumed gateway session may have lost the status too
 
     async def on_guild_join(self, guild: discord.Guild) -> None:
+        self._learn_default(guild)
         self._spawn(self.send_server_configs([guild.id]))
 
     async def on_guild_remove(self, guild: discord.Guild) -> None:
-        self._spawn(self.send_server_configs([guild.id], stop=True))  # the graph stops tracking it
+        self._spawn(self._forget_guild(guild.id))
+
+    async def _forget_guild(self, guild_id: int) -> None:
+        await self.send_server_configs([guild_id], stop=True)  # the graph stops tracking it
+        self.default_servers.pop(guild_id, None)
+
+    def _learn_default(self, guild: discord.Guild) -> None:
+        """Where she may speak up in this guild if the config does not say (track_all_servers)."""
+        if self.config.autonomous.server(guild.id) is not None or not self.config.autonomous.track_all_servers:
+            return
+        server = default_server(guild, guild.me)
+        if server is None:
+            self.default_servers.pop(guild.id, None)
+        else:
+            self.default_servers[guild.id] = server
+
+    def autonomy_server(self, guild_id: int) -> AutonomousServerConfig | None:
+        """The settings the engine tracks this guild with (configured or by default), or None."""
+        return self.guard.server(guild_id)
 
     async def send_server_configs(self, guild_ids: Iterable[int], *, stop: bool = False) -> int:
         """Post the `server_config` events for these guilds; returns how many the graph accepted.
@@ -227,7 +290,7 @@ class MikuBot(commands.Bot):
         hook sends them again once the graph answers.
         """
         sent = 0
-        for event in server_config_events(self.config.autonomous, guild_ids, stop=stop):
+        for event in server_config_events(self.config.autonomous, guild_ids, stop=stop, defaults=self.default_servers):
             try:
                 await self.graph.post_event(event)
                 sent += 1

@@ -109,6 +109,9 @@ class AutonomousConfig:
     # coming online and joins (so "engage user" can fire). Off: the intents stay minimal.
     presence_events: bool = False
     servers: dict[int, AutonomousServerConfig] = field(default_factory=dict)
+    # Servers not listed in `servers` are tracked too, in every text channel the bot can write in (home:
+    # the system channel). False: only the listed servers.
+    track_all_servers: bool = True
 
     def server(self, guild_id: int | str) -> AutonomousServerConfig | None:
         try:

@@ -61,8 +61,8 @@ def to_incoming(message: discord.Message, bot_user_id: int | None) -> IncomingMe
         created_at=created.timestamp() if isinstance(created, dt.datetime) else 0.0,
         channel_name=getattr(message.channel, "name", "") or "",
         guild_name=guild.name if guild is not None else "",
+        channel_nsfw=bool(getattr(message.channel, "is_nsfw", lambda: False)()),
         mention_names=mention_names,
-        channel_nsfw=bool(getattr(message.channel, "nsfw", False)),
     )
 
 

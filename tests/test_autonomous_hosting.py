@@ -247,10 +247,13 @@ class RecordingOps:
 
     def __init__(self) -> None:
         self.sent: list[tuple[int, str]] = []
+        self.replied_to: list[int | None] = []  # the message each reply threads onto
         self.done = asyncio.Event()
 
     async def reply(self, channel_id: int, message_id: int | None, text: str) -> None:
         self.sent.append((channel_id, text))
+        self.replied_to.append(message_id)
+        self.done.set()
 
     async def send(self, channel_id: int, text: str) -> None:
         self.sent.append((channel_id, text))
@@ -470,6 +473,9 @@ async def test_poller_hands_actions_to_the_client_executor(auto_app):
     assert not poller.running and poller.executed == 1
     assert {channel_id for channel_id, _ in ops.sent} == {int(channel)}
     assert "lively conversation" in " ".join(text for _, text in ops.sent)
+    # it threads onto a (the newest when it decided) human message of the conversation (DeltaBot #10)
+    conversation = {int(_message(guild, channel, index)["message_id"]) for index in range(14)}
+    assert len(ops.replied_to) == 1 and ops.replied_to[0] in conversation
     refused = AutonomousPoller(GraphClient(base, "wrong-token"), ActionExecutor(ops).execute)
     try:
         with pytest.raises(GraphAuthError):

@@ -47,9 +47,11 @@ from graph.autonomous import (
     parse_autonomous_config,
     server_settings,
 )
+from graph.autonomous import ActionKind
 from graph.autonomous import (
     parse_event as parse_autonomous_event,
 )
+from graph.autonomous.sharing import FeedShare
 from graph.backends.base import create_backend
 from graph.brain.bipolar import BipolarConfig, BipolarHost
 from graph.brain.admin import BrainAdmin
@@ -78,6 +80,7 @@ from graph.brain.text_route import (
     TextEndpointsConfig,
     build_routed_backend,
 )
+from graph.features.feeds import check_feed_url
 from graph.voice.types import LLMRequest
 
 log = logging.getLogger(__name__)
@@ -119,6 +122,9 @@ class AutonomousHosting:
     pause_refresh_s: float = 2.0  # a controller answer older than this is asked again before acting
     controller_timeout_s: float = 5.0
     recent_decisions: int = 10  # full decision records kept per server for the explain route
+    # RSS/Atom feeds "share something" shares posts from (Miku accounts through an RSS bridge, figurine
+    # shops...). None configured: the engine's share_something is off (she never shares an invented topic).
+    share_feeds: tuple[str, ...] = ()
     engine: Mapping[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -136,6 +142,8 @@ class AutonomousHosting:
         hosting_keys = {f.name for f in fields(cls)} - {"engine"}
         kwargs = {k: v for k, v in merged.items() if k in hosting_keys}
         engine = {k: v for k, v in merged.items() if k not in hosting_keys}
+        if "share_feeds" in kwargs:
+            kwargs["share_feeds"] = tuple(check_feed_url(url) for url in kwargs["share_feeds"] or ())
         settings = cls(**kwargs, engine=engine)
         if not (settings.tick_interval_s > 0 and math.isfinite(settings.tick_interval_s)):
             raise ValueError(f"autonomous.tick_interval_s must be > 0, got {settings.tick_interval_s!r}")
@@ -153,7 +161,10 @@ class AutonomousHosting:
             raise AutonomousConfigError(f"{path}: cannot read ({exc.strerror or exc})") from exc
         if not isinstance(data, Mapping):
             raise AutonomousConfigError(f"{path}: expected a mapping")
-        return parse_autonomous_config(_deep_merge(data, self.engine), source=f"{path} + overrides")
+        merged = _deep_merge(data, self.engine)
+        if not self.share_feeds:  # nothing real to share: the action stays off
+            merged = _deep_merge(merged, {"actions": {"share_something": {"enabled": False}}})
+        return parse_autonomous_config(merged, source=f"{path} + overrides")
 
 
 # Sections of the brain's config that its host reads (BrainConfig itself does not know them).
@@ -362,6 +373,14 @@ def _snowflake(value: Any) -> int | None:
     return int(text) if text.isdigit() and len(text) <= 19 and int(text) < 2**63 else None
 
 
+def _message_id(engine_event_id: str | None) -> str | None:
+    """The Discord message id in an engine message event id (`message:<id>`), else None."""
+    if engine_event_id and engine_event_id.startswith("message:"):
+        message_id = engine_event_id.split(":", 1)[1]
+        return message_id if _snowflake(message_id) is not None else None
+    return None
+
+
 # Brain actions after which she has spoken in a channel (the engine must count her as having spoken).
 _SPEAKING_ACTIONS = frozenset({"reply", "send", "draw", "look", "mute"})
 
@@ -396,6 +415,7 @@ class AutonomousHost:
             is_paused=pause,
         )
         self.outbox = AutonomousOutbox(settings.outbox_size, settings.max_action_age_s, monotonic)
+        self.share = FeedShare(settings.share_feeds, clock=clock) if settings.share_feeds else None
         self._servers: dict[int, ServerSettings] = {s.guild_id: s for s in config.servers}
         self._presence: OrderedDict[str, tuple[str, str | None]] = OrderedDict()  # guild:user -> (status, activity)
         self._names: OrderedDict[str, tuple[str, str]] = OrderedDict()  # channel -> (guild name, channel name)
@@ -552,7 +572,8 @@ class AutonomousHost:
         if decision is None:
             return []
         self.stats["inline"] += 1
-        return [await self._action_for(decision)]
+        action = await self._action_for(decision)
+        return [] if action is None else [action]
 
     def _note_brain_speaking(self, event: Any, guild_id: int, spoke: list[dict[str, Any]]) -> None:
         """The brain answered (a reply, a welcome...): she has spoken there, so the engine must not pile on."""
@@ -577,7 +598,7 @@ class AutonomousHost:
         self.stats["last_gate"] = self.engine.gate().value
         if not decisions:
             return 0
-        actions = await asyncio.gather(*(self._action_for(d) for d in decisions))
+        actions = [a for a in await asyncio.gather(*(self._action_for(d) for d in decisions)) if a is not None]
         for action in actions:
             self.outbox.put(action["guild_id"], action)
         self.stats["queued"] += len(actions)
@@ -603,20 +624,31 @@ class AutonomousHost:
                 return []
             await self.outbox.wait(remaining)
 
-    async def _action_for(self, decision: AutonomousDecision) -> dict[str, Any]:
-        """A `send` action the client carries out; `text` is null when no LLM wrote it."""
+    async def _action_for(self, decision: AutonomousDecision) -> dict[str, Any] | None:
+        """A `send` action the client carries out; `text` is null when no LLM wrote it. None: a share
+        decision with no real post to share (nothing is sent rather than an invented topic)."""
         self.stats["decisions"] += 1
         record = decision.to_dict(include_debug=True)
         recent = self._recent.setdefault(decision.guild_id, deque(maxlen=self.settings.recent_decisions))
         recent.append(record)
-        prompt = await self._prompt(decision)
+        item = None
+        if decision.action is ActionKind.SHARE_SOMETHING:
+            item = await self._share_item(decision.guild_id)
+            if item is None:
+                self.stats["shares_skipped"] = self.stats.get("shares_skipped", 0) + 1
+                return None
+        prompt = await self._prompt(decision, FeedShare.prompt(item, decision.prompt) if item else None)
         text = await self._write(prompt) if self.settings.write_text else None
+        if text and item is not None:
+            text = f"{text}\n{item.link}"  # the real link, added by code
         fired = [c for c in decision.debug.checks if c.fired]
         channel = decision.debug.signals.channel(decision.channel_id)
         return {
             "type": "send",
             "guild_id": str(decision.guild_id),
             "channel_id": str(decision.channel_id),
+            # a reply to the newest human message when there is a recent one, else a plain post
+            "reply_to_message_id": _message_id(decision.reply_to_event_id),
             "text": text,
             "prompt": prompt.to_dict(),
             "autonomous": {
@@ -625,6 +657,8 @@ class AutonomousHost:
                 "decided_at": decision.decided_at,
                 "trigger_event_id": decision.trigger_event_id,
                 "target_user_id": None if decision.target_user_id is None else str(decision.target_user_id),
+                "shared_item": None if item is None else {"id": item.id, "title": item.title, "link": item.link,
+                                                          "feed_url": item.feed_url},
                 "debug": {
                     "roll_window_s": decision.debug.roll_window_s,
                     "fired": fired[0].to_dict() if fired else None,
@@ -635,7 +669,20 @@ class AutonomousHost:
             },
         }
 
-    async def _prompt(self, decision: AutonomousDecision) -> Prompt:
+    async def _share_item(self, guild_id: int):
+        if self.share is None:
+            return None
+        try:
+            return await self.share.pick(guild_id)
+        except Exception:  # a broken feed costs this share, nothing else
+            log.warning("no post to share in server %s", guild_id, exc_info=True)
+            return None
+
+    async def close(self) -> None:
+        if self.share is not None:
+            await self.share.close()
+
+    async def _prompt(self, decision: AutonomousDecision, instruction: str | None = None) -> Prompt:
         """Persona + mood + the channel's recent messages, and the engine's instruction as the turn."""
         brain = self.brain
         guild, channel = str(decision.guild_id), str(decision.channel_id)
@@ -651,7 +698,7 @@ class AutonomousHost:
         system = brain.prompts.system_prompt(persona, mood, ChatContext(guild_name=guild_name, channel_name=channel_name))
         system += "\n\nNobody asked you anything: you are speaking up on your own in this channel."
         return Prompt(system=system, history=brain.prompts.history(history, brain.config.context_messages),
-                      user=decision.prompt, persona=persona.name, mood=mood.name,
+                      user=instruction or decision.prompt, persona=persona.name, mood=mood.name,
                       temperature=persona.temperature, max_tokens=persona.max_tokens)
 
     async def _write(self, prompt: Prompt) -> str | None:
@@ -899,5 +946,7 @@ class Brain:
         for task in self._tasks:
             task.cancel()
         await self._brain.close()
+        if self._autonomous is not None:
+            await self._autonomous.close()
         if self._backend is not None:
             await self._backend.aclose()

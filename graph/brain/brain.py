@@ -69,6 +69,7 @@ from graph.brain.moods import (
 )
 from graph.brain.personas import Persona, PersonaLibrary, load_personas
 from graph.brain.prompts import ChatContext, PromptBuilder
+from graph.web import WEB_COMMANDS, WebCommands, WebConfig
 
 log = logging.getLogger(__name__)
 
@@ -156,6 +157,7 @@ class BrainConfig:
             raise ValueError(f"replan_probability must be in [0, 1], got {self.replan_probability}")
         if self.memory_activation_messages < 0 or self.memory_activation_days <= 0:
             raise ValueError("memory_activation_messages must be >= 0 and memory_activation_days > 0")
+    web: Mapping[str, Any] = field(default_factory=dict)  # !news/!meme/!search sources (graph.web.WebConfig)
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any] | None, base_dir: str | Path | None = None) -> "BrainConfig":
@@ -293,6 +295,7 @@ class Brain:
         self.buffer = MessageBuffer(config.message_buffer_s, clock=clock, sleep=sleep or asyncio.sleep,
                                     max_parts=config.message_buffer_max_parts, max_wait_s=max(config.message_buffer_max_wait_s, config.message_buffer_s))
         self.prompts = PromptBuilder(text_history=config.context_messages, memory_lines=config.user_memory_messages)
+        self.web = WebCommands(WebConfig.from_mapping(config.web), rng=self.rng)
         self._seen_messages: OrderedDict[str, None] = OrderedDict()
         self._seen_events: OrderedDict[str, None] = OrderedDict()
         self._focus: dict[str, _FocusLoop] = {}
@@ -352,6 +355,7 @@ class Brain:
         return brain
 
     async def close(self) -> None:
+        await self.web.close()
         await self.memory.close()
 
     async def check_feature(self, feature: str) -> FeatureCheck:
@@ -889,6 +893,8 @@ class Brain:
                 return [say(f"I don't have a mood called {args[0]!r}. Moods: {', '.join(self.moods.names())}")]
             await self._save_mood(scope, mood)
             return [say(f"Okay, now I'm feeling {mood.name}.")]
+        if name in WEB_COMMANDS:
+            return [say(await self.web.run(name, " ".join(args), nsfw=ev.channel_nsfw, write=self._web_writer(ev)))]
         return None
 
     def _refuse(self, command: str, roles: tuple[str, ...], is_admin: bool) -> str | None:
@@ -929,6 +935,19 @@ class Brain:
             else:
                 log.warning("saved mood %r for %s no longer exists: using the default", name, scope)
         return restored
+
+    def _web_writer(self, ev: MessageEvent):
+        """The LLM in the active persona's voice and mood, for the web commands' summaries (None: no LLM)."""
+        if not self.config.generate_replies or self.complete is None:
+            return None
+
+        async def write(instruction: str) -> str | None:
+            persona = self.personas.active(ev.guild_id)
+            chat = ChatContext(guild_name=ev.guild_name, channel_name=ev.channel_name, is_dm=ev.is_dm)
+            system = self.prompts.system_prompt(persona, self.current_mood(ev.guild_id, ev.channel_id), chat)
+            return await self._llm(instruction, system, self.llm_options(persona))
+
+        return write
 
     async def _on_mood(self, ev: MoodEvent) -> list[BrainAction]:
         scope = mood_scope(ev.guild_id, ev.channel_id)

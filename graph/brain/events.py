@@ -80,6 +80,7 @@ class MessageEvent(_EventBase):
     attachments: tuple[Attachment, ...] = ()
     channel_name: str = ""
     guild_name: str = ""
+    channel_nsfw: bool = False  # the channel is age-restricted (`!meme` may then show NSFW posts)
     timestamp: float
 
     @field_validator("timestamp", mode="before")

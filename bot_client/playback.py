@@ -20,7 +20,7 @@ music too), and a track starting or resuming wakes a paused player.
 from __future__ import annotations
 
 import threading
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Callable, Protocol
 
 import discord
 
@@ -64,6 +64,9 @@ class JitterAudioSource(discord.AudioSource):
         self._gate = threading.Lock()
         self._player = player
         self._paused = False
+        # Told (on the player thread) when she starts and stops being heard, e.g. hearing.py's uplink.
+        self.speaking_listener: Callable[[bool], None] | None = None
+        self._speaking = False
         buffer.set_wake_listener(self._wake)
         if music is not None:
             music.set_wake_listener(self._wake)
@@ -81,6 +84,11 @@ class JitterAudioSource(discord.AudioSource):
 
     def read(self) -> bytes:
         frame, kind = self.buffer.read_frame()
+        if kind.speaking is not self._speaking:
+            self._speaking = kind.speaking
+            listener = self.speaking_listener
+            if listener is not None:
+                listener(kind.speaking)
         if self.music is not None and kind is not FrameKind.END:
             frame = self._mix(frame, kind)
         self.reads += 1

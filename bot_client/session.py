@@ -252,6 +252,7 @@ class VoiceSession:
         # Music obeys the session: it is the session's, and `end` stops it. Its notices come from threads.
         self.music = MusicPlayer(config.music, notify=self._notify_from_thread) if config.music.enabled else None
         self.source = JitterAudioSource(self.buffer, music=self.music)
+        self.hearing: Any | None = None  # bot_client.hearing.Hearing when Miku listens in this server
         self.stream: VoiceStream | None = None
         self.pending: deque[Utterance] = deque()
         self.in_flight: Utterance | None = None
@@ -577,6 +578,11 @@ class VoiceSession:
             if task is not current:
                 task.cancel()
         self.pending.clear()
+        if self.hearing is not None:
+            try:
+                await self.hearing.close()
+            except Exception:
+                log.warning("stopping listening failed", exc_info=True)
         if self.music is not None:
             self.music.close()
         self.buffer.close()
@@ -645,6 +651,7 @@ class JoinRequest:
     voice_channel_id: int | None  # the named channel, else the author's current one, else None
     channel_full: bool = False
     missing_permissions: tuple[str, ...] = ()  # e.g. ("Connect",): the bot cannot join, say so at once
+    listen: bool = False  # this server opted in to Miku hearing the channel (`listen.servers`)
 
 
 @dataclass(frozen=True)
@@ -665,7 +672,9 @@ class SessionManager:
         *,
         clock: Callable[[], float] = time.monotonic,
         after_session: Callable[[VoiceSession, EndReason], Awaitable[None]] | None = None,
+        hearing_factory: Callable[[VoiceSession, VoiceLink], Awaitable[Any]] | None = None,
     ) -> None:
+        self.hearing_factory = hearing_factory  # starts listening on a session (bot.py: Discord's receive path)
         self.graph = graph
         self.config = config
         self.presence = presence
@@ -773,13 +782,30 @@ class SessionManager:
             return JoinOutcome(False, f"❌ I couldn't start speaking: {message}")
         self.sessions[request.guild_id] = session
         await self.presence.enter(request.guild_id)
+        listening = ""
+        if request.listen and self.hearing_factory is not None:
+            listening = await self._start_hearing(session, link)
         paused = ", ".join(info.blackouts) if info.blackouts else "nothing"
         return JoinOutcome(
             True,
             f"🎤 Joined <#{request.voice_channel_id}>! Type in <#{request.text_channel_id}> and I'll answer out loud. "
+            f"{listening}"
             f"Paused while I'm in voice: {paused}. Use `{self.config.command_name} leave` when you're done.",
             session,
         )
+
+    async def _start_hearing(self, session: VoiceSession, link: VoiceLink) -> str:
+        """Start listening; the join message says what members should know (she hears them, or cannot)."""
+        assert self.hearing_factory is not None
+        try:
+            session.hearing = await self.hearing_factory(session, link)
+        except Exception as exc:
+            detail = exc.message if isinstance(exc, GraphError) else str(exc) or type(exc).__name__
+            log.warning("could not start listening in %s: %s", session.guild_id, detail)
+            return f"🙉 I can't hear the voice channel right now ({detail}), so type to me. "
+        kept = ("what I hear is also recorded on my host" if self.config.listen.record_dir
+                else "I hear it only to answer and keep none of the audio")
+        return f"👂 I'm listening: everyone in <#{session.voice_channel_id}> can talk to me out loud ({kept}). "
 
     async def _session_ended(self, session: VoiceSession, reason: EndReason) -> None:
         if self.sessions.get(session.guild_id) is session:

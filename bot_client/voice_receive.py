@@ -48,6 +48,7 @@ class ReceiveConfig:
     reorder_depth: int = 3  # packets held behind a gap before it is declared lost (3: 60 ms of jitter)
     max_hold_ms: float = 60.0  # ... or this long, whichever comes first
     silence_fill_ms: float = 1000.0  # real-time silence after a speaker's last packet (lets the VAD end the turn)
+    fill_after_ms: float = 200.0  # no packet for this long: the speaker paused (not a network hiccup)
     max_conceal_frames: int = 5  # a longer gap is not filled with concealment (it is a pause, or a reset)
     max_sequence_jump: int = 100  # a jump this big means the sender restarted: start over, conceal nothing
     unknown_ssrc_packets: int = 25  # packets kept per SSRC not yet mapped to a user (0.5 s)
@@ -133,6 +134,7 @@ class _Speaker:
     emitted_until: float = 0.0  # stream time (on the injected clock) covered by audio sent so far
     fill_left: int = 0  # silence frames still owed after the last packet
     highest: int = -1
+    jump: tuple[int, bytes | None, float] | None = None  # a far-off packet: a restart if the next follows
 
 
 class VoiceReceiver:
@@ -334,9 +336,20 @@ class VoiceReceiver:
             self.stats.late_or_duplicate += 1
             return
         if ext - speaker.next_seq > config.max_sequence_jump:
+            # One packet far off is a stray (dropped); the sender restarted when the next one follows it.
+            behind = (sequence - speaker.jump[0]) & 0xFFFF if speaker.jump is not None else 0
+            if speaker.jump is None or behind not in (1, 2, 3):
+                speaker.jump = (sequence, opus, now)
+                return
             self._note("resets", f"user {speaker.user_id}: sequence jumped by {ext - speaker.next_seq}")
             self._drain(speaker, now, force=True, conceal=False)
-            speaker.next_seq = ext
+            _, first, arrived = speaker.jump
+            speaker.jump = None
+            speaker.next_seq = speaker.highest = ext - behind
+            speaker.held[ext - behind] = _Held(first, arrived)
+        elif speaker.jump is not None:
+            speaker.jump = None
+            self.stats.late_or_duplicate += 1  # the stray never had a follower
         if ext < speaker.highest:
             self.stats.reordered += 1
         speaker.highest = max(speaker.highest, ext)
@@ -400,8 +413,8 @@ class VoiceReceiver:
         self._emit(speaker, pcm, now)
 
     def _fill_silence(self, speaker: _Speaker, now: float) -> None:
-        # Only after the stream went quiet (no packet for two frames), and in real time.
-        if speaker.fill_left <= 0 or now - speaker.last_packet_at < 2 * FRAME_S:
+        # Only once the stream went quiet, then in real time from where its audio ended.
+        if speaker.fill_left <= 0 or now - speaker.last_packet_at < self.config.fill_after_ms / 1000.0:
             return
         due = int((now - speaker.emitted_until) / FRAME_S)
         count = min(due, speaker.fill_left)

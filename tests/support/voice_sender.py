@@ -76,11 +76,13 @@ class DaveGroup:
             session.set_external_sender(self.external_sender)
             proposals += self._proposal(epoch, session.get_serialized_key_package())
             joining[user_id] = session
-        result = self.bot.process_proposals(davey.ProposalsOperationType.append, _vec(proposals),
-                                            [*self.members, *joining])
+        expected = [*self.members, *joining]
+        result = self.bot.process_proposals(davey.ProposalsOperationType.append, _vec(proposals), expected)
         assert result is not None and result.welcome is not None
         self.bot.process_commit(result.commit)
         for session in self.members.values():
+            # Every member gets the voice server's proposals; the commit that wins is the bot's.
+            session.process_proposals(davey.ProposalsOperationType.append, _vec(proposals), expected)
             session.process_commit(result.commit)
         for session in joining.values():
             session.process_welcome(result.welcome)

@@ -6,6 +6,8 @@ makes of it comes back as the same actions a typed message or command would caus
 - `turn` -> spoken as a prompt exactly like a prompt-channel message (`VoiceSession.submit`), kept in the
   brain's memory like a text message (a `message` event; in voice the brain stores it and does not
   answer in text), and optionally echoed to the prompt channel.
+- `pause` / `resume` -> her voice is held in place while someone starts talking over her, then goes on
+  (a cough, or nothing recognised); the graph decides.
 - `barge_in` -> the interrupt path (`VoiceSession.stop_speaking`): the graph cancels the utterance and the
   frames waiting in the jitter buffer are dropped, so nothing stale plays after the cut.
 - `command` -> `leave`, `stop` or `quiet`, with the role checks of `!miku leave` / `!miku stop`.
@@ -126,7 +128,7 @@ class Hearing:
         self._tasks: set[asyncio.Task] = set()
         self.turns: list[dict] = []  # the turns acted on (for status and tests), last 50
         self.counters = {"turns": 0, "commands": 0, "refused_commands": 0, "barge_ins": 0, "stt_unavailable": 0,
-                         "errors": 0, "bad_events": 0, "reconnects": 0}
+                         "errors": 0, "bad_events": 0, "reconnects": 0, "pauses": 0}
 
     # --- lifecycle --------------------------------------------------------------------------------
 
@@ -235,8 +237,14 @@ class Hearing:
             await self._turn(event)
         elif kind == "barge_in":
             self.counters["barge_ins"] += 1
+            self.session.source.release()
             if self.session.active:
                 await self.session.stop_speaking()
+        elif kind == "pause":  # someone started talking over her: hold her voice until it is a barge-in or not
+            self.counters["pauses"] += 1
+            self.session.source.hold()
+        elif kind == "resume":  # it was a cough, or no words: she goes on where she was
+            self.session.source.release()
         elif kind == "command":
             await self._command(event)
         elif kind == "stt_unavailable":

@@ -186,6 +186,28 @@ async def test_barge_in_interrupts_her_and_no_frame_of_the_old_utterance_plays(b
     assert bot.session.hearing.counters["barge_ins"] == 1
 
 
+async def test_pause_holds_her_voice_in_place_and_resume_goes_on(bot, double):
+    await bot.join()
+    await double.wait_for(lambda: double.json_messages("start"), what="listen connection")
+    assert (await bot.session.submit("tell me a long story")).accepted
+    source, buffer = bot.session.source, bot.session.buffer
+    await double.wait_for(lambda: buffer.stats().fill_frames >= 30, what="audio buffered")
+    assert source.read() != bytes(3840)
+    await double.send({"type": "pause", "user_id": str(ANN)})
+    await double.wait_for(lambda: source.held, what="the hold")
+    played = buffer.stats().frames_played
+    assert all(source.read() == bytes(3840) for _ in range(20))
+    assert buffer.stats().frames_played == played  # nothing was taken (or lost) while held
+    assert len(double.json_messages("speaking")) == 1  # still speaking, for the graph's barge-in check
+    await double.send({"type": "resume", "user_id": str(ANN), "reason": "short"})
+    await double.wait_for(lambda: not source.held, what="the resume")
+    assert source.read() != bytes(3840) and buffer.stats().frames_played == played + 1
+    source.hold()  # a hold nobody resumes ends by itself
+    for _ in range(source.max_hold_reads + 1):
+        source.read()
+    assert not source.held and double.interrupts == 0
+
+
 async def test_voice_commands_do_what_the_text_commands_do_with_the_same_role_checks(bot, double):
     await bot.join()
     await double.wait_for(lambda: double.json_messages("start"), what="listen connection")

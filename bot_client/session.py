@@ -210,6 +210,7 @@ class SessionStatus:
     recent_ttfa_ms: tuple[float, ...]
     playback: dict
     blackouts: tuple[str, ...]
+    hearing: dict | None = None  # Hearing.status() when she listens in this server
 
 
 class VoiceSession:
@@ -638,6 +639,7 @@ class VoiceSession:
             recent_ttfa_ms=ttfa,
             playback=self.playback_report(),
             blackouts=self.info.blackouts,
+            hearing=self.hearing.status() if self.hearing is not None else None,
         )
 
 

@@ -303,3 +303,14 @@ def test_listen_config(tmp_path):
         path.write_text(bad)
         with pytest.raises(ConfigError):
             load_config(path)
+
+
+async def test_voice_status_shows_what_she_heard(bot, double, sentence):
+    from bot_client.status import format_status
+
+    await bot.join()
+    bot.hear(bot.speaker(ANN, 111).packets(sentence[:48000]))
+    await double.wait_for(lambda: len(double.audio_of(ANN)) > 16000, what="audio")
+    text = format_status(bot.session.status(), None, None)
+    assert "Hearing: 1 speakers, 0 turns" in text and "DAVE refused 0" in text
+    assert "Hearing" not in format_status(None, None, None)

@@ -58,7 +58,7 @@ class ReceiveWorker:
         self._thread = threading.Thread(target=self._run, name="miku-voice-receive", daemon=True)
         self._thread.start()
 
-    def stop(self, timeout: float = 2.0) -> None:
+    def stop(self, timeout: float = 0.5) -> None:
         self._stop.set()
         try:
             self._queue.put_nowait(None)
@@ -133,6 +133,13 @@ class DiscordVoiceTap:
         if connection.hook == self._hook:
             connection.hook = self._previous_hook
         self.worker.stop()
+
+    def refresh(self, user_id: int) -> None:
+        """Decide again whether `user_id` is heard (they joined the channel after their op 5 arrived:
+        the voice WebSocket and the gateway do not keep each other's order)."""
+        for ssrc, user in self.receiver.users().items():
+            if user == user_id:
+                self.receiver.map_ssrc(ssrc, user_id, listen=self.listens_to(user_id))
 
     async def _hook(self, ws: Any, message: dict) -> None:
         try:

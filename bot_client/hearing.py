@@ -205,7 +205,9 @@ class Hearing:
         if self.stream is None or self._closed:
             return
         info = self._member(user_id)
-        name = info.name if info is not None else str(user_id)
+        name = info.name if info is not None else ""
+        if not any(c.isalnum() for c in name):  # the graph needs a name it can say ("Ann: ...")
+            name = "Someone"
         self._announced[user_id] = name
         self.stream.send_json({"type": "speaker", "user_id": str(user_id), "name": name})
 
@@ -223,6 +225,12 @@ class Hearing:
     def _send_speaking(self, speaking: bool) -> None:
         if self.stream is not None and not self._closed:
             self.stream.send_json({"type": "speaking", "value": bool(speaking)})
+
+    def member_joined(self, user_id: int) -> None:
+        """A member joined the voice channel (the events cog): hear them if their SSRC came first."""
+        refresh = getattr(self.tap, "refresh", None)
+        if refresh is not None:
+            refresh(user_id)
 
     def member_left(self, user_id: int) -> None:
         """A member left the voice channel (the events cog): their stream ends and the graph is told."""
@@ -286,8 +294,10 @@ class Hearing:
         if not self.session.active:
             return
         result = await self.session.submit(prompt[:self.config.session.max_prompt_chars], kind="prompt")
-        if not result.accepted:
+        if not result.accepted:  # e.g. too many prompts waiting: said as for a typed prompt
             log.info("turn of %s not spoken: %s", name, result.message)
+            if result.message:
+                await self.session.notify(f"{name}: {result.message}")
         if self.config.listen.echo_transcripts:
             await self.session.notify(f"🗣️ **{name}**: {text}")
         if self.config.listen.store_transcripts:

@@ -385,3 +385,23 @@ def test_the_worker_thread_and_the_tap_on_discord_pys_voice_websocket(sentences)
     assert receiver.stats.frames_decoded == len(sentences[ANN]) // 960 + 5
     assert receiver.users() == {999: 4242}
     assert similarity(heard.samples(ANN), sentences[ANN]) > 0.95
+
+
+def test_a_member_whose_speaking_op_came_before_they_joined_is_heard_once_they_are_in(sentences):
+    """op 5 (voice WebSocket) may arrive before the gateway's voice state: the tap decides again on join."""
+    receiver, heard, senders, _ = setup()
+    in_channel: set[int] = set()
+
+    class VoiceClient:
+        class _connection:
+            hook = None
+
+    tap = DiscordVoiceTap(VoiceClient(), receiver, listens_to=in_channel.__contains__)
+    tap.on_voice_message({"op": 5, "d": {"user_id": str(ANN), "ssrc": ANN_SSRC, "speaking": 1}})
+    packets = senders[ANN].packets(sentences[ANN])
+    now = play(receiver, packets[:10], tail_s=0.0)
+    assert receiver.stats.ignored == 10 and not heard.audio
+    in_channel.add(ANN)
+    tap.refresh(ANN)
+    play(receiver, packets[10:], now)
+    assert heard.started == [ANN] and receiver.stats.frames_decoded == len(packets) - 10

@@ -77,6 +77,8 @@ class EventsCog(commands.Cog, name="Events"):
         still_in = after.channel is not None and after.channel.id == session.voice_channel_id
         if was_in and not still_in:
             hearing.member_left(member.id)
+        elif still_in and not was_in:
+            hearing.member_joined(member.id)
 
     @commands.Cog.listener()
     async def on_guild_channel_delete(self, channel: discord.abc.GuildChannel) -> None:

@@ -260,7 +260,12 @@ class MikuBot(commands.Bot):
         hearing = Hearing(session, self.graph, self.config, member=member, dave=dave_gate(link))
         await hearing.start()
         tap = DiscordVoiceTap(link, hearing.receiver, listens_to=listens_to)
-        tap.start()
+        try:
+            tap.start()
+        except Exception:
+            tap.stop()
+            await hearing.close()  # no half-started listening: the uplink closes too
+            raise
         hearing.tap = tap
         return hearing
 

@@ -331,58 +331,64 @@ def test_rtp_parsing_refuses_what_is_not_rtp():
         TransportCipher(XCHACHA, bytes(16))
 
 
-def test_the_worker_thread_and_the_tap_on_discord_pys_voice_websocket(sentences):
-    """The tap's hook runs from discord.py's real `DiscordVoiceWebSocket.received_message`; datagrams go
-    through the real worker thread."""
+def test_the_tap_on_a_real_discord_py_voice_connection_over_udp(sentences):
+    """discord.py's own VoiceClient and VoiceConnectionState: its socket reader thread reads real UDP
+    datagrams and hands them to the tap; its DiscordVoiceWebSocket runs the tap's hook on op 5 and op 13;
+    the DAVE step uses the connection's davey session, as on a live connection."""
+    import socket
+
+    import discord
     from discord.gateway import DiscordVoiceWebSocket
+
+    from bot_client.discord_receive import dave_gate
 
     key = os.urandom(32)
     group = DaveGroup(CHANNEL, BOT)
     group.add(ANN)
     heard = Heard()
-    receiver = VoiceReceiver(on_audio=heard.on_audio, dave=DaveGate(lambda: group.bot))
-
-    class Connection:  # the attributes of discord.py's VoiceConnectionState the tap uses
-        hook = None
-        dave_session = None
-        listeners: list = []
-
-        def add_socket_listener(self, callback):
-            self.listeners.append(callback)
-
-        def remove_socket_listener(self, callback):
-            self.listeners.remove(callback)
-
-    class VoiceClient:
-        mode = XCHACHA
-        secret_key = list(key)
-        _connection = Connection()
-
-    client = VoiceClient()
-    tap = DiscordVoiceTap(client, receiver, listens_to=lambda user_id: user_id == ANN)
+    voice_client = discord.VoiceClient(discord.Client(intents=discord.Intents.none()), object())
+    connection = voice_client._connection
+    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    udp.bind(("127.0.0.1", 0))
+    udp.setblocking(False)
+    sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    connection.socket = udp
+    connection._socket_reader.resume()  # what VoiceConnectionState._create_socket does with a new socket
+    connection.mode, connection.secret_key = XCHACHA, list(key)
+    connection.dave_session, connection.dave_protocol_version = group.bot, 1
+    receiver = VoiceReceiver(on_audio=heard.on_audio, dave=dave_gate(voice_client))
+    tap = DiscordVoiceTap(voice_client, receiver, listens_to=lambda user_id: user_id == ANN)
+    packets = Speaker(ANN_SSRC, TransportCipher(XCHACHA, key), group.members[ANN]).packets(sentences[ANN])
 
     async def scenario():
-        ws = DiscordVoiceWebSocket(None, asyncio.get_running_loop())
-        ws._connection = client._connection
-        client._connection.ws = ws
-        tap.start()
-        assert client._connection.hook == tap._hook and ws._hook == tap._hook
+        tap.start()  # the key comes from the connection, and the listener from now on gets every datagram
+        assert connection.hook == tap._hook
+        ws = DiscordVoiceWebSocket(None, asyncio.get_running_loop(), hook=connection.hook)  # as discord.py opens it
+        ws._connection = connection
         await ws.received_message({"op": 5, "d": {"user_id": str(ANN), "ssrc": ANN_SSRC, "speaking": 1}})
         await ws.received_message({"op": 5, "d": {"user_id": "4242", "ssrc": 999, "speaking": 1}})  # a bot
         assert receiver.users() == {ANN_SSRC: ANN, 999: 4242}
-        sender = Speaker(ANN_SSRC, TransportCipher(XCHACHA, key), group.members[ANN])
-        for datagram in sender.packets(sentences[ANN]):
-            for listener in client._connection.listeners:
-                listener(datagram)
-        deadline = asyncio.get_running_loop().time() + 30
-        while tap.worker.processed < tap.worker.queued and asyncio.get_running_loop().time() < deadline:
+        loop = asyncio.get_running_loop()
+        for i, datagram in enumerate(packets):
+            sender.sendto(datagram, udp.getsockname())
+            if i % 10 == 9:  # paced a little, so the socket's buffer never overflows
+                deadline = loop.time() + 30
+                while tap.worker.processed < i + 1 and loop.time() < deadline:
+                    await asyncio.sleep(0.01)
+        deadline = loop.time() + 30
+        while tap.worker.processed < len(packets) and loop.time() < deadline:
             await asyncio.sleep(0.02)
         await ws.received_message({"op": 13, "d": {"user_id": str(ANN)}})
         tap.stop()
 
-    asyncio.run(scenario())
-    assert client._connection.listeners == [] and client._connection.hook is None
-    assert receiver.stats.frames_decoded == len(sentences[ANN]) // 960 + 5
+    try:
+        asyncio.run(scenario())
+    finally:
+        connection._socket_reader.stop()
+        udp.close()
+        sender.close()
+    assert connection.hook is None and tap.worker.processed == len(packets)
+    assert receiver.stats.frames_decoded == len(packets) and receiver.stats.dave_failures == 0
     assert receiver.users() == {999: 4242}
     assert similarity(heard.samples(ANN), sentences[ANN]) > 0.95
 

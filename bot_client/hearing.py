@@ -7,7 +7,7 @@ makes of it comes back as the same actions a typed message or command would caus
   brain's memory like a text message (a `message` event; in voice the brain stores it and does not
   answer in text), and optionally echoed to the prompt channel.
 - `pause` / `resume` -> her voice is held in place while someone starts talking over her, then goes on
-  (a cough, or nothing recognised); the graph decides.
+  (`short`: a cough); `resume` with `no_words` after a barge-in says the cut-off rest again (`say`).
 - `barge_in` -> the interrupt path (`VoiceSession.stop_speaking`): the graph cancels the utterance and the
   frames waiting in the jitter buffer are dropped, so nothing stale plays after the cut.
 - `command` -> `leave`, `stop` or `quiet`, with the role checks of `!miku leave` / `!miku stop`.
@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, Callable, Protocol
 
 from .config import BotConfig
-from .graph_api import GraphClient, GraphError
+from .graph_api import GraphClient, GraphError, GraphUnavailable
 from .listen_link import ListenStream
 from .permissions import is_allowed, refusal
 from .voice_receive import DaveGate, ReceiveConfig, VoiceReceiver
@@ -128,7 +128,8 @@ class Hearing:
         self._tasks: set[asyncio.Task] = set()
         self.turns: list[dict] = []  # the turns acted on (for status and tests), last 50
         self.counters = {"turns": 0, "commands": 0, "refused_commands": 0, "barge_ins": 0, "stt_unavailable": 0,
-                         "errors": 0, "bad_events": 0, "reconnects": 0, "pauses": 0}
+                         "errors": 0, "bad_events": 0, "reconnects": 0, "pauses": 0, "resumed": 0}
+        self._unheard = ""  # what a barge-in cut off, said again on `resume` with reason `no_words`
 
     # --- lifecycle --------------------------------------------------------------------------------
 
@@ -139,10 +140,27 @@ class Hearing:
         self.session.source.speaking_listener = self._speaking_from_player
 
     async def _connect(self) -> None:
-        stream = ListenStream(self.graph.ws_url("/v1/listen"), self.graph.auth_headers, self._on_event,
-                              self._on_closed, open_timeout=self.graph.connect_timeout_s,
-                              max_queued_bytes=int(self.config.listen.uplink_buffer_s * 16000 * 2 * 4))
-        await stream.open()
+        """On the graph's direct voice port when it offers the route there, else through Serve's proxy."""
+        urls = [self.graph.ws_url("/v1/listen")]
+        if self.graph.direct_voice:
+            try:
+                direct = await self.graph.direct_listen_url()
+            except GraphError as exc:
+                log.debug("no direct listen port: %s", exc.message)
+                direct = None
+            if direct is not None:
+                urls.insert(0, direct)
+        for index, url in enumerate(urls):
+            stream = ListenStream(url, self.graph.auth_headers, self._on_event, self._on_closed,
+                                  open_timeout=self.graph.connect_timeout_s,
+                                  max_queued_bytes=int(self.config.listen.uplink_buffer_s * 16000 * 2 * 4))
+            try:
+                await stream.open()
+                break
+            except GraphUnavailable as exc:
+                if index == len(urls) - 1:
+                    raise
+                log.warning("direct listen port %s unreachable (%s); using the graph's WS /v1/listen", url, exc.message)
         stream.send_json({"type": "start", "guild_id": str(self.session.guild_id),
                           "channel_id": str(self.session.voice_channel_id)})
         self._announced.clear()  # a new connection knows no speakers yet
@@ -247,12 +265,17 @@ class Hearing:
             self.counters["barge_ins"] += 1
             self.session.source.release()
             if self.session.active:
-                await self.session.stop_speaking()
+                self._unheard = await self.session.barge_in()
         elif kind == "pause":  # someone started talking over her: hold her voice until it is a barge-in or not
             self.counters["pauses"] += 1
             self.session.source.hold()
-        elif kind == "resume":  # it was a cough, or no words: she goes on where she was
-            self.session.source.release()
+        elif kind == "resume":
+            self.session.source.release()  # "short": a cough, she plays on where she was
+            unheard, self._unheard = self._unheard, ""
+            if event.get("reason") == "no_words" and unheard and self.session.active:
+                # A barge-in with nothing said: she says again what was cut off (`listen.no_words: resume`).
+                self.counters["resumed"] += 1
+                await self.session.submit(unheard, kind="say")
         elif kind == "command":
             await self._command(event)
         elif kind == "stt_unavailable":
@@ -289,6 +312,7 @@ class Hearing:
         if not isinstance(prompt, str) or not prompt.strip():
             prompt = f"{name}: {text}"
         self._told_cant_hear = False  # she hears again: a later outage is said again
+        self._unheard = ""  # the barge-in had words: what was cut off stays cut off
         self.counters["turns"] += 1
         self.turns = (self.turns + [{"user_id": user_id, "name": name, "text": text}])[-50:]
         if not self.session.active:

@@ -30,7 +30,7 @@ from .graph_api import (
     VoiceStream,
 )
 from .inputs import split_for_discord
-from .jitter import JitterBuffer
+from .jitter import FRAME_BYTES, JitterBuffer
 from .music import MusicPlayer
 from .playback import JitterAudioSource
 
@@ -176,6 +176,8 @@ class Utterance:
     ended_at: float | None = None
     last_activity: float = 0.0
     spoken: list[str] = field(default_factory=list)
+    chunk_frames: list[int] = field(default_factory=list)  # frames received before each spoken chunk began
+    frames_received: int = 0
     timings: dict = field(default_factory=dict)
     error: str | None = None
     cancelled: bool = False
@@ -258,6 +260,7 @@ class VoiceSession:
         self.pending: deque[Utterance] = deque()
         self.in_flight: Utterance | None = None
         self._receiving: Utterance | None = None
+        self._audible: Utterance | None = None  # the utterance whose audio was written last (barge-in)
         self.history: deque[Utterance] = deque(maxlen=20)
         self._by_id: dict[str, Utterance] = {}
         self._send_lock = asyncio.Lock()
@@ -332,6 +335,25 @@ class VoiceSession:
         self.buffer.clear()
         return dropped
 
+    def unheard_text(self) -> str:
+        """What members have not heard yet of the answer playing: its chunks from the first one not
+        played to the end (chunks the graph had not sent yet are not known)."""
+        utterance = self._audible
+        if utterance is None or not utterance.spoken or self.buffer.is_idle():
+            return ""
+        played = max(0, utterance.frames_received - self.buffer.stats().fill_frames)
+        ends = utterance.chunk_frames[1:] + [utterance.frames_received]
+        for index, end in enumerate(ends):
+            if end > played:
+                return " ".join(utterance.spoken[index:])
+        return ""
+
+    async def barge_in(self) -> str:
+        """Someone talked over her: cut her off like `stop_speaking`; returns what was not heard."""
+        unheard = self.unheard_text()
+        await self.stop_speaking()
+        return unheard
+
     async def _pump(self) -> None:
         async with self._send_lock:
             while self.in_flight is None and self.pending and self.active and self.stream is not None:
@@ -391,6 +413,8 @@ class VoiceSession:
         if target.first_audio_at is None:
             target.first_audio_at = self.clock()
         target.last_activity = self.clock()
+        target.frames_received += len(data) // FRAME_BYTES
+        self._audible = target
         self.buffer.write(data)
 
     async def _on_event(self, event: dict) -> None:
@@ -412,6 +436,7 @@ class VoiceSession:
             text = event.get("text")
             if isinstance(text, str) and text.strip():
                 utterance.spoken.append(text.strip())
+                utterance.chunk_frames.append(utterance.frames_received)
         elif kind == "utterance.end":
             timings = event.get("timings")
             if isinstance(timings, dict):

@@ -208,6 +208,32 @@ async def test_pause_holds_her_voice_in_place_and_resume_goes_on(bot, double):
     assert not source.held and double.interrupts == 0
 
 
+async def test_a_barge_in_with_no_words_says_the_cut_off_rest_again(bot, double):
+    await bot.join()
+    await double.wait_for(lambda: double.json_messages("start"), what="listen connection")
+    assert (await bot.session.submit("tell me a long story")).accepted
+    source, buffer = bot.session.source, bot.session.buffer
+    await double.wait_for(lambda: buffer.stats().fill_frames >= 60, what="three chunks buffered")
+    for _ in range(30):  # "part 0." heard whole, "part 1." cut after 5 of its 25 frames
+        source.read()
+    received = len(bot.session._audible.spoken)
+    await double.send({"type": "pause", "user_id": str(ANN)})
+    await double.send({"type": "barge_in", "user_id": str(ANN)})
+    await double.wait_for(lambda: double.interrupts, what="the interrupt")
+    assert bot.session.buffer.is_idle()
+    await double.send({"type": "resume", "user_id": str(ANN), "reason": "no_words"})
+    await double.wait_for(lambda: len(double.prompts) == 2, what="the rest said again")
+    again = double.prompts[1]
+    assert again["type"] == "say"
+    assert again["text"] == " ".join(f"part {i}." for i in range(1, received))
+    assert bot.session.hearing.counters["resumed"] == 1
+    # A resume with words heard (a turn came) or a second resume says nothing more.
+    await double.send({"type": "resume", "user_id": str(ANN), "reason": "no_words"})
+    await double.send({"type": "error", "message": "marker"})
+    await double.wait_for(lambda: bot.session.hearing.counters["errors"], what="the marker")
+    assert len(double.prompts) == 2
+
+
 async def test_voice_commands_do_what_the_text_commands_do_with_the_same_role_checks(bot, double):
     await bot.join()
     await double.wait_for(lambda: double.json_messages("start"), what="listen connection")
@@ -314,3 +340,17 @@ async def test_voice_status_shows_what_she_heard(bot, double, sentence):
     text = format_status(bot.session.status(), None, None)
     assert "Hearing: 1 speakers, 0 turns" in text and "DAVE refused 0" in text
     assert "Hearing" not in format_status(None, None, None)
+
+
+@pytest.mark.parametrize("direct", ["port", "dead"])
+async def test_the_listen_route_is_taken_on_the_direct_voice_port_when_offered(direct):
+    double = await GraphDouble(direct_listen=direct).start()
+    bot = Bot(double, listening_config())
+    try:
+        await bot.join()
+        await double.wait_for(lambda: double.json_messages("start"), what="the listen connection")
+        expected_port = double.direct_port if direct == "port" else int(double.url.rsplit(":", 1)[1])
+        assert double.listen_hosts == [f"127.0.0.1:{expected_port}"]
+    finally:
+        await bot.close()
+        await double.stop()

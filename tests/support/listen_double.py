@@ -20,8 +20,13 @@ FRAME = 3840
 
 
 class GraphDouble:
-    def __init__(self, *, listen_route: bool = True, utterance_frames: int = 500) -> None:
+    def __init__(self, *, listen_route: bool = True, utterance_frames: int = 500,
+                 direct_listen: str | None = None) -> None:
         self.listen_route = listen_route
+        # "port": serve the routes on a second port too and offer it in GET /v1/voice/direct (as the
+        # graph's direct voice port); "dead": offer a port nobody listens on; None: no direct port.
+        self.direct_listen = direct_listen
+        self.listen_hosts: list[str] = []
         self.utterance_frames = utterance_frames  # 10 s: long enough to be interrupted mid-way
         self.listen_messages: list[dict | tuple[int, bytes]] = []
         self.listen_connections = 0
@@ -44,13 +49,30 @@ class GraphDouble:
         app.router.add_get("/v1/voice", self._voice)
         if self.listen_route:
             app.router.add_get("/v1/listen", self._listen)
+        if self.direct_listen is not None:
+            app.router.add_get("/v1/voice/direct", self._direct)
         self._runner = web.AppRunner(app)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
         await site.start()
         port = site._server.sockets[0].getsockname()[1]
         self.url = f"http://127.0.0.1:{port}"
+        self.direct_port = 0
+        if self.direct_listen == "port":
+            direct = web.TCPSite(self._runner, "127.0.0.1", 0)
+            await direct.start()
+            self.direct_port = direct._server.sockets[0].getsockname()[1]
+        elif self.direct_listen == "dead":
+            import socket
+
+            with socket.socket() as probe:
+                probe.bind(("127.0.0.1", 0))
+                self.direct_port = probe.getsockname()[1]  # closed again: nothing listens there
         return self
+
+    async def _direct(self, request: web.Request) -> web.Response:
+        base = f"ws://127.0.0.1:{self.direct_port}"
+        return web.json_response({"voice": f"{base}/v1/voice", "stream": f"{base}/ws/stream", "listen": f"{base}/v1/listen"})
 
     async def stop(self) -> None:
         if self._runner is not None:
@@ -108,6 +130,9 @@ class GraphDouble:
             sent = 0
             try:
                 while sent < self.utterance_frames:
+                    # Each 25-frame group is one chunk, announced before its audio as the graph does.
+                    await ws.send_json({"type": "chunk", "id": utterance_id, "index": sent // 25,
+                                        "text": f"part {sent // 25}."})
                     await ws.send_bytes(bytes([1, 2]) * (FRAME // 2) * 25)
                     sent += 25
                     await asyncio.sleep(0.1)
@@ -139,6 +164,7 @@ class GraphDouble:
         await ws.prepare(request)
         self._listen_ws = ws
         self.listen_connections += 1
+        self.listen_hosts.append(request.host)
         self._touch()
         async for message in ws:
             if message.type == WSMsgType.TEXT:

@@ -72,7 +72,7 @@ class WavRecorder:
         writer = self._files.get(user_id)
         if writer is None:
             path = self._dir / f"{self._session_id}-{user_id}.wav"
-            self._create(path, b"") if not path.exists() else None
+            self._create(path)  # 0600 from its first byte (an older file is tightened), then written over
             writer = wave.open(str(path), "wb")
             writer.setnchannels(1)
             writer.setsampwidth(2)

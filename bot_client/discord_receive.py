@@ -74,13 +74,18 @@ class ReceiveWorker:
                 datagram = self._queue.get(timeout=max(0.0, next_tick - self.clock()))
             except queue.Empty:
                 datagram = None
+            try:
+                if datagram is not None:
+                    self.receiver.feed(datagram, self.clock())
+                now = self.clock()
+                if now >= next_tick:
+                    self.receiver.tick(now)
+                    next_tick = max(next_tick + FRAME_S, now)
+            except Exception:  # the receiver counts bad input itself; this is a bug, and hearing must go on
+                log.exception("voice receive worker: unexpected error")
+                next_tick = self.clock() + FRAME_S
             if datagram is not None:
-                self.receiver.feed(datagram, self.clock())
                 self.processed += 1
-            now = self.clock()
-            if now >= next_tick:
-                self.receiver.tick(now)
-                next_tick = max(next_tick + FRAME_S, now)
 
 
 def dave_gate(voice_client: Any) -> DaveGate:

@@ -204,8 +204,9 @@ class VoiceReceiver:
                 self._drop_stream(ssrc)
                 self._users.pop(ssrc, None)
                 self._ignored.discard(ssrc)
+            if had_stream:
+                self.stats.speakers_left += 1
         if had_stream:
-            self.stats.speakers_left += 1
             if self._on_speaker_left is not None:
                 self._on_speaker_left(user_id)
         return had_stream

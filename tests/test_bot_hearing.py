@@ -354,3 +354,28 @@ async def test_the_listen_route_is_taken_on_the_direct_voice_port_when_offered(d
     finally:
         await bot.close()
         await double.stop()
+
+
+@pytest.mark.parametrize("listens", [True, False])
+async def test_join_asks_discord_for_audio_only_in_servers_that_opted_in(listens):
+    """The cog: `listen` in the join request, and the voice connection undeafened only there."""
+    from types import SimpleNamespace
+
+    from bot_client.bot import MikuBot
+    from bot_client.cogs.voice import VoiceCog
+    from tests.test_bot_commands import context, member, voice_channel
+
+    config = BotConfig(sync_app_commands=False, listen=ListenConfig(servers={1: listens}))
+    bot = MikuBot(config, AsyncMock(spec=GraphClient))
+    bot.manager = AsyncMock(spec=bot.manager)
+    bot.manager.join.return_value = SimpleNamespace(ok=True, message="🎤 Joined!")
+    await bot.add_cog(VoiceCog(bot))
+    cog = bot.get_cog("Voice")
+    target = voice_channel(cid=77)
+    target.connect = AsyncMock()
+    ctx = context(member(voice_channel=target), guild_id=1)
+    await cog.join.callback(cog, ctx, None)
+    request, connect = bot.manager.join.await_args.args[:2]
+    assert request.listen is listens
+    await connect(77)
+    assert target.connect.await_args.kwargs["self_deaf"] is (not listens)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 import stat
 import wave
-from unittest.mock import AsyncMock
+from unittest.mock import AsyncMock, MagicMock
 
 import discord
 import numpy as np
@@ -379,3 +379,25 @@ async def test_join_asks_discord_for_audio_only_in_servers_that_opted_in(listens
     assert request.listen is listens
     await connect(77)
     assert target.connect.await_args.kwargs["self_deaf"] is (not listens)
+
+
+async def test_members_leaving_and_joining_the_channel_reach_hearing():
+    from types import SimpleNamespace
+
+    from bot_client.cogs.events import EventsCog
+    from tests.test_bot_commands import make_bot
+
+    bot, _ = await make_bot()
+    session = SimpleNamespace(voice_channel_id=4, hearing=MagicMock(spec=Hearing))
+    bot.manager.get = MagicMock(return_value=session)
+    bot._connection.user = MagicMock(id=42)
+    cog = bot.get_cog("Events")
+    assert isinstance(cog, EventsCog)
+    ann = SimpleNamespace(id=ANN, guild=SimpleNamespace(id=1))
+    inside, elsewhere = SimpleNamespace(channel=SimpleNamespace(id=4)), SimpleNamespace(channel=SimpleNamespace(id=5))
+    await cog.on_voice_state_update(ann, inside, elsewhere)
+    session.hearing.member_left.assert_called_once_with(ANN)
+    await cog.on_voice_state_update(ann, SimpleNamespace(channel=None), inside)
+    session.hearing.member_joined.assert_called_once_with(ANN)
+    await cog.on_voice_state_update(ann, inside, inside)  # mute/unmute: nothing
+    assert session.hearing.member_left.call_count == 1 and session.hearing.member_joined.call_count == 1

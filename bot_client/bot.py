@@ -199,7 +199,8 @@ class MikuBot(commands.Bot):
         self.ops = DiscordChatOps(self, persona_picture=(lambda p: avatars.library.persona_image(p).data)
                                   if avatars is not None else None)
         self.presence = PresenceKeeper(self._apply_presence, config.session.presence_text)
-        self.manager = SessionManager(graph, config, self.presence, after_session=self._after_session)
+        self.manager = SessionManager(graph, config, self.presence, after_session=self._after_session,
+                                      hearing_factory=self._start_hearing)
         self.default_servers: dict[int, AutonomousServerConfig] = {}  # filled from the guilds on connect
         self.guard = AutonomyGuard(config.autonomous, is_paused=lambda: bool(self.manager.sessions),
                                    defaults=self.default_servers)
@@ -316,6 +317,43 @@ class MikuBot(commands.Bot):
     async def _apply_presence(self, text: str | None) -> None:
         activity = discord.CustomActivity(name=text) if text else None
         await self.change_presence(activity=activity)
+
+    async def _start_hearing(self, session: VoiceSession, link: object) -> object:
+        """Listening on a live voice connection (servers with `listen.servers: {id: true}`)."""
+        from .discord_receive import DiscordVoiceTap, dave_gate
+        from .hearing import Hearing, Member
+
+        if not hasattr(link, "_connection"):
+            raise RuntimeError("this voice connection cannot receive audio")
+        guild = self.get_guild(session.guild_id)
+
+        def member(user_id: int) -> Member | None:
+            m = guild.get_member(user_id) if guild is not None else None
+            if m is None:
+                return None
+            perms = getattr(m, "guild_permissions", None)
+            return Member(user_id, m.display_name, tuple(r.name for r in getattr(m, "roles", ()) or ()),
+                          bool(perms is not None and perms.administrator))
+
+        def listens_to(user_id: int) -> bool:
+            # Only people: not bots, not herself, and only members in the session's voice channel.
+            m = guild.get_member(user_id) if guild is not None else None
+            if m is None or m.bot or (self.user is not None and user_id == self.user.id):
+                return False
+            channel = getattr(getattr(m, "voice", None), "channel", None)
+            return channel is not None and channel.id == session.voice_channel_id
+
+        hearing = Hearing(session, self.graph, self.config, member=member, dave=dave_gate(link))
+        await hearing.start()
+        tap = DiscordVoiceTap(link, hearing.receiver, listens_to=listens_to)
+        try:
+            tap.start()
+        except Exception:
+            tap.stop()
+            await hearing.close()  # no half-started listening: the uplink closes too
+            raise
+        hearing.tap = tap
+        return hearing
 
     async def _after_session(self, session: VoiceSession, reason: EndReason) -> None:
         self._spawn(self.replayer.replay())

@@ -121,6 +121,51 @@ class AutonomousConfig:
 
 
 @dataclass(frozen=True)
+class ListenConfig:
+    """Hearing the voice channel (bot_client/hearing.py): off unless a server is listed with `true`.
+
+    docs/bot-config.md explains each knob; the receive-path ones go to `voice_receive.ReceiveConfig`.
+    """
+
+    servers: dict[int, bool] = field(default_factory=dict)  # guild id -> listen (opt-in per server)
+    echo_transcripts: bool = False  # post "🗣️ Ann: ..." in the prompt channel for every turn heard
+    store_transcripts: bool = True  # keep turns in the brain's memory, like text messages
+    reorder_depth: int = 3  # packets held behind a gap before it counts as lost
+    max_hold_ms: float = 60.0  # the longest a packet waits for an earlier one
+    silence_fill_ms: float = 1000.0  # silence sent after a speaker stops, so the graph hears the pause
+    uplink_buffer_s: float = 2.0  # audio that may wait for a slow graph before the oldest is dropped
+    record_dir: str | None = None  # write what is heard as WAV files here (0600); None: nothing on disk
+
+    def enabled(self, guild_id: int | str | None) -> bool:
+        try:
+            return bool(self.servers.get(int(guild_id)))  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            return False
+
+
+def _listen_servers(data: Any, path: str) -> dict[int, bool]:
+    """`servers:` as a mapping of guild id -> true/false, or a list of guild ids that listen."""
+    if data is None:
+        return {}
+    if isinstance(data, list):
+        data = {key: True for key in data}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must map guild ids to true/false, got {type(data).__name__}")
+    servers: dict[int, bool] = {}
+    for key, value in data.items():
+        guild_id = _snowflake(key, f"{path} key")
+        if isinstance(value, dict):
+            unknown = sorted(set(value) - {"listen"})
+            if unknown:
+                raise ConfigError(f"unknown key(s) in {path}.{guild_id}: {', '.join(map(str, unknown))}")
+            value = value.get("listen", False)
+        if not isinstance(value, bool):
+            raise ConfigError(f"{path}.{guild_id} must be true or false, got {value!r}")
+        servers[guild_id] = value
+    return servers
+
+
+@dataclass(frozen=True)
 class BotConfig:
     command_prefix: str = "!"
     group_name: str = "miku"
@@ -130,6 +175,7 @@ class BotConfig:
     session: SessionConfig = field(default_factory=SessionConfig)
     music: MusicConfig = field(default_factory=MusicConfig)
     autonomous: AutonomousConfig = field(default_factory=AutonomousConfig)
+    listen: ListenConfig = field(default_factory=ListenConfig)
     seen_messages: int = 5000  # how many message ids are remembered to act on each message once
     sync_app_commands: bool = True
     # Paused-by-voice features (bot_client/features.py); None: configs/<name>.yaml when it exists, else off.
@@ -229,10 +275,12 @@ def _build(cls: type, data: Any, where: str) -> Any:
         path = f"{where}.{name}" if where else name
         default = getattr(cls(), name)
         if isinstance(default, (GraphConfig, PermissionsConfig, PlaybackConfig, SessionConfig, MusicConfig,
-                                AutonomousConfig)):
+                                AutonomousConfig, ListenConfig)):
             kwargs[name] = _build(type(default), value, path)
         elif cls is AutonomousConfig and name == "servers":
             kwargs[name] = _autonomous_servers(value, path)
+        elif cls is ListenConfig and name == "servers":
+            kwargs[name] = _listen_servers(value, path)
         elif isinstance(default, PromptMode):
             try:
                 kwargs[name] = PromptMode(str(value).lower())
@@ -293,4 +341,7 @@ def load_config(path: str | os.PathLike[str] | None) -> BotConfig:
     wait_s = config.autonomous.wait_s
     if wait_s is None or not 0 < wait_s <= _MAX_POLL_WAIT_S:
         raise ConfigError(f"autonomous.wait_s must be more than 0 and at most {_MAX_POLL_WAIT_S:g} s, got {wait_s!r}")
+    listen = config.listen
+    if listen.reorder_depth < 1 or listen.max_hold_ms <= 0 or listen.uplink_buffer_s <= 0:
+        raise ConfigError("listen.reorder_depth must be at least 1, listen.max_hold_ms and listen.uplink_buffer_s positive")
     return config

@@ -388,6 +388,15 @@ class GraphClient:
         url = body.get("voice") if isinstance(body, dict) else None
         return url if isinstance(url, str) and url.startswith(("ws://", "wss://")) else None
 
+    async def direct_listen_url(self) -> str | None:
+        """`WS /v1/listen` on the ingress's direct voice port (`"listen"` in `GET /v1/voice/direct`), or None."""
+        try:
+            body = await self._request("GET", "/v1/voice/direct")
+        except SessionGone:
+            return None
+        url = body.get("listen") if isinstance(body, dict) else None
+        return url if isinstance(url, str) and url.startswith(("ws://", "wss://")) else None
+
 
 class VoiceStream:
     """`WS /v1/voice`: prompts out, frames and events in.

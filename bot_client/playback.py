@@ -20,7 +20,7 @@ music too), and a track starting or resuming wakes a paused player.
 from __future__ import annotations
 
 import threading
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Callable, Protocol
 
 import discord
 
@@ -64,6 +64,14 @@ class JitterAudioSource(discord.AudioSource):
         self._gate = threading.Lock()
         self._player = player
         self._paused = False
+        # Told (on the player thread) when she starts and stops being heard, e.g. hearing.py's uplink.
+        self.speaking_listener: Callable[[bool], None] | None = None
+        self._speaking = False
+        # A hold (someone started talking over her, hearing.py) plays silence without taking frames, so
+        # she resumes where she was; it ends by itself after `max_hold_reads` in case no resume comes.
+        self._hold_reads = 0
+        self._held = False
+        self.max_hold_reads = 150  # 3 s
         buffer.set_wake_listener(self._wake)
         if music is not None:
             music.set_wake_listener(self._wake)
@@ -79,8 +87,36 @@ class JitterAudioSource(discord.AudioSource):
         with self._gate:
             return self._paused
 
+    def hold(self) -> None:
+        """Pause her voice in place (thread-safe): silence goes out, the waiting frames stay. Idle: nothing."""
+        if self.buffer.is_idle():
+            return
+        self._hold_reads = 0
+        self._held = True
+
+    def release(self) -> None:
+        """End a hold: the next read continues with the frame after the last one played."""
+        self._held = False
+
+    @property
+    def held(self) -> bool:
+        return self._held
+
     def read(self) -> bytes:
+        if self._held:
+            self._hold_reads += 1
+            if self._hold_reads > self.max_hold_reads or self.buffer.closed:
+                self._held = False
+            else:
+                self.reads += 1
+                silence = bytes(FRAME_BYTES)
+                return self._mix(silence, FrameKind.UNDERRUN) if self.music is not None else silence
         frame, kind = self.buffer.read_frame()
+        if kind.speaking is not self._speaking:
+            self._speaking = kind.speaking
+            listener = self.speaking_listener
+            if listener is not None:
+                listener(kind.speaking)
         if self.music is not None and kind is not FrameKind.END:
             frame = self._mix(frame, kind)
         self.reads += 1

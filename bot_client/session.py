@@ -31,7 +31,7 @@ from .graph_api import (
 )
 from .feature_words import session_changes
 from .inputs import split_for_discord
-from .jitter import JitterBuffer
+from .jitter import FRAME_BYTES, JitterBuffer
 from .music import MusicPlayer
 from .playback import JitterAudioSource
 
@@ -177,6 +177,8 @@ class Utterance:
     ended_at: float | None = None
     last_activity: float = 0.0
     spoken: list[str] = field(default_factory=list)
+    chunk_frames: list[int] = field(default_factory=list)  # frames received before each spoken chunk began
+    frames_received: int = 0
     timings: dict = field(default_factory=dict)
     error: str | None = None
     cancelled: bool = False
@@ -211,6 +213,7 @@ class SessionStatus:
     recent_ttfa_ms: tuple[float, ...]
     playback: dict
     blackouts: tuple[str, ...]
+    hearing: dict | None = None  # Hearing.status() when she listens in this server
 
 
 class VoiceSession:
@@ -253,10 +256,12 @@ class VoiceSession:
         # Music obeys the session: it is the session's, and `end` stops it. Its notices come from threads.
         self.music = MusicPlayer(config.music, notify=self._notify_from_thread) if config.music.enabled else None
         self.source = JitterAudioSource(self.buffer, music=self.music)
+        self.hearing: Any | None = None  # bot_client.hearing.Hearing when Miku listens in this server
         self.stream: VoiceStream | None = None
         self.pending: deque[Utterance] = deque()
         self.in_flight: Utterance | None = None
         self._receiving: Utterance | None = None
+        self._audible: Utterance | None = None  # the utterance whose audio was written last (barge-in)
         self.history: deque[Utterance] = deque(maxlen=20)
         self._by_id: dict[str, Utterance] = {}
         self._send_lock = asyncio.Lock()
@@ -331,6 +336,25 @@ class VoiceSession:
         self.buffer.clear()
         return dropped
 
+    def unheard_text(self) -> str:
+        """What members have not heard yet of the answer playing: its chunks from the first one not
+        played to the end (chunks the graph had not sent yet are not known)."""
+        utterance = self._audible
+        if utterance is None or not utterance.spoken or self.buffer.is_idle():
+            return ""
+        played = max(0, utterance.frames_received - self.buffer.stats().fill_frames)
+        ends = utterance.chunk_frames[1:] + [utterance.frames_received]
+        for index, end in enumerate(ends):
+            if end > played:
+                return " ".join(utterance.spoken[index:])
+        return ""
+
+    async def barge_in(self) -> str:
+        """Someone talked over her: cut her off like `stop_speaking`; returns what was not heard."""
+        unheard = self.unheard_text()
+        await self.stop_speaking()
+        return unheard
+
     async def _pump(self) -> None:
         async with self._send_lock:
             while self.in_flight is None and self.pending and self.active and self.stream is not None:
@@ -390,6 +414,8 @@ class VoiceSession:
         if target.first_audio_at is None:
             target.first_audio_at = self.clock()
         target.last_activity = self.clock()
+        target.frames_received += len(data) // FRAME_BYTES
+        self._audible = target
         self.buffer.write(data)
 
     async def _on_event(self, event: dict) -> None:
@@ -411,6 +437,7 @@ class VoiceSession:
             text = event.get("text")
             if isinstance(text, str) and text.strip():
                 utterance.spoken.append(text.strip())
+                utterance.chunk_frames.append(utterance.frames_received)
         elif kind == "utterance.end":
             timings = event.get("timings")
             if isinstance(timings, dict):
@@ -578,6 +605,11 @@ class VoiceSession:
             if task is not current:
                 task.cancel()
         self.pending.clear()
+        if self.hearing is not None:
+            try:
+                await self.hearing.close()
+            except Exception:
+                log.warning("stopping listening failed", exc_info=True)
         if self.music is not None:
             self.music.close()
         self.buffer.close()
@@ -633,6 +665,7 @@ class VoiceSession:
             recent_ttfa_ms=ttfa,
             playback=self.playback_report(),
             blackouts=self.info.blackouts,
+            hearing=self.hearing.status() if self.hearing is not None else None,
         )
 
 
@@ -646,6 +679,7 @@ class JoinRequest:
     voice_channel_id: int | None  # the named channel, else the author's current one, else None
     channel_full: bool = False
     missing_permissions: tuple[str, ...] = ()  # e.g. ("Connect",): the bot cannot join, say so at once
+    listen: bool = False  # this server opted in to Miku hearing the channel (`listen.servers`)
 
 
 @dataclass(frozen=True)
@@ -666,7 +700,9 @@ class SessionManager:
         *,
         clock: Callable[[], float] = time.monotonic,
         after_session: Callable[[VoiceSession, EndReason], Awaitable[None]] | None = None,
+        hearing_factory: Callable[[VoiceSession, VoiceLink], Awaitable[Any]] | None = None,
     ) -> None:
+        self.hearing_factory = hearing_factory  # starts listening on a session (bot.py: Discord's receive path)
         self.graph = graph
         self.config = config
         self.presence = presence
@@ -774,14 +810,31 @@ class SessionManager:
             return JoinOutcome(False, f"❌ I couldn't start speaking: {message}")
         self.sessions[request.guild_id] = session
         await self.presence.enter(request.guild_id)
+        listening = ""
+        if request.listen and self.hearing_factory is not None:
+            listening = await self._start_hearing(session, link)
         changes = session_changes(info.blackouts)  # in plain words; silent features left out
         return JoinOutcome(
             True,
             f"🎤 Joined <#{request.voice_channel_id}>! Type in <#{request.text_channel_id}> and I'll answer out loud. "
+            f"{listening}"
             + (f"{changes} " if changes else "")
             + f"Use `{self.config.command_name} leave` when you're done.",
             session,
         )
+
+    async def _start_hearing(self, session: VoiceSession, link: VoiceLink) -> str:
+        """Start listening; the join message says what members should know (she hears them, or cannot)."""
+        assert self.hearing_factory is not None
+        try:
+            session.hearing = await self.hearing_factory(session, link)
+        except Exception as exc:
+            detail = exc.message if isinstance(exc, GraphError) else str(exc) or type(exc).__name__
+            log.warning("could not start listening in %s: %s", session.guild_id, detail)
+            return f"🙉 I can't hear the voice channel right now ({detail}), so type to me. "
+        kept = ("what I hear is also recorded on my host" if self.config.listen.record_dir
+                else "I hear it only to answer and keep none of the audio")
+        return f"👂 I'm listening: everyone in <#{session.voice_channel_id}> can talk to me out loud ({kept}). "
 
     async def _session_ended(self, session: VoiceSession, reason: EndReason) -> None:
         if self.sessions.get(session.guild_id) is session:

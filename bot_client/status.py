@@ -40,6 +40,14 @@ def format_status(
             f"Playback: {pb.get('frames_played', 0)} frames, {pb.get('underruns', 0)} underruns, "
             f"buffer {pb.get('fill_frames', 0) * 20} ms"
         )
+        if status.hearing is not None:
+            h, rx = status.hearing, status.hearing.get("receive", {})
+            lines.append(
+                f"Hearing: {rx.get('speakers_started', 0)} speakers, {h.get('turns', 0)} turns, "
+                f"{h.get('barge_ins', 0)} interruptions, {h.get('commands', 0)} voice commands · "
+                f"packets lost {rx.get('lost', 0)}, DAVE refused {rx.get('dave_failures', 0)}, "
+                f"bad {rx.get('malformed', 0) + rx.get('transport_failures', 0) + rx.get('opus_failures', 0)}"
+            )
     if health is not None:
         routing = ", ".join(
             f"{s.stage}: {s.backend}{f' on {s.placement}' if s.placement else ''}{'' if s.ok else ' (down)'}"

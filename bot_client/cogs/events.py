@@ -52,7 +52,10 @@ class EventsCog(commands.Cog, name="Events"):
         self, member: discord.Member, before: discord.VoiceState, after: discord.VoiceState
     ) -> None:
         me = self.bot.user
-        if me is None or member.id != me.id:
+        if me is None:
+            return
+        if member.id != me.id:
+            self._member_moved(member, before, after)
             return
         session = self.bot.manager.get(member.guild.id)
         if session is None:
@@ -66,6 +69,19 @@ class EventsCog(commands.Cog, name="Events"):
             await session.end(EndReason.KICKED)
         elif change is OwnVoiceChange.MOVED:
             session.voice_channel_id = after.channel.id  # dragged elsewhere: keep talking there
+
+    def _member_moved(self, member: discord.Member, before: discord.VoiceState, after: discord.VoiceState) -> None:
+        """Someone left the channel Miku listens in: their audio stream ends there (hearing.py)."""
+        session = self.bot.manager.get(member.guild.id)
+        hearing = getattr(session, "hearing", None) if session is not None else None
+        if hearing is None:
+            return
+        was_in = before.channel is not None and before.channel.id == session.voice_channel_id
+        still_in = after.channel is not None and after.channel.id == session.voice_channel_id
+        if was_in and not still_in:
+            hearing.member_left(member.id)
+        elif still_in and not was_in:
+            hearing.member_joined(member.id)
 
     @commands.Cog.listener()
     async def on_guild_channel_delete(self, channel: discord.abc.GuildChannel) -> None:

@@ -8,6 +8,7 @@ Each command only gathers Discord facts and calls plain logic (SessionManager, p
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from typing import TYPE_CHECKING, Optional
 
@@ -83,6 +84,8 @@ class VoiceCog(commands.Cog, name="Voice"):
         request, target = join_request(
             guild=ctx.guild, author=ctx.author, text_channel_id=ctx.channel.id, named_channel=channel
         )
+        listen = self.bot.config.listen.enabled(ctx.guild.id)
+        request = dataclasses.replace(request, listen=listen)
         await ctx.defer()
 
         async def connect(_channel_id: int) -> VoiceLink:
@@ -90,7 +93,8 @@ class VoiceCog(commands.Cog, name="Voice"):
             if existing is not None:  # a stale link from a crashed session
                 await existing.disconnect(force=True)
             return await target.connect(
-                timeout=self.bot.config.session.voice_connect_timeout_s, reconnect=True, self_deaf=True
+                # Deafened unless this server opted in to listening: Discord sends no audio to a deaf client.
+                timeout=self.bot.config.session.voice_connect_timeout_s, reconnect=True, self_deaf=not listen
             )
 
         prompt_channel = ctx.channel.id

@@ -21,17 +21,19 @@ from ray.serve import Application
 
 from deployments.brain.deployment import Brain
 from deployments.voice.ingress import VoiceGraph
-from deployments.voice.stages import RVCVoice, SopranoTTS, TextLLM
+from deployments.voice.stages import RVCVoice, SopranoTTS, SpeechToText, TextLLM
+from graph.listen.config import ListenConfig
 from graph.voice.config import VoiceConfig
 
 DEPLOYMENTS = {
     "TextLLM": TextLLM,
     "SopranoTTS": SopranoTTS,
     "RVCVoice": RVCVoice,
+    "SpeechToText": SpeechToText,
     "Brain": Brain,
     "VoiceGraph": VoiceGraph,
 }
-APP_ARGS = ("llm", "tts", "vc", "voice", "controller", "brain")
+APP_ARGS = ("llm", "tts", "vc", "voice", "controller", "brain", "stt", "listen")
 # Serve's proxy forwards HTTP/WebSocket traffic to the ingress over gRPC instead of Ray actor calls
 # (about 10 ms less time to first audio here, docs/performance.md). Serve reads this when the proxy
 # starts, so it belongs in the environment of whatever starts Ray: `ray start`, `miku serve`, tests.
@@ -89,6 +91,7 @@ def compose_app(args: dict[str, Any], deployment_options: dict[str, dict] | None
     if unknown:
         raise ValueError(f"app args: unknown key(s) {unknown}; expected {', '.join(APP_ARGS)}")
     VoiceConfig.from_dict(args.get("voice"))  # fail at build time, not in a replica
+    ListenConfig.from_dict(args.get("listen"))
     tts_backend = (args.get("tts") or {}).get("backend")
     vc_backend = (args.get("vc") or {}).get("backend")
     if tts_backend == "remote-pipeline" and vc_backend != "passthrough":
@@ -107,7 +110,9 @@ def compose_app(args: dict[str, Any], deployment_options: dict[str, dict] | None
         llm=llm,  # the brain writes its text replies with the same TextLLM deployment
         controller={"name": controller.get("actor_name", "FeatureController"), "namespace": "miku"},
     )
-    return deployment("VoiceGraph").bind(llm, tts, vc, args.get("voice") or {}, controller, brain)
+    stt = deployment("SpeechToText").bind(args.get("stt") or {"backend": "pocketsphinx"})
+    return deployment("VoiceGraph").bind(llm, tts, vc, args.get("voice") or {}, controller, brain,
+                                         stt=stt, listen=args.get("listen") or {})
 
 
 def load_serve_config(path: str | Path) -> dict[str, Any]:

@@ -1,0 +1,116 @@
+"""`pocketsphinx` STT: the embedded CPU default (its en-us model ships inside the pip package).
+
+Two passes over each turn, on two decoders of the same acoustic model:
+- the general one (en-us trigram LM, CMU dictionary plus "miku") for the free-form transcript. Its
+  transcripts are rough (a 2010s small-vocabulary recogniser): fine for key words, not for dictation;
+  the whisper backends are the production choice.
+- a command grammar ("miku [please] (leave | stop | be quiet)") over a small dictionary that has her
+  name. A grammar always finds its best path, even through unrelated speech, so the match is kept only
+  when it explains the audio at least as well as an unconstrained phone loop does (`command_margin`:
+  grammar score / phone-loop score). Commands are then found even when the general transcript mangles
+  them (it has no "miku" in its LM).
+
+Digital silence (exact zeros, as synthetic speech and Discord's silence frames have) makes its features
+degenerate, so a faint fixed-seed dither (-60 dBFS) is added before decoding.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from graph.backends.stt.common import BlockingSTT
+from graph.listen.types import STTOptions, VoiceCommand
+
+MIKU_PHONES = "M IY K UW"
+COMMAND_GRAMMAR = """#JSGF V1.0;
+grammar commands;
+public <command> = [hey | okay] miku [please] (leave | stop | be quiet) [please];
+"""
+COMMAND_WORDS = ("hey", "okay", "miku", "please", "leave", "stop", "be", "quiet")
+_COMMAND_OF = {"leave": VoiceCommand.LEAVE, "stop": VoiceCommand.STOP, "quiet": VoiceCommand.QUIET}
+
+
+@dataclass(frozen=True, kw_only=True)
+class PocketsphinxOptions:
+    model_dir: str | None = None   # None: the en-us model inside the pocketsphinx package
+    command_margin: float = 1.0    # grammar score / phone-loop score a command needs
+    dither: float = 1e-3
+    beam: float | None = None      # pocketsphinx's -beam (None: its default)
+
+
+class PocketsphinxSTT(BlockingSTT):
+    name = "pocketsphinx"
+
+    def __init__(self, **options):
+        super().__init__()
+        self.options = PocketsphinxOptions(**options)
+        from pocketsphinx import Decoder, get_model_path
+
+        root = Path(self.options.model_dir or get_model_path())
+        hmm, lm, dictionary = root / "en-us" / "en-us", root / "en-us" / "en-us.lm.bin", root / "en-us" / "cmudict-en-us.dict"
+        phone_lm = root / "en-us" / "en-us-phone.lm.bin"
+        for path in (hmm, lm, dictionary, phone_lm):
+            if not path.exists():
+                raise FileNotFoundError(f"pocketsphinx model file missing: {path}")
+        self.model_dir = root
+        extra = {"beam": self.options.beam} if self.options.beam else {}
+        self.general = Decoder(hmm=str(hmm), lm=str(lm), dict=str(dictionary), loglevel="FATAL", **extra)
+        self.general.add_word("miku", MIKU_PHONES, True)
+        # the command decoders' small dictionary: the grammar's words (and her name) only
+        self._workdir = tempfile.TemporaryDirectory(prefix="miku-sphinx-")
+        small = Path(self._workdir.name) / "commands.dict"
+        grammar = Path(self._workdir.name) / "commands.gram"
+        wanted = set(COMMAND_WORDS) - {"miku"}
+        with open(dictionary, encoding="utf-8") as handle:
+            lines = [line for line in handle if line.split(maxsplit=1)[0] in wanted]
+        small.write_text("".join(lines) + f"miku {MIKU_PHONES}\n", encoding="utf-8")
+        grammar.write_text(COMMAND_GRAMMAR, encoding="utf-8")
+        self.commands = Decoder(hmm=str(hmm), jsgf=str(grammar), dict=str(small), loglevel="FATAL", **extra)
+        self.phones = Decoder(hmm=str(hmm), allphone=str(phone_lm), lm=None, dict=str(small), loglevel="FATAL", **extra)
+        self._rng = np.random.default_rng(0)
+
+    def describe(self) -> dict:
+        return {"backend": self.name, "model": str(self.model_dir)}
+
+    def _pcm(self, samples: np.ndarray) -> bytes:
+        if self.options.dither:
+            samples = samples + self._rng.normal(0.0, self.options.dither, len(samples)).astype(np.float32)
+        return (np.clip(samples, -1.0, 1.0) * 32767).astype("<i2").tobytes()
+
+    @staticmethod
+    def _decode(decoder, pcm: bytes):
+        decoder.start_utt()
+        decoder.process_raw(pcm, full_utt=True)
+        decoder.end_utt()
+        return decoder.hyp()
+
+    def _recognise(self, samples: np.ndarray, options: STTOptions) -> tuple[str, VoiceCommand | None]:
+        if len(samples) < 1600:  # under 0.1 s: nothing to recognise
+            return "", None
+        pcm = self._pcm(samples)
+        hyp = self._decode(self.general, pcm)
+        text = hyp.hypstr if hyp is not None else ""
+        command = self._command(pcm) if options.detect_commands else None
+        return text, command
+
+    def _command(self, pcm: bytes) -> VoiceCommand | None:
+        match = self._decode(self.commands, pcm)
+        if match is None or not match.hypstr:
+            return None
+        words = match.hypstr.split()
+        if "miku" not in words:
+            return None
+        command = next((_COMMAND_OF[word] for word in reversed(words) if word in _COMMAND_OF), None)
+        if command is None or (command is VoiceCommand.QUIET and "be" not in words):
+            return None  # a partial path ("miku be"): the grammar did not reach its end
+        loop = self._decode(self.phones, pcm)
+        if loop is None or loop.score <= 0 or match.score / loop.score < self.options.command_margin:
+            return None
+        return command
+
+    async def aclose(self) -> None:
+        self._workdir.cleanup()

@@ -54,6 +54,34 @@ class PocketsphinxOptions:
     beam: float | None = None      # pocketsphinx's -beam (None: its default)
 
 
+def phrases(samples: np.ndarray, gap_s: float = 0.3, min_s: float = 0.4, max_s: float = 3.0,
+            floor: float = 0.01) -> list[np.ndarray]:
+    """The stretches of `samples` between pauses of at least `gap_s` (10 ms RMS under `floor`) that are
+    `min_s`..`max_s` long, with 100 ms of context either side; the whole turn first when it is short."""
+    hop = 160
+    count = len(samples) // hop
+    if count == 0:
+        return []
+    rms = np.sqrt(np.mean(samples[:count * hop].reshape(count, hop) ** 2, axis=1))
+    loud = rms >= floor
+    pieces, start, quiet = [], None, 0
+    gap = int(gap_s * 100)
+    for index, is_loud in enumerate(loud):
+        if is_loud:
+            start = index if start is None else start
+            quiet = 0
+        elif start is not None:
+            quiet += 1
+            if quiet >= gap:
+                pieces.append((start, index - quiet + 1))
+                start, quiet = None, 0
+    if start is not None:
+        pieces.append((start, count - quiet))
+    found = [samples[max(0, (a - 10) * hop):(b + 10) * hop] for a, b in pieces if min_s <= (b - a) / 100 <= max_s]
+    whole = len(samples) / 16000 <= max_s
+    return ([samples] if whole else []) + (found if len(found) > 1 or not whole else [])
+
+
 class PocketsphinxSTT(BlockingSTT):
     name = "pocketsphinx"
 
@@ -103,10 +131,15 @@ class PocketsphinxSTT(BlockingSTT):
     def _recognise(self, samples: np.ndarray, options: STTOptions) -> tuple[str, VoiceCommand | None]:
         if len(samples) < 1600:  # under 0.1 s: nothing to recognise
             return "", None
-        pcm = self._pcm(samples)
-        hyp = self._decode(self.general, pcm)
+        hyp = self._decode(self.general, self._pcm(samples))
         text = hyp.hypstr if hyp is not None else ""
-        command = self._command(pcm) if options.detect_commands else None
+        command = None
+        if options.detect_commands:
+            # a command is a phrase of its own: try each stretch between pauses that is short enough to be one
+            for piece in phrases(samples):
+                command = self._command(self._pcm(piece))
+                if command is not None:
+                    break
         return text, command
 
     def _command(self, pcm: bytes) -> VoiceCommand | None:

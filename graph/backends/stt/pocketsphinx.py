@@ -32,7 +32,7 @@ MIKU_PHONES = "M IY K UW"
 # sound like "miku" ("Nico, leave", "we should stop" match a decoy, not her), and words that often follow
 # her name ("Miku, sing something" matches "miku sing", not a command). Only a path through "miku" and a
 # command word counts.
-DECOY_NAMES = ("nico", "mike", "me", "we", "you", "who", "do", "should", "they", "to", "the", "it", "i")
+DECOY_NAMES = ("nico", "mike", "you", "who", "do", "should", "they", "to", "the", "it", "i")
 DECOY_NEXT = ("sing", "play", "say", "tell", "what", "how", "can", "are", "is", "hi", "hello", "thanks",
               "thank", "look", "let", "help", "do", "you", "me", "alone", "now", "something", "song")
 COMMAND_GRAMMAR = f"""#JSGF V1.0;
@@ -111,14 +111,14 @@ class PocketsphinxSTT(BlockingSTT):
         grammar.write_text(COMMAND_GRAMMAR, encoding="utf-8")
         self.commands = Decoder(hmm=str(hmm), jsgf=str(grammar), dict=str(small), loglevel="FATAL", **extra)
         self.phones = Decoder(hmm=str(hmm), allphone=str(phone_lm), lm=None, dict=str(small), loglevel="FATAL", **extra)
-        self._rng = np.random.default_rng(0)
 
     def describe(self) -> dict:
         return {"backend": self.name, "model": str(self.model_dir)}
 
     def _pcm(self, samples: np.ndarray) -> bytes:
-        if self.options.dither:
-            samples = samples + self._rng.normal(0.0, self.options.dither, len(samples)).astype(np.float32)
+        if self.options.dither:  # seeded per call: the same audio always decodes the same way
+            noise = np.random.default_rng(len(samples)).normal(0.0, self.options.dither, len(samples))
+            samples = samples + noise.astype(np.float32)
         return (np.clip(samples, -1.0, 1.0) * 32767).astype("<i2").tobytes()
 
     @staticmethod

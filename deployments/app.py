@@ -22,21 +22,23 @@ from ray.serve import Application
 from deployments.brain.deployment import Brain
 from deployments.media.stages import ImageGen, Vision
 from deployments.voice.ingress import VoiceGraph
-from deployments.voice.stages import RVCVoice, SopranoTTS, TextLLM
+from deployments.voice.stages import RVCVoice, SopranoTTS, SpeechToText, TextLLM
 from graph.admin.config import AdminConfig
+from graph.listen.config import ListenConfig
 from graph.voice.config import VoiceConfig
 
 DEPLOYMENTS = {
     "TextLLM": TextLLM,
     "SopranoTTS": SopranoTTS,
     "RVCVoice": RVCVoice,
+    "SpeechToText": SpeechToText,
     "Brain": Brain,
     "VoiceGraph": VoiceGraph,
     "ImageGen": ImageGen,
     "Vision": Vision,
 }
 # image/vision are optional: without them the graph has no ImageGen/Vision deployment (their routes say so)
-APP_ARGS = ("llm", "tts", "vc", "voice", "controller", "brain", "image", "vision", "admin")
+APP_ARGS = ("llm", "tts", "vc", "voice", "controller", "brain", "image", "vision", "admin", "stt", "listen")
 # Serve's proxy forwards HTTP/WebSocket traffic to the ingress over gRPC instead of Ray actor calls
 # (about 10 ms less time to first audio here, docs/performance.md). Serve reads this when the proxy
 # starts, so it belongs in the environment of whatever starts Ray: `ray start`, `miku serve`, tests.
@@ -103,6 +105,7 @@ def compose_app(args: dict[str, Any], deployment_options: dict[str, dict] | None
         raise ValueError(f"app args: unknown key(s) {unknown}; expected {', '.join(APP_ARGS)}")
     VoiceConfig.from_dict(args.get("voice"))  # fail at build time, not in a replica
     AdminConfig.from_dict(args.get("admin"))
+    ListenConfig.from_dict(args.get("listen"))
     tts_backend = (args.get("tts") or {}).get("backend")
     vc_backend = (args.get("vc") or {}).get("backend")
     if tts_backend == "remote-pipeline" and vc_backend != "passthrough":
@@ -127,8 +130,10 @@ def compose_app(args: dict[str, Any], deployment_options: dict[str, dict] | None
         media["image"] = deployment("ImageGen").bind(args["image"], controller_ref)
     if args.get("vision"):
         media["vision"] = deployment("Vision").bind(args["vision"], controller_ref)
+    stt = deployment("SpeechToText").bind(args.get("stt") or {"backend": "pocketsphinx"})
     return deployment("VoiceGraph").bind(llm, tts, vc, args.get("voice") or {}, controller, brain,
-                                        admin=args.get("admin") or {}, **media)
+                                         admin=args.get("admin") or {}, stt=stt, listen=args.get("listen") or {},
+                                         **media)
 
 
 def load_serve_config(path: str | Path) -> dict[str, Any]:

@@ -43,6 +43,10 @@ from graph.admin.passwords import PasswordBook
 from graph.admin.sessions import PanelSessions
 from graph.brain.mood_profiles import load_moods, mood_voice
 from graph.controller.telemetry import GpuTelemetry, VramHeadroom
+from graph.listen.config import ListenConfig
+from graph.listen.session import ListenSession
+from graph.listen.types import STTOptions, Transcript
+from graph.listen.vad import SileroModel
 from graph.voice.config import VoiceConfig
 from graph.voice.conversation import VoiceConversation
 from graph.voice.pipeline import (
@@ -548,11 +552,18 @@ class VoiceGraph:
         image: DeploymentHandle | None = None,
         vision: DeploymentHandle | None = None,
         admin: dict | None = None,
+        stt: DeploymentHandle | None = None,
+        listen: dict | None = None,
     ):
         self.config = VoiceConfig.from_dict(config)
         media_routes.configure(image=image, vision=vision)  # POST /v1/images, /v1/vision (deployments/media)
         self.media = {name: handle for name, handle in (("image", image), ("vision", vision)) if handle is not None}
         admin_config = AdminConfig.from_dict(admin)
+        self.listen_config = ListenConfig.from_dict(listen)
+        # WS /v1/listen: VAD runs here (silero's ONNX model, tiny), speech-to-text in its own stage
+        self.stt = with_transport(stt, "grpc") if stt is not None else None
+        self.vad_model = await asyncio.to_thread(SileroModel)
+        self.stt_failures = 0
         auth.configure(auth.resolve_token(self.config.token, self.config.token_file))
         controller_config = dict(controller_config or {})
         actor_name = controller_config.pop("actor_name", CONTROLLER_NAME)
@@ -580,6 +591,13 @@ class VoiceGraph:
             backend = status.detail.get("backend", "?")
             url = status.detail.get("url")
             self.names[stage] = f"{backend} {url}" if url else backend
+        self.names["stt"] = "absent"
+        if self.stt is not None:
+            try:  # a broken STT stage must not take the voice down: listening says so per session
+                status = await asyncio.wait_for(self.stt.status.remote(), timeout=30)
+                self.names["stt"] = status.detail.get("backend", "?")
+            except Exception as error:  # noqa: BLE001
+                log.warning("the SpeechToText stage does not answer yet: %s", error)
         if self.config.stage_transport == "direct":
             self.stages = LinkStages(llm, tts, vc, self.names)
             await self.stages.connect()
@@ -630,7 +648,8 @@ class VoiceGraph:
     async def _open_voice_port(self) -> DirectVoicePort | None:
         cfg = self.config
         advertised = ray.util.get_node_ip_address() if cfg.direct_host in ("0.0.0.0", "::") else cfg.direct_host
-        port = DirectVoicePort({"/v1/voice": self._voice_session, "/ws/stream": self._token_stream_session},
+        port = DirectVoicePort({"/v1/voice": self._voice_session, "/ws/stream": self._token_stream_session,
+                                "/v1/listen": self._listen_session},
                                cfg.direct_host, cfg.direct_port, advertised, query_token_routes={"/ws/stream"})
         try:
             await port.start()
@@ -787,10 +806,10 @@ class VoiceGraph:
                 return {"ok": False, "optional": True, "error": f"{type(error).__name__}: {error}"[:300]}
 
         # Asked together: each stage may probe its backend (up to a few seconds when one is down).
-        names = ("llm", "tts", "vc", "controller")
+        names = ("llm", "tts", "vc", "controller") + (("stt",) if self.stt is not None else ())
         answers, media = await asyncio.gather(
             asyncio.gather(stage_status("llm", self.llm), stage_status("tts", self.tts), stage_status("vc", self.vc),
-                           controller_status()),
+                           controller_status(), *((stage_status("stt", self.stt),) if self.stt is not None else ())),
             asyncio.gather(*(media_status(handle) for handle in self.media.values())),
         )
         stages = dict(zip(names, answers))
@@ -822,12 +841,22 @@ class VoiceGraph:
         await websocket.accept()
         await self._token_stream_session(_sender(websocket), _starlette_messages(websocket))
 
+    @app.websocket("/v1/listen")
+    async def listen(self, websocket: WebSocket) -> None:
+        """Speech in (docs/api.md): speakers' 16 kHz audio -> VAD, turns, barge-in, voice commands."""
+        if not auth.websocket_authorized(websocket):
+            await websocket.close(code=1008, reason="missing or wrong bearer token")
+            return
+        await websocket.accept()
+        await self._listen_session(_sender(websocket), _starlette_messages(websocket))
+
     @app.get("/v1/voice/direct", dependencies=[Depends(auth.require_token)])
     async def direct_voice(self) -> JSONResponse:
         """Where this replica serves the voice routes itself (deployments/voice/voice_port.py)."""
         if self.voice_port is None:
             return JSONResponse({"detail": "no direct voice port on this replica; use WS /v1/voice"}, status_code=404)
-        return JSONResponse({"voice": self.voice_port.url("/v1/voice"), "stream": self.voice_port.url("/ws/stream")})
+        return JSONResponse({"voice": self.voice_port.url("/v1/voice"), "stream": self.voice_port.url("/ws/stream"),
+                             "listen": self.voice_port.url("/v1/listen")})
 
     # ---- the two WebSocket sessions, whichever way the client came in ----
 
@@ -844,6 +873,29 @@ class VoiceGraph:
             await conversation.close()
             speaker.cancel()
             await asyncio.gather(speaker, return_exceptions=True)
+
+    async def _listen_session(self, send, messages: AsyncIterator[str | bytes]) -> None:
+        session = ListenSession(self.listen_config, self._transcribe, send, model=self.vad_model)
+        try:
+            async for raw in messages:
+                await session.handle_raw(raw)
+        finally:
+            await session.close()
+
+    async def _transcribe(self, audio: np.ndarray, options: STTOptions) -> Transcript:
+        """One turn through the SpeechToText stage; any failure is a StageError the session counts."""
+        if self.stt is None:
+            raise StageError("stt", "absent", "this graph has no SpeechToText stage")
+        response = self.stt.transcribe.remote(audio, options)
+        try:
+            return await response
+        except asyncio.CancelledError:
+            response.cancel()
+            raise
+        except Exception as error:
+            self.stt_failures += 1
+            self.metrics.errors.inc(tags={"stage": "stt"})
+            raise _as_stage_error(error, "stt", self.names.get("stt", "stt")) from None
 
     async def _token_stream_session(self, send, messages: AsyncIterator[str | bytes]) -> None:
         stream = TokenStreamSession(self, send)

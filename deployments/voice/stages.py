@@ -165,3 +165,20 @@ class RVCVoice(_BackendHost):
 
     async def convert(self, chunk: AudioChunk, options: VCOptions, context: object | None) -> VCResult:
         return await self.backend.convert(chunk, options, context)
+
+
+@serve.deployment(name="SpeechToText", ray_actor_options={"num_cpus": 0}, max_ongoing_requests=16)
+class SpeechToText(_BackendHost):
+    """Turns heard speech into text (graph/backends/stt). Pinned to `rx6800` in config: Whisper runs on the
+    AMD card during voice sessions. Called through its Serve handle (one call per turn, not per frame)."""
+
+    stage = "stt"
+
+    async def __init__(self, config: dict):
+        await self._start(config)
+
+    def _link_methods(self) -> dict[str, LinkMethod]:
+        return {}  # one call per turn: Serve's handle is enough, and its values are not link types
+
+    async def transcribe(self, audio, options):
+        return await self.backend.transcribe(audio, options)

@@ -149,6 +149,8 @@ def test_secret_file_is_created_private_and_reused(tmp_path):
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
     assert resolve_secret(str(path), environ={}) == first
     assert resolve_secret(str(path), environ={"MIKU_ADMIN_SECRET": "s" * 20}) == b"s" * 20
+    fresh = resolve_secret(None, environ={})  # the default: a new key per start, nothing written
+    assert len(fresh) == 64 and fresh != resolve_secret(None, environ={})
 
 
 def test_admin_config_validates_and_never_shows_hashes():

@@ -339,8 +339,13 @@ async def overview_stream(request: Request, _: Annotated[PanelSession, Depends(p
             if ctx.sessions.resolve(cookie) is None:
                 yield "event: logout\ndata: {}\n\n"
                 return
-            data = await ctx.overview.get()
-            yield f"event: overview\ndata: {json.dumps(data, default=str)}\n\n"
+            try:
+                data = await ctx.overview.get()
+            except Exception as error:  # a broken part must not end the stream: say so and go on
+                log.exception("admin overview failed")
+                yield f"event: problem\ndata: {json.dumps({'message': str(error)[:500]})}\n\n"
+            else:
+                yield f"event: overview\ndata: {json.dumps(data, default=str)}\n\n"
             await asyncio.sleep(ctx.config.overview_interval_s)
 
     return StreamingResponse(events(), media_type="text/event-stream",

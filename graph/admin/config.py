@@ -4,7 +4,7 @@
       enabled: true
       users: {}                         # name -> argon2 hash (or use users_file / MIKU_ADMIN_PASSWORD_HASH)
       users_file: .miku/admin-users     # written by `miku admin set-password`, 0600
-      secret_file: .miku/admin-secret   # cookie signing key, created on first start (0600); or MIKU_ADMIN_SECRET
+      secret_file: null                 # cookie signing key file (created 0600); null: a fresh key per start
       session_lifetime_s: 28800         # a login lasts at most 8 h ...
       session_idle_s: 3600              # ... and ends after 1 h without a request
       secure_cookie: false              # true when a TLS proxy serves the panel (the cookie gets `Secure`)
@@ -36,7 +36,9 @@ class AdminConfig:
     enabled: bool = True
     users: Mapping[str, str] = field(default_factory=dict)
     users_file: str = ".miku/admin-users"
-    secret_file: str = ".miku/admin-secret"
+    # Sessions live in the replica's memory and end with it, so a key that outlives the replica buys
+    # nothing by default: a fresh random key per start, unless MIKU_ADMIN_SECRET or a file is given.
+    secret_file: str | None = None
     session_lifetime_s: float = 8 * 3600.0
     session_idle_s: float = 3600.0
     secure_cookie: bool = False
@@ -79,13 +81,16 @@ class AdminConfig:
         }
 
 
-def resolve_secret(secret_file: str, environ: Mapping[str, str] = os.environ) -> bytes:
-    """The cookie signing key: MIKU_ADMIN_SECRET, else the secret file (created 0600 on first use)."""
+def resolve_secret(secret_file: str | None, environ: Mapping[str, str] = os.environ) -> bytes:
+    """The cookie signing key: MIKU_ADMIN_SECRET, else the secret file (created 0600 on first use),
+    else a fresh random key (nothing written)."""
     env = environ.get(ENV_SECRET, "").strip()
     if env:
         if len(env) < 16:
             raise AdminConfigError(f"{ENV_SECRET} must have at least 16 characters")
         return env.encode()
+    if not secret_file:
+        return secrets.token_hex(32).encode()
     path = Path(secret_file).expanduser()
     fresh = secrets.token_hex(32)
     if create_private_file(path, (fresh + "\n").encode()):

@@ -81,6 +81,7 @@
     source.addEventListener("open", () => { status.textContent = "live"; status.className = "live on"; });
     source.addEventListener("error", () => { status.textContent = "reconnecting…"; status.className = "live off"; });
     source.addEventListener("logout", () => { source.close(); window.location.assign("/admin/login"); });
+    source.addEventListener("problem", (event) => { status.textContent = "overview failed: " + JSON.parse(event.data).message; status.className = "live off"; });
     source.addEventListener("overview", (event) => {
       const data = JSON.parse(event.data);
       state.lastOverview = data;

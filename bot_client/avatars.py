@@ -328,6 +328,12 @@ class AvatarSwitcher:
         self.applied_count = 0
         self.refusals = 0
 
+    @classmethod
+    def from_setup(cls, setup: AvatarSetup, apply: Apply, allowed: Allowed) -> AvatarSwitcher:
+        """The bot's switcher: the checked pictures, and the state file when one is configured."""
+        memory = AvatarMemory(setup.settings.state_file) if setup.settings.state_file else None
+        return cls(setup.library, setup.settings, apply, allowed, memory=memory)
+
     def want(self, persona: str | None, mood: str | None) -> AvatarImage:
         """The picture for this persona and mood is wanted now; it replaces any earlier wish."""
         image = self.library.pick(persona, mood)

@@ -19,7 +19,7 @@ from discord.ext import commands
 
 from .actions import ActionExecutor, ChatOps, ExecutionReport, QueueReplayer
 from .autonomous import AutonomousPoller
-from .avatars import FEATURE_PROFILE_PICTURE, AvatarFeed, AvatarMemory, AvatarSetup, AvatarSwitcher
+from .avatars import FEATURE_PROFILE_PICTURE, AvatarFeed, AvatarSetup, AvatarSwitcher
 from .config import AutonomousConfig, BotConfig
 from .discord_adapter import DiscordChatOps
 from .graph_api import GraphClient, GraphError
@@ -171,9 +171,7 @@ class MikuBot(commands.Bot):
         self.avatars: AvatarSwitcher | None = None
         self._avatar_tasks: list[asyncio.Task] = []
         if avatars is not None and avatars.settings.enabled:
-            memory = AvatarMemory(avatars.settings.state_file) if avatars.settings.state_file else None
-            self.avatars = AvatarSwitcher(avatars.library, avatars.settings, self._apply_avatar, self._avatar_allowed,
-                                          memory=memory)
+            self.avatars = AvatarSwitcher.from_setup(avatars, self._apply_avatar, self._avatar_allowed)
             self.executor.on_persona = self._persona_switched
 
     async def setup_hook(self) -> None:

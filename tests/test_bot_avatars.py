@@ -382,3 +382,19 @@ async def test_a_restart_neither_uploads_the_same_picture_again_nor_forgets_the_
     fresh = switcher(DiscordProfile())
     fresh.want("miku", "bubbly")
     assert (await fresh.step()).outcome is AvatarOutcome.APPLIED  # unreadable state: just uploads once
+
+
+async def test_the_bots_switcher_keeps_its_state_where_the_config_says(tmp_path):
+    path = copy_config(tmp_path, f"state_file: {tmp_path / 'kept' / 'applied.json'}\n")
+    profile = DiscordProfile()
+
+    async def allowed():
+        return True
+
+    switcher = AvatarSwitcher.from_setup(load_avatars(path), profile, allowed)
+    switcher.want("miku", None)
+    assert (await switcher.step()).outcome is AvatarOutcome.APPLIED
+    assert (tmp_path / "kept" / "applied.json").exists()
+    with pytest.raises(ConfigError, match="state_file must be a file path"):
+        (tmp_path / "other").mkdir()
+        load_avatars(copy_config(tmp_path / "other", "state_file: 5\n"))

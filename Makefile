@@ -5,9 +5,12 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check
-DEBIAN_PACKAGES := espeak-ng libopus0
-TEST_EXTRAS := test,bench,soprano,rvc,llamacpp
+# chromium: the admin panel's browser tests (tests/test_admin_panel.py, Playwright on the system browser)
+DEBIAN_PACKAGES := espeak-ng libopus0 chromium
+TEST_EXTRAS := test,bench,soprano,rvc,llamacpp,image,stt
 SOPRANO_TTS := soprano-tts==0.2.0
+# only its packaged ONNX VAD model is used; its own deps want a torchaudio that has no wheel for our torch
+SILERO_VAD := silero-vad==6.2.3
 # llama-cpp-python builds llama.cpp from source: portable CPU build, no server/examples/tests
 LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF -DGGML_BLAS=OFF -DLLAMA_CURL=OFF
 
@@ -23,12 +26,13 @@ $(PY):
 
 $(VENV)/.installed-base: pyproject.toml | $(PY)
 	$(PIP) install --quiet -e .
+	$(PIP) install --quiet --no-deps $(SILERO_VAD)
 	@touch $@
 
 $(VENV)/.installed-test: pyproject.toml | $(PY)
 	@echo "Installing the project with its test and model-backend extras (a first build of llama-cpp-python takes minutes) ..."
 	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(PIP) install --quiet -e '.[$(TEST_EXTRAS)]'
-	$(PIP) install --quiet --no-deps $(SOPRANO_TTS)
+	$(PIP) install --quiet --no-deps $(SOPRANO_TTS) $(SILERO_VAD)
 	@touch $@ $(VENV)/.installed-base
 
 venv: deps $(VENV)/.installed-base

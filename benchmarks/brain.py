@@ -56,7 +56,7 @@ async def events_per_second(runs: int, workdir: Path) -> dict:
 
 
 async def judge_wall_time(repeats: int = 5, judges: int = 5, delay_s: float = 0.1) -> dict:
-    async def slow_llm(prompt: str, system: str | None) -> str:
+    async def slow_llm(prompt: str, system: str | None, options=None) -> str:
         await asyncio.sleep(delay_s)
         return "yes"
 
@@ -87,7 +87,9 @@ async def cache_hit_rate(workdir: Path) -> dict:
     await replay(brain, day, clock)
     cache = brain.judge_cache
     result = {"lookups": cache.hits + cache.misses, "hits": cache.hits, "hit_rate": round(cache.hit_rate, 4),
-              "judge_llm_calls": llm.calls["judge"], "focus_cycles": brain.stats["focus_cycles"]}
+              "judge_llm_calls": llm.calls["judge"], "focus_cycles": brain.stats["focus_cycles"],
+              # judges the layered pre-filter skipped (keyword hit, keyword intent, description, short message)
+              "judge_calls_saved": brain.modifier.judge_calls_saved, "saved_by_reason": dict(brain.modifier.saved)}
     await brain.close()
     return result
 

@@ -8,8 +8,10 @@ import sys
 
 import discord
 
+from .avatars import load_avatars
 from .bot import MikuBot
 from .config import ConfigError, load_config
+from .features import load_feature_configs
 from .graph_api import GraphClient
 
 
@@ -29,6 +31,8 @@ def main(argv: list[str] | None = None) -> int:
         path = args.config or ("configs/bot.yaml" if os.path.exists("configs/bot.yaml") else None)
         config = load_config(path)  # a path that was named but is missing is an error, not the defaults
         graph_token = config.graph_token()
+        feature_configs = load_feature_configs(config)  # configs/schedule.yaml, configs/figurines.yaml
+        avatars = load_avatars(config.avatars) if config.avatars else None  # every picture checked now
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -40,7 +44,11 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     graph = GraphClient(config.graph.url, graph_token, request_timeout_s=config.graph.request_timeout_s,
                         connect_timeout_s=config.graph.connect_timeout_s, direct_voice=config.graph.direct_voice)
-    bot = MikuBot(config, graph)
+    try:
+        bot = MikuBot(config, graph, feature_configs, avatars=avatars)
+    except ConfigError as exc:  # e.g. the features' state directory cannot be written
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     try:
         bot.run(token, log_handler=None)
     except discord.LoginFailure:

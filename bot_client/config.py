@@ -109,6 +109,9 @@ class AutonomousConfig:
     # coming online and joins (so "engage user" can fire). Off: the intents stay minimal.
     presence_events: bool = False
     servers: dict[int, AutonomousServerConfig] = field(default_factory=dict)
+    # Servers not listed in `servers` are tracked too, in every text channel the bot can write in (home:
+    # the system channel). False: only the listed servers.
+    track_all_servers: bool = True
 
     def server(self, guild_id: int | str) -> AutonomousServerConfig | None:
         try:
@@ -175,6 +178,10 @@ class BotConfig:
     listen: ListenConfig = field(default_factory=ListenConfig)
     seen_messages: int = 5000  # how many message ids are remembered to act on each message once
     sync_app_commands: bool = True
+    # Paused-by-voice features (bot_client/features.py); None: configs/<name>.yaml when it exists, else off.
+    schedule_file: str | None = None
+    figurines_file: str | None = None
+    avatars: str | None = "configs/avatars/avatars.yaml"  # profile pictures per mood/persona; null: never change
 
     @property
     def command_name(self) -> str:

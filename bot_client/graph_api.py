@@ -57,6 +57,8 @@ class FeatureState:
     name: str
     blocked: bool
     message: str | None = None
+    effect: str | None = None  # what a session does to it now (blocked, locked, paused, queued, routed...)
+    route: str | None = None  # routed features: where it is served now
 
 
 @dataclass(frozen=True)
@@ -99,6 +101,12 @@ def _error_message(body: Any, fallback: str) -> str:
             if isinstance(value, dict) and isinstance(value.get("message"), str):
                 return value["message"]
     return fallback
+
+
+def _feature_state(item: dict) -> FeatureState:
+    effect, route = item.get("effect"), item.get("route")
+    return FeatureState(str(item.get("name")), bool(item.get("blocked")), item.get("message"),
+                        str(effect) if effect else None, str(route) if route else None)
 
 
 def parse_health(body: Any) -> GraphHealth:
@@ -239,14 +247,75 @@ class GraphClient:
         items = body.get("features", body) if isinstance(body, dict) else body
         if isinstance(items, dict):
             items = [dict(v, name=v.get("name", k)) for k, v in items.items()]
-        return [
-            FeatureState(str(f.get("name")), bool(f.get("blocked")), f.get("message")) for f in items or []
-        ]
+        return [_feature_state(f) for f in items or [] if isinstance(f, dict)]
+
+    async def check_feature(self, name: str) -> FeatureState:
+        """`GET /v1/features/{name}`: the controller's `check(name)` now."""
+        body = await self._request("GET", f"/v1/features/{name}")
+        return _feature_state(dict(body or {}, name=name))
+
+    async def persona_mood(self, guild_id: int | str | None) -> tuple[str | None, str | None]:
+        """`GET /v1/mood`: the server's active persona and mood."""
+        path = "/v1/mood" if guild_id is None else f"/v1/mood?guild_id={int(guild_id)}"
+        body = await self._request("GET", path) or {}
+        return body.get("persona"), body.get("mood")
+
+    async def media_stream(self, path: str, body: dict, timeout_s: float = 360.0):
+        """POST to a media route (`/v1/images`, `/v1/vision`) and yield its NDJSON events as they arrive.
+
+        A drawing takes minutes at worst: no total timeout, but the graph must say something (progress)
+        within `timeout_s`. Errors the graph streams are events (`type: error`); an unreachable graph or a
+        refused request is a GraphError as for every route."""
+        http = await self._session()
+        url = f"{self.base_url}{path}"
+        timeout = aiohttp.ClientTimeout(total=None, connect=self.connect_timeout_s, sock_read=timeout_s)
+        try:
+            async with http.post(url, json=body, headers=self.auth_headers, timeout=timeout) as resp:
+                if resp.status >= 400:
+                    text = await resp.text()
+                    try:
+                        detail = json.loads(text) if text else None
+                    except ValueError:
+                        detail = {"message": text}
+                    message = _error_message(detail, f"POST {path} failed with HTTP {resp.status}")
+                    if resp.status in (401, 403):
+                        raise GraphAuthError(f"the graph refused the bot's token ({resp.status})", resp.status, detail)
+                    raise (GraphUnavailable if resp.status in (502, 503, 504) else GraphError)(message, resp.status, detail)
+                async for line in resp.content:
+                    line = line.strip()
+                    if not line:
+                        continue
+                    try:
+                        event = json.loads(line)
+                    except ValueError:
+                        log.warning("a media route sent a line that is not JSON: %r", line[:80])
+                        continue
+                    if isinstance(event, dict):
+                        yield event
+        except (aiohttp.ClientConnectionError, asyncio.TimeoutError, OSError) as exc:
+            raise GraphUnavailable(f"the voice graph at {self.base_url} is unreachable ({exc.__class__.__name__})") from exc
+
+    def draw(self, order: dict):
+        return self.media_stream("/v1/images", order)
+
+    def look(self, order: dict):
+        return self.media_stream("/v1/vision", order)
 
     async def post_event(self, event: dict) -> list[dict]:
         body = await self._request("POST", "/v1/events", json_body=event)
         actions = (body or {}).get("actions", [])
         return [a for a in actions if isinstance(a, dict)]
+
+    async def compose(self, instruction: str, guild_id: int | str | None = None,
+                      channel_id: int | str | None = None) -> str | None:
+        """`POST /v1/compose`: a message in the persona's voice from an instruction; None when none was written."""
+        body = await self._request("POST", "/v1/compose", json_body={
+            "instruction": instruction,
+            "guild_id": str(guild_id) if guild_id is not None else None,
+            "channel_id": str(channel_id) if channel_id is not None else None,
+        })
+        text = body.get("text") if isinstance(body, dict) else None
+        return text if isinstance(text, str) and text.strip() else None
 
     async def enqueue(self, event: dict) -> dict:
         """Hold a text-channel message event in the controller's queue (`POST /v1/queue`).

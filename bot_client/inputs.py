@@ -31,6 +31,8 @@ class IncomingMessage:
     author_is_bot: bool = False
     author_is_self: bool = False
     author_can_moderate: bool = False
+    author_roles: tuple[str, ...] = ()  # role names: the brain gates persona and mood switching by them
+    author_is_admin: bool = False
     attachments: tuple[Attachment, ...] = ()
     mentions_bot: bool = False
     mentioned_user_ids: tuple[int, ...] = ()
@@ -40,6 +42,7 @@ class IncomingMessage:
     channel_name: str = ""
     guild_name: str = ""
     mention_names: Mapping[str, str] = field(default_factory=dict)  # "<@123>"-style token -> "@name"
+    channel_nsfw: bool = False  # an age-restricted channel: the only place an NSFW drawing is allowed
 
     @property
     def event_id(self) -> str:
@@ -59,6 +62,8 @@ class IncomingMessage:
             "author_is_bot": self.author_is_bot,
             "author_is_self": self.author_is_self,
             "author_can_moderate": self.author_can_moderate,
+            "author_roles": list(self.author_roles),
+            "author_is_admin": self.author_is_admin,
             "content": self.content,
             "mentions_miku": self.mentions_bot,
             "reply_to_miku": self.reply_to_bot,
@@ -68,6 +73,7 @@ class IncomingMessage:
             "channel_name": self.channel_name,
             "guild_name": self.guild_name,
             "timestamp": self.created_at,
+            "channel_nsfw": self.channel_nsfw,
         }
 
 

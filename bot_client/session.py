@@ -29,6 +29,7 @@ from .graph_api import (
     SessionInfo,
     VoiceStream,
 )
+from .feature_words import session_changes
 from .inputs import split_for_discord
 from .jitter import FRAME_BYTES, JitterBuffer
 from .music import MusicPlayer
@@ -812,12 +813,13 @@ class SessionManager:
         listening = ""
         if request.listen and self.hearing_factory is not None:
             listening = await self._start_hearing(session, link)
-        paused = ", ".join(info.blackouts) if info.blackouts else "nothing"
+        changes = session_changes(info.blackouts)  # in plain words; silent features left out
         return JoinOutcome(
             True,
             f"🎤 Joined <#{request.voice_channel_id}>! Type in <#{request.text_channel_id}> and I'll answer out loud. "
             f"{listening}"
-            f"Paused while I'm in voice: {paused}. Use `{self.config.command_name} leave` when you're done.",
+            + (f"{changes} " if changes else "")
+            + f"Use `{self.config.command_name} leave` when you're done.",
             session,
         )
 

@@ -1,6 +1,7 @@
 """`!miku voice-status` as text, from plain values."""
 from __future__ import annotations
 
+from .feature_words import features_report
 from .graph_api import FeatureState, GraphHealth
 from .session import SessionStatus
 
@@ -19,7 +20,8 @@ def format_status(
     graph_error: str | None = None,
     command: str = "!miku",
 ) -> str:
-    """The voice-status report: channels, GPU routing, blocked features, queue, age, time to first audio."""
+    """The voice-status report: channels, GPU routing, each feature's state in words, queue, age, time to
+    first audio."""
     lines = ["**🎤 Voice status**"]
     if status is None:
         lines.append(f"Not in a voice session. Use `{command} join` to start one.")
@@ -53,8 +55,8 @@ def format_status(
         ) or "unknown"
         lines.append(f"GPU routing / backends: {routing}")
     if features is not None:
-        blocked = [f.name for f in features if f.blocked]
-        lines.append("Features blocked: " + (", ".join(blocked) if blocked else "none"))
+        lines.append("What I can do right now:")
+        lines += features_report(features)
     if graph_error:
         lines.append(f"⚠️ Graph: {graph_error}")
     return "\n".join(lines)

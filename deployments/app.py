@@ -20,25 +20,40 @@ from ray import serve
 from ray.serve import Application
 
 from deployments.brain.deployment import Brain
+from deployments.media.stages import ImageGen, Vision
 from deployments.voice.ingress import VoiceGraph
-from deployments.voice.stages import RVCVoice, SopranoTTS, TextLLM
+from deployments.voice.stages import RVCVoice, SopranoTTS, SpeechToText, TextLLM
+from graph.admin.config import AdminConfig
+from graph.listen.config import ListenConfig
 from graph.voice.config import VoiceConfig
 
 DEPLOYMENTS = {
     "TextLLM": TextLLM,
     "SopranoTTS": SopranoTTS,
     "RVCVoice": RVCVoice,
+    "SpeechToText": SpeechToText,
     "Brain": Brain,
     "VoiceGraph": VoiceGraph,
+    "ImageGen": ImageGen,
+    "Vision": Vision,
 }
-APP_ARGS = ("llm", "tts", "vc", "voice", "controller", "brain")
+# image/vision are optional: without them the graph has no ImageGen/Vision deployment (their routes say so)
+APP_ARGS = ("llm", "tts", "vc", "voice", "controller", "brain", "image", "vision", "admin", "stt", "listen")
 # Serve's proxy forwards HTTP/WebSocket traffic to the ingress over gRPC instead of Ray actor calls
 # (about 10 ms less time to first audio here, docs/performance.md). Serve reads this when the proxy
 # starts, so it belongs in the environment of whatever starts Ray: `ray start`, `miku serve`, tests.
-# WEBSOCKETS_MAX_LINE_LENGTH: over websockets' default (8 KiB) a header line makes Serve's proxy hang
-# the WebSocket handshake (uvicorn never sends the 431); with 1 MiB it reaches the ingress, which
-# refuses oversized headers at once (deployments/http_guard.py)
-PROXY_ENV = {"RAY_SERVE_PROXY_USE_GRPC": "1", "WEBSOCKETS_MAX_LINE_LENGTH": str(2**20)}
+# WEBSOCKETS_MAX_LINE_LENGTH / WEBSOCKETS_MAX_NUM_HEADERS: when a WebSocket upgrade breaks websockets'
+# own limits (a header line over 8 KiB, more than 128 headers), Serve's proxy (uvicorn's sans-io
+# websockets protocol) never answers: the handshake hangs until the client leaves. uvicorn has already
+# buffered the whole request by then (it puts no bound on HTTP headers either), so these limits only
+# decide whether the request reaches the ingress, which refuses more than 16 KiB of headers at once
+# (deployments/http_guard.py). They are set past anything a client can usefully send; the direct voice
+# port sets its own, tight ones (deployments/voice/voice_port.py).
+PROXY_ENV = {
+    "RAY_SERVE_PROXY_USE_GRPC": "1",
+    "WEBSOCKETS_MAX_LINE_LENGTH": str(2**30),
+    "WEBSOCKETS_MAX_NUM_HEADERS": str(2**20),
+}
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 BUILDER_IMPORT_PATH = "deployments.app:build_app"
 
@@ -89,6 +104,8 @@ def compose_app(args: dict[str, Any], deployment_options: dict[str, dict] | None
     if unknown:
         raise ValueError(f"app args: unknown key(s) {unknown}; expected {', '.join(APP_ARGS)}")
     VoiceConfig.from_dict(args.get("voice"))  # fail at build time, not in a replica
+    AdminConfig.from_dict(args.get("admin"))
+    ListenConfig.from_dict(args.get("listen"))
     tts_backend = (args.get("tts") or {}).get("backend")
     vc_backend = (args.get("vc") or {}).get("backend")
     if tts_backend == "remote-pipeline" and vc_backend != "passthrough":
@@ -107,7 +124,16 @@ def compose_app(args: dict[str, Any], deployment_options: dict[str, dict] | None
         llm=llm,  # the brain writes its text replies with the same TextLLM deployment
         controller={"name": controller.get("actor_name", "FeatureController"), "namespace": "miku"},
     )
-    return deployment("VoiceGraph").bind(llm, tts, vc, args.get("voice") or {}, controller, brain)
+    controller_ref = {"name": controller.get("actor_name", "FeatureController"), "namespace": "miku"}
+    media = {}
+    if args.get("image"):
+        media["image"] = deployment("ImageGen").bind(args["image"], controller_ref)
+    if args.get("vision"):
+        media["vision"] = deployment("Vision").bind(args["vision"], controller_ref)
+    stt = deployment("SpeechToText").bind(args.get("stt") or {"backend": "pocketsphinx"})
+    return deployment("VoiceGraph").bind(llm, tts, vc, args.get("voice") or {}, controller, brain,
+                                         admin=args.get("admin") or {}, stt=stt, listen=args.get("listen") or {},
+                                         **media)
 
 
 def load_serve_config(path: str | Path) -> dict[str, Any]:

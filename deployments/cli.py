@@ -3,6 +3,8 @@
     miku say "TEXT" --out FILE.wav            speak verbatim
     miku chat "PROMPT" --llm-url URL --out FILE.wav
     miku serve                                keep the graph running for clients
+    miku admin set-password [--user NAME]     set an admin panel password (argon2 hash, 0600 file)
+    miku transcribe FILE.wav [--stt BACKEND] [--json]   the listening stages on a recording
 
 It connects to a running Ray cluster (RAY_ADDRESS, or one started with `ray start`) or starts a local one
 with the two GPU resources declared, deploys the graph from a Serve config, and writes the exact bytes the
@@ -217,7 +219,8 @@ def cmd_serve(args) -> int:
         deploy(Path(args.config), {}, progress, "miku")
         resolve_token(None, token_file)  # the ingress created it already; this only reads it
         progress(f"Serving on http://{http.get('host', '127.0.0.1')}:{http.get('port', 8000)} "
-                 f"(bearer token: MIKU_GRAPH_TOKEN or {token_file}). Ctrl-C stops.")
+                 f"(bearer token: MIKU_GRAPH_TOKEN or {token_file}; admin panel at /admin/, password "
+                 "with `miku admin set-password`). Ctrl-C stops.")
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:
@@ -225,6 +228,60 @@ def cmd_serve(args) -> int:
     finally:
         if started_ray:
             shut_down("miku", progress)
+
+
+def cmd_transcribe(args) -> int:
+    """VAD, STT and voice-command detection on a recording: the ListenSession WS /v1/listen runs, in
+    process with the STT backend of the config (or --stt), so no Ray is needed."""
+    import asyncio
+    import json
+
+    from deployments.app import load_serve_config
+    from graph.backends.base import create_backend
+    from graph.listen.audio_in import load_wav_16k
+    from graph.listen.config import ListenConfig
+    from graph.listen.recording import transcribe_recording
+
+    progress = Progress(args.quiet or args.json)
+    app_args = load_serve_config(args.config)["applications"][0].get("args") or {}
+    stt = dict(app_args.get("stt") or {"backend": "pocketsphinx"})
+    if args.stt and args.stt != stt.get("backend"):
+        stt = {"backend": args.stt}
+    for option in args.stt_option or []:
+        key, _, value = option.partition("=")
+        if not key or not _:
+            print(f"--stt-option takes KEY=VALUE, got {option!r}", file=sys.stderr)
+            return 2
+        stt[key] = json.loads(value) if value[:1] in "[{0123456789-" or value in ("true", "false") else value
+    try:
+        samples = load_wav_16k(args.file)
+    except (OSError, ValueError) as error:
+        print(f"cannot read {args.file}: {error}", file=sys.stderr)
+        return 2
+    progress(f"Listening to {args.file} ({len(samples) / 16000:.1f} s) with {stt['backend']} ...")
+    try:
+        backend = create_backend("stt", stt)
+    except (ValueError, ImportError, FileNotFoundError, TypeError) as error:
+        print(f"cannot load the {stt['backend']} backend: {error}", file=sys.stderr)
+        return 2
+
+    async def run():
+        try:
+            return await transcribe_recording(samples, backend, ListenConfig.from_dict(app_args.get("listen")))
+        finally:
+            await backend.aclose()
+
+    result = asyncio.run(run())
+    for index, turn in enumerate(result.turns, 1):
+        command = f"   [command: {turn['command']}]" if turn["command"] else ""
+        print(f"turn {index}: {turn['text'] or '(no words)'}{command}")
+    for error in result.errors:
+        print(f"error: {error}", file=sys.stderr)
+    if not result.turns:
+        print("(no speech found)")
+    if args.json:
+        print(json.dumps(result.as_json()))
+    return 1 if result.errors else 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -248,10 +305,25 @@ def main(argv: list[str] | None = None) -> int:
     chat.add_argument("--play", action="store_true")
 
     sub.add_parser("serve", help="deploy the graph and keep it running")
+    from deployments.admin import cli as admin_cli
+
+    admin_cli.add_parser(sub)
+
+    transcribe = sub.add_parser("transcribe", help="VAD, speech-to-text and voice commands on a WAV recording")
+    transcribe.add_argument("file")
+    transcribe.add_argument("--stt", help="STT backend (default: the config's stt, pocketsphinx in local.yaml)")
+    transcribe.add_argument("--stt-option", action="append", metavar="KEY=VALUE",
+                            help="a backend option, e.g. model_path=/models/stt/whisper-ct2 (repeatable)")
+    transcribe.add_argument("--json", action="store_true", help="last line: one JSON object with text and commands")
     args = parser.parse_args(argv)
+
+    if args.command == "admin":
+        return admin_cli.run(args)
 
     if args.command == "serve":
         return cmd_serve(args)
+    if args.command == "transcribe":
+        return cmd_transcribe(args)
     request_id = f"cli-{uuid.uuid4().hex[:8]}"
     if args.command == "say":
         return run_utterance(args, {"type": "say", "id": request_id, "text": args.text}, {})

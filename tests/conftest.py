@@ -56,6 +56,27 @@ def ray_cluster():
 
 
 GRAPH_TOKEN = "test-token-0123456789"
+# The admin panel's test users (tests/test_admin_panel.py): "lockme" exists to be locked out.
+ADMIN_USER = "admin"
+ADMIN_PASSWORD = "panel-password-0123"
+ADMIN_LOCKOUT_USER = "lockme"
+ADMIN_MAX_FAILURES = 3
+
+
+def admin_test_config(state_dir) -> dict:
+    """The graph_server's `admin:` section: cheap argon2 parameters (the hash carries them), tmp state."""
+    from argon2 import PasswordHasher
+
+    from graph.admin.passwords import hash_password
+
+    hasher = PasswordHasher(time_cost=1, memory_cost=8192, parallelism=1)
+    return {
+        "users": {ADMIN_USER: hash_password(ADMIN_PASSWORD, hasher), ADMIN_LOCKOUT_USER: hash_password(ADMIN_PASSWORD, hasher)},
+        "users_file": str(state_dir / "admin-users"),
+        "secret_file": str(state_dir / "admin-secret"),
+        "lockout": {"max_failures": ADMIN_MAX_FAILURES, "window_s": 600, "lockout_s": 600},
+        "overview_interval_s": 0.5,
+    }
 # The graph_server's session lease: short so a vanished client's session ends soon, long enough that a
 # heartbeat through Serve on a loaded machine (seconds, at times) never lets a live session expire.
 GRAPH_LEASE_S = 12
@@ -95,11 +116,34 @@ class GraphServer:
         return {"Authorization": f"Bearer {self.token}"}
 
 
+class MediaServers:
+    """The drawing and vision backends of the session's graph: protocol servers (tests/support/image_servers.py)."""
+
+    def __init__(self):
+        from tests.support.image_servers import A1111ProtocolServer, MediaHostServer, OpenAIVisionProtocolServer
+
+        self.a1111 = A1111ProtocolServer().start()
+        self.vision = OpenAIVisionProtocolServer().start()
+        self.media_host = MediaHostServer().start()
+
+    def stop(self):
+        for server in (self.a1111, self.vision, self.media_host):
+            server.stop()
+
+
 @pytest.fixture(scope="session")
-def graph_server(ray_cluster, serve_http_port, llm_server, tmp_path_factory):
+def media_servers():
+    servers = MediaServers()
+    yield servers
+    servers.stop()
+
+
+@pytest.fixture(scope="session")
+def graph_server(ray_cluster, serve_http_port, llm_server, media_servers, tmp_path_factory):
     """The whole graph from configs/local.yaml, deployed once per session as app 'miku' at '/'.
 
-    The LLM stage talks to the session's real SSE test server; everything else is the embedded default.
+    The LLM stage talks to the session's real SSE test server, drawing and vision to protocol servers
+    (`media_servers`); everything else is the embedded default.
     """
     from deployments.app import CONFIG_DIR, deploy_config
 
@@ -113,6 +157,11 @@ def graph_server(ray_cluster, serve_http_port, llm_server, tmp_path_factory):
             # a short lease so tests of vanished clients finish quickly; state in a fresh directory
             "controller": {"state_dir": str(tmp_path_factory.mktemp("controller")), "lease_s": GRAPH_LEASE_S},
             "brain": {"memory_path": str(tmp_path_factory.mktemp("brain") / "memory.sqlite3")},
+            "image": {"backend": "a1111", "url": media_servers.a1111.url, "progress_interval_s": 0.1},
+            "vision": {"backend": "openai-vision", "url": media_servers.vision.url, "model": "vision",
+                       "unload_path": "/unload",
+                       "fetch": {"allowed_hosts": ["127.0.0.1"], "allow_internal": True, "allow_http": True}},
+            "admin": admin_test_config(tmp_path_factory.mktemp("admin")),
         },
     )
     yield GraphServer(serve_http_port, GRAPH_TOKEN, handle, llm_server)

@@ -117,7 +117,10 @@ async def _post(host: AutonomousHost, event: dict, clock: FakeClock | None = Non
 
 
 async def test_inline_decision_is_made_once_and_written_by_the_llm(host_factory, clock):
-    async def llm(prompt: str, system: str | None) -> str:
+    seen_options = []
+
+    async def llm(prompt: str, system: str | None, options=None) -> str:
+        seen_options.append(options)
         return f"hey everyone! [{len(prompt)} chars of prompt]"
 
     host = await host_factory(decide_on_event=True, complete=llm)
@@ -133,6 +136,7 @@ async def test_inline_decision_is_made_once_and_written_by_the_llm(host_factory,
     assert action["autonomous"]["action"] == "join_conversation"
     assert action["autonomous"]["debug"]["fired"]["action"] == "join_conversation"
     assert "lively conversation" in action["prompt"]["user"] and action["prompt"]["persona"] == "miku"
+    assert seen_options[-1].model == "llama3.1:8b-instruct" and seen_options[-1].temperature == 0.8  # the persona's
     # the same messages re-delivered, and the ticks after: nothing more to decide on
     for index in range(14):
         assert await _post(host, _message(guild, channel, index, event_id=f"again-{index}"), clock) == []
@@ -160,7 +164,7 @@ async def test_without_an_llm_the_action_carries_the_prompt_and_no_text(host_fac
 
 
 async def test_a_brain_reply_counts_as_miku_speaking(host_factory):
-    async def llm(prompt: str, system: str | None) -> str:
+    async def llm(prompt: str, system: str | None, options=None) -> str:
         return "sure!"
 
     host = await host_factory(complete=llm)
@@ -243,10 +247,13 @@ class RecordingOps:
 
     def __init__(self) -> None:
         self.sent: list[tuple[int, str]] = []
+        self.replied_to: list[int | None] = []  # the message each reply threads onto
         self.done = asyncio.Event()
 
     async def reply(self, channel_id: int, message_id: int | None, text: str) -> None:
         self.sent.append((channel_id, text))
+        self.replied_to.append(message_id)
+        self.done.set()
 
     async def send(self, channel_id: int, text: str) -> None:
         self.sent.append((channel_id, text))
@@ -466,6 +473,9 @@ async def test_poller_hands_actions_to_the_client_executor(auto_app):
     assert not poller.running and poller.executed == 1
     assert {channel_id for channel_id, _ in ops.sent} == {int(channel)}
     assert "lively conversation" in " ".join(text for _, text in ops.sent)
+    # it threads onto a (the newest when it decided) human message of the conversation (DeltaBot #10)
+    conversation = {int(_message(guild, channel, index)["message_id"]) for index in range(14)}
+    assert len(ops.replied_to) == 1 and ops.replied_to[0] in conversation
     refused = AutonomousPoller(GraphClient(base, "wrong-token"), ActionExecutor(ops).execute)
     try:
         with pytest.raises(GraphAuthError):

@@ -27,7 +27,7 @@ OPTIONS = deployment_options_of(BOX_APP)
 def test_same_application_and_deployments_as_local_yaml():
     assert BOX_APP["import_path"] == LOCAL_APP["import_path"] == "deployments.app:build_app"
     assert BOX_APP["name"] == LOCAL_APP["name"]
-    assert set(BOX_APP["args"]) >= {"llm", "tts", "vc"}
+    assert set(BOX_APP["args"]) >= {"llm", "tts", "vc", "image", "vision"}
     assert {d["name"] for d in BOX_APP["deployments"]} == {d["name"] for d in LOCAL_APP["deployments"]}
 
 
@@ -35,8 +35,11 @@ def test_same_application_and_deployments_as_local_yaml():
     "name, resource, visible, hidden",
     [
         ("SopranoTTS", "gtx1660", "CUDA_VISIBLE_DEVICES", "HIP_VISIBLE_DEVICES"),
+        ("ImageGen", "gtx1660", "CUDA_VISIBLE_DEVICES", "HIP_VISIBLE_DEVICES"),
+        ("Vision", "gtx1660", "CUDA_VISIBLE_DEVICES", "HIP_VISIBLE_DEVICES"),
         ("RVCVoice", "rx6800", "HIP_VISIBLE_DEVICES", "CUDA_VISIBLE_DEVICES"),
         ("TextLLM", "rx6800", "HIP_VISIBLE_DEVICES", "CUDA_VISIBLE_DEVICES"),
+        ("SpeechToText", "rx6800", "HIP_VISIBLE_DEVICES", "CUDA_VISIBLE_DEVICES"),
     ],
 )
 def test_model_stages_are_pinned_to_their_card(name, resource, visible, hidden):
@@ -57,7 +60,7 @@ def test_fractions_and_cpus_fit_the_box():
     assert used == {"gtx1660": 1.0, "rx6800": 1.0}
     assert placement_problems(OPTIONS, {"CPU": 8, "gtx1660": 1, "rx6800": 1}) == []
     missing = placement_problems(OPTIONS, {"CPU": 8, "gtx1660": 1})
-    assert len(missing) == 2 and all("rx6800" in p for p in missing)
+    assert len(missing) == 3 and all("rx6800" in p for p in missing)  # TextLLM, RVCVoice, SpeechToText
     assert any(p.startswith("RVCVoice") for p in missing) and any(p.startswith("TextLLM") for p in missing)
 
 

@@ -227,7 +227,7 @@ async def test_on_ready_and_guild_join_send_the_settings_of_configured_guilds(mo
 
     await bot.on_ready()  # a reconnect: sent again, with a new event id
     await bot.on_guild_join(MagicMock(id=SECOND_GUILD))
-    await bot.on_guild_join(MagicMock(id=6))  # not configured: nothing
+    await bot.on_guild_join(MagicMock(id=6, text_channels=[]))  # not configured, nowhere to write: nothing
     await bot.on_guild_remove(MagicMock(id=GUILD))  # left: the graph forgets it
     await settle(bot)
     sent = [c.args[0] for c in bot.graph.post_event.await_args_list]

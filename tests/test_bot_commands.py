@@ -194,7 +194,7 @@ async def test_deleting_the_prompt_channel_ends_the_session():
 def test_to_incoming_reads_a_discord_message():
     msg = MagicMock(spec=discord.Message)
     msg.id, msg.content = 555, "<@42> hi <@77>"
-    msg.author = member(3)
+    msg.author = member(3, roles=("@everyone", "DJ"), admin=True)
     msg.author.display_name, msg.author.name, msg.author.bot = "Rin", "rin", False
     msg.guild = SimpleNamespace(id=1, name="Crypton")
     msg.channel = SimpleNamespace(id=10, name="voice-chat")
@@ -209,6 +209,7 @@ def test_to_incoming_reads_a_discord_message():
     assert incoming.mentions_bot and incoming.mention_names["<@77>"] == "@Kaito"
     event = incoming.to_event()
     assert event["event_id"] == "message:555" and event["channel_name"] == "voice-chat"
+    assert event["author_roles"] == ["DJ"] and event["author_is_admin"] is True  # the brain's persona/mood gate
     assert event["timestamp"] == dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc).timestamp()
 
 
@@ -239,7 +240,9 @@ def test_voice_status_text():
     health = GraphHealth(True, (StageHealth("tts", "espeak", True, "gtx1660"), StageHealth("vc", "world", True)))
     text = format_status(status, [FeatureState("vision", True), FeatureState("autonomous_engine", False)], health)
     assert "<#4>" in text and "<#10>" in text and "Prompts waiting: 2" in text and "2m 05s" in text
-    assert "310 ms" in text and "Features blocked: vision" in text and "tts: espeak on gtx1660" in text
+    assert "310 ms" in text and "tts: espeak on gtx1660" in text
+    assert "• Looking at images and videos: off until I leave voice" in text and "• Speaking up on my own: on" in text
+    assert "vision" not in text and "autonomous_engine" not in text  # states in words, no feature ids
     assert "Not in a voice session" in format_status(None, None, None)
 
 

@@ -144,7 +144,8 @@ async def test_join_prompt_frames_leave_with_features_blocked_and_restored(graph
     assert status.recent_ttfa_ms and status.recent_ttfa_ms[0] > 0
     assert await session.report_playback()  # underruns and frames reach the graph's metrics route
     report = format_status(status, await graph.features(), await graph.health())
-    assert "tts: espeak on gtx1660" in report and "vision" in report and "Prompts waiting: 0" in report
+    assert "tts: espeak on gtx1660" in report and "Prompts waiting: 0" in report
+    assert "• Looking at images and videos: off until I leave voice" in report  # the graph's real answer, in words
 
     assert await manager.leave(GUILD) is None
     await wait_for(lambda: link.player is not None and not link.player.is_alive(), what="player stop")

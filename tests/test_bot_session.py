@@ -106,7 +106,8 @@ async def test_join_starts_playback_heartbeat_and_presence_then_leave_restores_e
     h.link.play.assert_called_once()
     assert h.link.play.call_args.args[0] is session.source
     assert h.presence_calls == ["🎤 In Voice Chat"]
-    assert "vision" in outcome.message
+    assert "While I'm in voice, I won't draw or look at images." in outcome.message
+    assert "vision" not in outcome.message and "image_generation" not in outcome.message  # no feature ids
 
     assert await h.manager.leave(1) is None
     assert session.state is SessionState.ENDED and session.end_reason is EndReason.LEAVE

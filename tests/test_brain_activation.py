@@ -53,7 +53,7 @@ class RecordingLLM:
         self.default = default
         self.prompts: list[str] = []
 
-    async def __call__(self, prompt: str, system: str | None) -> str:
+    async def __call__(self, prompt: str, system: str | None, options=None) -> str:
         self.prompts.append(prompt)
         for name, answer in self.answers.items():
             if f"Action: {name}\n" in prompt:
@@ -65,12 +65,12 @@ def make_action(name: str, **attrs) -> type[BaseAction]:
     return type(f"Action_{name}", (BaseAction,), {"action_name": name, "action_description": f"does {name}", **attrs})
 
 
-def modifier_for(classes, llm=None, *, seed: int = 0, overrides=None, clock=lambda: 0.0) -> ActionModifier:
+def modifier_for(classes, llm=None, *, seed: int = 0, overrides=None, clock=lambda: 0.0, **options) -> ActionModifier:
     registry = ActionRegistry()
     for cls in classes:
         registry.register(cls)
     judge = LLMJudge(llm, JudgeCache(30.0, clock), timeout_s=1.0)
-    return ActionModifier(registry.build(overrides), judge, random.Random(seed))
+    return ActionModifier(registry.build(overrides), judge, random.Random(seed), **options)
 
 
 # -- judge parser ---------------------------------------------------------------------------------
@@ -188,7 +188,7 @@ async def test_judges_run_in_parallel():
     peak = 0
     release = asyncio.Event()
 
-    async def complete(prompt, system):
+    async def complete(prompt, system, options=None):
         nonlocal in_flight, peak
         in_flight += 1
         peak = max(peak, in_flight)
@@ -208,7 +208,7 @@ async def test_judges_run_in_parallel():
 async def test_failed_and_timed_out_judges_count_as_no_and_are_not_cached():
     never = asyncio.Event()
 
-    async def complete(prompt, system):
+    async def complete(prompt, system, options=None):
         if "Action: slow" in prompt:
             await never.wait()
         if "Action: broken" in prompt:
@@ -251,19 +251,19 @@ async def test_cache_30s_keyed_by_context_and_action_config():
 # -- NORMAL-mode fallback ------------------------------------------------------------------------
 
 
-async def test_normal_mode_llm_judge_falls_back_with_warning(caplog):
+async def test_normal_mode_llm_judge_falls_back_with_warning_when_configured(caplog):
     llm = RecordingLLM(default="yes")
     kw = make_action("kw", normal_activation_type=ActivationType.LLM_JUDGE, activation_keywords=("mute",))
     rnd = make_action("rnd", normal_activation_type=ActivationType.LLM_JUDGE, random_activation_probability=1.0)
     neither = make_action("neither", normal_activation_type=ActivationType.LLM_JUDGE)
-    mod = modifier_for([kw, rnd, neither], llm)
+    mod = modifier_for([kw, rnd, neither], llm, normal_judge="keywords")
     with caplog.at_level(logging.WARNING, logger="graph.brain.activation"):
         result = await mod.select(context("please mute him", mode=ChatMode.NORMAL))
     assert result.usable == ["kw", "rnd"]
     assert result.reasons == {"kw": "keyword", "rnd": "random"}
     assert result.dropped["neither"] == "never"
     assert llm.prompts == []  # NORMAL mode never calls the LLM
-    assert any("falling back to KEYWORD" in w for w in result.warnings)
+    assert any("falling back to KEYWORD" in w for w in result.warnings)  # normal_judge: keywords
     assert any("'kw'" in r.getMessage() and "KEYWORD" in r.getMessage() for r in caplog.records)
     result = await mod.select(context("hello", mode=ChatMode.NORMAL))
     assert result.usable == ["rnd"]

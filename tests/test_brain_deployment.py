@@ -156,3 +156,35 @@ def test_large_actions_are_bounded_oldest_history_first():
     assert brain_routes.bounded_action(small) is small  # small: untouched
     answer = brain_routes.bounded_answer({"actions": [action, huge], "other": 1})
     assert answer["other"] == 1 and all(a["truncated"] for a in answer["actions"])
+
+
+async def test_mood_route_and_bipolar_mode_through_the_deployment(brain_app):
+    """`GET /v1/mood` (the bot's profile picture follows it) and an argument written by the deployment's LLM."""
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"{brain_app}/v1/mood?guild_id=77") as response:
+            assert response.status == 401
+        async with http.get(f"{brain_app}/v1/mood?guild_id=not-a-server", headers=headers) as response:
+            assert response.status == 422
+        async with http.post(f"{brain_app}/v1/events", headers=headers, json={
+                "type": "mood", "event_id": "mood-77", "guild_id": "77", "mood": "angry"}) as response:
+            assert response.status == 200
+        async with http.get(f"{brain_app}/v1/mood?guild_id=77", headers=headers) as response:
+            assert await response.json() == {"guild_id": "77", "persona": "miku", "display_name": "Hatsune Miku",
+                                             "mood": "angry"}
+
+        async def post(content: str, n: int, **extra) -> list[dict]:
+            body = message(event_id=f"bp{n}", message_id=f"bp{n}", channel_id="c77", guild_id="77",
+                           content=content, mentions_miku=False, **extra)
+            async with http.post(f"{brain_app}/v1/events", json=body, headers=headers) as response:
+                assert response.status == 200
+                return (await response.json())["actions"]
+
+        turned_on = await post("!bipolar on", 1, author_can_moderate=True)
+        assert [a["type"] for a in turned_on] == ["reply"] and "on in this channel" in turned_on[0]["text"]
+        [argument] = await post("!argue leeks or onions", 2)
+    assert argument["type"] == "argument" and len(argument["lines"]) == 6
+    assert [line["persona"] for line in argument["lines"][:2]] == ["miku", "evil_miku"]
+    assert "leeks or onions" in argument["lines"][0]["text"]  # the echo backend wrote it from the prompt
+    snapshot = await serve.get_deployment_handle("Brain", app_name=APP).snapshot.remote()
+    assert snapshot["bipolar"]["channels"] == ["c77"] and snapshot["bipolar"]["stats"]["arguments"] == 1

@@ -106,19 +106,22 @@ def test_interest_decays_and_idle_chats_are_demoted_then_cleaned_up():
     assert "c" in hf.budgets  # the reply history outlives the sub-flow
 
 
-def test_three_no_replies_send_focused_chat_to_absent():
+def test_five_no_replies_send_focused_chat_to_absent_and_an_emoji_resets_the_count():
     clock = Clock(0.0)
     hf = flow(clock)
     sub = hf.subflow("c", 0.0)
     hf.observe(sub, 10.0, 0.0)
+    assert sub.state is ChatState.FOCUSED and hf.config.max_consecutive_no_reply == 5  # the seed's number
+    for t in (1.0, 2.0, 3.0, 4.0):
+        hf.record_focus_no_reply(sub, t)
+    hf.record_outcome(sub, True, 5.0)  # a reply resets the count
+    for t in (6.0, 7.0, 8.0, 9.0):
+        hf.record_focus_no_reply(sub, t)
+    hf.record_focus_reaction(sub)  # so does an emoji reaction
+    for t in (10.0, 11.0, 12.0, 13.0):
+        hf.record_focus_no_reply(sub, t)
     assert sub.state is ChatState.FOCUSED
-    hf.record_focus_no_reply(sub, 1.0)
-    hf.record_focus_no_reply(sub, 2.0)
-    hf.record_outcome(sub, True, 3.0)  # a reply resets the count
-    hf.record_focus_no_reply(sub, 4.0)
-    hf.record_focus_no_reply(sub, 5.0)
-    assert sub.state is ChatState.FOCUSED
-    hf.record_focus_no_reply(sub, 6.0)
+    hf.record_focus_no_reply(sub, 14.0)
     assert sub.state is ChatState.ABSENT and sub.interest == 0.0
 
 
@@ -162,7 +165,7 @@ class ScriptedLLM:
         self.fail = fail
         self.plans = 0
 
-    async def __call__(self, prompt: str, system: str | None) -> str:
+    async def __call__(self, prompt: str, system: str | None, options=None) -> str:
         if self.fail:
             raise TimeoutError("model is down")
         if system == JUDGE_SYSTEM:
@@ -227,7 +230,7 @@ async def test_focused_cycle_replans_when_messages_arrive_while_planning():
     clock = Clock()
     gate = asyncio.Event()
     llm = ScriptedLLM(plan_gate=gate)
-    brain = await make_brain(clock, llm)
+    brain = await make_brain(clock, llm, replan_probability=1.0)
     try:
         sub = brain.heartflow.subflow("c", clock.now)
         brain.heartflow.observe(sub, 10.0, clock.now)
@@ -254,10 +257,10 @@ async def test_focused_no_replies_demote_without_spending_llm_when_over_budget()
     try:
         sub = brain.heartflow.subflow("c", clock.now)
         brain.heartflow.observe(sub, 10.0, clock.now)
-        for i in range(3):
+        for i in range(5):
             clock.now += 1
             assert (await brain.handle_event(event(f"just chatting {i}")))["actions"] == []
-        assert sub.state is ChatState.ABSENT and llm.plans == 3
+        assert sub.state is ChatState.ABSENT and llm.plans == 5
     finally:
         await brain.close()
 

@@ -148,6 +148,16 @@ def test_reply_rate_within_band_and_rate_limit(day_run):
                 assert times[i + hf.rate_limit_replies] - times[i] >= hf.rate_limit_window_s or channel.startswith("dm"), (channel, i)
 
 
+def test_judge_prefilter_saves_calls_on_the_replayed_day(day_run):
+    """The seed's layered pre-filter skips judges that cannot say yes; the replayed day counts them."""
+    _, _, snapshot, _, _ = day_run
+    judges = snapshot["judges"]
+    reasons = judges["saved_by_reason"]
+    assert judges["saved_by_prefilter"] == sum(reasons.values()) > 0
+    assert reasons.get("description does not fit the message", 0) > 0  # most chatter is not a draw request
+    assert judges["calls"] > 0  # and the judges that can say yes still run
+
+
 def test_replay_is_deterministic():
     first = run_day(seed=21, scale=0.25)
     second = run_day(seed=21, scale=0.25)

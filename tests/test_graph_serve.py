@@ -519,18 +519,24 @@ async def test_a_stage_replica_killed_mid_utterance_is_announced_and_the_whole_a
         serve.delete("miku-crash")
 
 
-async def test_a_vc_replica_killed_between_prompts_fails_the_next_prompt_fast_saying_it_restarts(ray_cluster, llm_server):
+@pytest.mark.parametrize("transport", ["direct", "grpc"])
+async def test_a_vc_replica_killed_between_prompts_fails_the_next_prompt_fast_saying_it_restarts(ray_cluster, llm_server, transport):
     """VC dies while Miku is idle: the next prompt is told at once that the stage is lost and restarting
     (not left waiting for Serve to notice), still gets the whole answer as text, and voice comes back.
-    The direct stage link (the default transport) sees the dead replica; over the `grpc` and `actor`
-    transports Serve's router holds such a call until the replacement is up (~9.5 s measured here)."""
+    The direct stage link sees the dead replica on its WebSocket; over the `grpc` (and `actor`)
+    transports the ingress's watch call to each stage fails when the replica dies, where Serve's router
+    used to hold the next prompt's call until the replacement was up (~9.5 s measured here)."""
     from ray import serve
 
-    handle = serve.run(_crash_app(llm_server, "direct"), name="miku-vc-crash", route_prefix="/vc-crash")
+    handle = serve.run(_crash_app(llm_server, transport), name="miku-vc-crash", route_prefix="/vc-crash")
     try:
         first = [m async for m in handle.options(stream=True).speak.remote({"type": "say", "id": "a", "text": "Hello."})]
         assert first[-1]["status"] == "ok"
         await _sigkill_replica("miku-vc-crash", "RVCVoice")
+        if transport != "direct":  # the watch call noticed the death with no prompt in flight
+            async with asyncio.timeout(30):
+                while "vc" not in await handle.recovering_stages.remote():
+                    await asyncio.sleep(0.05)
         async with asyncio.timeout(60):
             messages = [m async for m in handle.options(stream=True).speak.remote({"type": "prompt", "id": "b", "text": "hello"})]
         events = [m for m in messages if isinstance(m, dict)]

@@ -29,6 +29,9 @@ class EventsCog(commands.Cog, name="Events"):
     def _is_command(self, content: str) -> bool:
         """A message the command group runs (`!miku ...`, or a mention of the bot then `miku ...`)."""
         prefixes = [self.bot.config.command_name]
+        # the scheduled-events and figurine commands (cogs/features.py), when that cog is loaded
+        prefixes += [f"{self.bot.config.command_prefix}{name}" for name in ("schedule", "figures")
+                     if self.bot.get_command(name) is not None]
         me = self.bot.user
         if me is not None:  # commands.when_mentioned: "<@id> " and "<@!id> " before the group name
             prefixes += [f"<@{me.id}> {self.bot.config.group_name}", f"<@!{me.id}> {self.bot.config.group_name}"]
@@ -90,9 +93,9 @@ class EventsCog(commands.Cog, name="Events"):
     # --- presence and joins for the autonomous engine ---------------------------------------------
 
     def _tracks(self, guild_id: int) -> bool:
-        """Presence and joins are forwarded only when switched on and only for configured servers."""
+        """Presence and joins are forwarded only when switched on and only for tracked servers."""
         autonomous = self.bot.config.autonomous
-        return autonomous.enabled and autonomous.presence_events and autonomous.server(guild_id) is not None
+        return autonomous.enabled and autonomous.presence_events and self.bot.autonomy_server(guild_id) is not None
 
     def _is_self_or_bot(self, member: discord.Member) -> bool:
         me = self.bot.user
@@ -115,7 +118,7 @@ class EventsCog(commands.Cog, name="Events"):
         if not self._tracks(member.guild.id) or self._is_self_or_bot(member):
             return
         # The brain's welcome goes to the server's system channel, and only when she may speak there.
-        server = self.bot.config.autonomous.server(member.guild.id)
+        server = self.bot.autonomy_server(member.guild.id)
         system = member.guild.system_channel
         welcome = system.id if system is not None and system.id in server.allowed_channels else None
         event = member_join_event(member.guild.id, member.id, member.display_name, bool(member.bot), welcome)

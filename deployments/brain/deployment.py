@@ -26,7 +26,7 @@ import random
 import time
 from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -47,12 +47,16 @@ from graph.autonomous import (
     parse_autonomous_config,
     server_settings,
 )
+from graph.autonomous import ActionKind
 from graph.autonomous import (
     parse_event as parse_autonomous_event,
 )
+from graph.autonomous.sharing import FeedShare
 from graph.backends.base import create_backend
+from graph.brain.bipolar import BipolarConfig, BipolarHost
+from graph.brain.admin import BrainAdmin
 from graph.brain.brain import Brain as BrainLogic
-from graph.brain.brain import BrainConfig
+from graph.brain.brain import BrainConfig, allow_everything
 from graph.brain.events import (
     ALLOW,
     FEATURE_AUTONOMOUS,
@@ -67,9 +71,16 @@ from graph.brain.events import (
 from graph.brain.events import (
     parse_event as parse_brain_event,
 )
-from graph.brain.llm import complete_from_backend
+from graph.brain.heartflow import ChatState
+from graph.brain.llm import LLMCallOptions, ModelRouting, complete_from_backend, is_in_process
 from graph.brain.mood_profiles import load_moods
 from graph.brain.prompts import ChatContext
+from graph.brain.text_route import (
+    TEXT_INFERENCE_FEATURE,
+    TextEndpointsConfig,
+    build_routed_backend,
+)
+from graph.features.feeds import check_feed_url
 from graph.voice.types import LLMRequest
 
 log = logging.getLogger(__name__)
@@ -111,6 +122,9 @@ class AutonomousHosting:
     pause_refresh_s: float = 2.0  # a controller answer older than this is asked again before acting
     controller_timeout_s: float = 5.0
     recent_decisions: int = 10  # full decision records kept per server for the explain route
+    # RSS/Atom feeds "share something" shares posts from (Miku accounts through an RSS bridge, figurine
+    # shops...). None configured: the engine's share_something is off (she never shares an invented topic).
+    share_feeds: tuple[str, ...] = ()
     engine: Mapping[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -128,6 +142,8 @@ class AutonomousHosting:
         hosting_keys = {f.name for f in fields(cls)} - {"engine"}
         kwargs = {k: v for k, v in merged.items() if k in hosting_keys}
         engine = {k: v for k, v in merged.items() if k not in hosting_keys}
+        if "share_feeds" in kwargs:
+            kwargs["share_feeds"] = tuple(check_feed_url(url) for url in kwargs["share_feeds"] or ())
         settings = cls(**kwargs, engine=engine)
         if not (settings.tick_interval_s > 0 and math.isfinite(settings.tick_interval_s)):
             raise ValueError(f"autonomous.tick_interval_s must be > 0, got {settings.tick_interval_s!r}")
@@ -145,19 +161,32 @@ class AutonomousHosting:
             raise AutonomousConfigError(f"{path}: cannot read ({exc.strerror or exc})") from exc
         if not isinstance(data, Mapping):
             raise AutonomousConfigError(f"{path}: expected a mapping")
-        return parse_autonomous_config(_deep_merge(data, self.engine), source=f"{path} + overrides")
+        merged = _deep_merge(data, self.engine)
+        if not self.share_feeds:  # nothing real to share: the action stays off
+            merged = _deep_merge(merged, {"actions": {"share_something": {"enabled": False}}})
+        return parse_autonomous_config(merged, source=f"{path} + overrides")
 
 
-def load_brain_config(config: dict[str, Any] | str | Path | None) -> tuple[BrainConfig, Mapping[str, Any] | None]:
-    """The brain's config, and its `autonomous` mapping (which BrainConfig itself does not know)."""
+# Sections of the brain's config that its host reads (BrainConfig itself does not know them).
+HOST_SECTIONS = ("autonomous", "text_llm", "bipolar")
+
+
+def load_brain_settings(config: dict[str, Any] | str | Path | None) -> tuple[BrainConfig, dict[str, Any]]:
+    """The brain's config, and the host's sections (`autonomous`, `text_llm`, `bipolar`; absent ones None)."""
     if config is None:
         config = DEFAULT_CONFIG_FILE
     if isinstance(config, (str, Path)):
         data = BrainConfig.read_file(config)
     else:
         data = dict(config.get("brain", config))
-    autonomous = data.pop("autonomous", None)
-    return BrainConfig.from_mapping(data), autonomous
+    sections = {name: data.pop(name, None) for name in HOST_SECTIONS}
+    return BrainConfig.from_mapping(data), sections
+
+
+def load_brain_config(config: dict[str, Any] | str | Path | None) -> tuple[BrainConfig, Mapping[str, Any] | None]:
+    """The brain's config, and its `autonomous` mapping (which BrainConfig itself does not know)."""
+    brain_config, sections = load_brain_settings(config)
+    return brain_config, sections["autonomous"]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -197,6 +226,29 @@ class ControllerFeatureCheck:
 
 
 CheckFeature = Callable[[str], Awaitable[FeatureCheck]]
+
+
+class ControllerRouteCheck:
+    """`check("text_inference")` on the controller actor, whole (the route and the effect, not just allowed).
+
+    No controller running means no voice session can be running either: the normal route."""
+
+    def __init__(self, name: str, namespace: str):
+        self.name = name
+        self.namespace = namespace
+        self._actor = None
+
+    async def __call__(self) -> Any:
+        if self._actor is None:
+            try:
+                self._actor = ray.get_actor(self.name, namespace=self.namespace)
+            except ValueError:
+                return False
+        try:
+            return await self._actor.check.remote(TEXT_INFERENCE_FEATURE)
+        except ray.exceptions.RayActorError:
+            self._actor = None  # restarted or gone: look it up again next time
+            raise
 
 
 class ControllerPause:
@@ -321,6 +373,14 @@ def _snowflake(value: Any) -> int | None:
     return int(text) if text.isdigit() and len(text) <= 19 and int(text) < 2**63 else None
 
 
+def _message_id(engine_event_id: str | None) -> str | None:
+    """The Discord message id in an engine message event id (`message:<id>`), else None."""
+    if engine_event_id and engine_event_id.startswith("message:"):
+        message_id = engine_event_id.split(":", 1)[1]
+        return message_id if _snowflake(message_id) is not None else None
+    return None
+
+
 # Brain actions after which she has spoken in a channel (the engine must count her as having spoken).
 _SPEAKING_ACTIONS = frozenset({"reply", "send", "draw", "look", "mute"})
 
@@ -355,6 +415,7 @@ class AutonomousHost:
             is_paused=pause,
         )
         self.outbox = AutonomousOutbox(settings.outbox_size, settings.max_action_age_s, monotonic)
+        self.share = FeedShare(settings.share_feeds, clock=clock) if settings.share_feeds else None
         self._servers: dict[int, ServerSettings] = {s.guild_id: s for s in config.servers}
         self._presence: OrderedDict[str, tuple[str, str | None]] = OrderedDict()  # guild:user -> (status, activity)
         self._names: OrderedDict[str, tuple[str, str]] = OrderedDict()  # channel -> (guild name, channel name)
@@ -511,7 +572,8 @@ class AutonomousHost:
         if decision is None:
             return []
         self.stats["inline"] += 1
-        return [await self._action_for(decision)]
+        action = await self._action_for(decision)
+        return [] if action is None else [action]
 
     def _note_brain_speaking(self, event: Any, guild_id: int, spoke: list[dict[str, Any]]) -> None:
         """The brain answered (a reply, a welcome...): she has spoken there, so the engine must not pile on."""
@@ -536,7 +598,7 @@ class AutonomousHost:
         self.stats["last_gate"] = self.engine.gate().value
         if not decisions:
             return 0
-        actions = await asyncio.gather(*(self._action_for(d) for d in decisions))
+        actions = [a for a in await asyncio.gather(*(self._action_for(d) for d in decisions)) if a is not None]
         for action in actions:
             self.outbox.put(action["guild_id"], action)
         self.stats["queued"] += len(actions)
@@ -562,20 +624,31 @@ class AutonomousHost:
                 return []
             await self.outbox.wait(remaining)
 
-    async def _action_for(self, decision: AutonomousDecision) -> dict[str, Any]:
-        """A `send` action the client carries out; `text` is null when no LLM wrote it."""
+    async def _action_for(self, decision: AutonomousDecision) -> dict[str, Any] | None:
+        """A `send` action the client carries out; `text` is null when no LLM wrote it. None: a share
+        decision with no real post to share (nothing is sent rather than an invented topic)."""
         self.stats["decisions"] += 1
         record = decision.to_dict(include_debug=True)
         recent = self._recent.setdefault(decision.guild_id, deque(maxlen=self.settings.recent_decisions))
         recent.append(record)
-        prompt = await self._prompt(decision)
+        item = None
+        if decision.action is ActionKind.SHARE_SOMETHING:
+            item = await self._share_item(decision.guild_id)
+            if item is None:
+                self.stats["shares_skipped"] = self.stats.get("shares_skipped", 0) + 1
+                return None
+        prompt = await self._prompt(decision, FeedShare.prompt(item, decision.prompt) if item else None)
         text = await self._write(prompt) if self.settings.write_text else None
+        if text and item is not None:
+            text = f"{text}\n{item.link}"  # the real link, added by code
         fired = [c for c in decision.debug.checks if c.fired]
         channel = decision.debug.signals.channel(decision.channel_id)
         return {
             "type": "send",
             "guild_id": str(decision.guild_id),
             "channel_id": str(decision.channel_id),
+            # a reply to the newest human message when there is a recent one, else a plain post
+            "reply_to_message_id": _message_id(decision.reply_to_event_id),
             "text": text,
             "prompt": prompt.to_dict(),
             "autonomous": {
@@ -584,6 +657,8 @@ class AutonomousHost:
                 "decided_at": decision.decided_at,
                 "trigger_event_id": decision.trigger_event_id,
                 "target_user_id": None if decision.target_user_id is None else str(decision.target_user_id),
+                "shared_item": None if item is None else {"id": item.id, "title": item.title, "link": item.link,
+                                                          "feed_url": item.feed_url},
                 "debug": {
                     "roll_window_s": decision.debug.roll_window_s,
                     "fired": fired[0].to_dict() if fired else None,
@@ -594,7 +669,20 @@ class AutonomousHost:
             },
         }
 
-    async def _prompt(self, decision: AutonomousDecision) -> Prompt:
+    async def _share_item(self, guild_id: int):
+        if self.share is None:
+            return None
+        try:
+            return await self.share.pick(guild_id)
+        except Exception:  # a broken feed costs this share, nothing else
+            log.warning("no post to share in server %s", guild_id, exc_info=True)
+            return None
+
+    async def close(self) -> None:
+        if self.share is not None:
+            await self.share.close()
+
+    async def _prompt(self, decision: AutonomousDecision, instruction: str | None = None) -> Prompt:
         """Persona + mood + the channel's recent messages, and the engine's instruction as the turn."""
         brain = self.brain
         guild, channel = str(decision.guild_id), str(decision.channel_id)
@@ -610,7 +698,7 @@ class AutonomousHost:
         system = brain.prompts.system_prompt(persona, mood, ChatContext(guild_name=guild_name, channel_name=channel_name))
         system += "\n\nNobody asked you anything: you are speaking up on your own in this channel."
         return Prompt(system=system, history=brain.prompts.history(history, brain.config.context_messages),
-                      user=decision.prompt, persona=persona.name, mood=mood.name,
+                      user=instruction or decision.prompt, persona=persona.name, mood=mood.name,
                       temperature=persona.temperature, max_tokens=persona.max_tokens)
 
     async def _write(self, prompt: Prompt) -> str | None:
@@ -618,7 +706,9 @@ class AutonomousHost:
         if complete is None or not self.brain.config.generate_replies:
             return None
         try:
-            text = await asyncio.wait_for(complete(prompt.as_text(), prompt.system), self.brain.config.llm_timeout_s)
+            persona = self.brain.personas.get(prompt.persona) or self.brain.personas.active(None)
+            options = self.brain.llm_options(persona)  # the persona's model, temperature, token limit
+            text = await asyncio.wait_for(complete(prompt.as_text(), prompt.system, options), self.brain.config.llm_timeout_s)
         except Exception as exc:  # the client gets the prompt instead; nothing is lost
             self.stats["llm_failures"] += 1
             log.warning("autonomous message not written (%s: %s)", type(exc).__name__, exc)
@@ -655,13 +745,23 @@ class AutonomousHost:
 # The deployment
 
 
-def _complete_via_handle(handle: DeploymentHandle, max_tokens: int = 256, temperature: float = 0.8):
-    async def complete(prompt: str, system: str | None) -> str:
-        request = LLMRequest(prompt=prompt, system=system, max_tokens=max_tokens, temperature=temperature)
+def _complete_via_handle(handle: DeploymentHandle, max_tokens: int = 256, temperature: float = 0.8,
+                         routing: ModelRouting | None = None):
+    """`complete` through the app's TextLLM handle; its backend is not known here, so the request
+    carries both the routed model name and the adapter file (each backend reads what it understands)."""
+    routing = routing or ModelRouting()
+
+    async def complete(prompt: str, system: str | None, options: LLMCallOptions | None = None) -> str:
+        request = routing.request(prompt, system, options, in_process=None,
+                                  default_max_tokens=max_tokens, default_temperature=temperature)
         tokens = [token async for token in handle.options(stream=True).stream.remote(request)]
         return "".join(tokens).strip()
 
     return complete
+
+
+async def _never_in_session() -> bool:
+    return False
 
 
 async def _tick_forever(name: str, interval_s: float, tick: Callable[[], Awaitable[Any]]) -> None:
@@ -686,17 +786,9 @@ class Brain:
         tick_interval_s: float = 30.0,
         autonomous: dict[str, Any] | str | None = None,
     ):
-        brain_config, autonomous_from_config = load_brain_config(config)
-        hosting = AutonomousHosting.from_sources(autonomous, autonomous_from_config)
-        complete = None
-        self._backend = None
-        if isinstance(llm, DeploymentHandle):
-            # share the app's TextLLM deployment (one model on the GPU) instead of a second client
-            complete = _complete_via_handle(llm)
-        elif llm:
-            self._backend = create_backend("llm", llm)
-            complete = complete_from_backend(self._backend)
-        check_feature = pause_check = None
+        brain_config, sections = load_brain_settings(config)
+        hosting = AutonomousHosting.from_sources(autonomous, sections["autonomous"])
+        check_feature = pause_check = route_check = None
         if controller is not False:
             from deployments.controller.actor import (
                 CONTROLLER_NAME,
@@ -707,14 +799,61 @@ class Brain:
             name, namespace = target.get("name", CONTROLLER_NAME), target.get("namespace", CONTROLLER_NAMESPACE)
             check_feature = ControllerFeatureCheck(name, namespace)
             pause_check = ControllerFeatureCheck(name, namespace, missing_allows=False)
+            route_check = ControllerRouteCheck(name, namespace)
+        complete = None
+        self._backend = None
+        route_config = None
+        if sections["text_llm"]:
+            # two servers: the normal one, and the RX 6800 one while a voice session runs (graph/brain/text_route.py)
+            route_config = TextEndpointsConfig.from_mapping(sections["text_llm"], "brain.text_llm")
+            self._backend = build_routed_backend(route_config, route_check or _never_in_session)
+            complete = complete_from_backend(self._backend, routing=brain_config.model_routing)
+        elif isinstance(llm, DeploymentHandle):
+            # share the app's TextLLM deployment (one model on the GPU) instead of a second client
+            complete = _complete_via_handle(llm, routing=brain_config.model_routing)
+        elif llm:
+            self._backend = create_backend("llm", llm)
+            complete = complete_from_backend(self._backend, routing=brain_config.model_routing)
         self._brain = await BrainLogic.create(brain_config, complete=complete, check_feature=check_feature, clock=time.time, rng=random.Random())
+        # Bipolar mode: Miku and Evil Miku argue in the channels where it is on (graph/brain/bipolar.py)
+        bipolar_config = BipolarConfig.from_mapping(sections["bipolar"], "brain.bipolar")
+        if bipolar_config.state_path is None and brain_config.memory_path != ":memory:":
+            # `!bipolar on|off` is kept next to the brain's memory (relative paths: from the repository)
+            bipolar_config = replace(bipolar_config, state_path=str(Path(brain_config.memory_path).parent / "bipolar_channels.json"))
+        elif bipolar_config.state_path and not Path(bipolar_config.state_path).expanduser().is_absolute():
+            bipolar_config = replace(bipolar_config, state_path=str(REPO_ROOT / bipolar_config.state_path))
+        self._bipolar: BipolarHost | None = None
+        missing = [name for name in bipolar_config.personas if self._brain.personas.get(name) is None]
+        if missing and sections["bipolar"] is None:  # not asked for, and these personas lack one: just off
+            log.info("bipolar mode off: no persona %s in %s", " or ".join(missing), brain_config.persona_dir)
+            bipolar_config = replace(bipolar_config, enabled=False)
+        if bipolar_config.enabled:
+            heartflow = self._brain.heartflow
+            self._bipolar = BipolarHost(
+                bipolar_config, personas=self._brain.personas,
+                complete=complete if brain_config.generate_replies else None,
+                check_feature=check_feature or allow_everything,
+                is_focused=lambda channel: getattr(heartflow.subflows.get(channel), "state", None) is ChatState.FOCUSED,
+                clock=time.time, command_prefix=brain_config.command_prefix)
+        if self._backend is not None:  # a persona ADAPTER the configured LLM cannot serve fails here, by name
+            brain_config.model_routing.check(
+                {p.name: p.adapter for p in self._brain.personas.personas.values() if p.adapter},
+                in_process=is_in_process(self._backend))
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(_tick_forever("brain", tick_interval_s, self._brain.tick))]
+        if route_config is not None:
+            # the switch (and the GTX 1660's unload) happens when a session starts, not at the next reply
+            self._tasks.append(loop.create_task(
+                _tick_forever("text-route", route_config.route_poll_s, self._backend.selector.refresh)))
         self._autonomous: AutonomousHost | None = None
         if hosting.enabled:
             pause = ControllerPause(pause_check, timeout_s=hosting.controller_timeout_s)
             self._autonomous = AutonomousHost(self._brain, hosting, pause=pause)
             self._tasks.append(loop.create_task(_tick_forever("autonomous", hosting.tick_interval_s, self._autonomous.tick)))
+
+    async def admin(self, op: str, args: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The admin panel's operations (graph.brain.admin.BrainAdmin.OPS); refusals come back as data."""
+        return await BrainAdmin(self._brain, self._autonomous).call(op, args)
 
     async def handle_event(self, event: dict[str, Any]) -> dict[str, Any]:
         """One client event -> `{"actions": [...]}`; a malformed one -> `{"actions": [], "invalid": [errors]}`.
@@ -728,6 +867,13 @@ class Brain:
             result = await self._brain.handle_event(event)
         except EventValidationError as exc:
             return {"actions": [], INVALID_KEY: exc.errors}
+        if self._bipolar is not None and event.get("type") == "message":
+            try:
+                extra, consumed = await self._bipolar.on_message(parse_brain_event(event))
+                # its own commands (!argue, !bipolar) replace the brain's answer to that message
+                result["actions"] = extra if consumed else result["actions"] + extra
+            except Exception:  # the brain's answer must reach the client whatever bipolar mode does
+                log.exception("bipolar mode failed on event %s", event.get("event_id"))
         if self._autonomous is not None:
             try:
                 result["actions"].extend(await self._autonomous.on_event(event, list(result["actions"])))
@@ -764,14 +910,32 @@ class Brain:
     async def current_mood(self, guild_id: str | None, channel_id: str | None = None) -> dict[str, Any]:
         return self._brain.current_mood(guild_id, channel_id).to_dict()
 
+    async def persona_mood(self, guild_id: str | None) -> dict[str, Any]:
+        """The server's active persona and mood (the bot's profile picture follows them)."""
+        persona = self._brain.personas.active(guild_id)
+        return {"guild_id": guild_id, "persona": persona.name, "display_name": persona.display_name or persona.name,
+                "mood": self._brain.current_mood(guild_id).name}
+
     async def voice_prompt(self, guild_id: str | None, channel_id: str | None, user_id: str, user_name: str, text: str) -> dict[str, Any]:
         prompt = await self._brain.voice_prompt(guild_id=guild_id, channel_id=channel_id, user_id=user_id, user_name=user_name, text=text)
         return prompt.to_dict()
+
+    async def compose(self, guild_id: str | None, channel_id: str | None, instruction: str) -> dict[str, Any]:
+        """A message written from an instruction in the persona's voice (scheduled events); text None on failure."""
+        from graph.features.compose import compose_message
+
+        composed = await compose_message(self._brain, guild_id=guild_id, channel_id=channel_id, instruction=instruction)
+        return composed.to_dict()
 
     async def snapshot(self) -> dict[str, Any]:
         snapshot = self._brain.snapshot()
         if self._autonomous is not None:
             snapshot["autonomous"] = self._autonomous.snapshot()
+        selector = getattr(self._backend, "selector", None)
+        if selector is not None:
+            snapshot["text_route"] = selector.snapshot()
+        if self._bipolar is not None:
+            snapshot["bipolar"] = self._bipolar.snapshot()
         return snapshot
 
     async def check_health(self) -> None:
@@ -782,5 +946,7 @@ class Brain:
         for task in self._tasks:
             task.cancel()
         await self._brain.close()
+        if self._autonomous is not None:
+            await self._autonomous.close()
         if self._backend is not None:
             await self._backend.aclose()

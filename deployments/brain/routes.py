@@ -13,6 +13,9 @@ Answers stay far under the 4 MiB a Serve gRPC proxy answer may be: request bodie
 its `prompt`) has its oldest history turns dropped until it fits, marked `"truncated": true`.
 - `GET /v1/autonomous/explain?guild_id=G`: the engine's signals and checks for one server (debugging).
 - `GET /v1/autonomous/servers`: the servers the engine tracks and their allow-lists.
+- `POST /v1/compose`: a message written from an instruction in the active persona's voice and mood
+  (the bot's scheduled events with a `prompt`); `{"text": null}` when the LLM could not write it.
+- `GET /v1/mood?guild_id=G`: a server's mood and active persona (the bot's profile picture follows them).
 
 The brain is the `Brain` deployment of the Serve application named `BRAIN_APP_NAME` (set it, or call
 `configure(app_name=...)`, in the ingress replica before serving; default "miku").
@@ -165,3 +168,29 @@ async def explain_autonomous(
 async def autonomous_servers(brain: Annotated[DeploymentHandle, Depends(get_brain_handle)]) -> dict[str, Any]:
     """`{"servers": [{"guild_id", "allowed_channels", "home_channel_id", "timezone", "enabled"}]}`."""
     return {"servers": await brain.autonomous_servers.remote()}
+
+
+class ComposeRequest(BaseModel):
+    """A message for Miku to write from an instruction (a scheduled event's `prompt`)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    guild_id: Snowflake | None = None
+    channel_id: Snowflake | None = None
+    instruction: str = Field(min_length=1, max_length=2000)
+
+
+@router.post("/v1/compose", dependencies=[Depends(require_token)])
+async def compose(
+    body: ComposeRequest, brain: Annotated[DeploymentHandle, Depends(get_brain_handle)]
+) -> dict[str, Any]:
+    """`{"text", "persona", "mood"}`: the message in the active persona's voice; `text` null when the LLM
+    could not write it (the caller decides what to post instead)."""
+    return await brain.compose.remote(body.guild_id, body.channel_id, body.instruction)
+@router.get("/v1/mood", dependencies=[Depends(require_token)])
+async def persona_mood(
+    brain: Annotated[DeploymentHandle, Depends(get_brain_handle)],
+    guild_id: Annotated[str | None, Query(pattern=r"^[0-9]{1,20}$")] = None,
+) -> dict[str, Any]:
+    """`{"guild_id", "persona", "display_name", "mood"}`: one server's (or, without guild_id, DMs') state."""
+    return await brain.persona_mood.remote(guild_id)

@@ -136,6 +136,7 @@ class FeatureController:
         vram_excess: Callable[[], Sequence[VramExcess]] | None = None,
     ):
         self._config = config
+        self._changed = asyncio.Event()  # set (and replaced) on every change: what watch_feature waits on
         self._ctl = SessionController.open(config, headroom=headroom)
         self._metrics = ControllerMetrics(self._ctl.stats())
         self._publish()
@@ -197,6 +198,21 @@ class FeatureController:
     async def features(self, persona: str | None = None) -> tuple[CheckResult, ...]:
         return self._ctl.features(persona)
 
+    async def watch_feature(self, feature: str, known_allowed: bool | None, timeout_s: float = 30.0) -> CheckResult:
+        """Long poll for a GPU stage (deployments/media): `check(feature)` as soon as its `allowed` differs
+        from `known_allowed` (at once when it already does), or as it is after `timeout_s`."""
+        deadline = time.monotonic() + max(0.0, min(float(timeout_s), 120.0))
+        while True:
+            result = self._ctl.check(feature)
+            remaining = deadline - time.monotonic()
+            if result.allowed != known_allowed or remaining <= 0:
+                return result
+            changed = self._changed
+            try:
+                await asyncio.wait_for(changed.wait(), remaining)
+            except TimeoutError:
+                return self._ctl.check(feature)
+
     # ------------------------------------------------------------------ text queue
     async def enqueue(self, message: IncomingMessage, persona: str | None = None) -> EnqueueResult:
         try:
@@ -223,11 +239,21 @@ class FeatureController:
     async def audit_page(self, after_seq: int = 0, limit: int = 100) -> AuditPage:
         return self._ctl.audit_page(after_seq, limit)
 
+    async def audit_tail(self, limit: int = 100) -> AuditPage:
+        return self._ctl.audit_tail(limit)
+
+    async def record_admin(self, user: str, change: str, detail: Mapping[str, Any] | None = None) -> AuditEntry:
+        """An admin-panel change, in the audit log with its user (not retried twice: one entry per call
+        is what the panel wants, and a re-run after a crash writes at most one more)."""
+        return self._ctl.record_admin(user, change, detail)
+
     async def stats(self) -> ControllerStats:
         return self._ctl.stats()
 
     # ------------------------------------------------------------------ internals
     def _publish(self) -> None:
+        changed, self._changed = self._changed, asyncio.Event()
+        changed.set()  # wake every watch_feature; they read the new state
         try:
             self._metrics.publish(self._ctl.stats())
         except Exception:  # metrics must never fail a request

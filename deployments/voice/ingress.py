@@ -9,6 +9,7 @@ local task would leave the LLM generating). Routes of the session controller and
 # No `from __future__ import annotations` here: Serve's class-based FastAPI views need real annotations
 # to recognise `WebSocket` parameters (with strings, the handshake is refused with 403).
 import asyncio
+import dataclasses
 import json
 import logging
 from collections import OrderedDict
@@ -26,15 +27,26 @@ from ray.exceptions import RayActorError, RayTaskError
 from ray.serve.handle import DeploymentHandle
 
 from deployments import auth, http_guard
+from deployments.admin import routes as admin_routes
 from deployments.brain import routes as brain_routes
+from deployments.media import routes as media_routes
 from deployments.controller.actor import CONTROLLER_NAME, get_or_create_controller
 from deployments.controller.routes import router as sessions_router
 from deployments.controller.routes import use_controller
 from deployments.heap import freeze_startup_heap
 from deployments.metrics import CpuMeter, graph_metrics
 from deployments.voice.voice_port import MAX_MESSAGE_BYTES, DirectVoicePort
+from graph.admin.config import AdminConfig, resolve_secret
+from graph.admin.latency import LatencyHistory
+from graph.admin.lockout import LoginThrottle
+from graph.admin.passwords import PasswordBook
+from graph.admin.sessions import PanelSessions
 from graph.brain.mood_profiles import load_moods, mood_voice
-from graph.controller.telemetry import VramHeadroom
+from graph.controller.telemetry import GpuTelemetry, VramHeadroom
+from graph.listen.config import ListenConfig
+from graph.listen.session import ListenSession
+from graph.listen.types import STTOptions, Transcript
+from graph.listen.vad import SileroModel
 from graph.voice.config import VoiceConfig
 from graph.voice.conversation import VoiceConversation
 from graph.voice.pipeline import (
@@ -67,6 +79,8 @@ app = FastAPI(title="Miku voice graph", version="0.1.0", docs_url=None, redoc_ur
 http_guard.install(app)  # bounded bodies, no NaN or deep nesting, a 422 that can always be sent
 app.include_router(sessions_router)
 app.include_router(brain_routes.router)
+app.include_router(media_routes.router)
+admin_routes.install(app)  # the admin panel under /admin, with its own login (deployments/admin/routes.py)
 
 
 def _as_stage_error(error: BaseException, stage: str, backend: str) -> StageError:
@@ -148,6 +162,14 @@ class StageRecovery:
             log.warning("the %s stage's replica was lost; waiting for Serve to replace it", stage)
             self._recovering[stage] = asyncio.create_task(self._recover(stage), name=f"recover-{stage}")
 
+    async def wait_recovered(self, stage: str) -> None:
+        task = self._recovering.get(stage)
+        if task is not None:
+            await asyncio.shield(task)
+
+    def stages(self) -> list[str]:
+        return sorted(stage for stage in self._recovering if self.recovering(stage))
+
     def check(self, stage: str) -> None:
         """Raise at once while `stage` is being replaced."""
         if self.recovering(stage):
@@ -183,6 +205,36 @@ class HandleStages:
         self.llm, self.tts, self.vc = (with_transport(handle, transport) for handle in (llm, tts, vc))
         self.names = names
         self.recovery = StageRecovery(self._probe, names)
+        self._watchers: list[asyncio.Task] = []
+
+    def start(self) -> None:
+        """Watch each stage's replica (see `_BackendHost.watch`): one that dies while no call is in
+        flight is marked lost at once, so the next prompt fails fast saying it restarts instead of
+        waiting ~10 s in Serve's router for the replacement."""
+        self._watchers = [asyncio.create_task(self._watch(stage), name=f"watch-{stage}") for stage in ("llm", "tts", "vc")]
+
+    async def _watch(self, stage: str) -> None:
+        handle = getattr(self, stage)
+        while True:
+            try:
+                async for _ in handle.options(stream=True).watch.remote():
+                    pass
+                continue  # the replica ended the call after its beats: open the next one
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:  # noqa: BLE001 - the replica is gone (or unreachable): a lost stage
+                log.warning("the %s stage's watch call failed: %s", stage, str(error).splitlines()[0] if str(error) else type(error).__name__)
+            self.recovery.lost(stage)
+            try:
+                await self.recovery.wait_recovered(stage)
+            except Exception:  # noqa: BLE001 - the probe loop only ends by succeeding or being cancelled
+                await asyncio.sleep(self.recovery.retry_s)
+
+    async def aclose(self) -> None:
+        for task in self._watchers:
+            task.cancel()
+        await asyncio.gather(*self._watchers, return_exceptions=True)
+        await self.recovery.aclose()
 
     async def _probe(self, stage: str) -> None:
         await getattr(self, stage).status.remote()
@@ -497,8 +549,21 @@ class VoiceGraph:
         config: dict,
         controller_config: dict | None = None,
         brain: DeploymentHandle | None = None,
+        image: DeploymentHandle | None = None,
+        vision: DeploymentHandle | None = None,
+        admin: dict | None = None,
+        stt: DeploymentHandle | None = None,
+        listen: dict | None = None,
     ):
         self.config = VoiceConfig.from_dict(config)
+        media_routes.configure(image=image, vision=vision)  # POST /v1/images, /v1/vision (deployments/media)
+        self.media = {name: handle for name, handle in (("image", image), ("vision", vision)) if handle is not None}
+        admin_config = AdminConfig.from_dict(admin)
+        self.listen_config = ListenConfig.from_dict(listen)
+        # WS /v1/listen: VAD runs here (silero's ONNX model, tiny), speech-to-text in its own stage
+        self.stt = with_transport(stt, "grpc") if stt is not None else None
+        self.vad_model = await asyncio.to_thread(SileroModel)
+        self.stt_failures = 0
         auth.configure(auth.resolve_token(self.config.token, self.config.token_file))
         controller_config = dict(controller_config or {})
         actor_name = controller_config.pop("actor_name", CONTROLLER_NAME)
@@ -526,18 +591,65 @@ class VoiceGraph:
             backend = status.detail.get("backend", "?")
             url = status.detail.get("url")
             self.names[stage] = f"{backend} {url}" if url else backend
+        self.names["stt"] = "absent"
+        if self.stt is not None:
+            try:  # a broken STT stage must not take the voice down: listening says so per session
+                status = await asyncio.wait_for(self.stt.status.remote(), timeout=30)
+                self.names["stt"] = status.detail.get("backend", "?")
+            except Exception as error:  # noqa: BLE001
+                log.warning("the SpeechToText stage does not answer yet: %s", error)
         if self.config.stage_transport == "direct":
             self.stages = LinkStages(llm, tts, vc, self.names)
             await self.stages.connect()
         else:
             self.stages = HandleStages(llm, tts, vc, self.names, self.config.stage_transport)
+            self.stages.start()
         self.voice_port = await self._open_voice_port() if self.config.direct_voice else None
+        self.latency = LatencyHistory()
+        self._configure_admin(admin_config, headroom)
         freeze_startup_heap()  # last: everything set up so far lives as long as the replica
+
+    def _configure_admin(self, config: AdminConfig, headroom: VramHeadroom) -> None:
+        """The admin panel's view of this replica: its stages, latency history, controller and brain."""
+        if not config.enabled:
+            admin_routes.configure(None)
+            return
+        telemetry = GpuTelemetry()
+        voice_settings = {k: v for k, v in dataclasses.asdict(self.config).items() if k not in ("token", "token_file")}
+        admin_routes.configure(admin_routes.AdminContext(
+            config=config,
+            passwords=PasswordBook(inline=config.users, users_file=config.users_file),
+            throttle=LoginThrottle(config.lockout),
+            sessions=PanelSessions(resolve_secret(config.secret_file), lifetime_s=config.session_lifetime_s,
+                                   idle_s=config.session_idle_s),
+            latency=self.latency,
+            controller=self.controller,
+            brain=self.brain,
+            stage_health=self._stage_health,
+            gpu_snapshot=lambda: telemetry.snapshot().as_dict(),
+            vram_limits_gb=dict(headroom.limits_gb),
+            voice_settings=lambda: dict(voice_settings),
+        ))
+
+    async def _stage_health(self) -> dict[str, Any]:
+        """Each model stage's status and backend (what /healthz shows with the token)."""
+        async def one(stage: str, handle) -> dict[str, Any]:
+            try:
+                status = await asyncio.wait_for(handle.status.remote(), timeout=5)
+                return {"ok": status.ok, "backend": self.names.get(stage, stage), **status.detail}
+            except Exception as error:
+                return {"ok": False, "backend": self.names.get(stage, stage),
+                        "error": _as_stage_error(error, stage, self.names[stage]).message}
+
+        names = ("llm", "tts", "vc")
+        answers = await asyncio.gather(*(one(stage, getattr(self, stage)) for stage in names))
+        return dict(zip(names, answers))
 
     async def _open_voice_port(self) -> DirectVoicePort | None:
         cfg = self.config
         advertised = ray.util.get_node_ip_address() if cfg.direct_host in ("0.0.0.0", "::") else cfg.direct_host
-        port = DirectVoicePort({"/v1/voice": self._voice_session, "/ws/stream": self._token_stream_session},
+        port = DirectVoicePort({"/v1/voice": self._voice_session, "/ws/stream": self._token_stream_session,
+                                "/v1/listen": self._listen_session},
                                cfg.direct_host, cfg.direct_port, advertised, query_token_routes={"/ws/stream"})
         try:
             await port.start()
@@ -550,7 +662,7 @@ class VoiceGraph:
         # getattr: a constructor that failed part-way still gets here
         if getattr(self, "voice_port", None) is not None:
             await self.voice_port.aclose()
-        if isinstance(getattr(self, "stages", None), LinkStages):
+        if getattr(self, "stages", None) is not None:
             await self.stages.aclose()
         if getattr(self, "cpu", None) is not None:
             await self.cpu.stop()
@@ -631,6 +743,7 @@ class VoiceGraph:
             if event.frames:
                 self.metrics.frames_sent.inc(event.frames)
             self.metrics.record_underruns(event.underruns, "graph")
+            self.latency.add(event.timings_ms, mode.value)
             ttfa = event.timings_ms.get("first_frame")
             if ttfa is not None:
                 self.metrics.time_to_first_audio.observe(ttfa, tags={"mode": mode.value})
@@ -663,6 +776,10 @@ class VoiceGraph:
         if self.config.direct_voice and self.voice_port is not None and not self.voice_port.serving:
             raise RuntimeError("the direct voice port stopped serving")
 
+    async def recovering_stages(self) -> list[str]:
+        """The stages whose replica was lost and is being replaced (calls to them fail fast meanwhile)."""
+        return self.stages.recovery.stages()
+
     @app.get("/healthz")
     async def healthz(self, authorization: Optional[str] = Header(default=None)) -> JSONResponse:
         """Public: `{"status": "ok"|"degraded"}` and nothing else. With the bearer token: every stage's
@@ -681,17 +798,28 @@ class VoiceGraph:
             except Exception as error:
                 return {"ok": False, "error": str(error).splitlines()[-1] if str(error) else type(error).__name__}
 
+        async def media_status(handle) -> dict[str, Any]:
+            try:
+                media = await asyncio.wait_for(handle.status.remote(), timeout=5)
+                return {"ok": media["ok"], "optional": True, **media["detail"]}
+            except Exception as error:  # noqa: BLE001
+                return {"ok": False, "optional": True, "error": f"{type(error).__name__}: {error}"[:300]}
+
         # Asked together: each stage may probe its backend (up to a few seconds when one is down).
-        names = ("llm", "tts", "vc", "controller")
-        answers = await asyncio.gather(
-            stage_status("llm", self.llm), stage_status("tts", self.tts), stage_status("vc", self.vc),
-            controller_status(),
+        names = ("llm", "tts", "vc", "controller") + (("stt",) if self.stt is not None else ())
+        answers, media = await asyncio.gather(
+            asyncio.gather(stage_status("llm", self.llm), stage_status("tts", self.tts), stage_status("vc", self.vc),
+                           controller_status(), *((stage_status("stt", self.stt),) if self.stt is not None else ())),
+            asyncio.gather(*(media_status(handle) for handle in self.media.values())),
         )
         stages = dict(zip(names, answers))
         healthy = all(answer["ok"] for answer in answers)
+        # drawing and vision are reported but do not degrade the voice graph (their servers are optional)
+        stages.update(zip(self.media, media))
         body: dict[str, Any] = {"status": "ok" if healthy else "degraded"}
         if auth.token_matches(authorization):
             body["stages"] = stages
+            body["recovering"] = self.stages.recovery.stages()  # lost replicas Serve is replacing
         return JSONResponse(body, status_code=200 if healthy else 503)
 
     @app.websocket("/v1/voice")
@@ -713,12 +841,22 @@ class VoiceGraph:
         await websocket.accept()
         await self._token_stream_session(_sender(websocket), _starlette_messages(websocket))
 
+    @app.websocket("/v1/listen")
+    async def listen(self, websocket: WebSocket) -> None:
+        """Speech in (docs/api.md): speakers' 16 kHz audio -> VAD, turns, barge-in, voice commands."""
+        if not auth.websocket_authorized(websocket):
+            await websocket.close(code=1008, reason="missing or wrong bearer token")
+            return
+        await websocket.accept()
+        await self._listen_session(_sender(websocket), _starlette_messages(websocket))
+
     @app.get("/v1/voice/direct", dependencies=[Depends(auth.require_token)])
     async def direct_voice(self) -> JSONResponse:
         """Where this replica serves the voice routes itself (deployments/voice/voice_port.py)."""
         if self.voice_port is None:
             return JSONResponse({"detail": "no direct voice port on this replica; use WS /v1/voice"}, status_code=404)
-        return JSONResponse({"voice": self.voice_port.url("/v1/voice"), "stream": self.voice_port.url("/ws/stream")})
+        return JSONResponse({"voice": self.voice_port.url("/v1/voice"), "stream": self.voice_port.url("/ws/stream"),
+                             "listen": self.voice_port.url("/v1/listen")})
 
     # ---- the two WebSocket sessions, whichever way the client came in ----
 
@@ -735,6 +873,29 @@ class VoiceGraph:
             await conversation.close()
             speaker.cancel()
             await asyncio.gather(speaker, return_exceptions=True)
+
+    async def _listen_session(self, send, messages: AsyncIterator[str | bytes]) -> None:
+        session = ListenSession(self.listen_config, self._transcribe, send, model=self.vad_model)
+        try:
+            async for raw in messages:
+                await session.handle_raw(raw)
+        finally:
+            await session.close()
+
+    async def _transcribe(self, audio: np.ndarray, options: STTOptions) -> Transcript:
+        """One turn through the SpeechToText stage; any failure is a StageError the session counts."""
+        if self.stt is None:
+            raise StageError("stt", "absent", "this graph has no SpeechToText stage")
+        response = self.stt.transcribe.remote(audio, options)
+        try:
+            return await response
+        except asyncio.CancelledError:
+            response.cancel()
+            raise
+        except Exception as error:
+            self.stt_failures += 1
+            self.metrics.errors.inc(tags={"stage": "stt"})
+            raise _as_stage_error(error, "stt", self.names.get("stt", "stt")) from None
 
     async def _token_stream_session(self, send, messages: AsyncIterator[str | bytes]) -> None:
         stream = TokenStreamSession(self, send)

@@ -36,6 +36,10 @@ from graph.voice.types import (
 )
 
 
+WATCH_BEAT_S = 0.5  # see _BackendHost.watch
+WATCH_BEATS = 4
+
+
 async def probe_backend(backend, timeout_s: float = PROBE_TIMEOUT_S * 2) -> str | None:
     """None when the backend's own probe passes; else what is down, naming the backend and its URL.
 
@@ -98,6 +102,15 @@ class _BackendHost:
             detail["error"] = down
         return StageStatus(self.stage, detail.get("backend", self.backend.name), down is None, detail)
 
+    async def watch(self, beats: int = WATCH_BEATS) -> AsyncIterator[bool]:
+        """A call that stays open while this replica lives: over the `grpc` and `actor` transports the
+        ingress keeps one open per stage, so a replica that dies while Miku is idle fails it at once
+        (the stage links do the same with their WebSocket). It ends by itself after a few beats and is
+        opened again, so a replica draining for a redeploy is never held up for long."""
+        for _ in range(max(1, min(int(beats), WATCH_BEATS))):
+            yield True
+            await asyncio.sleep(WATCH_BEAT_S)
+
     async def __del__(self) -> None:
         # getattr: a constructor that failed part-way (e.g. a missing model) still gets here
         if getattr(self, "link", None) is not None:
@@ -152,3 +165,20 @@ class RVCVoice(_BackendHost):
 
     async def convert(self, chunk: AudioChunk, options: VCOptions, context: object | None) -> VCResult:
         return await self.backend.convert(chunk, options, context)
+
+
+@serve.deployment(name="SpeechToText", ray_actor_options={"num_cpus": 0}, max_ongoing_requests=16)
+class SpeechToText(_BackendHost):
+    """Turns heard speech into text (graph/backends/stt). Pinned to `rx6800` in config: Whisper runs on the
+    AMD card during voice sessions. Called through its Serve handle (one call per turn, not per frame)."""
+
+    stage = "stt"
+
+    async def __init__(self, config: dict):
+        await self._start(config)
+
+    def _link_methods(self) -> dict[str, LinkMethod]:
+        return {}  # one call per turn: Serve's handle is enough, and its values are not link types
+
+    async def transcribe(self, audio, options):
+        return await self.backend.transcribe(audio, options)

@@ -23,6 +23,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from http import HTTPStatus
 from urllib.parse import urlsplit
 
+from websockets import http11
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
@@ -35,9 +36,13 @@ from graph.voice.stage_link import ws_url
 MAX_MESSAGE_BYTES = 2**20
 MAX_QUEUED_MESSAGES = 16  # read, not yet handled: websockets stops reading the socket past this
 HANDSHAKE_TIMEOUT_S = 5.0
-# websockets refuses a header line over WEBSOCKETS_MAX_LINE_LENGTH itself (8 KiB by default; PROXY_ENV in
-# deployments/app.py raises it for Serve's proxy, and this process inherits it): the total is bounded here
-MAX_HEADER_BYTES = 16 * 1024
+MAX_HEADER_BYTES = 16 * 1024  # all request headers together, checked in _admit
+# websockets' own parser limits, which it reads from WEBSOCKETS_MAX_LINE_LENGTH / _NUM_HEADERS when
+# imported. PROXY_ENV (deployments/app.py) raises those for Serve's proxy and this replica inherits the
+# environment, so this port puts its own back: a longer line or more headers is refused by websockets
+# (HTTP 400/431) before anything is buffered past these bounds.
+http11.MAX_LINE_LENGTH = MAX_HEADER_BYTES
+http11.MAX_NUM_HEADERS = 128
 
 Send = Callable[[bytes | dict], Awaitable[None]]
 # a route's session: given how to send and the client's raw messages, run until the client is gone

@@ -50,8 +50,9 @@ class MoodScaling(_Strict):
 
     - drive: trait weights; the action's rate is `rate_per_min * (rate_floor + (1 - rate_floor) * drive)`,
       so even a mood with none of the driving traits keeps `rate_floor` of the rate (every mood can act).
-    - eagerness: trait weights; waits and count thresholds are multiplied by
-      `1 + wait_scale * (1 - eagerness)`, so a shy mood needs more messages and a longer gap.
+    - eagerness: trait weights; waits are multiplied by `1 + wait_scale * (1 - eagerness)` and count
+      thresholds by `1 + count_scale * (1 - eagerness)` (`count_scale` defaults to `wait_scale`), so a
+      shy mood needs more messages (and, with a `wait_scale`, a longer gap).
     """
 
     rate_per_min: float = Field(gt=0)
@@ -59,6 +60,7 @@ class MoodScaling(_Strict):
     drive: dict[str, float]
     eagerness: dict[str, float]
     wait_scale: float = Field(ge=0)
+    count_scale: float | None = Field(default=None, ge=0)
     night_allowed: bool = True
 
     @field_validator("drive", "eagerness")
@@ -75,8 +77,13 @@ class MoodScaling(_Strict):
         return self.rate_floor + (1.0 - self.rate_floor) * self.weighted(self.drive, mood)
 
     def wait_factor(self, mood: MoodProfile) -> float:
-        """Multiplier on waits and count thresholds for this mood (1 for a fully eager mood)."""
+        """Multiplier on waits for this mood (1 for a fully eager mood)."""
         return 1.0 + self.wait_scale * (1.0 - self.weighted(self.eagerness, mood))
+
+    def count_factor(self, mood: MoodProfile) -> float:
+        """Multiplier on count thresholds (messages) for this mood (1 for a fully eager mood)."""
+        scale = self.wait_scale if self.count_scale is None else self.count_scale
+        return 1.0 + scale * (1.0 - self.weighted(self.eagerness, mood))
 
 
 class JoinConversationRule(MoodScaling):
@@ -117,8 +124,13 @@ class BreakSilenceRule(MoodScaling):
 
 
 class ShareSomethingRule(MoodScaling):
-    """A calm (not dead) hour and a long gap since she last said anything: she brings up something."""
+    """A calm (not dead) hour and a long gap since she last said anything: she shares a post.
 
+    The post is a real item from the configured share feeds (the host's `share_feeds`); the host turns
+    this off (`enabled: false`) when it has none, so she never shares an invented topic.
+    """
+
+    enabled: bool = True
     max_messages_1h: int = Field(ge=1)
     max_momentum: float = Field(ge=0)
     min_gap_s: float = Field(ge=0)
@@ -206,9 +218,35 @@ class AutonomousConfig(_Strict):
     recent_cap: int = Field(ge=4, le=4096)
     pending_cap: int = Field(ge=1, le=64)
     dedupe_window: int = Field(ge=16)
+    reply_window_s: float = Field(default=300.0, ge=0)  # she replies to a human message at most this old
     night: Night
     actions: ActionRules
+    # Per mood, action settings that replace the ones above for that mood (validated as a whole rule):
+    # `{shy: {join_conversation: {min_messages_since_miku: 40, count_scale: 0}}}`.
+    mood_overrides: dict[str, dict[str, dict[str, Any]]] = Field(default_factory=dict)
     servers: tuple[ServerSettings, ...] = ()
+
+    @model_validator(mode="after")
+    def _valid_overrides(self) -> "AutonomousConfig":
+        for mood in self.mood_overrides:
+            self.actions_for(mood)
+        return self
+
+    def actions_for(self, mood: str) -> ActionRules:
+        """The action rules as they apply in `mood` (`mood_overrides` merged over `actions`)."""
+        override = self.mood_overrides.get(mood)
+        if not override:
+            return self.actions
+        unknown = sorted(set(override) - set(ActionRules.model_fields))
+        if unknown:
+            raise ValueError(f"mood_overrides.{mood}: unknown action(s) {', '.join(unknown)}")
+        merged = self.actions.model_dump()
+        for action, values in override.items():
+            merged[action] = {**merged[action], **values}
+        try:
+            return ActionRules.model_validate(merged)
+        except ValidationError as exc:
+            raise ValueError(f"mood_overrides.{mood}: " + "; ".join(describe_error(e) for e in exc.errors())) from None
 
     @model_validator(mode="after")
     def _unique_servers(self) -> "AutonomousConfig":

@@ -23,6 +23,10 @@ class ActionKind(enum.Enum):
     BREAK_SILENCE = "break_silence"
     SHARE_SOMETHING = "share_something"
 
+    # Members are singletons compared by identity: hash them the same way (Enum's own __hash__ is a
+    # Python-level call, and the rules look actions up on every evaluation of every server).
+    __hash__ = object.__hash__
+
 
 @dataclass(frozen=True, slots=True)
 class ChannelSignals:
@@ -176,6 +180,9 @@ class AutonomousDecision:
     trigger_event_id: str | None  # the event this decision consumed (None for time-driven actions)
     target_user_id: int | None
     debug: DecisionDebug
+    # The newest human message in the channel when it is recent (within `reply_window_s`): her message
+    # replies to it (DeltaBot #10). None: she posts plainly.
+    reply_to_event_id: str | None = None
 
     def to_dict(self, include_debug: bool = True) -> dict[str, Any]:
         """JSON form (ids as strings: snowflakes overflow JavaScript numbers)."""
@@ -189,6 +196,7 @@ class AutonomousDecision:
             "decided_at": self.decided_at,
             "trigger_event_id": self.trigger_event_id,
             "target_user_id": None if self.target_user_id is None else str(self.target_user_id),
+            "reply_to_event_id": self.reply_to_event_id,
         }
         if include_debug:
             data["debug"] = self.debug.to_dict()

@@ -16,11 +16,11 @@ import enum
 import math
 import random
 import time
-from collections import deque
+from array import array
 from collections.abc import Callable, Mapping
 from datetime import datetime
 
-from graph.autonomous.config import AutonomousConfig, ServerSettings
+from graph.autonomous.config import ActionRules, AutonomousConfig, ServerSettings, zone
 from graph.autonomous.decision import (
     ActionCheck,
     ActionKind,
@@ -42,15 +42,18 @@ from graph.autonomous.events import (
 )
 from graph.autonomous.prompts import build_prompt
 from graph.autonomous.rules import (
+    Horizon,
     MoodFactors,
     Proposal,
     iter_proposals,
     mood_factors,
     propose_all,
+    stable_for,
 )
 from graph.autonomous.state import (
     ChannelActivity,
     PendingSignal,
+    ServerPlace,
     ServerState,
     SignalSource,
 )
@@ -68,29 +71,74 @@ class EngineGate(enum.Enum):
 
 
 class _SeenIds:
-    """Bounded memory of event ids, oldest forgotten first."""
+    """Bounded memory of event ids, oldest forgotten first, in two flat arrays.
+
+    Ids are kept as their 64-bit hashes in an open-addressing table (linear probing, backward-shift
+    deletion) plus a ring of the same hashes in arrival order: about 24 bytes per remembered id, and no
+    string or int objects. Two different ids sharing a 64-bit hash (a one-in-10^10 event over a full
+    window) would make the second look like a duplicate.
+    """
 
     def __init__(self, capacity: int) -> None:
-        self._order: deque[str] = deque()
-        self._ids: set[str] = set()
         self._capacity = capacity
+        size = 8
+        while size < 2 * capacity:  # load factor <= 0.5
+            size *= 2
+        self._mask = size - 1
+        self._table = array("q", bytes(8 * size))  # 0 marks an empty slot
+        self._ring = array("q", bytes(8 * capacity))
+        self._head = 0  # next ring slot to write (the oldest id once the ring is full)
+        self._count = 0
+
+    @staticmethod
+    def _key(event_id: str) -> int:
+        return hash(event_id) or 1
 
     def add(self, event_id: str) -> bool:
         """Remember an id; False if it was already known."""
-        if event_id in self._ids:
-            return False
-        if len(self._order) >= self._capacity:
-            self._ids.discard(self._order.popleft())
-        self._order.append(event_id)
-        self._ids.add(event_id)
+        key, table, mask = self._key(event_id), self._table, self._mask
+        i = key & mask
+        while table[i]:
+            if table[i] == key:
+                return False
+            i = (i + 1) & mask
+        if self._count == self._capacity:
+            self._delete(self._ring[self._head])
+            i = key & mask
+            while table[i]:
+                i = (i + 1) & mask
+        else:
+            self._count += 1
+        table[i] = key
+        self._ring[self._head] = key
+        self._head = (self._head + 1) % self._capacity
         return True
+
+    def _delete(self, key: int) -> None:
+        table, mask = self._table, self._mask
+        i = key & mask
+        while table[i] != key:
+            if not table[i]:  # pragma: no cover - every ring entry is in the table
+                return
+            i = (i + 1) & mask
+        table[i] = 0
+        j = i
+        while True:  # shift back the entries of the probe run that follows, so lookups still find them
+            j = (j + 1) & mask
+            if not table[j]:
+                return
+            home = table[j] & mask
+            if (i < j and (home <= i or home > j)) or (i > j and j < home <= i):
+                table[i], table[j] = table[j], 0
+                i = j
 
 
 class AutonomousEngine:
     """Context-aware decisions about when Miku speaks up, per server, with no LLM calls.
 
     `clock` returns epoch seconds (event timestamps are Discord's wall-clock times and local hours
-    need a real date); `rng` makes every roll reproducible; `is_paused` is asked on every tick.
+    need a real date); `rng` makes every roll reproducible; `is_paused` is asked on every tick;
+    `full_evaluation` turns off the per-server evaluation cache (same decisions, slower).
     """
 
     def __init__(
@@ -101,13 +149,19 @@ class AutonomousEngine:
         clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
         is_paused: Callable[[], bool] = lambda: False,
+        full_evaluation: bool = False,
     ) -> None:
         if config.default_mood not in moods:
             raise ValueError(f"default_mood {config.default_mood!r} has no mood profile")
         self._config = config
         self._moods = dict(moods)
+        unknown = sorted(set(config.mood_overrides) - set(self._moods))
+        if unknown:
+            raise ValueError(f"mood_overrides name moods without a profile: {', '.join(unknown)}")
+        # Per mood: the rules as they apply in it (mood_overrides merged) and its precomputed factors.
+        self._rules: dict[str, ActionRules] = {name: config.actions_for(name) for name in self._moods}
         self._factors: dict[str, dict[ActionKind, MoodFactors]] = {
-            name: mood_factors(profile, config.actions) for name, profile in self._moods.items()
+            name: mood_factors(profile, self._rules[name]) for name, profile in self._moods.items()
         }
         self._clock = clock
         self._rng = rng if rng is not None else random.Random()
@@ -115,6 +169,11 @@ class AutonomousEngine:
         self._started_at = clock()
         self._servers: dict[int, ServerState] = {}
         self._seen = _SeenIds(config.dedupe_window)
+        self._last_tick_ts: float | None = None  # the last tick that evaluated (gate active)
+        self._local_cache_now: float | None = None
+        self._local_cache: dict[str, datetime] = {}
+        # True: run every rule for every server on every tick (the reference the shortcut is tested against)
+        self._full_evaluation = full_evaluation
         for settings in config.servers:
             self.configure_server(settings)
 
@@ -126,9 +185,14 @@ class AutonomousEngine:
         if state is None:
             self._servers[settings.guild_id] = ServerState(settings, self._config.default_mood)
             return
-        state.settings = settings
-        for channel_id in [c for c in state.channels if c not in settings.allowed_channels]:
-            del state.channels[channel_id]
+        state.settings = ServerPlace(settings)
+        state.keep_channels(state.settings.allowed_channels)
+        state.dirty = True
+
+    def server_settings(self, guild_id: int) -> ServerSettings | None:
+        """A tracked server's settings (rebuilt from the engine's compact copy)."""
+        state = self._servers.get(guild_id)
+        return None if state is None else state.settings.to_settings()
 
     def remove_server(self, guild_id: int) -> None:
         """Forget a server (the bot left it)."""
@@ -154,6 +218,7 @@ class AutonomousEngine:
             return EventOutcome.IGNORED  # other bots are not conversation
         if not self._seen.add(event.event_id):
             return EventOutcome.DUPLICATE
+        state.dirty = True  # the cached evaluation no longer holds
         # A client clock running ahead must not make a message look fresh for ever.
         ts = min(event.timestamp, self._clock())
         if isinstance(event, MessageEvent):
@@ -201,13 +266,43 @@ class AutonomousEngine:
         return EngineGate.ACTIVE
 
     def tick(self, now: float | None = None) -> list[AutonomousDecision]:
-        """Evaluate every tracked server once; at most one decision per server."""
+        """Evaluate every tracked server once; at most one decision per server.
+
+        A server whose last full evaluation still holds (no event since, and its `plan_until` not
+        reached) costs one comparison, plus one roll per eligible action: the rules only run again
+        when something may have changed (see `rules.stable_for`). Decisions and rolls are the same as
+        with a full evaluation of every server (tests/test_autonomous_scale.py).
+        """
         now = self._clock() if now is None else now
         if self.gate(now) is not EngineGate.ACTIVE:
             return []
         decisions = []
+        previous_tick, self._last_tick_ts = self._last_tick_ts, now
+        rng_random, exp = self._rng.random, math.exp
+        max_window = self._config.max_roll_window_s
         for state in self._servers.values():
-            decision = self._decide(state, now)
+            if state.dirty or now >= state.plan_until or self._full_evaluation:
+                decision = self._decide(state, now, previous_tick)
+            elif not state.plan:
+                continue  # nothing eligible, nothing rolled: skipping is exactly an evaluation
+            else:
+                last = state.last_eval_ts  # never None here: a plan comes from an evaluation
+                window = now - (last if previous_tick is None or last > previous_tick else previous_tick)
+                if window <= 0:
+                    continue
+                if window > max_window:
+                    window = max_window
+                rolls = []
+                for rate in state.plan:
+                    roll = rng_random()
+                    rolls.append(roll)
+                    if roll < 1.0 - exp(-rate * window / 60.0):
+                        break
+                else:
+                    state.last_eval_ts = now
+                    continue
+                # A roll fired: the full evaluation builds the decision, reusing these rolls.
+                decision = self._decide(state, now, previous_tick, rolls)
             if decision is not None:
                 decisions.append(decision)
         return decisions
@@ -218,7 +313,7 @@ class AutonomousEngine:
         state = self._servers.get(guild_id)
         if state is None or self.gate(now) is not EngineGate.ACTIVE:
             return None
-        return self._decide(state, now)
+        return self._decide(state, now, self._last_tick_ts)
 
     def signals(self, guild_id: int, now: float | None = None) -> ServerSignals:
         """The signals the rules would see for a server now (read-only; for debugging and dashboards)."""
@@ -230,40 +325,100 @@ class AutonomousEngine:
         now = self._clock() if now is None else now
         state = self._servers[guild_id]
         signals = self._signals(state, now)
-        return tuple(p.check for p in propose_all(signals, self._factors[state.mood], self._config.actions))
+        return tuple(p.check for p in propose_all(signals, self._factors[state.mood], self._rules[state.mood]))
 
-    def _decide(self, state: ServerState, now: float) -> AutonomousDecision | None:
+    def _local_time(self, now: float, timezone: str) -> datetime:
+        """Local time in a zone, shared by every server in that zone evaluated at the same instant."""
+        if self._local_cache_now != now:
+            self._local_cache_now, self._local_cache = now, {}
+        local = self._local_cache.get(timezone)
+        if local is None:
+            local = self._local_cache[timezone] = datetime.fromtimestamp(now, zone(timezone))
+        return local
+
+    def _window(self, state: ServerState, now: float, previous_tick: float | None) -> float:
+        """The time a roll covers: since this server was last evaluated (a skipped server counts as
+        evaluated at the previous tick), so rates are per minute whatever the tick period."""
         config = self._config
+        if state.last_eval_ts is None:
+            return min(config.default_tick_s, config.max_roll_window_s)
+        since = state.last_eval_ts if previous_tick is None else max(state.last_eval_ts, previous_tick)
+        return min(now - since, config.max_roll_window_s)
+
+    def _decide(self, state: ServerState, now: float, previous_tick: float | None = None,
+                rolls: list[float] | None = None) -> AutonomousDecision | None:
+        config = self._config
+        state.dirty = False
+        state.plan = None
         if not state.settings.enabled:
+            state.plan_until = math.inf
             return None
-        # The roll covers the time since this server was last evaluated, so rates are per minute
-        # whatever the tick period.
-        window = config.default_tick_s if state.last_eval_ts is None else now - state.last_eval_ts
-        window = min(window, config.max_roll_window_s)
+        window = self._window(state, now, previous_tick)
         if window <= 0:
+            state.plan_until = now  # evaluated twice at one instant: look again next time
             return None
         state.last_eval_ts = now
         if state.last_action_ts is not None and now - state.last_action_ts < config.min_action_interval_s:
+            state.plan_until = state.last_action_ts + config.min_action_interval_s
             return None
-        state.expire_pending(now, config.actions.engage_user.max_activity_age_s)
-        for channel in state.channels.values():
+        if state.pending:
+            state.expire_pending(now, config.actions.engage_user.max_activity_age_s)
+        for channel in state.channels:
             channel.prune(now)
 
-        signals = self._signals(state, now)
-        mood = self._moods[state.mood]
+        local = self._local_time(now, state.settings.timezone)
+        signals = self._signals(state, now, local)
+        factors = self._factors[state.mood]
+        pre_drawn = iter(rolls or ())
         checks: list[ActionCheck] = []
-        for proposal in iter_proposals(signals, self._factors[state.mood], config.actions):
+        plan: list[float] = []
+        rules = self._rules[state.mood]
+        for proposal in iter_proposals(signals, factors, rules):
             check = proposal.check
             if check.eligible and check.rate_per_min > 0:
                 probability = 1.0 - math.exp(-check.rate_per_min * window / 60.0)
+                roll = next(pre_drawn, None)
                 check = ActionCheck(check.action, check.channel_id, check.blocked_by, check.thresholds,
-                                    check.rate_per_min, probability, self._rng.random())
+                                    check.rate_per_min, probability, self._rng.random() if roll is None else roll)
+                plan.append(check.rate_per_min)
             checks.append(check)
             if check.fired:
+                mood = self._moods[state.mood]
                 debug = DecisionDebug(signals, tuple(checks), window,
                                       {t: mood.trait(t) for t in TRAITS})
-                return self._act(state, signals, mood, proposal, debug, now)
+                decision = self._act(state, signals, mood, proposal, debug, now)
+                state.plan_until = now + config.min_action_interval_s
+                return decision
+        state.plan = tuple(plan)
+        state.plan_until = now + stable_for(signals, checks, factors, rules,
+                                            config.momentum_half_life_s, self._horizon(state, now, local))
         return None
+
+    def _horizon(self, state: ServerState, now: float, local: datetime) -> Horizon:
+        into_hour = local.minute * 60 + local.second + local.microsecond / 1e6
+        cooldown = self._config.actions.engage_user.repeat_cooldown_s
+
+        def activity(channel_id: int) -> ChannelActivity | None:
+            return next((c for c in state.channels if c.channel_id == channel_id), None)
+
+        def window_change(channel_id: int) -> float:
+            found = activity(channel_id)
+            return math.inf if found is None else found.recent_window_changes_in(now)
+
+        def hour_drop(channel_id: int, limit: int) -> float:
+            found = activity(channel_id)
+            return 0.0 if found is None else found.hour_drops_to_in(now, limit)
+
+        def repeat_ends(view: PendingView) -> float:
+            until = state.engaged_until(view.signal, cooldown)
+            return 0.0 if until is None else max(0.0, until - now)
+
+        return Horizon(
+            to_next_hour=max(0.0, 3600.0 - into_hour),
+            window_change=window_change,
+            hour_drop=hour_drop,
+            repeat_ends=repeat_ends,
+        )
 
     def _act(self, state: ServerState, signals: ServerSignals, mood: MoodProfile, proposal: Proposal,
              debug: DecisionDebug, now: float) -> AutonomousDecision:
@@ -279,6 +434,9 @@ class AutonomousEngine:
         # She is about to speak: record it now so the next tick does not act on the same moment.
         channel = state.channel(channel_signals.channel_id)
         assert channel is not None
+        recent_human = (channel.last_human_ts is not None
+                        and now - channel.last_human_ts <= self._config.reply_window_s)
+        reply_to = channel.last_human_event_id if recent_human else None
         channel.consumed_trigger_id = channel.last_human_event_id
         channel.add_miku(now)
         state.last_miku_ts = now
@@ -302,18 +460,20 @@ class AutonomousEngine:
             trigger_event_id=proposal.trigger_event_id,
             target_user_id=proposal.signal.signal.user_id if proposal.signal else None,
             debug=debug,
+            reply_to_event_id=reply_to,
         )
 
     # ---- signals -------------------------------------------------------------------------------
 
-    def _signals(self, state: ServerState, now: float) -> ServerSignals:
+    def _signals(self, state: ServerState, now: float, local: datetime | None = None) -> ServerSignals:
         settings = state.settings
-        local = datetime.fromtimestamp(now, settings.tz)
+        if local is None:
+            local = datetime.fromtimestamp(now, settings.tz)
         weekend = local.weekday() >= 5
         night_hours = self._config.night.weekend if weekend else self._config.night.weekday
         half_life = self._config.momentum_half_life_s
-        channels = [self._channel_signals(cid, act, now, half_life) for cid, act in state.channels.items()]
-        if settings.home_channel not in state.channels:
+        channels = [self._channel_signals(act.channel_id, act, now, half_life) for act in state.channels]
+        if all(act.channel_id != settings.home_channel for act in state.channels):
             channels.append(self._channel_signals(settings.home_channel, None, now, half_life))
         cooldown = self._config.actions.engage_user.repeat_cooldown_s
         pending = tuple(
@@ -341,12 +501,13 @@ class AutonomousEngine:
                          half_life_s: float) -> ChannelSignals:
         if activity is None:
             return ChannelSignals(channel_id, 0, 0, 0.0, 0, 0, None, None, False, None)
+        messages_5m, speakers_5m = activity.recent_counts(now)
         return ChannelSignals(
             channel_id=channel_id,
-            messages_5m=activity.messages_recent(now),
+            messages_5m=messages_5m,
             messages_1h=activity.messages_hour(now),
             momentum=activity.momentum(now, half_life_s),
-            speakers_5m=activity.speakers_recent(now),
+            speakers_5m=speakers_5m,
             messages_since_miku=activity.messages_since_miku,
             since_human_s=None if activity.last_human_ts is None else now - activity.last_human_ts,
             since_miku_s=None if activity.last_miku_ts is None else now - activity.last_miku_ts,

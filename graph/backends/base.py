@@ -17,9 +17,14 @@ import importlib
 import math
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from graph.voice.types import AudioChunk, LLMRequest, StageError, TTSOptions, VCOptions, VCResult
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from graph.listen.types import STTOptions, Transcript
 
 
 class Backend(ABC):
@@ -57,6 +62,12 @@ class VCBackend(Backend):
     @abstractmethod
     async def convert(self, chunk: AudioChunk, options: VCOptions, context: object | None) -> VCResult:
         """Convert one chunk of an utterance. `context` is what the previous call returned (None first)."""
+
+
+class STTBackend(Backend):
+    @abstractmethod
+    async def transcribe(self, audio: np.ndarray, options: STTOptions) -> Transcript:
+        """Transcribe one turn: mono float32 16 kHz audio in [-1, 1]."""
 
 
 PROBE_TIMEOUT_S = 2.0  # a backend's health probe answers within this or the backend counts as down
@@ -97,11 +108,26 @@ BACKENDS: dict[str, dict[str, str]] = {
         "simulated": "graph.backends.simulated:SimulatedVC",
         "rvc-onnx": "graph.backends.vc.rvc_onnx:RVCOnnxVC",
     },
+    "image": {
+        "openai-images": "graph.backends.image.openai_images:OpenAIImagesBackend",
+        "a1111": "graph.backends.image.a1111:A1111Backend",
+        "comfyui": "graph.backends.image.comfyui:ComfyUIBackend",
+        "diffusers": "graph.backends.image.diffusers_local:DiffusersBackend",
+    },
+    "vision": {
+        "openai-vision": "graph.backends.vision.openai_vision:OpenAIVisionBackend",
+    },
+    "stt": {
+        "pocketsphinx": "graph.backends.stt.pocketsphinx:PocketsphinxSTT",
+        "faster-whisper": "graph.backends.stt.faster_whisper:FasterWhisperSTT",
+        "whisper-cpp": "graph.backends.stt.whisper_cpp:WhisperCppSTT",
+        "openai-transcriptions": "graph.backends.stt.openai_transcriptions:OpenAITranscriptionsSTT",
+    },
 }
 
 
 def create_backend(stage: str, config: dict[str, Any]) -> Backend:
-    """Build the backend that `config["backend"]` names for `stage` ("llm", "tts" or "vc")."""
+    """Build the backend that `config["backend"]` names for `stage` ("llm", "tts", "vc", "image", "vision", "stt")."""
     if stage not in BACKENDS:
         raise ValueError(f"unknown stage {stage!r}; expected one of {sorted(BACKENDS)}")
     options = dict(config or {})

@@ -28,7 +28,12 @@ from graph.brain.events import (
     MessageEvent,
     MuteAction,
     ReactAction,
+    ReplyAction,
 )
+from graph.brain.draw_request import detect_draw_request
+from graph.media.vision import image_links
+
+DRAW_WHAT_MESSAGE = "🎨 What should I draw? Tell me, like `draw me a cat on a piano`."
 
 
 class ActivationType(enum.Enum):
@@ -152,6 +157,7 @@ class ActionContext:
     persona_emoji: tuple[str, ...] = ("🎵",)
     image_style: str = ""
     mute_duration_s: int = 600
+    llm_options: Any = None  # the persona's LLMCallOptions for judge calls (graph.brain.llm)
 
 
 CheckFeature = Callable[[str], Awaitable[FeatureCheck]]
@@ -198,6 +204,10 @@ class BaseAction:
     def applies(self, ctx: ActionContext) -> bool:
         """Can this action apply to the message at all (pre-filter)? Default: yes."""
         return True
+
+    def keyword_match(self, ctx: ActionContext) -> bool:
+        """The keyword layer: do the new messages ask for this action? Default: any keyword occurs."""
+        return self.spec.matches_keywords(m.content for m in ctx.new_messages)
 
     async def execute(self, ctx: ActionContext, check_feature: CheckFeature) -> list[BrainAction]:
         """Return the wire actions that carry this action out. reply is executed by the brain itself."""
@@ -247,12 +257,21 @@ class ActionRegistry:
 
 
 def _visual_attachments(ctx: ActionContext) -> list[dict[str, str]]:
-    return [
+    """Images and videos of the new messages: attachments and embeds (the client sends both as attachments)
+    and links to images in the text."""
+    found = [
         {"content_type": a.content_type, "url": a.url}
         for m in ctx.new_messages
         for a in m.attachments
         if a.is_visual
     ]
+    seen = {item["url"] for item in found}
+    for message in ctx.new_messages:
+        for url in image_links(message.content):
+            if url not in seen:
+                seen.add(url)
+                found.append({"content_type": "", "url": url})
+    return found
 
 
 async def _blocked_or(
@@ -303,16 +322,38 @@ class EmojiActionDef(BaseAction):
 
 
 class DrawActionDef(BaseAction):
+    """An explicit request for a picture (graph.brain.draw_request), never a mere mention of drawings.
+
+    The keyword layer is the request detector; the keywords stay as the judge's hint in Focus mode."""
+
     action_name = "draw"
     action_description = "Draw a picture the user asks for (image generation)."
     focus_activation_type = ActivationType.LLM_JUDGE
     normal_activation_type = ActivationType.KEYWORD
-    activation_keywords = ("draw", "drawing", "sketch", "paint", "画", "画画")
-    llm_judge_prompt = "The user asks Miku to draw, paint or generate a picture."
+    activation_keywords = ("draw", "paint", "sketch", "画")
+    llm_judge_prompt = (
+        "The user explicitly asks Miku to draw, paint or generate a new picture (talking about a drawing, "
+        "a draw in a game or a lottery is not a request)."
+    )
     intent = "image_generation"
     priority = 10
 
+    def keyword_match(self, ctx: ActionContext) -> bool:
+        return any(detect_draw_request(m.content) is not None for m in ctx.new_messages)
+
+    @staticmethod
+    def _subject(ctx: ActionContext) -> str:
+        for message in reversed(ctx.new_messages):
+            request = detect_draw_request(message.content)
+            if request is not None:
+                return request.subject
+        return ctx.message.content.strip()  # the LLM judge said it is a request in its own words
+
     async def execute(self, ctx: ActionContext, check_feature: CheckFeature) -> list[BrainAction]:
+        subject = self._subject(ctx)
+        if not subject:
+            return [ReplyAction(channel_id=ctx.message.channel_id, reply_to_message_id=ctx.message.message_id,
+                                text=DRAW_WHAT_MESSAGE)]
         return await _blocked_or(
             ctx,
             check_feature,
@@ -320,7 +361,7 @@ class DrawActionDef(BaseAction):
             lambda: DrawAction(
                 channel_id=ctx.message.channel_id,
                 reply_to_message_id=ctx.message.message_id,
-                prompt=ctx.message.content,
+                prompt=subject,
                 style=ctx.image_style,
             ),
         )

@@ -19,6 +19,7 @@ import re
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
+import dataclasses
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -33,7 +34,9 @@ from graph.brain.actions import (
     ChatMode,
     default_registry,
 )
-from graph.brain.activation import ActionModifier, ActivationResult
+from graph.brain.activation import ActionModifier, ActivationResult, JudgePrefilter
+from graph.brain.buffer import MessageBuffer
+from graph.brain.draw_request import is_draw_command
 from graph.brain.events import (
     ALLOW,
     FEATURE_AUTONOMOUS,
@@ -41,6 +44,7 @@ from graph.brain.events import (
     BlockedAction,
     BrainAction,
     FeatureCheck,
+    LookAction,
     MemberJoinEvent,
     MessageEvent,
     MoodEvent,
@@ -53,8 +57,9 @@ from graph.brain.events import (
     SwitchPersonaAction,
     parse_event,
 )
-from graph.brain.heartflow import ChatState, HeartFlow, HeartFlowConfig, SubFlow
-from graph.brain.judge import JudgeCache, LLMJudge
+from graph.brain.heartflow import ChatState, FocusStages, HeartFlow, HeartFlowConfig, SubFlow
+from graph.brain.judge import JUDGE_SYSTEM, JudgeCache, LLMJudge, parse_judge_answer
+from graph.brain.llm import LLMCallOptions, ModelRouting
 from graph.brain.memory import MemoryStore, StoredMessage, importance_score
 from graph.brain.moods import (
     MoodScheduler,
@@ -62,15 +67,21 @@ from graph.brain.moods import (
     load_mood_descriptions,
     mood_scope,
 )
-from graph.brain.personas import PersonaLibrary, load_personas
+from graph.brain.personas import Persona, PersonaLibrary, load_personas
 from graph.brain.prompts import ChatContext, PromptBuilder
+from graph.web import WEB_COMMANDS, WebCommands, WebConfig
 
 log = logging.getLogger(__name__)
 
-Complete = Callable[[str, str | None], Awaitable[str]]
+Complete = Callable[..., Awaitable[str]]  # complete(prompt, system, options: LLMCallOptions | None = None)
 CheckFeature = Callable[[str], Awaitable[FeatureCheck]]
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+DM_PERSONA_SCOPE = "dm"  # DMs share one persona; servers have their own (by guild id)
+
+
+def _persona_scope(guild_id: str | None) -> str:
+    return DM_PERSONA_SCOPE if guild_id is None else guild_id
 _WORD = re.compile(r"[^\W\d_]{4,}|[\u4e00-\u9fff]{2,}", re.UNICODE)
 
 
@@ -81,6 +92,11 @@ FAIL_CLOSED_FEATURES = frozenset({"image_generation", "vision"})
 async def allow_everything(feature: str) -> FeatureCheck:
     """The blackout check when no controller is wired: nothing is blacked out."""
     return ALLOW
+
+
+# what the vision model is told besides the persona's prompt (graph/media, the Vision stage)
+LOOK_INSTRUCTIONS = ("The user shared the attached image(s) or video frames. Look at them and answer in "
+                     "character, briefly, as a chat message; mention what you actually see.")
 
 
 @dataclass(frozen=True)
@@ -101,11 +117,23 @@ class BrainConfig:
     heart_flow: HeartFlowConfig = field(default_factory=HeartFlowConfig)
     actions: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     judge_timeout_s: float = 5.0
+    normal_judge: str = "judge"  # LLM_JUDGE actions in NORMAL mode: "judge" (with a warning) or "keywords"
+    judge_short_message_chars: int = 4  # pre-filter: no judge for complex actions on shorter messages
+    judge_description_fit: bool = True  # pre-filter: no judge when a concrete action's words miss the message
     judge_cache_ttl_s: float = 30.0
     llm_timeout_s: float = 60.0
     generate_replies: bool = True
     think_step: bool = True
     max_replans: int = 2
+    replan_probability: float = 0.8  # new messages during a cycle: chance that it re-plans (else they wait)
+    parallel_stages: bool = True  # focus cycle: action modification, memory activation, processors gathered
+    memory_activation_messages: int = 3  # relevant older messages (FTS5) for the think and plan prompts
+    memory_activation_days: float = 30.0
+    # Message buffer: a user's parts (lines, images) within this window are decided as one message.
+    # 0 = off. It delays every decision by the window, so 1-2 s is the useful range.
+    message_buffer_s: float = 0.0
+    message_buffer_max_parts: int = 8
+    message_buffer_max_wait_s: float = 6.0
     context_hours: float = 6.0
     context_messages: int = 12
     judge_context_messages: int = 3  # newest messages of a cycle that judges see
@@ -118,6 +146,18 @@ class BrainConfig:
     rate_limited_message: str | None = "I'm getting lots of messages here, give me a moment and ask me again! ⏳"
     queued_message: str | None = "🎤 I'm in a voice chat right now; I'll answer this when I'm back!"
     welcome_message: str = "Welcome, {name}! 🎵"
+    model_routing: ModelRouting = field(default_factory=ModelRouting)  # persona FROM/ADAPTER -> server names
+    # Who may switch the persona (`!modfile switch`) and set the mood (`!mood NAME`, member mood events):
+    # role names per command, empty = everyone (like the bot's voice-command permissions).
+    command_roles: Mapping[str, tuple[str, ...]] = field(default_factory=lambda: {"persona": (), "mood": ()})
+    admins_always_allowed: bool = True
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.replan_probability <= 1.0:
+            raise ValueError(f"replan_probability must be in [0, 1], got {self.replan_probability}")
+        if self.memory_activation_messages < 0 or self.memory_activation_days <= 0:
+            raise ValueError("memory_activation_messages must be >= 0 and memory_activation_days > 0")
+    web: Mapping[str, Any] = field(default_factory=dict)  # !news/!meme/!search sources (graph.web.WebConfig)
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any] | None, base_dir: str | Path | None = None) -> "BrainConfig":
@@ -132,6 +172,16 @@ class BrainConfig:
         for key, value in data.items():
             if key == "heart_flow":
                 value = HeartFlowConfig.from_mapping(value)
+            elif key == "model_routing":
+                value = ModelRouting.from_mapping(value)
+            elif key == "command_roles":
+                value = dict(value or {})
+                unknown_commands = set(value) - {"persona", "mood"}
+                if unknown_commands:
+                    raise ValueError(f"command_roles: unknown commands {sorted(unknown_commands)}; expected persona, mood")
+                if not all(isinstance(v, (list, tuple)) and all(isinstance(r, str) for r in v) for v in value.values()):
+                    raise ValueError("command_roles: each command needs a list of role names")
+                value = {"persona": (), "mood": (), **{k: tuple(v) for k, v in value.items()}}
             elif key in ("bot_allow_list", "mood_exclude_from_rotation"):
                 value = tuple(str(v) for v in (value or ()))
             elif key == "mood_rotation_s":
@@ -204,6 +254,7 @@ class _FocusLoop:
 
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     pending: list[MessageEvent] = field(default_factory=list)
+    memories: list[StoredMessage] | None = None  # the last cycle's activated memories (for parallel thinking)
     cycles: int = 0
     replans: int = 0
 
@@ -223,6 +274,7 @@ class Brain:
         check_feature: CheckFeature | None = None,
         clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
+        sleep: Callable[[float], Awaitable[None]] | None = None,
     ):
         self.config = config
         self.memory = memory
@@ -236,13 +288,20 @@ class Brain:
         self.actions: dict[str, BaseAction] = (registry or default_registry()).build(config.actions)
         self.judge_cache = JudgeCache(config.judge_cache_ttl_s, clock)
         self.judge = LLMJudge(self._judge_complete if complete else None, self.judge_cache, config.judge_timeout_s)
-        self.modifier = ActionModifier(self.actions, self.judge, self.rng)
+        self.modifier = ActionModifier(
+            self.actions, self.judge, self.rng, normal_judge=config.normal_judge,
+            prefilter=JudgePrefilter(config.judge_short_message_chars, config.judge_description_fit))
+        self.stages = FocusStages(config.parallel_stages, clock)
+        self.buffer = MessageBuffer(config.message_buffer_s, clock=clock, sleep=sleep or asyncio.sleep,
+                                    max_parts=config.message_buffer_max_parts, max_wait_s=max(config.message_buffer_max_wait_s, config.message_buffer_s))
         self.prompts = PromptBuilder(text_history=config.context_messages, memory_lines=config.user_memory_messages)
+        self.web = WebCommands(WebConfig.from_mapping(config.web), rng=self.rng)
         self._seen_messages: OrderedDict[str, None] = OrderedDict()
         self._seen_events: OrderedDict[str, None] = OrderedDict()
         self._focus: dict[str, _FocusLoop] = {}
         self._rate_notice_until: dict[str, float] = {}
         self._last_retention = clock()
+        self._last_manage = self._last_evaluation = clock()
         self.presence: dict[str, str] = {}
         self.stats: dict[str, int] = {
             "events": 0,
@@ -256,6 +315,8 @@ class Brain:
             "blocked": 0,
             "focus_cycles": 0,
             "replans": 0,
+            "replans_skipped": 0,
+            "buffered_parts": 0,
             "llm_calls": 0,
             "llm_failures": 0,
         }
@@ -272,6 +333,7 @@ class Brain:
         registry: ActionRegistry | None = None,
         memory: MemoryStore | None = None,
         mood_descriptions: Mapping[str, str] | None = None,
+        sleep: Callable[[float], Awaitable[None]] | None = None,
     ) -> "Brain":
         """Load personas and moods, open memory, and build a brain."""
         config = config or BrainConfig.from_mapping({})
@@ -287,9 +349,13 @@ class Brain:
             rng=rng,
         )
         memory = memory or await MemoryStore.open(config.memory_path)
-        return cls(config, memory=memory, personas=personas, moods=moods, registry=registry, complete=complete, check_feature=check_feature, clock=clock, rng=rng)
+        brain = cls(config, memory=memory, personas=personas, moods=moods, registry=registry, complete=complete,
+                    check_feature=check_feature, clock=clock, rng=rng, sleep=sleep)
+        await brain.restore_state()  # the active persona and mood survive a restart
+        return brain
 
     async def close(self) -> None:
+        await self.web.close()
         await self.memory.close()
 
     async def check_feature(self, feature: str) -> FeatureCheck:
@@ -316,7 +382,7 @@ class Brain:
             self.stats["duplicates"] += 1
             actions = []
         elif isinstance(event, MoodEvent):
-            actions = self._on_mood(event)
+            actions = await self._on_mood(event)
         elif isinstance(event, MemberJoinEvent):
             actions = await self._on_member_join(event)
         else:
@@ -331,11 +397,49 @@ class Brain:
             if not self._focus[chat_id].lock.locked():
                 del self._focus[chat_id]
         rotated = self.moods.rotate_due(now)
+        for scope, mood in rotated:
+            await self._save_mood(scope, mood)
         pruned = 0
         if now - self._last_retention >= self.config.retention_interval_s:
             pruned = await self.memory.prune(now, self.config.retention_days * 86400.0)
             self._last_retention = now
-        return {"state": self.heartflow.state.name, "moods_rotated": len(rotated), "pruned": pruned}
+        drifted = self.heartflow.random_deactivation(now - self._last_manage)
+        self._last_manage = now
+        evaluated = None
+        if now - self._last_evaluation >= self.config.heart_flow.evaluation_interval_s:
+            self._last_evaluation = now
+            evaluated = await self._evaluate_chats(now)
+        return {"state": self.heartflow.state.name, "moods_rotated": len(rotated), "pruned": pruned,
+                "deactivated": drifted, "evaluated": evaluated}
+
+    async def _evaluate_chats(self, now: float) -> dict[str, list[str]] | None:
+        """The sub-flow manager's LLM evaluation: should she join an ABSENT chat that is warming up
+        (only while the state's CHAT limit has room), and is a CHAT chat still worth her attention?"""
+        if not self.config.heart_flow.llm_evaluation or self.complete is None:
+            return None
+        join, leave = self.heartflow.evaluation_candidates(now)
+        out: dict[str, list[str]] = {"joined": [], "left": []}
+
+        async def ask(sub: SubFlow, question: str) -> bool | None:
+            """The LLM's strict yes/no; None (change nothing) when there is no chat to show or no answer."""
+            recent = await self.memory.channel_context(sub.chat_id, now=now, hours=self.config.context_hours, limit=8)
+            if not recent:
+                return None
+            persona = self.personas.active(recent[-1].guild_id)
+            prompt = f"Recent chat:\n{self._render(recent)}\n\n{question} Answer yes or no."
+            answer = await self._llm(prompt, JUDGE_SYSTEM, self.llm_options(persona))
+            return None if answer is None else parse_judge_answer(answer)
+
+        join_votes = await asyncio.gather(*(ask(s, "Should Miku join this conversation now?") for s in join))
+        stay_votes = await asyncio.gather(*(ask(s, "Should Miku stay in this conversation?") for s in leave))
+        for sub, yes in zip(join, join_votes):
+            if yes is True and self.heartflow.promote_to_chat(sub, now):  # re-checks the limit: votes ran at once
+                out["joined"].append(sub.chat_id)
+        for sub, yes in zip(leave, stay_votes):
+            if yes is False and sub.state is ChatState.CHAT:  # a failed call is not a "leave"
+                self.heartflow.demote_to_absent(sub, now)
+                out["left"].append(sub.chat_id)
+        return out
 
     def current_mood(self, guild_id: str | None, channel_id: str | None = None) -> MoodState:
         """The mood of a server (or of one DM channel); the voice graph reads this for its prompt."""
@@ -359,6 +463,8 @@ class Brain:
             "heart_flow": self.heartflow.snapshot(),
             "stats": dict(self.stats),
             "judge_cache": {"hits": self.judge_cache.hits, "misses": self.judge_cache.misses, "hit_rate": self.judge_cache.hit_rate},
+            "judges": {"calls": self.judge.calls, "saved_by_prefilter": self.modifier.judge_calls_saved,
+                       "saved_by_reason": dict(self.modifier.saved)},
         }
 
     # -- messages ---------------------------------------------------------------------------------
@@ -413,10 +519,19 @@ class Brain:
             if command is not None:
                 return command
 
+        if self.buffer.enabled:
+            # A multi-part message (lines or images within the window) is decided once, as one.
+            merged = await self.buffer.submit(ev)
+            if merged is None:
+                self.stats["buffered_parts"] += 1
+                return []
+            ev = merged
+            now = self.clock()
+
         sub = self.heartflow.subflow(ev.channel_id, now)
-        interest = self._message_interest(ev, sub, stored.importance)
+        interest = await self._message_interest(ev, sub, stored.importance)
         self.heartflow.observe(sub, interest, now)
-        if ev.addressed_to_miku:
+        if ev.addressed_to_miku or is_draw_command(ev.content):  # `/draw ...`, `!draw ...` need no mention
             sub.recent_words.extend(self._words(ev.content))
             return await self._answer_addressed(ev, sub, now)
         if sub.state is ChatState.CHAT:
@@ -430,14 +545,26 @@ class Brain:
     def _words(text: str) -> set[str]:
         return {w.lower() for w in _WORD.findall(text)}
 
-    def _message_interest(self, ev: MessageEvent, sub: SubFlow, importance: float) -> float:
+    async def _message_interest(self, ev: MessageEvent, sub: SubFlow, importance: float) -> float:
         words = self._words(ev.content)
         persona = self.personas.active(ev.guild_id)
         known = set(persona.interests) | set(sub.recent_words)
         relevance = min(1.0, len(words & known) / 3.0) if words else 0.0
         return self.heartflow.message_interest(
-            sub, addressed=ev.addressed_to_miku, length=len(ev.content), relevance=relevance, importance=importance
+            sub, addressed=ev.addressed_to_miku, length=len(ev.content), relevance=relevance, importance=importance,
+            memory=await self._memory_weight(ev),
         )
+
+    async def _memory_weight(self, ev: MessageEvent) -> float:
+        """0..1: how much of this chat's memory is about what the message says (FTS5 hits, of 3)."""
+        if self.config.heart_flow.weight_memory <= 0:
+            return 0.0
+        try:
+            hits = await self.memory.topic_hits(ev.channel_id, [ev.content], limit=3, exclude=ev.message_id)
+        except Exception as exc:
+            log.warning("memory weight failed (%s: %s)", type(exc).__name__, exc)
+            return 0.0
+        return hits / 3.0
 
     async def _answer_addressed(self, ev: MessageEvent, sub: SubFlow, now: float) -> list[BrainAction]:
         """Mentions, replies to her and DMs: always answered, or the user is told why not."""
@@ -504,6 +631,7 @@ class Brain:
             persona_emoji=persona.emoji,
             image_style=persona.image_style,
             mute_duration_s=self.config.mute_duration_s,
+            llm_options=self.llm_options(persona),
         )
 
     async def _context_messages(self, ev: MessageEvent, limit: int) -> list[StoredMessage]:
@@ -538,10 +666,21 @@ class Brain:
     async def _execute(self, name: str, ctx: ActionContext) -> list[BrainAction]:
         actions = await self.actions[name].execute(ctx, self.check_feature)
         self.stats["blocked"] += sum(isinstance(a, BlockedAction) for a in actions)
-        return actions
+        # the vision model answers in her voice, with the chat's context: it gets the reply prompt
+        return [dataclasses.replace(a, prompt=await self._reply_prompt(ctx.message, LOOK_INSTRUCTIONS))
+                if isinstance(a, LookAction) and a.prompt is None else a for a in actions]
 
     async def _reply(self, ev: MessageEvent, extra_instructions: str = "") -> ReplyAction:
-        history = [m for m in await self._context_messages(ev, self.config.context_messages + 1) if m.message_id != ev.message_id]
+        prompt = await self._reply_prompt(ev, extra_instructions)
+        text = None
+        if self.config.generate_replies and self.complete is not None:
+            text = await self._llm(prompt.as_text(), prompt.system, self.llm_options(self.personas.active(ev.guild_id)))
+        self.stats["replies"] += 1
+        return ReplyAction(channel_id=ev.channel_id, reply_to_message_id=ev.message_id, text=text, prompt=prompt)
+
+    async def _reply_prompt(self, ev: MessageEvent, extra_instructions: str = "") -> Prompt:
+        answered = {ev.message_id, *self.buffer.earlier_parts(ev.message_id)}  # a merged message's parts are the turn
+        history = [m for m in await self._context_messages(ev, self.config.context_messages + 1 + len(answered) - 1) if m.message_id not in answered]
         user_memory = []
         if self.config.user_memory_messages > 0:
             user_memory = [
@@ -559,28 +698,30 @@ class Brain:
             user_memory=user_memory,
             extra_instructions=extra_instructions,
         )
-        text = None
-        if self.config.generate_replies and self.complete is not None:
-            text = await self._llm(prompt.as_text(), prompt.system)
-        self.stats["replies"] += 1
-        return ReplyAction(channel_id=ev.channel_id, reply_to_message_id=ev.message_id, text=text, prompt=prompt)
+        return prompt
 
-    async def _llm(self, prompt: str, system: str | None) -> str | None:
+    @staticmethod
+    def llm_options(persona: Persona) -> LLMCallOptions:
+        """What the persona says about every LLM call: its FROM model, ADAPTER, temperature, token limit."""
+        return LLMCallOptions(model=persona.base_model, adapter=persona.adapter, temperature=persona.temperature,
+                              max_tokens=persona.max_tokens, stop=persona.stop)
+
+    async def _llm(self, prompt: str, system: str | None, options: LLMCallOptions | None = None) -> str | None:
         """Call the injected LLM with a timeout; None on failure (the caller degrades, never crashes)."""
         if self.complete is None:
             return None
         self.stats["llm_calls"] += 1
         try:
-            return await asyncio.wait_for(self.complete(prompt, system), self.config.llm_timeout_s)
+            return await asyncio.wait_for(self.complete(prompt, system, options), self.config.llm_timeout_s)
         except Exception as exc:
             self.stats["llm_failures"] += 1
             log.warning("LLM call failed (%s: %s)", type(exc).__name__, exc)
             return None
 
-    async def _judge_complete(self, prompt: str, system: str | None) -> str:
+    async def _judge_complete(self, prompt: str, system: str | None, options: LLMCallOptions | None = None) -> str:
         assert self.complete is not None
         self.stats["llm_calls"] += 1
-        return await self.complete(prompt, system)
+        return await self.complete(prompt, system, options)
 
     # -- focused chats ----------------------------------------------------------------------------
 
@@ -609,17 +750,32 @@ class Brain:
                 recent = await self._context_messages(latest, self.config.context_messages)
                 context_text = self._render(recent)
                 ctx = self._action_context(latest, batch, ChatMode.FOCUS)
-                activation = await self.modifier.select(ctx)
-                thought = ""
-                if self.config.think_step:
-                    thought = await self._llm(self._think_prompt(latest, context_text), self.personas.active(latest.guild_id).system_prompt) or ""
-                plan_text = await self._llm(self._plan_prompt(latest, context_text, thought, activation), None)
+                persona = self.personas.active(latest.guild_id)
+                options = self.llm_options(persona)
+
+                async def think(memories: list[StoredMessage] | None) -> str:
+                    if not self.config.think_step:
+                        return ""
+                    return await self._llm(self._think_prompt(latest, context_text, memories), persona.system_prompt, options) or ""
+
+                stages = await self.stages.run(
+                    lambda: self.modifier.select(ctx),
+                    lambda: self._activate_memory(latest, batch, recent),
+                    think,
+                    earlier_memories=loop.memories,
+                )
+                activation, thought, loop.memories = stages.activation, stages.thought, stages.memories
+                plan_text = await self._llm(self._plan_prompt(latest, context_text, thought, activation, stages.memories), None, options)
                 if loop.pending and replans < self.config.max_replans:
-                    batch = batch + tuple(loop.pending)
-                    loop.pending.clear()
-                    replans += 1
-                    self.stats["replans"] += 1
-                    continue
+                    # New messages came in while she planned: look again (with the configured chance),
+                    # else they wait for the next cycle.
+                    if self.rng.random() < self.config.replan_probability:
+                        batch = batch + tuple(loop.pending)
+                        loop.pending.clear()
+                        replans += 1
+                        self.stats["replans"] += 1
+                        continue
+                    self.stats["replans_skipped"] += 1
                 break
             loop.cycles += 1
             self.stats["focus_cycles"] += 1
@@ -641,24 +797,47 @@ class Brain:
         replied = any(not a.type == "react" for a in actions)
         for index, _ in enumerate(batch):
             hf.record_outcome(sub, replied and index == len(batch) - 1, now)
-        if not replied:
+        if not replied and any(a.type == "react" for a in actions):
+            hf.record_focus_reaction(sub)  # an emoji is taking part: the no-reply count starts again
+        elif not replied:
             hf.record_focus_no_reply(sub, now)
         return actions
 
-    def _think_prompt(self, latest: MessageEvent, context_text: str) -> str:
+    async def _activate_memory(self, latest: MessageEvent, batch: tuple[MessageEvent, ...], recent: list[StoredMessage]) -> list[StoredMessage]:
+        """Memory activation: older messages of this chat about what the new ones talk about (FTS5),
+        minus what the recent context already shows. A failing search only loses the memories."""
+        if self.config.memory_activation_messages <= 0:
+            return []
+        try:
+            return await self.memory.relevant(
+                latest.channel_id, [m.content for m in batch], now=max(latest.timestamp, self.clock()),
+                days=self.config.memory_activation_days, limit=self.config.memory_activation_messages,
+                exclude=[m.message_id for m in recent] + [m.message_id for m in batch])
+        except Exception as exc:
+            log.warning("memory activation failed (%s: %s)", type(exc).__name__, exc)
+            return []
+
+    def _memory_text(self, memories: list[StoredMessage] | None) -> str:
+        if not memories:
+            return ""
+        return "\n\nYou remember from earlier in this chat:\n" + "\n".join(
+            f"- {'you' if m.is_self else (m.author_name or m.author_id)}: {self.prompts._clip(m.content)}" for m in memories)
+
+    def _think_prompt(self, latest: MessageEvent, context_text: str, memories: list[StoredMessage] | None = None) -> str:
         mood = self.current_mood(latest.guild_id, latest.channel_id)
         return (
-            f"You are reading this chat (your mood: {mood.name}).\n{context_text}\n\n"
+            f"You are reading this chat (your mood: {mood.name}).\n{context_text}{self._memory_text(memories)}\n\n"
             "In one or two sentences, think privately about what is going on and whether you want to say something."
         )
 
-    def _plan_prompt(self, latest: MessageEvent, context_text: str, thought: str, activation: ActivationResult) -> str:
+    def _plan_prompt(self, latest: MessageEvent, context_text: str, thought: str, activation: ActivationResult,
+                     memories: list[StoredMessage] | None = None) -> str:
         options = "\n".join(
             f"- {name}: {self.actions[name].spec.description}" + (" (can run alongside another action)" if self.actions[name].spec.parallel_action else "")
             for name in activation.usable
         )
         return (
-            f"Chat so far:\n{context_text}\n\nYour thought: {thought or '(none)'}\n\n"
+            f"Chat so far:\n{context_text}\n\nYour thought: {thought or '(none)'}{self._memory_text(memories)}\n\n"
             f"Available actions:\n{options}\n\n"
             'Answer with JSON only: {"action": "<one action>", "parallel": ["<actions that run alongside>"], "reason": "<short>"}'
         )
@@ -682,6 +861,9 @@ class Brain:
             if sub == "list":
                 return [say("Personas: " + ", ".join(self.personas.names()))]
             if sub == "switch" and len(args) == 2:
+                refused = self._refuse("persona", ev.author_roles, ev.author_is_admin)
+                if refused:
+                    return [say(refused)]
                 persona = self.personas.get(args[1])
                 if persona is None:
                     return [say(f"I don't know a persona called {args[1]!r}. Try one of: {', '.join(self.personas.names())}")]
@@ -691,6 +873,7 @@ class Brain:
                         message = verdict.message or f"I can't switch to {persona.display_name or persona.name} right now."
                         return [BlockedAction(channel_id=ev.channel_id, reply_to_message_id=ev.message_id, feature=persona.feature, message=message)]
                 self.personas.switch(ev.guild_id, persona.name)
+                await self._save("persona", _persona_scope(ev.guild_id), persona.name)
                 return [
                     SwitchPersonaAction(guild_id=ev.guild_id, persona=persona.name, display_name=persona.display_name or persona.name),
                     say(f"Switched to {persona.display_name or persona.name}."),
@@ -701,21 +884,84 @@ class Brain:
             if not args:
                 mood = self.moods.current(scope)
                 return [say(f"I'm feeling {mood.name} right now. ({mood.description})")]
+            refused = self._refuse("mood", ev.author_roles, ev.author_is_admin)
+            if refused:
+                return [say(refused)]
             try:
                 mood = self.moods.set(scope, args[0])
             except KeyError:
                 return [say(f"I don't have a mood called {args[0]!r}. Moods: {', '.join(self.moods.names())}")]
+            await self._save_mood(scope, mood)
             return [say(f"Okay, now I'm feeling {mood.name}.")]
+        if name in WEB_COMMANDS:
+            return [say(await self.web.run(name, " ".join(args), nsfw=ev.channel_nsfw, write=self._web_writer(ev)))]
         return None
 
-    def _on_mood(self, ev: MoodEvent) -> list[BrainAction]:
+    def _refuse(self, command: str, roles: tuple[str, ...], is_admin: bool) -> str | None:
+        """None when the author may run `command` ("persona" or "mood"), else the refusal to reply.
+
+        Gated like the voice commands: an empty role list lets everyone; admins may always (by default)."""
+        wanted = self.config.command_roles.get(command, ())
+        if not wanted or (is_admin and self.config.admins_always_allowed):
+            return None
+        have = {r.casefold() for r in roles}
+        if any(r.casefold() in have for r in wanted):
+            return None
+        what = "switch my persona" if command == "persona" else "change my mood"
+        return f"❌ You don't have permission to {what}: it needs one of these roles: " + ", ".join(f"**{r}**" for r in wanted) + "."
+
+    async def _save(self, kind: str, scope: str, value: str) -> None:
+        """Persist a setting with the brain's state (SQLite, 0600); a failed write is logged, not fatal."""
+        try:
+            await self.memory.save_state(kind, scope, value, self.clock())
+        except Exception as exc:
+            log.warning("could not save %s for %s (%s: %s)", kind, scope, type(exc).__name__, exc)
+
+    async def _save_mood(self, scope: str, mood: MoodState) -> None:
+        await self._save("mood", scope, mood.name)
+
+    async def restore_state(self) -> dict[str, int]:
+        """Put back the active personas and moods saved before a restart (unknown names are skipped)."""
+        restored = {"personas": 0, "moods": 0}
+        for scope, (name, _) in (await self.memory.load_state("persona")).items():
+            try:
+                self.personas.switch(None if scope == DM_PERSONA_SCOPE else scope, name)
+                restored["personas"] += 1
+            except KeyError:
+                log.warning("saved persona %r for %s no longer exists: using the default", name, scope)
+        for scope, (name, since) in (await self.memory.load_state("mood")).items():
+            if self.moods.restore(scope, name, since):
+                restored["moods"] += 1
+            else:
+                log.warning("saved mood %r for %s no longer exists: using the default", name, scope)
+        return restored
+
+    def _web_writer(self, ev: MessageEvent):
+        """The LLM in the active persona's voice and mood, for the web commands' summaries (None: no LLM)."""
+        if not self.config.generate_replies or self.complete is None:
+            return None
+
+        async def write(instruction: str) -> str | None:
+            persona = self.personas.active(ev.guild_id)
+            chat = ChatContext(guild_name=ev.guild_name, channel_name=ev.channel_name, is_dm=ev.is_dm)
+            system = self.prompts.system_prompt(persona, self.current_mood(ev.guild_id, ev.channel_id), chat)
+            return await self._llm(instruction, system, self.llm_options(persona))
+
+        return write
+
+    async def _on_mood(self, ev: MoodEvent) -> list[BrainAction]:
         scope = mood_scope(ev.guild_id, ev.channel_id)
+        if ev.author_id is not None:  # a member asked (no author: the client or an operator did)
+            refused = self._refuse("mood", ev.author_roles, ev.author_is_admin)
+            if refused:
+                return [SendAction(channel_id=ev.channel_id, text=refused)] if ev.channel_id else []
         try:
             mood = self.moods.set(scope, ev.mood)
         except KeyError:
             if ev.channel_id:
                 return [SendAction(channel_id=ev.channel_id, text=f"Unknown mood {ev.mood!r}. Moods: {', '.join(self.moods.names())}")]
             return []
+        await self._save_mood(scope, mood)
         if ev.channel_id:
             return [SendAction(channel_id=ev.channel_id, text=f"Mood changed to {mood.name}.")]
         return []

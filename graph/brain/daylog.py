@@ -222,7 +222,7 @@ class DeterministicLLM:
         self.delay_s = delay_s
         self.calls: dict[str, int] = {"judge": 0, "plan": 0, "think": 0, "reply": 0}
 
-    async def __call__(self, prompt: str, system: str | None) -> str:
+    async def __call__(self, prompt: str, system: str | None, options=None) -> str:
         import asyncio
         import zlib
 

@@ -70,6 +70,8 @@ class MessageEvent(_EventBase):
     author_is_bot: bool = False
     author_is_self: bool = False  # the client sets this for Miku's own messages
     author_can_moderate: bool = False  # the author's roles allow moderation (mute)
+    author_roles: tuple[Annotated[str, Field(max_length=100)], ...] = Field(default=(), max_length=250)  # role names (persona/mood gating)
+    author_is_admin: bool = False  # the author has the administrator permission
     content: str = Field(default="", max_length=8000)
     mentions_miku: bool = False
     reply_to_miku: bool = False
@@ -78,6 +80,7 @@ class MessageEvent(_EventBase):
     attachments: tuple[Attachment, ...] = ()
     channel_name: str = ""
     guild_name: str = ""
+    channel_nsfw: bool = False  # the channel is age-restricted (`!meme` may then show NSFW posts)
     timestamp: float
 
     @field_validator("timestamp", mode="before")
@@ -131,6 +134,8 @@ class MoodEvent(_EventBase):
     channel_id: str | None = None  # where to confirm; DMs are scoped by channel
     mood: str | None = None
     author_id: str | None = None
+    author_roles: tuple[Annotated[str, Field(max_length=100)], ...] = Field(default=(), max_length=250)
+    author_is_admin: bool = False
 
 
 Event = Annotated[Union[MessageEvent, PresenceEvent, MemberJoinEvent, MoodEvent], Field(discriminator="type")]
@@ -320,11 +325,14 @@ class DrawAction(BrainAction):
 
 @dataclass(frozen=True)
 class LookAction(BrainAction):
-    """Describe the attached images/videos (vision) and post the description as a reply."""
+    """Look at the attached images/videos (and image links, embeds) and answer as a reply. `prompt` is the
+    persona's reply prompt (system, recent history, the user's words): the vision model answers in her voice
+    with the chat's context."""
 
     channel_id: str = ""
     reply_to_message_id: str | None = None
     attachments: tuple[dict[str, str], ...] = ()
+    prompt: Prompt | None = None
     type: str = "look"
 
 

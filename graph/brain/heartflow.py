@@ -4,18 +4,23 @@ A global state (OFFLINE, PEEKING, NORMAL_CHAT, FOCUSED_CHAT) moves on a timer wi
 transitions and caps how many chats may be in CHAT and in FOCUSED at once. Each chat has a sub-flow
 (ABSENT, CHAT, FOCUSED) driven by an interest score that every message raises and time decays.
 CHAT chats reply with a probability from willingness (rises as messages come in, falls after she
-speaks); FOCUSED chats run LLM cycles (see `graph.brain.brain`), and three no-replies in a row send
-them back to ABSENT. Promotions never exceed the current state's limits, and a state change demotes
+speaks); FOCUSED chats run LLM cycles (see `graph.brain.brain`) whose three stages (action
+modification, memory activation, processors) `FocusStages` runs in parallel; five no-replies in a row
+send them back to ABSENT, and an emoji reaction counts as taking part (it resets the count). The
+sub-flow manager's periodic parts: an LLM evaluation of ABSENT<->CHAT within the state's limits
+(`evaluation_candidates`, `promote_to_chat`) and random deactivation (`random_deactivation`, with the
+injected RNG). Promotions never exceed the current state's limits, and a state change demotes
 the least interesting chats first. Per-chat reply budgets enforce the rate limit and the reply-rate
 band. Time and randomness are injected: this module never reads a clock or global random itself.
 """
 from __future__ import annotations
 
+import asyncio
 import enum
 import math
 import random
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -86,10 +91,11 @@ class HeartFlowConfig:
     weight_length: float = 0.4
     weight_relevance: float = 0.8
     weight_importance: float = 0.5
+    weight_memory: float = 0.4  # x the share of memory (FTS5) hits: a topic talked about here before
     chat_threshold: float = 1.5  # ABSENT -> CHAT
     focus_threshold: float = 4.0  # CHAT -> FOCUSED
     absent_threshold: float = 0.4  # CHAT -> ABSENT once interest decays below
-    max_consecutive_no_reply: int = 3
+    max_consecutive_no_reply: int = 5  # the seed's number
     cleanup_after_s: float = 3600.0
     # willingness (CHAT reply probability)
     base_willingness: float = 0.1
@@ -103,7 +109,12 @@ class HeartFlowConfig:
     reply_ratio_window: int = 40  # human messages looked at for the reply-rate band
     reply_ratio_max: float = 0.3
     reply_ratio_min: float = 0.03
-
+    # sub-flow manager (run from the brain's tick)
+    llm_evaluation: bool = True  # ask the LLM whether to join (ABSENT -> CHAT) or leave (CHAT -> ABSENT)
+    evaluation_interval_s: float = 300.0
+    evaluation_min_interest: float = 0.5  # ABSENT chats below this are not worth an LLM call
+    evaluation_max_chats: int = 3  # LLM evaluations per round, at most
+    random_deactivation_per_hour: float = 0.1  # chance per hour that a CHAT/FOCUSED chat drifts off
     def __post_init__(self) -> None:
         missing = [s.name for s in GlobalState if s not in self.limits]
         if missing:
@@ -118,6 +129,10 @@ class HeartFlowConfig:
             raise ValueError("reply ratio band must satisfy 0 <= min <= max <= 1")
         if not self.absent_threshold < self.chat_threshold <= self.focus_threshold:
             raise ValueError("thresholds must satisfy absent < chat <= focus")
+        if self.max_consecutive_no_reply < 1:
+            raise ValueError("max_consecutive_no_reply must be >= 1")
+        if self.random_deactivation_per_hour < 0 or self.evaluation_interval_s <= 0 or self.evaluation_max_chats < 0:
+            raise ValueError("random_deactivation_per_hour >= 0, evaluation_interval_s > 0 and evaluation_max_chats >= 0 are required")
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any] | None) -> "HeartFlowConfig":
@@ -271,15 +286,18 @@ class HeartFlow:
         dt = max(0.0, now - sub.interest_at)
         return sub.interest * math.pow(0.5, dt / self.config.interest_half_life_s)
 
-    def message_interest(self, sub: SubFlow, *, addressed: bool, length: int, relevance: float, importance: float) -> float:
-        """Interest one message adds to its chat. A chat where she has been below the reply-rate band
-        for a whole window gets extra attention, so quiet channels are not ignored forever."""
+    def message_interest(self, sub: SubFlow, *, addressed: bool, length: int, relevance: float, importance: float,
+                         memory: float = 0.0) -> float:
+        """Interest one message adds to its chat. `memory` (0..1) is how much the memory knows about its
+        topic here (full-text hits). A chat where she has been below the reply-rate band for a whole
+        window gets extra attention, so quiet channels are not ignored forever."""
         cfg = self.config
         score = (
             (cfg.weight_addressed if addressed else 0.0)
             + cfg.weight_length * min(length, 200) / 200
             + cfg.weight_relevance * relevance
             + cfg.weight_importance * importance
+            + cfg.weight_memory * max(0.0, min(1.0, memory))
         )
         ratio = self.reply_ratio(sub)
         if ratio is not None and ratio < cfg.reply_ratio_min and len(sub.budget.outcomes) >= cfg.reply_ratio_window // 2:
@@ -365,12 +383,60 @@ class HeartFlow:
             sub.willingness = min(self.willingness(sub, now), cfg.base_willingness) * cfg.willingness_after_reply
             sub.willingness_at = now
 
+    def record_focus_reaction(self, sub: SubFlow) -> None:
+        """A focused cycle reacted with an emoji: she took part, so the no-reply count starts again."""
+        sub.consecutive_no_reply = 0
+
     def record_focus_no_reply(self, sub: SubFlow, now: float) -> None:
-        """A focused cycle chose not to reply; the third in a row sends the chat back to ABSENT."""
+        """A focused cycle did nothing; `max_consecutive_no_reply` (5) in a row send the chat to ABSENT."""
         sub.consecutive_no_reply += 1
         if sub.state is ChatState.FOCUSED and sub.consecutive_no_reply >= self.config.max_consecutive_no_reply:
             self._move(sub, ChatState.ABSENT, now)
             sub.interest = 0.0
+
+    # -- sub-flow manager: LLM evaluation and random deactivation --------------------------------
+
+    def evaluation_candidates(self, now: float) -> tuple[list[SubFlow], list[SubFlow]]:
+        """(ABSENT chats worth asking about joining, CHAT chats worth asking about leaving), most
+        interesting first, at most `evaluation_max_chats` in all; joins only while CHAT has room."""
+        cfg = self.config
+        budget = cfg.evaluation_max_chats
+        free = self.limits.chat - self.counts()[ChatState.CHAT]
+        absent = sorted(
+            (s for s in self.subflows.values() if s.state is ChatState.ABSENT
+             and cfg.evaluation_min_interest <= self.interest(s, now) < cfg.chat_threshold),
+            key=lambda s: -self.interest(s, now))
+        join = absent[:max(0, min(free, budget))]
+        chatting = sorted((s for s in self.subflows.values() if s.state is ChatState.CHAT), key=lambda s: self.interest(s, now))
+        leave = chatting[:max(0, budget - len(join))]
+        return join, leave
+
+    def promote_to_chat(self, sub: SubFlow, now: float) -> bool:
+        """ABSENT -> CHAT on the LLM's word, only if the state's CHAT limit has room."""
+        if sub.state is not ChatState.ABSENT or self.counts()[ChatState.CHAT] >= self.limits.chat:
+            return False
+        self._move(sub, ChatState.CHAT, now)
+        sub.interest = max(self.interest(sub, now), self.config.chat_threshold)
+        sub.interest_at = now
+        return True
+
+    def demote_to_absent(self, sub: SubFlow, now: float) -> None:
+        self._move(sub, ChatState.ABSENT, now)
+
+    def random_deactivation(self, elapsed_s: float) -> list[str]:
+        """Each CHAT/FOCUSED chat drifts off to ABSENT with the chance of `random_deactivation_per_hour`
+        over `elapsed_s` (so the rate does not depend on how often this runs). Returns the chats."""
+        rate = self.config.random_deactivation_per_hour
+        if rate <= 0 or elapsed_s <= 0:
+            return []
+        chance = 1.0 - math.exp(-rate * elapsed_s / 3600.0)
+        now = self.clock()
+        gone = []
+        for sub in sorted(self.subflows.values(), key=lambda s: s.chat_id):
+            if sub.state is not ChatState.ABSENT and self.rng.random() < chance:
+                self._move(sub, ChatState.ABSENT, now)
+                gone.append(sub.chat_id)
+        return gone
 
     def snapshot(self) -> dict[str, Any]:
         counts = self.counts()
@@ -380,3 +446,55 @@ class HeartFlow:
             "counts": {k.name: v for k, v in counts.items()},
             "chats": {s.chat_id: s.state.name for s in self.subflows.values() if s.state is not ChatState.ABSENT},
         }
+
+
+# --------------------------------------------------------------------------------------------------
+# The focus cycle's three stages
+
+
+@dataclass
+class StageResults:
+    """What the three stages of one focus cycle produced, and how long each took (clock seconds)."""
+
+    activation: Any = None
+    memories: Any = None
+    thought: str = ""
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+class FocusStages:
+    """Runs a cycle's action modification, memory activation and processors (the think step):
+    gathered in parallel (the seed's `parallel_processing`), or one after another with `parallel`
+    off. In parallel the processors cannot see this cycle's memories, so they get the previous
+    cycle's (`earlier_memories`); serially they get this cycle's. The planner always gets this cycle's."""
+
+    def __init__(self, parallel: bool, clock: Callable[[], float]):
+        self.parallel = parallel
+        self.clock = clock
+
+    async def _timed(self, name: str, work: Awaitable[Any], seconds: dict[str, float]) -> Any:
+        started = self.clock()
+        try:
+            return await work
+        finally:
+            seconds[name] = self.clock() - started
+
+    async def run(
+        self,
+        modify_actions: Callable[[], Awaitable[Any]],
+        activate_memory: Callable[[], Awaitable[Any]],
+        process: Callable[[Any], Awaitable[str]],
+        earlier_memories: Any = None,
+    ) -> StageResults:
+        out = StageResults()
+        if self.parallel:
+            out.activation, out.memories, out.thought = await asyncio.gather(
+                self._timed("action_modification", modify_actions(), out.seconds),
+                self._timed("memory_activation", activate_memory(), out.seconds),
+                self._timed("processors", process(earlier_memories), out.seconds),
+            )
+        else:
+            out.activation = await self._timed("action_modification", modify_actions(), out.seconds)
+            out.memories = await self._timed("memory_activation", activate_memory(), out.seconds)
+            out.thought = await self._timed("processors", process(out.memories), out.seconds)
+        return out

@@ -1,7 +1,8 @@
 """LLM_JUDGE activation: ask the LLM "should this action be available now?", safely and cheaply.
 
 Systems this design comes from counted any answer containing "是" as yes, so "不是" (no) activated
-actions. Here the answer is parsed strictly (only a leading yes-word counts; everything else is no),
+actions. Here the answer is parsed strictly: only a leading yes-word counts, and an answer that goes on
+to say no anywhere ("yes, but no", "是，不是", "yes... actually no") is no; everything else is no,
 judges for several actions run in parallel with a timeout each (a failed or slow judge is a no), and
 answers are cached for 30 s under a hash of the context and the action's configuration.
 """
@@ -11,6 +12,7 @@ import asyncio
 import hashlib
 import json
 import logging
+import re
 import time
 import unicodedata
 from collections import OrderedDict
@@ -20,11 +22,14 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-Complete = Callable[[str, str | None], Awaitable[str]]
+Complete = Callable[..., Awaitable[str]]  # complete(prompt, system, options=None)
 
 _YES_EN = ("yes",)
 _YES_ZH = ("是的", "是")  # longest first
 _NOT_YES_AFTER_ZH = ("否",)  # "是否" means "whether": a question, not an answer
+# A yes that later says no (or takes itself back) is not a yes: "yes, but no", "是，不是", "yes... not really".
+_NEGATION_EN = re.compile(r"\b(no|not|nope|never|don't|doesn't|shouldn't|isn't|wouldn't|nah)\b|n't\b")
+_NEGATION_ZH = ("不", "否", "没", "別", "别", "非")
 
 
 def _strip_wrapping(text: str) -> str:
@@ -40,7 +45,8 @@ def _is_boundary(char: str) -> bool:
 def parse_judge_answer(answer: str | None) -> bool:
     """Strictly read a yes/no answer: True only for a leading "yes" / "是" / "是的" word.
 
-    "no", "不", "不是", "否", "yesterday", "是否", "maybe yes" and garbage are all False.
+    "no", "不", "不是", "否", "yesterday", "是否", "maybe yes", "yes, but no", "是，不是" and garbage are
+    all False: a yes followed by any negation on the first line is not a yes.
     """
     if not answer:
         return False
@@ -51,15 +57,20 @@ def parse_judge_answer(answer: str | None) -> bool:
     for word in _YES_EN:
         if text.startswith(word):
             rest = text[len(word):]
-            return not rest or _is_boundary(rest[0])
+            return (not rest or _is_boundary(rest[0])) and not _says_no(rest)
     for word in _YES_ZH:
         if text.startswith(word):
             rest = text[len(word):]
             if rest.startswith(_NOT_YES_AFTER_ZH):
                 return False
             # Chinese has no spaces: "是的，…" and "是。" count; "是他…" (it is him…) does not.
-            return not rest or _is_boundary(rest[0])
+            return (not rest or _is_boundary(rest[0])) and not _says_no(rest)
     return False
+
+
+def _says_no(rest: str) -> bool:
+    """True when the words after a leading yes contradict it (any negation, English or Chinese)."""
+    return bool(_NEGATION_EN.search(rest)) or any(mark in rest for mark in _NEGATION_ZH)
 
 
 @dataclass(frozen=True)
@@ -133,7 +144,7 @@ class LLMJudge:
             "Should this action be available right now? Answer yes or no."
         )
 
-    async def _judge_one(self, request: JudgeRequest, context: str) -> bool:
+    async def _judge_one(self, request: JudgeRequest, context: str, options: Any = None) -> bool:
         key = JudgeCache.key(context, request.config)
         cached = self.cache.get(key)
         if cached is not None:
@@ -143,7 +154,7 @@ class LLMJudge:
         self.calls += 1
         try:
             answer = await asyncio.wait_for(
-                self.complete(self.build_prompt(request, context), JUDGE_SYSTEM), self.timeout_s
+                self.complete(self.build_prompt(request, context), JUDGE_SYSTEM, options), self.timeout_s
             )
         except Exception as exc:  # a failed or timed-out judge is a "no"
             self.failures += 1
@@ -153,9 +164,10 @@ class LLMJudge:
         self.cache.put(key, verdict)
         return verdict
 
-    async def judge_many(self, requests: Sequence[JudgeRequest], context: str) -> dict[str, bool]:
-        """Judge every request in parallel; returns {action_name: verdict}."""
+    async def judge_many(self, requests: Sequence[JudgeRequest], context: str, options: Any = None) -> dict[str, bool]:
+        """Judge every request in parallel; returns {action_name: verdict}. `options` (the persona's
+        LLMCallOptions) go to every call."""
         if not requests:
             return {}
-        verdicts = await asyncio.gather(*(self._judge_one(r, context) for r in requests))
+        verdicts = await asyncio.gather(*(self._judge_one(r, context, options) for r in requests))
         return {r.action_name: v for r, v in zip(requests, verdicts)}

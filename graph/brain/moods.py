@@ -88,6 +88,14 @@ class MoodScheduler:
         self._schedule(scope, now)
         return state
 
+    def restore(self, scope: str, mood: str, since: float) -> bool:
+        """Put back a saved mood (after a restart); False if that mood no longer exists."""
+        if mood not in self.descriptions:
+            return False
+        self._current[scope] = MoodState(mood, self.descriptions[mood], since)
+        self._schedule(scope, max(since, self.clock()))
+        return True
+
     def _pick_other(self, current: str) -> str:
         choices = [m for m in self.pool if m != current] or self.pool
         return self.rng.choice(choices)

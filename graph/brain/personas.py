@@ -4,7 +4,9 @@ A modelfile holds one instruction per line (case-insensitive): `NAME`, `FROM` (b
 (the system prompt, `\"\"\"` for several lines), `PARAMETER key value` (typed and range-checked),
 `EMOJI` (reactions she uses), `IMAGE_STYLE` (for drawing), `INTERESTS` (words that raise her
 interest), `DISPLAY_NAME`, `DESCRIPTION` and `FEATURE` (a controller feature the persona needs, e.g.
-`bipolar_mode`). Every problem is reported with file and line so a bad persona never loads half-way.
+`bipolar_mode`) and `ADAPTER` (a LoRA for the base model: a `.gguf` file path relative to the modelfile,
+checked to exist and be GGUF, which llama-cpp-python loads as `lora_path`; or a bare name that
+`brain.model_routing.adapters` maps to a model name on a remote server). Every problem is reported with file and line so a bad persona never loads half-way.
 The library keeps the active persona per server (and one for DMs); `!modfile switch` changes it.
 """
 from __future__ import annotations
@@ -30,7 +32,9 @@ _PARAMETERS: dict[str, tuple[type, Callable[[Any], bool], str]] = {
     "stop": (str, lambda v: bool(v), "a non-empty string"),
 }
 
-_INSTRUCTIONS = {"NAME", "FROM", "SYSTEM", "PARAMETER", "EMOJI", "IMAGE_STYLE", "INTERESTS", "DISPLAY_NAME", "DESCRIPTION", "FEATURE"}
+_INSTRUCTIONS = {"NAME", "FROM", "SYSTEM", "PARAMETER", "EMOJI", "IMAGE_STYLE", "INTERESTS", "DISPLAY_NAME", "DESCRIPTION", "FEATURE", "ADAPTER"}
+_ADAPTER_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:+-]{0,127}$")
+GGUF_MAGIC = b"GGUF"
 _SINGLE = _INSTRUCTIONS - {"PARAMETER"}
 
 
@@ -52,6 +56,11 @@ class Persona:
     description: str = ""
     feature: str | None = None
     source: str = ""
+    adapter: str | None = None  # an absolute .gguf path, or a name for a remote server's model routing
+
+    @property
+    def adapter_is_file(self) -> bool:
+        return self.adapter is not None and self.adapter.endswith(".gguf")
 
     @property
     def temperature(self) -> float:
@@ -76,8 +85,27 @@ def _split_tokens(text: str) -> list[str]:
     return [t for t in re.split(r"[,\s]+", text.strip()) if t]
 
 
-def parse_modelfile(text: str, source: str = "<modelfile>") -> Persona:
-    """Parse and validate one modelfile; raise PersonaError with file:line on any problem."""
+def _adapter(value: str, where: str, base_dir: Path | None) -> str:
+    """An ADAPTER value checked: a GGUF file that exists (absolute path returned) or a plain name."""
+    if not value.lower().endswith(".gguf"):
+        if not _ADAPTER_NAME_RE.match(value) or "/" in value or "\\" in value:
+            raise PersonaError(f"{where}: ADAPTER must be a .gguf file or a model-routing name (letters, digits, . _ : + -), got {value!r}")
+        return value
+    path = Path(value).expanduser()
+    if not path.is_absolute():
+        path = (base_dir or Path.cwd()) / path
+    if not path.is_file():
+        raise PersonaError(f"{where}: ADAPTER file {path} not found")
+    with path.open("rb") as handle:
+        if handle.read(4) != GGUF_MAGIC:
+            raise PersonaError(f"{where}: ADAPTER {path} is not a GGUF file (llama.cpp LoRA adapters are GGUF)")
+    return str(path.resolve())
+
+
+def parse_modelfile(text: str, source: str = "<modelfile>", base_dir: str | Path | None = None) -> Persona:
+    """Parse and validate one modelfile; raise PersonaError with file:line on any problem.
+
+    `base_dir` is where a relative ADAPTER path is looked for (the modelfile's directory)."""
     values: dict[str, str] = {}
     seen_at: dict[str, int] = {}
     parameters: dict[str, Any] = {}
@@ -136,6 +164,8 @@ def parse_modelfile(text: str, source: str = "<modelfile>") -> Persona:
         if not rest:
             raise PersonaError(f"{where}: {keyword} needs a value")
         seen_at[keyword] = line_no
+        if keyword == "ADAPTER":
+            rest = _adapter(rest, where, Path(base_dir) if base_dir is not None else None)
         values[keyword] = rest
 
     for required in ("NAME", "FROM", "SYSTEM"):
@@ -161,6 +191,7 @@ def parse_modelfile(text: str, source: str = "<modelfile>") -> Persona:
         description=values.get("DESCRIPTION", ""),
         feature=values.get("FEATURE"),
         source=source,
+        adapter=values.get("ADAPTER"),
     )
 
 
@@ -171,7 +202,7 @@ def load_personas(directory: str | Path) -> dict[str, Persona]:
         raise PersonaError(f"persona directory {directory} does not exist")
     personas: dict[str, Persona] = {}
     for path in sorted(directory.glob("*.modelfile")):
-        persona = parse_modelfile(path.read_text(encoding="utf-8"), str(path))
+        persona = parse_modelfile(path.read_text(encoding="utf-8"), str(path), path.parent)
         if persona.name in personas:
             raise PersonaError(f"{path}: persona {persona.name!r} is also defined in {personas[persona.name].source}")
         personas[persona.name] = persona
@@ -205,3 +236,7 @@ class PersonaLibrary:
 
     def names(self) -> list[str]:
         return sorted(self.personas)
+
+    def assignments(self) -> dict[str | None, str]:
+        """Servers (None = DMs) whose persona was switched away from the default, and to which."""
+        return dict(self._active)

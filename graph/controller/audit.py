@@ -1,4 +1,5 @@
-"""The audit log's entries: every session start, end, expiry and queue change, in order."""
+"""The audit log's entries: every session start, end, expiry and queue change, and every change made in
+the admin panel (`ADMIN_CHANGE`, with the user who made it), in order."""
 from __future__ import annotations
 
 import enum
@@ -15,6 +16,7 @@ class AuditAction(enum.Enum):
     MESSAGE_QUEUED = "message_queued"
     MESSAGES_DROPPED = "messages_dropped"
     MESSAGES_ACKED = "messages_acked"
+    ADMIN_CHANGE = "admin_change"  # detail: user, change (what was done) and its arguments
 
 
 @dataclass(frozen=True)

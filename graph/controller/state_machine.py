@@ -34,6 +34,7 @@ from graph.controller.checkpoint import SCHEMA_VERSION, CheckpointWriteError, Sq
 from graph.controller.config import ControllerConfig
 from graph.controller.errors import (
     CheckpointError,
+    InvalidRequest,
     SessionConflict,
     SessionGone,
     UnknownFeature,
@@ -52,6 +53,7 @@ from graph.controller.headroom import HeadroomProbe, HeadroomVerdict
 from graph.controller.limits import (
     MAX_PAGE_BYTES,
     MAX_PAGE_ITEMS,
+    check_id,
     check_int_range,
     check_message_size,
     encoded_size,
@@ -73,6 +75,7 @@ from graph.controller.text_queue import (
 )
 
 log = logging.getLogger(__name__)
+MAX_ADMIN_DETAIL_BYTES = 8 * 1024  # what one admin change's arguments may take in the audit log
 
 
 @dataclass(frozen=True)
@@ -478,6 +481,23 @@ class SessionController:
         entries = tuple(AuditEntry.from_dict(row) for row in page)
         more = len(rows) > len(page)
         return AuditPage(entries, entries[-1].seq if entries and more else None)
+
+    def audit_tail(self, limit: int = 100) -> AuditPage:
+        """The newest `limit` audit entries, oldest first (the admin panel's view)."""
+        check_int_range("limit", limit, 1, MAX_PAGE_ITEMS)
+        return self.audit_page(max(0, self._state.next_audit_seq - 1 - limit), limit)
+
+    def record_admin(self, user: str, change: str, detail: Mapping[str, Any] | None = None) -> AuditEntry:
+        """Write one admin-panel change to the audit log (who, what, with which arguments)."""
+        check_id("user", user)
+        check_id("change", change)
+        detail = dict(detail or {})
+        if encoded_size(detail) > MAX_ADMIN_DETAIL_BYTES:
+            raise InvalidRequest(f"admin audit detail is over {MAX_ADMIN_DETAIL_BYTES} bytes as JSON")
+        entry_change = self._begin(self._clock())
+        entry_change.record(AuditAction.ADMIN_CHANGE, None, user=user, change=change, **{"args": detail})
+        self._commit(entry_change)
+        return entry_change.audit[-1]
 
     def stats(self) -> ControllerStats:
         state = self._state

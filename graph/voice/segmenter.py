@@ -173,6 +173,12 @@ _WORDS = re.compile(f"[{_CJK_RANGES}]|[^\\W_{_CJK_RANGES}]+")  # a CJK character
 _SPACE_BEFORE_PUNCT = re.compile(r"\s+([,.!?;:…。！？、，])(?=\s|$)")
 _TRAILING_DASH = re.compile(r"\s+-{1,3}$")
 
+# A later chunk's common case, in one regex call: from the scan position, text with no candidate that
+# could end a chunk or change the nesting (clause marks and dashes never end a later chunk), then "!"/"?"
+# before whitespace, or a single "." before a space and a capital. Anything else takes the full path.
+_NOT_A_LATER_CUT = re.escape(SENTENCE_END + "\n\"" + "".join(OPEN_TO_CLOSE) + "".join(CLOSE_TO_OPEN))
+_LATER_SENTENCE = re.compile(f"[^{_NOT_A_LATER_CUT}]*(?:[!?]{{1,8}}(?=\\s)|\\.(?= [A-Z]))")
+
 # Text that _normalize would change (checked first: most chunks are already normal, one search is cheaper)
 _NOT_NORMAL = re.compile(r"^\s|\s$|[^\S ]|  |\s[,.!?;:…。！？、，](?=\s|$)")
 
@@ -235,6 +241,8 @@ class _ChunkCutter:
     chunk's cap plus `lookahead_limit`, so the held text is bounded and each character is scanned a
     bounded number of times."""
 
+    _fast_later_chunks = True  # see _LATER_SENTENCE (off only to compare the two paths in tests)
+
     def __init__(self, config: SegmenterConfig, early_first_chunk: bool):
         self._cfg = config
         self._early = early_first_chunk
@@ -274,8 +282,16 @@ class _ChunkCutter:
         elif text:
             self._buf += text
         while True:
-            if self._base < len(self._buf) and self._buf[self._base].isspace():
-                self._strip_leading_space()
+            base = self._base
+            buf = self._buf
+            if base < len(buf) and buf[base].isspace():
+                if base + 1 < len(buf) and buf[base] == " " and not buf[base + 1].isspace():
+                    # the common case, inline: one space between two chunks
+                    self._base = base + 1
+                    self._scan = max(base + 1, self._scan)
+                    self._clause_end = max(base + 1, self._clause_end)
+                else:
+                    self._strip_leading_space()
             cut = self._next_cut(final)
             if cut is None:
                 break
@@ -332,6 +348,16 @@ class _ChunkCutter:
         if self._first:
             limit = min(limit, self._cfg.first_chunk_max_chars)
         limit += base
+        if self._fast_later_chunks and not self._first and not self._depth:
+            # The fast path decides exactly as the loop below would (the full path runs whenever it
+            # does not match; tests/test_segmenter_fast_path.py compares the two on random text).
+            m = _LATER_SENTENCE.match(buf, self._scan, min(n, limit + 1))  # so a cut ends by the cap
+            if m is not None:
+                end = m.end()
+                if (buf[end - 1] != "." or not self._is_abbreviation(end - 1, buf[end + 1])) and _HAS_WORD.search(
+                    buf, base, end
+                ):
+                    return end, _Cut.SENTENCE
         phrase = self._first and self._cfg.first_chunk_rule is FirstChunkRule.PHRASE
         candidates = _CUT_CANDIDATE_PHRASE if phrase else _CUT_CANDIDATE
         i = self._scan

@@ -47,6 +47,11 @@ class LLMRequest:
     max_tokens: int = 256
     temperature: float = 0.8
     stop: tuple[str, ...] = ()
+    # Routing (the brain's persona): `model` picks the model by name on llama-swap / an OpenAI-compatible
+    # server (None = the backend's configured model); `adapter` is a LoRA GGUF the in-process
+    # llama-cpp-python backend loads alongside its model (remote servers get it mapped to a model name).
+    model: str | None = None
+    adapter: str | None = None
 
 
 # A speaking rate a mood or a client may ask for (1.0 = normal); outside it speech turns mushy or dragging.

@@ -9,7 +9,11 @@ Behaviour is chosen by markers in the prompt:
   [fail500]  HTTP 500 with a JSON error body
   [broken]   three tokens, then the connection is cut mid-line
   [error]    an OpenAI error object inside the stream
+  [yes]      the one-word answer "yes" (a judge that agrees)
 otherwise    REPLY, word by word, 5 ms apart
+
+With `unload=True` it also answers llama-swap's `GET /unload` (counted in `unloads`); without, that
+path is a 404 like any server that cannot release its models.
 """
 from __future__ import annotations
 
@@ -31,6 +35,7 @@ class RequestRecord:
     prompt: str
     model: str | None
     system: str | None = None
+    body: dict = field(default_factory=dict)  # the JSON body as sent (temperature, max_tokens, model...)
     tokens_sent: int = 0
     finished: bool = False
     disconnected: bool = False
@@ -39,8 +44,10 @@ class RequestRecord:
 
 
 class LLMTestServer:
-    def __init__(self) -> None:
+    def __init__(self, unload: bool = False) -> None:
         self.requests: list[RequestRecord] = []
+        self.unload_supported = unload
+        self.unloads = 0
         self.port: int | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -71,6 +78,8 @@ class LLMTestServer:
         app.router.add_post("/v1/chat/completions", self._chat)
         app.router.add_post("/v1/completions", self._completions)
         app.router.add_post("/completion", self._llamacpp)
+        if self.unload_supported:
+            app.router.add_get("/unload", self._unload)
         self._runner = web.AppRunner(app, handler_cancellation=True)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
@@ -104,6 +113,10 @@ class LLMTestServer:
 
     # ---- handlers ----
 
+    async def _unload(self, request: web.Request) -> web.Response:
+        self.unloads += 1
+        return web.Response(text="OK")
+
     async def _chat(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()
         prompt = body["messages"][-1]["content"]
@@ -135,13 +148,15 @@ class LLMTestServer:
         return await self._stream(request, body["prompt"], None, chunk, {"content": "", "stop": True}, done_line=False)
 
     async def _stream(self, request, prompt, model, chunk, final, done_line: bool, system=None) -> web.StreamResponse:
-        record = RequestRecord(request.path, prompt, model, system)
+        record = RequestRecord(request.path, prompt, model, system, body=await request.json())
         self.requests.append(record)
         if "[fail500]" in prompt:
             record.finished = True
             return web.json_response({"error": {"message": "model crashed", "type": "server_error"}}, status=500)
         if "[slow]" in prompt:
             tokens, delay = [f" word{i}" for i in range(200)], 0.05
+        elif "[yes]" in prompt:
+            tokens, delay = ["yes"], 0.005
         else:
             tokens, delay = re.findall(r"\s*\S+", REPLY), 0.005
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})

@@ -123,7 +123,8 @@ class _StreamingHTTPBackend(LLMBackend):
 class OpenAIBackend(_StreamingHTTPBackend):
     """`/v1/chat/completions` (mode "chat") or `/v1/completions` (mode "completions"), streamed.
 
-    `model` routes the request through llama-swap (it picks the server by the model name).
+    `model` routes the request through llama-swap (it picks the server by the model name); a request's
+    own `model` (the brain's persona) wins over it.
     """
 
     name = "openai"
@@ -149,8 +150,9 @@ class OpenAIBackend(_StreamingHTTPBackend):
             "max_tokens": request.max_tokens,
             "temperature": request.temperature,
         }
-        if self.model:
-            body["model"] = self.model
+        model = request.model or self.model  # a persona's model routes by name (llama-swap)
+        if model:
+            body["model"] = model
         if request.stop:
             body["stop"] = list(request.stop)
         if self.mode == "chat":

@@ -8,6 +8,10 @@ choice for llama-swap / a shared llama.cpp server.
 Generation runs in a worker thread (llama.cpp calls block); closing the stream (interrupt, client
 gone) stops generation after the current token. One generation at a time per model: a `Llama` object
 is not safe to share between threads.
+
+A request's `adapter` (a persona's LoRA GGUF) is loaded with llama-cpp-python's `lora_path`, which
+applies at load time: each adapter gets its own `Llama` (the base weights are mmap'd, so the file
+pages are shared), loaded on first use and kept; `max_adapters` bounds how many stay loaded.
 """
 from __future__ import annotations
 
@@ -57,6 +61,7 @@ class LlamaCppPythonLLM(LLMBackend):
         repeat_penalty: float = 1.1,
         chat_format: str | None = None,
         assistant_name: str = "Miku",
+        max_adapters: int = 2,
     ):
         if mode not in ("chat", "completions"):
             raise ValueError(f"llama-cpp-python: mode must be 'chat' or 'completions', got {mode!r}")
@@ -75,6 +80,8 @@ class LlamaCppPythonLLM(LLMBackend):
         self.sampling = {"top_p": top_p, "repeat_penalty": repeat_penalty}
         self.assistant_name = assistant_name
         self._llm: Any = None
+        self._adapters: dict[str, Any] = {}  # adapter path -> Llama with that LoRA applied
+        self.max_adapters = max_adapters
         self._load_lock = threading.Lock()
         self._generate_lock = asyncio.Lock()
         self.load_s: float | None = None
@@ -89,6 +96,7 @@ class LlamaCppPythonLLM(LLMBackend):
             "n_ctx": self.load_options["n_ctx"],
             "n_gpu_layers": self.load_options["n_gpu_layers"],
             "loaded": self._llm is not None,
+            "adapters_loaded": sorted(self._adapters),
             "generations": self.generations,
             "interrupted": self.interrupted,
         }
@@ -96,13 +104,12 @@ class LlamaCppPythonLLM(LLMBackend):
             info["load_s"] = round(self.load_s, 3)
         return info
 
-    def _load(self) -> Any:
+    def _load(self, adapter: str | None = None) -> Any:
         with self._load_lock:
+            if adapter is not None:
+                return self._load_adapter(adapter)
             if self._llm is None:
-                try:
-                    from llama_cpp import Llama
-                except ImportError as exc:
-                    raise ImportError("llama-cpp-python backend needs the 'llamacpp' extra (llama-cpp-python)") from exc
+                Llama = self._llama_class()
                 started = time.monotonic()
                 try:
                     self._llm = Llama(model_path=str(self.model_path), **self.load_options)
@@ -111,11 +118,37 @@ class LlamaCppPythonLLM(LLMBackend):
                 self.load_s = time.monotonic() - started
             return self._llm
 
+    @staticmethod
+    def _llama_class() -> Any:
+        try:
+            from llama_cpp import Llama
+        except ImportError as exc:
+            raise ImportError("llama-cpp-python backend needs the 'llamacpp' extra (llama-cpp-python)") from exc
+        return Llama
+
+    def _load_adapter(self, adapter: str) -> Any:
+        """The model with the LoRA `adapter` applied (`lora_path`); the oldest loaded one goes past the bound."""
+        llm = self._adapters.get(adapter)
+        if llm is not None:
+            return llm
+        path = check_gguf(adapter)
+        Llama = self._llama_class()
+        try:
+            llm = Llama(model_path=str(self.model_path), lora_path=str(path), **self.load_options)
+        except ValueError as exc:
+            raise ValueError(f"llama-cpp-python: cannot load {self.model_path} with adapter {path}: {exc}") from exc
+        while len(self._adapters) >= max(1, self.max_adapters):
+            old = self._adapters.pop(next(iter(self._adapters)))
+            if hasattr(old, "close"):
+                old.close()
+        self._adapters[adapter] = llm
+        return llm
+
     async def warmup(self) -> None:
         await asyncio.to_thread(self._load)
 
     def _deltas(self, request: LLMRequest) -> Iterator[str]:
-        llm = self._load()
+        llm = self._load(request.adapter)
         common = {
             "max_tokens": request.max_tokens,
             "temperature": request.temperature,
@@ -154,5 +187,7 @@ class LlamaCppPythonLLM(LLMBackend):
 
     async def aclose(self) -> None:
         llm, self._llm = self._llm, None
-        if llm is not None and hasattr(llm, "close"):
-            llm.close()
+        adapters, self._adapters = list(self._adapters.values()), {}
+        for model in [llm, *adapters]:
+            if model is not None and hasattr(model, "close"):
+                model.close()

@@ -1,0 +1,1 @@
+"""The admin panel under `/admin` on the ingress: login, live overview, and the panel's sections."""

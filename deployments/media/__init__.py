@@ -1,0 +1,1 @@
+"""The GPU media stages (ImageGen, Vision) and their HTTP routes."""

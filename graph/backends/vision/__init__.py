@@ -1,0 +1,1 @@
+"""Vision backends (the Vision stage): openai-vision (chat completions with image parts)."""

@@ -1,0 +1,120 @@
+"""The client's draw/look execution without Discord or a graph: progress posted and edited at most every
+`progress_interval_s` (on an injected clock), the picture as a reply with prompt and seed, and each failure
+said plainly; the next request works."""
+from __future__ import annotations
+
+import base64
+import io
+
+from PIL import Image
+
+from bot_client.actions import ActionExecutor, image_caption
+from bot_client.graph_api import GraphUnavailable
+from tests.support.chat_ops import RecordingOps
+
+
+def png() -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", (8, 8), (0, 128, 128)).save(out, format="PNG")
+    return out.getvalue()
+
+
+class Clock:
+    def __init__(self):
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class ScriptedGraph:
+    """Answers draw/look with scripted events, advancing the clock between them."""
+
+    def __init__(self, clock: Clock):
+        self.clock = clock
+        self.script: list = []
+        self.orders: list[dict] = []
+
+    async def _events(self, order):
+        self.orders.append(order)
+        for item in self.script:
+            if isinstance(item, Exception):
+                raise item
+            self.clock.now += item.pop("_after", 0.0)
+            yield item
+
+    def draw(self, order):
+        return self._events(order)
+
+    def look(self, order):
+        return self._events(order)
+
+
+DRAW = {"type": "draw", "channel_id": "5", "reply_to_message_id": "9", "prompt": "a cat", "style": "anime"}
+
+
+async def test_progress_is_throttled_and_the_picture_is_a_reply_with_prompt_and_seed():
+    clock = Clock()
+    graph, ops = ScriptedGraph(clock), RecordingOps()
+    graph.script = [
+        {"type": "progress", "message": "drawing... 10%", "fraction": 0.1, "_after": 0.5},
+        {"type": "progress", "message": "drawing... 20%", "fraction": 0.2, "_after": 0.5},  # too soon: skipped
+        {"type": "progress", "message": "drawing... 60%", "fraction": 0.6, "_after": 2.0},
+        {"type": "image", "png_b64": base64.b64encode(png()).decode(), "seed": 1234, "prompt": "a cat, anime",
+         "width": 8, "height": 8, "steps": 20},
+    ]
+    executor = ActionExecutor(ops, graph, progress_interval_s=1.5, clock=clock)
+    report = await executor.execute([DRAW], {"channel_nsfw": True})
+    assert report.done == ["draw"]
+    assert graph.orders == [{"prompt": "a cat", "style": "anime", "nsfw_channel": True}]
+    edits = [entry[2] for entry in ops.log if entry[0] == "edit"]
+    assert edits == ["🎨 drawing... 60%"]
+    image = next(entry for entry in ops.log if entry[0] == "image")
+    assert image[1] == 9 and image[3] == png()
+    assert image[2] == "🎨 **a cat**\nprompt: a cat, anime\nseed `1234` · 8×8 · 20 steps"
+    assert ops.kinds()[-1] == "delete" and ("typing", 5) in ops.log
+
+
+async def test_failures_are_said_plainly_and_the_next_request_works():
+    clock = Clock()
+    graph, ops = ScriptedGraph(clock), RecordingOps()
+    executor = ActionExecutor(ops, graph, progress_interval_s=0.0, clock=clock)
+    graph.script = [{"type": "error", "kind": "unreachable", "message": "a1111 http://127.0.0.1:7860 is unreachable at http://127.0.0.1:7860/sdapi/v1/txt2img: refused"}]
+    await executor.execute([DRAW])
+    assert ops.log[-1][2] == "❌ I couldn't draw that: a1111 http://127.0.0.1:7860 is unreachable at http://127.0.0.1:7860/sdapi/v1/txt2img: refused"
+    graph.script = [{"type": "error", "kind": "blocked", "message": "🎤 I can't draw right now"}]
+    await executor.execute([DRAW])
+    assert ops.log[-1][2] == "🎤 I can't draw right now"  # the controller's own words
+    graph.script = [GraphUnavailable("the voice graph at http://g is unreachable (ClientConnectorError)")]
+    await executor.execute([DRAW])
+    assert ops.log[-1][2] == "❌ I couldn't draw that: the voice graph at http://g is unreachable (ClientConnectorError)"
+    graph.script = [{"type": "image", "png_b64": "!!not base64!!", "seed": 1}]
+    await executor.execute([DRAW])
+    assert ops.log[-1][2] == "❌ I couldn't draw that: the graph sent a broken picture."
+    graph.script = [{"type": "progress", "message": "x"}]
+    await executor.execute([DRAW])
+    assert "without a picture" in ops.log[-1][2]
+    graph.script = [{"type": "image", "png_b64": base64.b64encode(png()).decode(), "seed": 2, "prompt": "a cat"}]
+    assert (await executor.execute([DRAW])).done == ["draw"] and ops.log[-2][0] == "image"
+
+
+async def test_look_replies_with_the_answer_or_the_reason():
+    clock = Clock()
+    graph, ops = ScriptedGraph(clock), RecordingOps()
+    executor = ActionExecutor(ops, graph, progress_interval_s=0.0, clock=clock)
+    look = {"type": "look", "channel_id": "5", "reply_to_message_id": "9",
+            "attachments": [{"url": "https://cdn.discordapp.com/a.png", "content_type": "image/png"}],
+            "prompt": {"system": "You are Miku.", "history": [["user", "hi"]], "user": "Rin: what is it?"}}
+    graph.script = [{"type": "answer", "text": "A teal guitar! So pretty~", "frames": 1, "skipped": []}]
+    await executor.execute([look])
+    assert ops.log[-1] == ("reply", 9, "A teal guitar! So pretty~")
+    assert graph.orders[-1] == {"media": look["attachments"], "system": "You are Miku.", "history": [["user", "hi"]],
+                                "text": "Rin: what is it?"}
+    graph.script = [{"type": "error", "kind": "bad_input", "message": "I couldn't look at that: the image is 50.0 MB, over the 25 MB limit"}]
+    await executor.execute([look])
+    assert ops.log[-1] == ("reply", 9, "❌ I couldn't look at that: the image is 50.0 MB, over the 25 MB limit")
+
+
+def test_caption_is_bounded():
+    caption = image_caption("x" * 5000, {"seed": 1, "prompt": "y" * 5000})
+    assert len(caption) <= 1900 and "seed `1`" in caption

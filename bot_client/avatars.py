@@ -19,8 +19,10 @@ import asyncio
 import enum
 import hashlib
 import io
+import json
 import logging
 import math
+import os
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -58,6 +60,7 @@ class AvatarSettings:
     retry_after_error_s: float = 1800.0
     mood_poll_s: float = 60.0
     max_bytes: int = DISCORD_AVATAR_MAX_BYTES
+    state_file: str | None = ".miku/avatar_applied.json"  # the last picture Discord took (0600); None: not kept
 
 
 @dataclass(frozen=True)
@@ -164,7 +167,7 @@ def load_avatars(path: str | Path) -> AvatarSetup:
     if not isinstance(data, Mapping):
         raise ConfigError(f"{source}: expected a mapping")
     known = {"enabled", "guild_id", "min_interval_s", "retry_after_error_s", "mood_poll_s", "max_bytes", "default",
-             "moods", "personas"}
+             "moods", "personas", "state_file"}
     unknown = sorted(set(map(str, data)) - known)
     if unknown:
         raise ConfigError(f"{source}: unknown key(s) {', '.join(unknown)}")
@@ -177,7 +180,11 @@ def load_avatars(path: str | Path) -> AvatarSetup:
     max_bytes = int(_number(data, "max_bytes", DISCORD_AVATAR_MAX_BYTES, source, minimum=1))
     if max_bytes > DISCORD_AVATAR_MAX_BYTES:
         raise ConfigError(f"{source}: max_bytes {max_bytes} is above Discord's avatar limit ({DISCORD_AVATAR_MAX_BYTES})")
+    state_file = data.get("state_file", AvatarSettings.state_file)
+    if state_file is not None and (not isinstance(state_file, str) or not state_file.strip()):
+        raise ConfigError(f"{source}: state_file must be a file path or null, got {state_file!r}")
     settings = AvatarSettings(
+        state_file=state_file,
         enabled=enabled,
         guild_id=None if guild is None else int(guild),
         min_interval_s=_number(data, "min_interval_s", 300.0, source),
@@ -202,6 +209,44 @@ def load_avatars(path: str | Path) -> AvatarSetup:
         personas[str(persona)] = PersonaAvatars(own_default, _mood_table(entry.get("moods"), f"{base}.moods", folder,
                                                                           source, max_bytes))
     return AvatarSetup(settings, AvatarLibrary(default, moods, personas), source)
+
+
+# --------------------------------------------------------------------------------------------------
+# What Discord already has
+
+
+@dataclass(frozen=True)
+class AppliedRecord:
+    digest: str  # sha256 of the picture Discord accepted
+    at: float  # when, wall clock (the rate window outlives a restart)
+
+
+class AvatarMemory:
+    """The last picture Discord accepted, in a small private file, so a restart (or a crash loop) neither
+    uploads the same picture again nor forgets the rate window. A file that cannot be read is ignored."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path).expanduser()
+
+    def load(self) -> AppliedRecord | None:
+        try:
+            data = json.loads(self.path.read_text(encoding="utf-8"))
+            return AppliedRecord(str(data["digest"]), float(data["at"]))
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            log.warning("profile picture state %s not read (%s); the next change goes out as usual", self.path, exc)
+            return None
+
+    def save(self, record: AppliedRecord) -> None:
+        """Write owner-only from the first byte (a new file, then renamed over the old one)."""
+        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        temporary = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        temporary.unlink(missing_ok=True)
+        fd = os.open(temporary, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump({"digest": record.digest, "at": record.at}, handle)
+        os.replace(temporary, self.path)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -257,21 +302,37 @@ class AvatarSwitcher:
     """Applies the latest wanted picture, once, when allowed and when Discord's window allows."""
 
     def __init__(self, library: AvatarLibrary, settings: AvatarSettings, apply: Apply, allowed: Allowed, *,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, memory: AvatarMemory | None = None,
+                 wall_clock: Callable[[], float] = time.time) -> None:
         self.library = library
         self.settings = settings
         self._apply = apply
         self._allowed = allowed
         self._clock = clock
+        self._wall_clock = wall_clock
+        self._memory = memory
         self.wanted: AvatarImage | None = None
         self.applied: AvatarImage | None = None
         self.wanted_for: tuple[str | None, str | None] = (None, None)
         self._not_before = -math.inf
+        self._applied_digest: str | None = None
+        record = memory.load() if memory is not None else None
+        if record is not None:  # what Discord shows since before the restart, and the window it started
+            self._applied_digest = record.digest
+            left = record.at + settings.min_interval_s - wall_clock()
+            if left > 0:
+                self._not_before = clock() + left
         self._locked_logged = False
         self._refusal_logged: RefusalKind | None = None
         self._wake = asyncio.Event()
         self.applied_count = 0
         self.refusals = 0
+
+    @classmethod
+    def from_setup(cls, setup: AvatarSetup, apply: Apply, allowed: Allowed) -> AvatarSwitcher:
+        """The bot's switcher: the checked pictures, and the state file when one is configured."""
+        memory = AvatarMemory(setup.settings.state_file) if setup.settings.state_file else None
+        return cls(setup.library, setup.settings, apply, allowed, memory=memory)
 
     def want(self, persona: str | None, mood: str | None) -> AvatarImage:
         """The picture for this persona and mood is wanted now; it replaces any earlier wish."""
@@ -288,7 +349,7 @@ class AvatarSwitcher:
 
     @property
     def pending(self) -> bool:
-        return self.wanted is not None and (self.applied is None or self.wanted.digest != self.applied.digest)
+        return self.wanted is not None and self.wanted.digest != self._applied_digest
 
     async def step(self) -> StepResult:
         """One attempt: at most one `apply` call."""
@@ -325,9 +386,15 @@ class AvatarSwitcher:
                 self._refusal_logged = kind
             return StepResult(AvatarOutcome.REFUSED, retry)
         self.applied = image
+        self._applied_digest = image.digest
         self.applied_count += 1
         self._refusal_logged = None
         self._not_before = now + self.settings.min_interval_s
+        if self._memory is not None:
+            try:
+                await asyncio.to_thread(self._memory.save, AppliedRecord(image.digest, self._wall_clock()))
+            except OSError as exc:  # applied all the same; a restart may upload it once more
+                log.warning("profile picture state not saved to %s (%s)", self._memory.path, exc)
         log.info("profile picture is now %s (persona %s, mood %s)", image.name, *self.wanted_for)
         return StepResult(AvatarOutcome.APPLIED)
 

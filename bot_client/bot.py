@@ -220,7 +220,7 @@ class MikuBot(commands.Bot):
         self.avatars: AvatarSwitcher | None = None
         self._avatar_tasks: list[asyncio.Task] = []
         if avatars is not None and avatars.settings.enabled:
-            self.avatars = AvatarSwitcher(avatars.library, avatars.settings, self._apply_avatar, self._avatar_allowed)
+            self.avatars = AvatarSwitcher.from_setup(avatars, self._apply_avatar, self._avatar_allowed)
             self.executor.on_persona = self._persona_switched
 
     async def setup_hook(self) -> None:

@@ -69,10 +69,6 @@ class ListenStream:
         self.audio_dropped = 0  # messages dropped because the graph was not keeping up
         self.bad_events = 0
 
-    @property
-    def open_(self) -> bool:
-        return self._ws is not None and not self._closing
-
     async def open(self) -> None:
         self._loop = asyncio.get_running_loop()
         try:

@@ -162,6 +162,23 @@ def test_bad_settings_name_the_field(bad, field):
         BipolarConfig.from_mapping(bad)
 
 
+async def test_each_line_can_carry_its_speakers_llm_options(controller, llm, llm_server):
+    seen = []
+
+    async def complete(prompt, system, options=None):
+        seen.append(options)
+        return await llm(prompt, system)
+
+    async def allow(feature):
+        return FeatureCheck(True)
+
+    bipolar = BipolarHost(BipolarConfig(channels=("c1",), max_messages=3), personas=PERSONAS, complete=complete,
+                          check_feature=allow, options_for=lambda persona: (persona.name, persona.temperature))
+    [argument] = (await bipolar.on_message(message("!argue [b6] options")))[0]
+    assert len(argument["lines"]) == 3
+    assert seen == [("miku", 0.8), ("evil_miku", 0.95), ("miku", 0.8)]
+
+
 def test_naming_evil_miku_alone_does_not_count_as_naming_both(controller):
     bipolar = BipolarHost(BipolarConfig(triggers={}), personas=PERSONAS, complete=None, check_feature=AsyncMock())
     assert bipolar.keyword_points("Evil Miku is here") == 0

@@ -343,3 +343,58 @@ def test_the_bot_refuses_to_start_with_a_bad_picture(tmp_path, monkeypatch, caps
     assert main(["--config", str(config)]) == 2
     err = capsys.readouterr().err
     assert str(avatars) in err and "moods.shy" in err and "shy.png is not an image" in err
+
+
+async def test_a_restart_neither_uploads_the_same_picture_again_nor_forgets_the_window(controller, tmp_path):
+    import os
+    import stat
+
+    from bot_client.avatars import AvatarMemory
+
+    setup = load_avatars(SHIPPED)
+    memory = AvatarMemory(tmp_path / "state" / "avatar_applied.json")
+    wall = {"now": 1_700_000_000.0}
+
+    async def allowed():
+        return True
+
+    def switcher(profile):
+        return AvatarSwitcher(setup.library, AvatarSettings(min_interval_s=300.0), profile, allowed, clock=Clock(),
+                              memory=memory, wall_clock=lambda: wall["now"])
+
+    first_profile = DiscordProfile()
+    first = switcher(first_profile)
+    first.want("miku", "bubbly")
+    assert (await first.step()).outcome is AvatarOutcome.APPLIED
+    assert stat.S_IMODE(os.stat(memory.path).st_mode) == 0o600
+
+    wall["now"] += 60  # the bot restarts a minute later
+    again_profile = DiscordProfile()
+    again = switcher(again_profile)
+    again.want("miku", "bubbly")
+    assert (await again.step()).outcome is AvatarOutcome.UNCHANGED  # Discord already shows it
+    again.want("miku", "sleepy")
+    waiting = await again.step()
+    assert waiting.outcome is AvatarOutcome.WAITING and waiting.retry_s == pytest.approx(240.0)
+    assert again_profile.uploads == []
+
+    memory.path.write_text("garbage")
+    fresh = switcher(DiscordProfile())
+    fresh.want("miku", "bubbly")
+    assert (await fresh.step()).outcome is AvatarOutcome.APPLIED  # unreadable state: just uploads once
+
+
+async def test_the_bots_switcher_keeps_its_state_where_the_config_says(tmp_path):
+    path = copy_config(tmp_path, f"state_file: {tmp_path / 'kept' / 'applied.json'}\n")
+    profile = DiscordProfile()
+
+    async def allowed():
+        return True
+
+    switcher = AvatarSwitcher.from_setup(load_avatars(path), profile, allowed)
+    switcher.want("miku", None)
+    assert (await switcher.step()).outcome is AvatarOutcome.APPLIED
+    assert (tmp_path / "kept" / "applied.json").exists()
+    with pytest.raises(ConfigError, match="state_file must be a file path"):
+        (tmp_path / "other").mkdir()
+        load_avatars(copy_config(tmp_path / "other", "state_file: 5\n"))

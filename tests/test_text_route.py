@@ -97,7 +97,6 @@ async def test_every_text_call_goes_where_the_route_says_and_back_after_the_sess
         actions = (await brain.handle_event(message(1, "Miku, [r1] sing for me?")))["actions"]
         assert actions[0]["type"] == "reply" and "test server" in actions[0]["text"]
         assert "user: Ann: Miku, [r1] sing for me?" in prompts(normal, "[r1]") and prompts(session, "[r1]") == []
-        assert normal.requests[-1].model == "miku-1660"
 
         session_id = start(controller)
         # during it: the calls the brain makes (judges, autonomous messages: all through brain.complete)
@@ -108,7 +107,6 @@ async def test_every_text_call_goes_where_the_route_says_and_back_after_the_sess
         written = await brain.complete("[a1] say something on your own", None)
         assert judged and written
         assert len(prompts(session, "[j1]")) == 1 and len(prompts(session, "[a1]")) == 1
-        assert session.requests[-1].model == "miku-6800"
         assert len(normal.requests) == normal_count  # nothing reached the GTX 1660's server
         await backend.selector.settled()
         assert normal.unloads == unloads_before + 1  # its models were released once, on the switch

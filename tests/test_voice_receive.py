@@ -114,6 +114,11 @@ def test_the_dave_layer_is_really_on(sentences):
     play(receiver, [plain.packet(frame) for frame in opus[1:4]], tail_s=0.1)
     assert receiver.stats.dave_failures == 3 and receiver.stats.frames_decoded == 0
     assert ANN not in heard.audio  # nothing we cannot hear starts a stream
+    # During a DAVE transition (an upgrade, or a downgrade to protocol 0) discord.py switches the session
+    # to passthrough: then unencrypted frames are let through, and heard.
+    group.bot.set_passthrough_mode(True, 10)
+    play(receiver, [plain.packet(frame) for frame in opus[4:10]], tail_s=0.1)
+    assert receiver.stats.dave_failures == 3 and receiver.stats.frames_decoded == 6 and heard.audio[ANN]
 
 
 def test_lost_packets_are_concealed_and_keep_the_timeline(sentences):

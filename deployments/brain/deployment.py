@@ -830,7 +830,8 @@ class Brain:
         if bipolar_config.enabled:
             heartflow = self._brain.heartflow
             self._bipolar = BipolarHost(
-                bipolar_config, personas=self._brain.personas,
+                # each line with its speaker's model/temperature/token limit, where the brain has them
+                bipolar_config, personas=self._brain.personas, options_for=getattr(self._brain, "llm_options", None),
                 complete=complete if brain_config.generate_replies else None,
                 check_feature=check_feature or allow_everything,
                 is_focused=lambda channel: getattr(heartflow.subflows.get(channel), "state", None) is ChatState.FOCUSED,

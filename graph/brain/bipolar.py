@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from graph.brain.events import FEATURE_BIPOLAR, FeatureCheck, MessageEvent
-from graph.brain.personas import PersonaLibrary
+from graph.brain.personas import Persona, PersonaLibrary
 from graph.files import create_private_file
 
 log = logging.getLogger(__name__)
@@ -219,6 +219,7 @@ class BipolarHost:
         is_focused: Callable[[str], bool] = lambda channel: False,
         clock: Callable[[], float] = time.time,
         command_prefix: str = "!",
+        options_for: Callable[[Persona], Any] | None = None,
     ) -> None:
         for name in config.personas:
             if personas.get(name) is None:
@@ -231,6 +232,9 @@ class BipolarHost:
         self._is_focused = is_focused
         self._clock = clock
         self._prefix = command_prefix
+        # the speaker's own LLM settings (model, temperature, token limit) for each line, when the brain
+        # provides them: then each line is `complete(prompt, system, options_for(persona))`
+        self._options_for = options_for
         self._store = ChannelSwitches(config.state_path)
         self._switches = self._store.load()
         self.channels: set[str] = set(config.channels)
@@ -400,8 +404,10 @@ class BipolarHost:
             transcript = "\n".join(f"{line.display_name}: {line.text}" for line in lines) or "(nobody has spoken yet)"
             prompt = (f"What started it: {topic}\n\nThe argument so far:\n{transcript}\n\n"
                       + (f"Answer {other_name}'s last line as {name}." if lines else f"Open the argument as {name}."))
+            call = (self._complete(prompt, system) if self._options_for is None
+                    else self._complete(prompt, system, self._options_for(persona)))
             try:
-                text = await asyncio.wait_for(self._complete(prompt, system), self.config.line_timeout_s)
+                text = await asyncio.wait_for(call, self.config.line_timeout_s)
             except Exception as exc:
                 log.warning("bipolar line %d not written (%s: %s); the argument ends there", index + 1,
                             type(exc).__name__, exc)

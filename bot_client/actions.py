@@ -19,9 +19,8 @@ import binascii
 import contextlib
 import logging
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from .graph_api import GraphClient, GraphError, QueuedMessage

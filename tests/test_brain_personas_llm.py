@@ -78,6 +78,24 @@ async def test_persona_model_temperature_and_token_limit_reach_the_server(llm_se
         await backend.aclose()
 
 
+async def test_a_from_model_the_server_lacks_falls_back_to_its_configured_model(llm_server, tmp_path, caplog):
+    personas = tmp_path / "personas"
+    write_persona(personas, "alpha", "missing-model", 0.5, 40)
+    brain, backend = await brain_on(llm_server, personas)
+    try:
+        result = await brain.handle_event(dm(1, "[fallback-1] hi"))
+        assert result["actions"][0]["text"]  # answered, not lost
+        tried = [r.body["model"] for r in llm_server.requests if "[fallback-1]" in r.prompt]
+        assert tried == ["missing-model", "server-default"]
+        assert "has no model 'missing-model'" in caplog.text
+        await brain.handle_event(dm(2, "[fallback-2] again"))
+        second = [r.body["model"] for r in llm_server.requests if "[fallback-2]" in r.prompt]
+        assert second and set(second) == {"server-default"}  # remembered: no second try of the missing model
+    finally:
+        await brain.close()
+        await backend.aclose()
+
+
 async def test_route_models_off_keeps_the_servers_model(llm_server, tmp_path):
     personas = tmp_path / "personas"
     write_persona(personas, "alpha", "alpha-model", 0.5, 40)

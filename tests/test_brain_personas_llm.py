@@ -247,3 +247,33 @@ async def test_adapter_is_loaded_as_lora_path_in_process(tmp_path):
     finally:
         await brain.close()
         await backend.aclose()
+
+
+async def test_the_textllm_handle_path_carries_model_and_adapter_and_falls_back():
+    """deployments/brain/deployment.py's `complete` over the app's TextLLM handle (its backend is not
+    known there): both fields go; a FROM the server lacks (as a Ray-wrapped 404) falls back."""
+    from deployments.brain.deployment import _complete_via_handle
+
+    seen = []
+
+    class Remote:
+        def remote(self, request):
+            seen.append(request)
+
+            async def tokens():
+                if request.model == "missing-x":
+                    raise RuntimeError("ray.exceptions.RayTaskError(StageError): HTTP 404 from http://s/v1: model not found")
+                yield "ok"
+            return tokens()
+
+    class Handle:
+        stream = Remote()
+
+        def options(self, **_):
+            return self
+
+    complete = _complete_via_handle(Handle(), routing=ModelRouting(adapters={"style": "base+style"}))
+    assert await complete("p", "s", LLMCallOptions(model="m", adapter="/a/style.gguf", temperature=0.3, max_tokens=7)) == "ok"
+    assert (seen[-1].model, seen[-1].adapter, seen[-1].temperature, seen[-1].max_tokens) == ("base+style", "/a/style.gguf", 0.3, 7)
+    assert await complete("p", "s", LLMCallOptions(model="missing-x")) == "ok"
+    assert [r.model for r in seen[-2:]] == ["missing-x", None]

@@ -184,7 +184,7 @@ class ActionModifier:
                 result.reasons[spec.name] = "keyword (judge skipped)"
                 result.saved[spec.name] = "keyword"
                 continue
-            reason = self.prefilter.skip_reason(action, texts, keyword_intents, has_visuals)
+            reason = self.prefilter.skip_reason(action, [m.content for m in ctx.new_messages], keyword_intents, has_visuals)
             if reason is None:
                 to_judge.append(action)
             else:

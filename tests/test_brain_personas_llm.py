@@ -78,6 +78,24 @@ async def test_persona_model_temperature_and_token_limit_reach_the_server(llm_se
         await backend.aclose()
 
 
+async def test_a_from_model_the_server_lacks_falls_back_to_its_configured_model(llm_server, tmp_path, caplog):
+    personas = tmp_path / "personas"
+    write_persona(personas, "alpha", "missing-model", 0.5, 40)
+    brain, backend = await brain_on(llm_server, personas)
+    try:
+        result = await brain.handle_event(dm(1, "[fallback-1] hi"))
+        assert result["actions"][0]["text"]  # answered, not lost
+        tried = [r.body["model"] for r in llm_server.requests if "[fallback-1]" in r.prompt]
+        assert tried == ["missing-model", "server-default"]
+        assert "has no model 'missing-model'" in caplog.text
+        await brain.handle_event(dm(2, "[fallback-2] again"))
+        second = [r.body["model"] for r in llm_server.requests if "[fallback-2]" in r.prompt]
+        assert second and set(second) == {"server-default"}  # remembered: no second try of the missing model
+    finally:
+        await brain.close()
+        await backend.aclose()
+
+
 async def test_route_models_off_keeps_the_servers_model(llm_server, tmp_path):
     personas = tmp_path / "personas"
     write_persona(personas, "alpha", "alpha-model", 0.5, 40)
@@ -229,3 +247,33 @@ async def test_adapter_is_loaded_as_lora_path_in_process(tmp_path):
     finally:
         await brain.close()
         await backend.aclose()
+
+
+async def test_the_textllm_handle_path_carries_model_and_adapter_and_falls_back():
+    """deployments/brain/deployment.py's `complete` over the app's TextLLM handle (its backend is not
+    known there): both fields go; a FROM the server lacks (as a Ray-wrapped 404) falls back."""
+    from deployments.brain.deployment import _complete_via_handle
+
+    seen = []
+
+    class Remote:
+        def remote(self, request):
+            seen.append(request)
+
+            async def tokens():
+                if request.model == "missing-x":
+                    raise RuntimeError("ray.exceptions.RayTaskError(StageError): HTTP 404 from http://s/v1: model not found")
+                yield "ok"
+            return tokens()
+
+    class Handle:
+        stream = Remote()
+
+        def options(self, **_):
+            return self
+
+    complete = _complete_via_handle(Handle(), routing=ModelRouting(adapters={"style": "base+style"}))
+    assert await complete("p", "s", LLMCallOptions(model="m", adapter="/a/style.gguf", temperature=0.3, max_tokens=7)) == "ok"
+    assert (seen[-1].model, seen[-1].adapter, seen[-1].temperature, seen[-1].max_tokens) == ("base+style", "/a/style.gguf", 0.3, 7)
+    assert await complete("p", "s", LLMCallOptions(model="missing-x")) == "ok"
+    assert [r.model for r in seen[-2:]] == ["missing-x", None]

@@ -72,7 +72,7 @@ from graph.brain.events import (
     parse_event as parse_brain_event,
 )
 from graph.brain.heartflow import ChatState
-from graph.brain.llm import LLMCallOptions, ModelRouting, complete_from_backend, is_in_process
+from graph.brain.llm import ModelRouting, complete_from_backend, complete_from_stream, is_in_process
 from graph.brain.mood_profiles import load_moods
 from graph.brain.prompts import ChatContext
 from graph.brain.text_route import (
@@ -749,15 +749,8 @@ def _complete_via_handle(handle: DeploymentHandle, max_tokens: int = 256, temper
                          routing: ModelRouting | None = None):
     """`complete` through the app's TextLLM handle; its backend is not known here, so the request
     carries both the routed model name and the adapter file (each backend reads what it understands)."""
-    routing = routing or ModelRouting()
-
-    async def complete(prompt: str, system: str | None, options: LLMCallOptions | None = None) -> str:
-        request = routing.request(prompt, system, options, in_process=None,
-                                  default_max_tokens=max_tokens, default_temperature=temperature)
-        tokens = [token async for token in handle.options(stream=True).stream.remote(request)]
-        return "".join(tokens).strip()
-
-    return complete
+    return complete_from_stream(lambda request: handle.options(stream=True).stream.remote(request), in_process=None,
+                                max_tokens=max_tokens, temperature=temperature, routing=routing)
 
 
 async def _never_in_session() -> bool:

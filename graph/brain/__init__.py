@@ -3,7 +3,9 @@
 - `events`: the `POST /v1/events` contract (event models in, action dataclasses out)
 - `heartflow`: global and per-chat attention states with limits, interest, willingness, reply budgets
 - `actions` / `activation` / `judge`: actions, their activation types, the modifier and LLM judges
-- `memory`: conversation memory in SQLite (aiosqlite) and the once-only decision log
+- `memory`: conversation memory in SQLite (aiosqlite, FTS5 search), the once-only decision log, saved settings
+- `buffer`: a user's multi-part message handed on as one
+- `llm`: the injected `complete(prompt, system, options)` from a backend, with the persona's per-call options
 - `personas` / `moods` / `prompts`: who she is, how she feels, and the one prompt builder
 - `brain`: `Brain.handle_event(event) -> {"actions": [...]}` tying it together
 

@@ -8,13 +8,16 @@ maps persona model and adapter names onto the names a remote server (llama-swap)
 """
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from graph.backends.base import LLMBackend
-from graph.voice.types import LLMRequest
+from graph.voice.types import LLMRequest, StageError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -119,13 +122,43 @@ def is_in_process(backend: Any) -> bool:
 def complete_from_backend(backend: LLMBackend, *, max_tokens: int = 256, temperature: float = 0.8,
                           routing: ModelRouting | None = None) -> Complete:
     """`complete(prompt, system, options=None)` that streams from `backend` and returns the joined text."""
+    return complete_from_stream(backend.stream, in_process=is_in_process(backend), max_tokens=max_tokens,
+                                temperature=temperature, routing=routing)
+
+
+def complete_from_stream(stream: Callable[[LLMRequest], AsyncIterator[str]], *, in_process: bool | None,
+                         max_tokens: int = 256, temperature: float = 0.8, routing: ModelRouting | None = None) -> Complete:
+    """`complete` over any token stream (a backend's, or a TextLLM handle's): persona options routed
+    for the backend, and a FROM model the server does not serve falls back to the server's own model."""
     routing = routing or ModelRouting()
-    in_process = is_in_process(backend)
+    unknown: set[str] = set()  # FROM names the server said it does not have: its own model is used
+
+    async def run(request: LLMRequest) -> str:
+        parts = [token async for token in stream(request)]
+        return "".join(parts).strip()
 
     async def complete(prompt: str, system: str | None, options: LLMCallOptions | None = None) -> str:
         request = routing.request(prompt, system, options, in_process=in_process,
                                   default_max_tokens=max_tokens, default_temperature=temperature)
-        parts = [token async for token in backend.stream(request)]
-        return "".join(parts).strip()
+        from_persona = request.model is not None and not (options and options.adapter)
+        if from_persona and request.model in unknown:
+            request = replace(request, model=None)
+        try:
+            return await run(request)
+        except Exception as error:
+            # A persona's FROM the server does not serve (HTTP 404, or 400 naming the model): fall back to
+            # the backend's configured model rather than losing every reply; an adapter's model never falls back.
+            if not (from_persona and request.model and _unknown_model(error)):
+                raise
+            unknown.add(request.model)
+            log.warning("the LLM server has no model %r (a persona's FROM): using its configured model; map it in "
+                        "brain.model_routing.models or set route_models: false (%s)", request.model, error)
+            return await run(replace(request, model=None))
 
     return complete
+
+
+def _unknown_model(error: BaseException) -> bool:
+    """An LLM error that says the requested model does not exist (also when wrapped, e.g. by Ray)."""
+    message = (error.message if isinstance(error, StageError) else str(error)).lower()
+    return "http 404" in message or ("http 400" in message and "model" in message)

@@ -4,6 +4,7 @@ It streams real SSE in the formats the graph parses, and records what happened t
 tokens it sent, whether it finished, and whether the client went away first - which is how tests prove
 that an interrupt or a disconnect stops the upstream LLM.
 
+A request for a model named `missing-...` is answered 404 (model not found), as llama-swap does.
 Behaviour is chosen by markers in the prompt:
   [slow]     200 tokens, 50 ms apart (time to interrupt)
   [fail500]  HTTP 500 with a JSON error body
@@ -150,6 +151,10 @@ class LLMTestServer:
     async def _stream(self, request, prompt, model, chunk, final, done_line: bool, system=None) -> web.StreamResponse:
         record = RequestRecord(request.path, prompt, model, system, body=await request.json())
         self.requests.append(record)
+        if (model or "").startswith("missing-"):  # as llama-swap answers a model it does not serve
+            record.finished = True
+            record.ended = time.monotonic()
+            return web.json_response({"error": {"message": f"model {model} not found", "type": "not_found"}}, status=404)
         if "[fail500]" in prompt:
             record.finished = True
             return web.json_response({"error": {"message": "model crashed", "type": "server_error"}}, status=500)

@@ -45,7 +45,8 @@ def check_gguf(path: str | os.PathLike) -> Path:
 class LlamaCppPythonLLM(LLMBackend):
     """Options: `model_path` (a .gguf), `mode` ("chat" uses the model's chat template, "completions"
     a plain `User:/Miku:` transcript), `n_ctx`, `n_gpu_layers` (-1 = all on the GPU), `n_threads`,
-    `seed`, `top_p`, `repeat_penalty`, `chat_format` (override the GGUF's template)."""
+    `seed`, `top_p`, `repeat_penalty`, `chat_format` (override the GGUF's template), `max_adapters` (LoRA
+    models kept loaded for requests with an `adapter`)."""
 
     name = "llama-cpp-python"
 

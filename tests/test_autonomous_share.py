@@ -56,7 +56,7 @@ def _share_settings() -> dict:
 async def test_the_host_shares_a_real_post_with_its_link(host_factory, clock, feeds):  # noqa: F811
     url = feeds.serve_file("/news.xml", "news_atom_1.xml")
 
-    async def llm(prompt: str, system: str | None) -> str:
+    async def llm(prompt: str, system: str | None, options=None) -> str:
         return "Omg, look at this figure!!"
 
     clock.now = NOW  # the feed's post is a few days old (share feeds skip posts older than a week)

@@ -229,7 +229,7 @@ def test_web_config_validation():
 async def test_brain_answers_web_commands_as_replies_in_the_persona_voice(tmp_path, fake_web):
     prompts: list[tuple[str, str | None]] = []
 
-    async def llm(prompt: str, system: str | None) -> str:
+    async def llm(prompt: str, system: str | None, options=None) -> str:
         prompts.append((prompt, system))
         return "Teehee, found it! [1]"
 

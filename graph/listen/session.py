@@ -138,7 +138,10 @@ class ListenSession:
                 raise ListenProtocolError(f"audio for user {frame.user_id}, who was not announced with a speaker message; dropped")
             return
         self.counts["frames"] += 1
-        events = await self._run_vad(speaker.detector.feed, frame.pcm)
+        detector = speaker.detector
+        # the model runs off the loop; a frame that completes no 32 ms window is only buffered, inline
+        events = await self._run_vad(detector.feed, frame.pcm) if detector.needs_model(len(frame.pcm)) \
+            else detector.feed(frame.pcm)
         await self._events(speaker, events)
         await self._check_barge_in(speaker)
 

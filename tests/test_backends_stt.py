@@ -88,6 +88,75 @@ def test_whisper_cpp_refuses_files_whisper_cpp_would_abort_on(tmp_path):
                             + (80).to_bytes(4, "little") + (555).to_bytes(4, "little") + b"\0" * 64)
     with pytest.raises(ValueError, match="implausible"):
         create_backend("stt", {"backend": "whisper-cpp", "model_path": str(implausible)})
+    # a well-formed ggml file whose tensors do not match its header: whisper.cpp only logs the failure
+    # (its context would then crash the process on the first call); the backend refuses it
+    wrong = tmp_path / "wrong-shapes.bin"
+    write_tiny_ggml(wrong, header_state=128)
+    with pytest.raises(ValueError, match="could not load"):
+        create_backend("stt", {"backend": "whisper-cpp", "model_path": str(wrong)})
+
+
+def write_tiny_ggml(path: Path, header_state: int = 64) -> Path:
+    """A random whisper.cpp ggml file (whisper.cpp's own layout: hparams, mel filters, vocab, named
+    tensors; matrices f16) from a transformers Whisper, tensors renamed to OpenAI's names."""
+    import struct
+
+    import torch
+    from transformers import WhisperConfig, WhisperForConditionalGeneration
+    from transformers.audio_utils import mel_filter_bank
+
+    torch.manual_seed(0)
+    config = WhisperConfig(vocab_size=51864, num_mel_bins=80, d_model=64, encoder_layers=4, decoder_layers=1,
+                           encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=256,
+                           decoder_ffn_dim=256, max_source_positions=1500, max_target_positions=448)
+    model = WhisperForConditionalGeneration(config)
+    in_layer = {"self_attn.k_proj": "attn.key", "self_attn.q_proj": "attn.query", "self_attn.v_proj": "attn.value",
+                "self_attn.out_proj": "attn.out", "self_attn_layer_norm": "attn_ln", "encoder_attn.k_proj": "cross_attn.key",
+                "encoder_attn.q_proj": "cross_attn.query", "encoder_attn.v_proj": "cross_attn.value",
+                "encoder_attn.out_proj": "cross_attn.out", "encoder_attn_layer_norm": "cross_attn_ln",
+                "fc1": "mlp.0", "fc2": "mlp.2", "final_layer_norm": "mlp_ln"}
+    top = {"encoder.layer_norm": "encoder.ln_post", "decoder.layer_norm": "decoder.ln",
+           "decoder.embed_tokens": "decoder.token_embedding"}
+    keep_f32 = {"encoder.conv1.bias", "encoder.conv2.bias", "encoder.positional_embedding", "decoder.positional_embedding"}
+    with open(path, "wb") as out:
+        out.write(struct.pack("<12i", 0x67676D6C, 51864, 1500, header_state, 2, 4, 448, 64, 2, 1, 80, 1))
+        filters = mel_filter_bank(num_frequency_bins=201, num_mel_filters=80, min_frequency=0.0, max_frequency=8000.0,
+                                  sampling_rate=16000, norm="slaney", mel_scale="slaney").T.astype(np.float32)
+        out.write(struct.pack("<ii", *filters.shape) + filters.tobytes())
+        words = [b" ", b"hello", b" miku", b" leave", b" stop"]  # whisper.cpp looks " " up (suppress_blank)
+        out.write(struct.pack("<i", len(words)) + b"".join(struct.pack("<i", len(w)) + w for w in words))
+        for hf_name, tensor in model.state_dict().items():
+            if hf_name == "proj_out.weight":
+                continue
+            parts = hf_name.split(".")[1:]
+            if parts[1] == "layers":
+                name = ".".join([parts[0], "blocks", parts[2], in_layer[".".join(parts[3:-1])], parts[-1]])
+            elif parts[1] == "embed_positions":
+                name = f"{parts[0]}.positional_embedding"
+            else:
+                stem = ".".join(parts[:-1])
+                name = f"{top[stem]}.{parts[-1]}" if stem in top else ".".join(parts)
+            data = tensor.squeeze().numpy().astype(np.float32)
+            if name in ("encoder.conv1.bias", "encoder.conv2.bias"):
+                data = data.reshape(-1, 1)
+            half = data.ndim >= 2 and name not in keep_f32
+            data = np.ascontiguousarray(data.astype(np.float16) if half else data)
+            encoded = name.encode()
+            out.write(struct.pack("<iii", data.ndim, len(encoded), int(half)))
+            out.write(struct.pack(f"<{data.ndim}i", *reversed(data.shape)) + encoded + data.tobytes())
+    return path
+
+
+async def test_whisper_cpp_loads_and_runs_a_ggml_file(tmp_path):
+    """The loading and transcription code on a real ggml file (random weights, so no real words)."""
+    path = write_tiny_ggml(tmp_path / "ggml-tiny-random.bin")
+    backend = create_backend("stt", {"backend": "whisper-cpp", "model_path": str(path), "threads": 1})
+    assert backend.describe() == {"backend": "whisper-cpp", "model": str(path), "threads": 1}
+    assert backend.hparams["n_vocab"] == 51864 and backend.hparams["n_audio_layer"] == 4
+    transcript = await backend.transcribe(np.concatenate([espeak_16k("Miku, leave."), silence(0.3)]), STTOptions())
+    assert isinstance(transcript, Transcript) and transcript.backend == "whisper-cpp"
+    assert isinstance(transcript.text, str) and transcript.audio_s > 0.5
+    await backend.aclose()
 
 
 @pytest.fixture(scope="module")

@@ -241,3 +241,21 @@ async def test_bad_input_gets_errors_and_loses_nothing(sphinx, speech):
     await feed(session, ANN, np.concatenate([speech["Can you sing a song for me?"], silence(0.8)]))
     await session.drain()
     assert [t["name"] for t in client.of("turn")] == ["Ann"]
+
+
+async def test_turns_are_bounded_in_length_and_in_number(speech):
+    release = asyncio.Event()
+
+    async def slow_runaway(audio, options):  # a recogniser that is slow and then runs away
+        await release.wait()
+        return Transcript(text="la " * 5000, backend="runaway")
+
+    session, client = session_with(slow_runaway, ListenConfig(max_pending_turns=2, max_turn_chars=100))
+    await started(session, (ANN, "Ann"))
+    for _ in range(3):
+        await feed(session, ANN, np.concatenate([speech["Miku, stop."], silence(0.8)]))
+    assert session.turns.pending() == 2 and session.counts["dropped_turns"] == 1
+    release.set()
+    await session.drain()
+    turns = client.of("turn")
+    assert len(turns) == 2 and all(len(t["text"]) <= 100 for t in turns) and turns[0]["prompt"] == "Ann: " + turns[0]["text"]

@@ -55,3 +55,23 @@ async def test_listen_hears_a_voice_command_and_a_named_turn(graph_server):
         turn = (await _events_until(ws, lambda m: m["type"] in ("command", "turn")))[-1]
         assert turn["type"] == "turn" and turn["name"] == "Ann" and turn["prompt"] == f"Ann: {turn['text']}"
         assert "song" in turn["text"].split()
+
+
+async def test_listen_is_also_on_the_direct_voice_port(graph_server):
+    import aiohttp
+
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"{graph_server.base_url}/v1/voice/direct", headers=graph_server.auth_headers) as response:
+            url = (await response.json())["listen"]
+    assert url.endswith("/v1/listen") and not url.startswith(graph_server.ws_url)
+    with pytest.raises(InvalidStatus) as caught:
+        await websockets.connect(url)
+    assert caught.value.response.status_code == 401
+    async with websockets.connect(url, additional_headers=graph_server.auth_headers) as ws:
+        await ws.send(json.dumps({"type": "start", "guild_id": "1", "channel_id": "2"}))
+        await ws.send(json.dumps({"type": "speaker", "user_id": str(ANN), "name": "Ann"}))
+        await ws.send(json.dumps({"type": "speaking", "value": True}))
+        await _speak(ws, ANN, np.concatenate([espeak_16k("Can you sing a song for me?"), silence(0.8)]))
+        seen = await _events_until(ws, lambda m: m["type"] in ("command", "turn"))
+        kinds = [m["type"] for m in seen]
+        assert kinds.index("pause") < kinds.index("barge_in") < kinds.index("turn")

@@ -38,6 +38,7 @@ class ListenConfig:
     # turns waiting for their transcript; more are dropped (and counted) rather than queued without end
     max_pending_turns: int = 8
     stt_timeout_s: float = 30.0
+    max_turn_chars: int = 2000  # a transcript longer than this is cut (a recogniser that runs away)
     # look for voice commands in every turn
     commands: bool = True
 
@@ -66,7 +67,7 @@ class ListenConfig:
         if self.neg_threshold > self.threshold:
             raise ValueError(f"listen config: neg_threshold ({self.neg_threshold}) must not exceed threshold ({self.threshold})")
         for name in ("min_speech_ms", "end_silence_ms", "barge_in_min_ms", "max_speakers", "max_name_chars",
-                     "max_json_bytes", "max_binary_bytes", "max_pending_turns"):
+                     "max_json_bytes", "max_binary_bytes", "max_pending_turns", "max_turn_chars"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"listen config: {name} must be a positive integer, got {value!r}")

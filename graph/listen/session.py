@@ -37,7 +37,7 @@ from graph.listen.protocol import (
     parse_audio,
     parse_text,
 )
-from graph.listen.turns import Turn, TurnOrder
+from graph.listen.turns import Turn, TurnOrder, speaker_prompt
 from graph.listen.types import STTOptions, Transcript
 from graph.listen.vad import SileroModel, SpeechDetector, VadEvent, VadEventKind
 
@@ -138,7 +138,10 @@ class ListenSession:
                 raise ListenProtocolError(f"audio for user {frame.user_id}, who was not announced with a speaker message; dropped")
             return
         self.counts["frames"] += 1
-        events = await self._run_vad(speaker.detector.feed, frame.pcm)
+        detector = speaker.detector
+        # the model runs off the loop; a frame that completes no 32 ms window is only buffered, inline
+        events = await self._run_vad(detector.feed, frame.pcm) if detector.needs_model(len(frame.pcm)) \
+            else detector.feed(frame.pcm)
         await self._events(speaker, events)
         await self._check_barge_in(speaker)
 
@@ -205,7 +208,8 @@ class ListenSession:
     async def _deliver(self, turn: Turn) -> None:
         if turn.failed or turn.transcript is None:
             return
-        text = " ".join(turn.transcript.text.split())
+        # a hallucinating recogniser must not hand the LLM a novel: a turn is at most max_turn_chars
+        text = " ".join(turn.transcript.text.split())[:self.config.max_turn_chars]
         command = turn.transcript.command
         if command is None and self.config.commands:
             command = find_command(text)
@@ -216,7 +220,7 @@ class ListenSession:
             return
         if text:
             self.counts["turns"] += 1
-            await self.send({"type": "turn", "user_id": user_id, "name": turn.name, "text": text, "prompt": turn.prompt.strip()})
+            await self.send({"type": "turn", "user_id": user_id, "name": turn.name, "text": text, "prompt": speaker_prompt(turn.name, text)})
             return
         self.counts["empty_turns"] += 1
         if turn.barged_in and self.config.no_words is NoWordsPolicy.RESUME:

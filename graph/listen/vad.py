@@ -146,6 +146,10 @@ class SpeechDetector:
             return 0.0
         return (self._last_speech_window - self._onset_window + 1) * WINDOW / LISTEN_SAMPLE_RATE
 
+    def needs_model(self, samples: int) -> bool:
+        """Whether feeding `samples` more would run the model (else feed() only buffers: cheap inline)."""
+        return len(self._pending) + samples >= WINDOW
+
     def feed(self, samples: np.ndarray) -> list[VadEvent]:
         audio = as_float_audio(samples)
         if len(self._pending):

@@ -6,6 +6,11 @@ download a model given by name, so a path that is not an existing file is refuse
 """
 from __future__ import annotations
 
+import contextlib
+import os
+import sys
+import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,6 +42,20 @@ def check_ggml_header(path: Path) -> dict[str, int]:
     return hparams
 
 
+@contextlib.contextmanager
+def _stderr_into(target) -> Iterator[None]:
+    """whisper.cpp logs to file descriptor 2: point it at `target` for a while (pywhispercpp's own redirect
+    falls back to Python's sys.stderr, which C code never writes to, when that is not a real file)."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        os.dup2(target.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 @dataclass(frozen=True, kw_only=True)
 class WhisperCppOptions:
     model_path: str
@@ -59,11 +78,20 @@ class WhisperCppSTT(BlockingSTT):
         except ImportError as error:
             raise ImportError(f"whisper-cpp needs pywhispercpp (`pip install pywhispercpp`, extra 'stt'): {error}") from error
         self.model_path = path
-        try:
-            self.model = Model(str(path), n_threads=self.options.threads, print_realtime=False,
-                               print_progress=False, redirect_whispercpp_logs_to=None)
-        except Exception as error:  # whisper.cpp rejects the file (not ggml, wrong version)
-            raise ValueError(f"whisper-cpp: cannot load {path}: {error}") from error
+        # whisper.cpp reports a failed load only in its log, and pywhispercpp then holds a null context
+        # that segfaults on the first transcription: read the log and refuse the model here instead
+        with tempfile.TemporaryFile("w+b", prefix="miku-whispercpp-") as log:
+            try:
+                with _stderr_into(log):
+                    self.model = Model(str(path), n_threads=self.options.threads, print_realtime=False,
+                                       print_progress=False)
+            except Exception as error:
+                raise ValueError(f"whisper-cpp: cannot load {path}: {error}") from error
+            log.seek(0)
+            messages = log.read().decode(errors="replace")
+        if "failed to load model" in messages:
+            detail = [line for line in messages.splitlines() if "wrong" in line or "failed" in line or "shape" in line]
+            raise ValueError(f"whisper-cpp: whisper.cpp could not load {path}: {' / '.join(detail[-3:]) or 'see its log'}")
 
     def describe(self) -> dict:
         return {"backend": self.name, "model": str(self.model_path), "threads": self.options.threads}

@@ -94,6 +94,7 @@ async def test_draw_and_look_outside_during_and_after_a_voice_session(client, gr
         assert ops.texts() == [IMAGE_MESSAGE]
         await handle(client, ops, event("look", attachments=[{"url": f"{host.url}/files/red.png", "content_type": "image/png"}]))
         assert ops.texts() == [IMAGE_MESSAGE, VISION_MESSAGE]
+        assert [entry[2] for entry in ops.log if entry[0] == "react"][-2:] == ["🎤", "🎤"]
         direct = [e async for e in client.draw({"prompt": "a dragon"})]  # even straight to the route
         assert direct == [{"type": "error", "kind": "blocked", "message": IMAGE_MESSAGE, "backend": "controller"}]
         assert a1111.paths("POST").count("/sdapi/v1/txt2img") == drawn and len(vision.received) == looked

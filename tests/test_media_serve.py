@@ -60,8 +60,12 @@ async def test_draw_and_look_outside_during_and_after_a_voice_session(client, gr
     # placement: both stages hold the gtx1660 resource, like Soprano
     from ray import serve
 
-    for name in ("ImageGen", "Vision"):
-        status = await serve.get_deployment_handle(name, app_name="miku").status.remote()
+    for name in ("ImageGen", "Vision"):  # (an earlier test's session may still be handing the card back)
+        stage = serve.get_deployment_handle(name, app_name="miku")
+        async with asyncio.timeout(60):
+            while (await stage.tenant_status.remote())["state"] != "loaded":
+                await asyncio.sleep(0.1)
+        status = await stage.status.remote()
         assert "gtx1660" in status["detail"]["resources"] and status["detail"]["gpu_tenant"]["state"] == "loaded"
 
     # 1. outside voice: "draw me a cat" posts a picture with its prompt and seed
@@ -85,10 +89,13 @@ async def test_draw_and_look_outside_during_and_after_a_voice_session(client, gr
     looked = len(vision.received)
 
     # 2. a voice session: the card is freed, both features refused with the plan's messages, no backend call
+    unloads = (a1111.paths("POST").count("/sdapi/v1/unload-checkpoint"), vision.paths("POST").count("/unload"))
+    reloads = a1111.paths("POST").count("/sdapi/v1/reload-checkpoint")
     session = await client.start_session(GUILD, 1, CHANNEL, USER)
     try:
-        await until(lambda: "/sdapi/v1/unload-checkpoint" in a1111.paths("POST") and not a1111.checkpoint_loaded)
-        await until(lambda: "/unload" in vision.paths("POST"))
+        await until(lambda: a1111.paths("POST").count("/sdapi/v1/unload-checkpoint") == unloads[0] + 1)
+        await until(lambda: vision.paths("POST").count("/unload") == unloads[1] + 1)
+        assert not a1111.checkpoint_loaded
         ops = RecordingOps()
         await handle(client, ops, event("draw me a dragon"))
         assert ops.texts() == [IMAGE_MESSAGE]
@@ -112,6 +119,7 @@ async def test_draw_and_look_outside_during_and_after_a_voice_session(client, gr
     a1111.release_hold()
     await asyncio.wait_for(drawing, 120)
     assert a1111.checkpoint_loaded and "image" in ops.kinds()
+    assert a1111.paths("POST").count("/sdapi/v1/reload-checkpoint") == reloads + 1
     assert a1111.paths("POST").count("/sdapi/v1/txt2img") == drawn + 1
     status = await serve.get_deployment_handle("ImageGen", app_name="miku").tenant_status.remote()
     assert [e["action"] for e in status["events"]][-2:] == ["release", "restore"]

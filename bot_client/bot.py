@@ -166,11 +166,13 @@ class MikuBot(commands.Bot):
                                        on_recovered=self._resync_servers)
 
     async def setup_hook(self) -> None:
+        from .cogs.draw import DrawCog
         from .cogs.events import EventsCog
         from .cogs.voice import VoiceCog
 
         await self.add_cog(VoiceCog(self))
         await self.add_cog(EventsCog(self))
+        await self.add_cog(DrawCog(self))  # /draw (typed /draw and !draw messages reach the brain as they are)
         if self.config.sync_app_commands:
             try:
                 await self.tree.sync()

@@ -7,6 +7,7 @@ that arrives meanwhile waits and says so) and drawing works again."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import io
 import itertools
 
@@ -139,3 +140,7 @@ async def test_bad_media_requests_are_clear_and_the_next_one_works(client, media
     assert looked[-1]["kind"] == "bad_input" and "application/pdf" in looked[-1]["message"] and "MB limit" in looked[-1]["message"]
     ok = [e async for e in client.draw({"prompt": "a cat", "seed": 77})]
     assert ok[-1]["type"] == "image" and ok[-1]["seed"] == 77
+    # a picture as large as a real one (random pixels, ~1 MB of base64) through Serve and the client
+    large = [e async for e in client.draw({"prompt": "[noise] a cat", "seed": 78, "width": 768, "height": 768})]
+    assert large[-1]["type"] == "image" and len(large[-1]["png_b64"]) > 2_000_000
+    assert Image.open(io.BytesIO(base64.b64decode(large[-1]["png_b64"]))).size == (768, 768)

@@ -29,6 +29,7 @@ from .inputs import split_for_discord
 log = logging.getLogger(__name__)
 
 CONFUSED = "*Miku seems confused...*"
+GPU_FEATURES = ("image_generation", "vision")  # the GTX 1660's features a voice session blocks
 
 
 class ChatOps(Protocol):
@@ -171,6 +172,13 @@ class ActionExecutor:
         message = action.get("message")
         if not isinstance(message, str) or not message.strip():
             return False  # a silent blackout (e.g. bipolar mode): nothing to tell
+        if action.get("feature") in GPU_FEATURES:
+            # the plan's 🎤 on the request: drawing and vision wait for the voice session to end
+            channel = self._channel(action, event)
+            target = _int(action.get("reply_to_message_id")) or _int(event.get("message_id"))
+            if channel is not None and target is not None:
+                with contextlib.suppress(Exception):
+                    await self.ops.react(channel, target, "🎤")
         await self._reply_text(action, event, message)
         return True
 

@@ -224,6 +224,7 @@ class MikuBot(commands.Bot):
             self.executor.on_persona = self._persona_switched
 
     async def setup_hook(self) -> None:
+        from .cogs.draw import DrawCog
         from .cogs.events import EventsCog
         from .cogs.voice import VoiceCog
 
@@ -234,6 +235,7 @@ class MikuBot(commands.Bot):
 
             await self.add_cog(FeaturesCog(self, self.features))
             await self.features.start()
+        await self.add_cog(DrawCog(self))  # /draw (typed /draw and !draw messages reach the brain as they are)
         if self.config.sync_app_commands:
             try:
                 await self.tree.sync()

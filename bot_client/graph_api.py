@@ -137,6 +137,21 @@ def parse_health(body: Any) -> GraphHealth:
     return GraphHealth(ok=bool(overall), stages=tuple(stages), raw=body)
 
 
+MAX_MEDIA_LINE_BYTES = 64 * 2**20  # one NDJSON event of a media route (a picture in base64)
+
+
+def _ndjson_event(line: bytes) -> dict | None:
+    line = line.strip()
+    if not line:
+        return None
+    try:
+        event = json.loads(line)
+    except ValueError:
+        log.warning("a media route sent a line that is not JSON: %r", line[:80])
+        return None
+    return event if isinstance(event, dict) else None
+
+
 class GraphClient:
     """HTTP side of the contract. One instance per bot; `close()` when done."""
 
@@ -281,17 +296,28 @@ class GraphClient:
                     if resp.status in (401, 403):
                         raise GraphAuthError(f"the graph refused the bot's token ({resp.status})", resp.status, detail)
                     raise (GraphUnavailable if resp.status in (502, 503, 504) else GraphError)(message, resp.status, detail)
-                async for line in resp.content:
-                    line = line.strip()
-                    if not line:
+                # not `async for line in resp.content`: aiohttp refuses lines over 128 KiB, and a picture's
+                # line (base64 PNG) is a few MB
+                pending: list[bytes] = []  # pieces of the line being received
+                size = 0
+                async for chunk in resp.content.iter_any():
+                    if b"\n" not in chunk:
+                        pending.append(chunk)
+                        size += len(chunk)
+                        if size > MAX_MEDIA_LINE_BYTES:
+                            raise GraphError(f"POST {path}: the graph sent an event over {MAX_MEDIA_LINE_BYTES} bytes")
                         continue
-                    try:
-                        event = json.loads(line)
-                    except ValueError:
-                        log.warning("a media route sent a line that is not JSON: %r", line[:80])
-                        continue
-                    if isinstance(event, dict):
-                        yield event
+                    first, *lines = chunk.split(b"\n")
+                    lines = [b"".join(pending) + first, *lines]
+                    pending = [lines.pop()]
+                    size = len(pending[0])
+                    for line in lines:
+                        event = _ndjson_event(line)
+                        if event is not None:
+                            yield event
+                event = _ndjson_event(b"".join(pending))
+                if event is not None:
+                    yield event
         except (aiohttp.ClientConnectionError, asyncio.TimeoutError, OSError) as exc:
             raise GraphUnavailable(f"the voice graph at {self.base_url} is unreachable ({exc.__class__.__name__})") from exc
 

@@ -53,7 +53,7 @@ async def test_send_react_and_blocked():
         {"type": "blocked", "channel_id": "10", "feature": "bipolar_mode", "message": ""},  # silent blackout
     ], EVENT)
     ops.send.assert_awaited_once_with(11, "hello")
-    ops.react.assert_awaited_once_with(10, 55, "💙")
+    assert [c.args for c in ops.react.await_args_list] == [(10, 55, "💙"), (10, 55, "🎤")]  # the plan's 🎤 on the request
     ops.reply.assert_awaited_once_with(10, 55, "🎤 I can't draw right now, I'm talking in voice chat!")
     assert report.done == ["send", "react", "blocked"] and report.skipped == ["blocked"]
 

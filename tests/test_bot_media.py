@@ -118,3 +118,66 @@ async def test_look_replies_with_the_answer_or_the_reason():
 def test_caption_is_bounded():
     caption = image_caption("x" * 5000, {"seed": 1, "prompt": "y" * 5000})
     assert len(caption) <= 1900 and "seed `1`" in caption
+
+
+async def test_slash_draw_is_a_request_the_brain_answers_and_keeps_the_seed():
+    import dataclasses
+    import random
+    from pathlib import Path
+
+    from bot_client.cogs.draw import DrawCog, slash_draw_event, with_seed
+    from graph.brain import Brain, BrainConfig, FeatureCheck
+
+    event = slash_draw_event(request_message_id=77, channel_id=5, guild_id=3, user_id=9, user_name="Rin",
+                             prompt="a  red fox", channel_nsfw=False, created_at=1_000_000.0)
+    config = dataclasses.replace(BrainConfig.load(Path(__file__).resolve().parents[1] / "configs" / "brain.yaml"),
+                                 memory_path=":memory:")
+
+    async def allow(feature):
+        return FeatureCheck(True)
+
+    brain = await Brain.create(config, complete=None, check_feature=allow, clock=lambda: 1_000_000.0, rng=random.Random(0))
+    try:
+        actions = (await brain.handle_event(event))["actions"]
+    finally:
+        await brain.close()
+    draw = [a for a in with_seed(actions, 1234) if a["type"] == "draw"]
+    assert draw and draw[0]["prompt"] == "a red fox" and draw[0]["seed"] == 1234 and draw[0]["reply_to_message_id"] == "77"
+    assert [c.name for c in DrawCog.__cog_app_commands__] == ["draw"]
+
+
+async def test_media_stream_reads_events_of_several_megabytes():
+    """aiohttp's line reader stops at 128 KiB; a real picture's event is a few MB of base64."""
+    import json
+
+    from aiohttp import web
+
+    from bot_client.graph_api import GraphClient
+
+    big = base64.b64encode(bytes(range(256)) * 12_000).decode()  # ~4 MB of base64
+    events = [{"type": "progress", "message": "drawing..."}, {"type": "image", "png_b64": big, "seed": 5}]
+
+    async def images(request: web.Request) -> web.StreamResponse:
+        assert request.headers["Authorization"] == "Bearer t0k"
+        response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
+        await response.prepare(request)
+        payload = "".join(json.dumps(e) + "\n" for e in events).encode()
+        for start in range(0, len(payload), 100_000):  # arrives in pieces, lines split across them
+            await response.write(payload[start:start + 100_000])
+        await response.write_eof()
+        return response
+
+    app = web.Application()
+    app.router.add_post("/v1/images", images)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]
+    client = GraphClient(f"http://127.0.0.1:{port}", "t0k")
+    try:
+        received = [e async for e in client.draw({"prompt": "x"})]
+    finally:
+        await client.close()
+        await runner.cleanup()
+    assert received == events

@@ -137,3 +137,37 @@ async def test_an_image_triggers_vision_only_when_miku_is_addressed():
         assert next(a for a in link if a["type"] == "look")["attachments"][0]["url"].endswith("/x.gif"), link
     finally:
         await brain.close()
+
+
+async def test_focus_mode_adds_the_llm_judge_for_what_the_keywords_miss():
+    from graph.brain.actions import ActionContext, ChatMode, DrawActionDef, default_registry
+    from graph.brain.activation import ActionModifier
+    from graph.brain.events import parse_event
+    from graph.brain.judge import JudgeCache, LLMJudge
+
+    asked: list[str] = []
+
+    async def judge_llm(prompt: str, system: str | None) -> str:
+        asked.append(prompt)
+        return "yes" if "whip up" in prompt else "no"
+
+    registry = default_registry()
+    modifier = ActionModifier(registry.build(), LLMJudge(judge_llm, JudgeCache(30.0, lambda: 0.0), timeout_s=5.0),
+                              random.Random(0))
+
+    def ctx(text: str, mode: ChatMode) -> ActionContext:
+        ev = parse_event({"type": "message", "event_id": text[:20], "channel_id": "c", "message_id": "m", "guild_id": "g",
+                          "author_id": "u", "content": text, "timestamp": 1.0})
+        return ActionContext(mode=mode, message=ev, new_messages=(ev,), context_text=text)
+
+    whip = "could you whip up a little frog in a raincoat for me?"
+    assert "draw" not in (await modifier.select(ctx(whip, ChatMode.NORMAL))).usable  # Normal: keywords only, no LLM
+    assert asked == []
+    focus = await modifier.select(ctx(whip, ChatMode.FOCUS))
+    assert "draw" in focus.usable and focus.reasons["draw"] == "llm judge"
+    talk = await modifier.select(ctx("I love your drawing!", ChatMode.FOCUS))
+    assert "draw" not in talk.usable and talk.dropped["draw"] == "llm judge: no"
+    explicit = await modifier.select(ctx("draw me a frog", ChatMode.FOCUS))
+    assert explicit.reasons["draw"] == "keyword (judge skipped)"  # a clear request needs no judge
+    action = registry.build()["draw"]
+    assert isinstance(action, DrawActionDef) and action._subject(ctx(whip, ChatMode.FOCUS)) == whip

@@ -69,6 +69,9 @@ async def test_healthz_is_public_liveness_and_the_detail_needs_the_token(graph_s
     assert body["status"] == "ok"
     assert body["stages"]["llm"]["backend"] == "openai" and body["stages"]["llm"]["url"] == graph_server.llm_server.url
     assert body["stages"]["tts"]["backend"] == "espeak" and body["stages"]["vc"]["backend"] == "world"
+    # drawing and vision are listed (optional: they never make the voice graph degraded), with the card's state
+    assert body["stages"]["image"]["backend"] == "a1111" and body["stages"]["image"]["optional"] is True
+    assert body["stages"]["vision"]["gpu_tenant"]["state"] in ("loaded", "releasing", "released", "restoring")
 
 
 async def test_docs_and_openapi_are_not_served(graph_server):

@@ -7,6 +7,7 @@ that arrives meanwhile waits and says so) and drawing works again."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import io
 import itertools
 
@@ -60,8 +61,12 @@ async def test_draw_and_look_outside_during_and_after_a_voice_session(client, gr
     # placement: both stages hold the gtx1660 resource, like Soprano
     from ray import serve
 
-    for name in ("ImageGen", "Vision"):
-        status = await serve.get_deployment_handle(name, app_name="miku").status.remote()
+    for name in ("ImageGen", "Vision"):  # (an earlier test's session may still be handing the card back)
+        stage = serve.get_deployment_handle(name, app_name="miku")
+        async with asyncio.timeout(60):
+            while (await stage.tenant_status.remote())["state"] != "loaded":
+                await asyncio.sleep(0.1)
+        status = await stage.status.remote()
         assert "gtx1660" in status["detail"]["resources"] and status["detail"]["gpu_tenant"]["state"] == "loaded"
 
     # 1. outside voice: "draw me a cat" posts a picture with its prompt and seed
@@ -85,15 +90,19 @@ async def test_draw_and_look_outside_during_and_after_a_voice_session(client, gr
     looked = len(vision.received)
 
     # 2. a voice session: the card is freed, both features refused with the plan's messages, no backend call
+    unloads = (a1111.paths("POST").count("/sdapi/v1/unload-checkpoint"), vision.paths("POST").count("/unload"))
+    reloads = a1111.paths("POST").count("/sdapi/v1/reload-checkpoint")
     session = await client.start_session(GUILD, 1, CHANNEL, USER)
     try:
-        await until(lambda: "/sdapi/v1/unload-checkpoint" in a1111.paths("POST") and not a1111.checkpoint_loaded)
-        await until(lambda: "/unload" in vision.paths("POST"))
+        await until(lambda: a1111.paths("POST").count("/sdapi/v1/unload-checkpoint") == unloads[0] + 1)
+        await until(lambda: vision.paths("POST").count("/unload") == unloads[1] + 1)
+        assert not a1111.checkpoint_loaded
         ops = RecordingOps()
         await handle(client, ops, event("draw me a dragon"))
         assert ops.texts() == [IMAGE_MESSAGE]
         await handle(client, ops, event("look", attachments=[{"url": f"{host.url}/files/red.png", "content_type": "image/png"}]))
         assert ops.texts() == [IMAGE_MESSAGE, VISION_MESSAGE]
+        assert [entry[2] for entry in ops.log if entry[0] == "react"][-2:] == ["🎤", "🎤"]
         direct = [e async for e in client.draw({"prompt": "a dragon"})]  # even straight to the route
         assert direct == [{"type": "error", "kind": "blocked", "message": IMAGE_MESSAGE, "backend": "controller"}]
         assert a1111.paths("POST").count("/sdapi/v1/txt2img") == drawn and len(vision.received) == looked
@@ -111,6 +120,7 @@ async def test_draw_and_look_outside_during_and_after_a_voice_session(client, gr
     a1111.release_hold()
     await asyncio.wait_for(drawing, 120)
     assert a1111.checkpoint_loaded and "image" in ops.kinds()
+    assert a1111.paths("POST").count("/sdapi/v1/reload-checkpoint") == reloads + 1
     assert a1111.paths("POST").count("/sdapi/v1/txt2img") == drawn + 1
     status = await serve.get_deployment_handle("ImageGen", app_name="miku").tenant_status.remote()
     assert [e["action"] for e in status["events"]][-2:] == ["release", "restore"]
@@ -130,3 +140,7 @@ async def test_bad_media_requests_are_clear_and_the_next_one_works(client, media
     assert looked[-1]["kind"] == "bad_input" and "application/pdf" in looked[-1]["message"] and "MB limit" in looked[-1]["message"]
     ok = [e async for e in client.draw({"prompt": "a cat", "seed": 77})]
     assert ok[-1]["type"] == "image" and ok[-1]["seed"] == 77
+    # a picture as large as a real one (random pixels, ~1 MB of base64) through Serve and the client
+    large = [e async for e in client.draw({"prompt": "[noise] a cat", "seed": 78, "width": 768, "height": 768})]
+    assert large[-1]["type"] == "image" and len(large[-1]["png_b64"]) > 2_000_000
+    assert Image.open(io.BytesIO(base64.b64decode(large[-1]["png_b64"]))).size == (768, 768)

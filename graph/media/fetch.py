@@ -17,7 +17,7 @@ from typing import Any
 from urllib.parse import urljoin, urlsplit
 
 import aiohttp
-from aiohttp.abc import AbstractResolver, ResolveResult
+from aiohttp.abc import AbstractResolver
 from aiohttp.resolver import DefaultResolver
 
 DISCORD_CDN_HOSTS = ("cdn.discordapp.com", "media.discordapp.net", ".discordapp.net", "cdn.discord.com")
@@ -74,7 +74,7 @@ class GuardedResolver(AbstractResolver):
         self.allow_internal = allow_internal
         self._inner = DefaultResolver()
 
-    async def resolve(self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET) -> list[ResolveResult]:
+    async def resolve(self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET) -> list[dict[str, Any]]:
         results = await self._inner.resolve(host, port, family)
         if not self.allow_internal:
             bad = [r["host"] for r in results if is_internal(r["host"])]

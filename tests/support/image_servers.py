@@ -17,7 +17,8 @@ so a seed is visibly honoured):
   policy refusal is OpenAI's 400 {error: {code: "content_policy_violation", message}}.
 
 Markers in the prompt choose misbehaviour: [refuse] (a safety refusal), [notimage] (an answer that is not
-an image), [hold] (the drawing waits until the test calls `release_hold()`), [fail] (an error).
+an image), [hold] (the drawing waits until the test calls `release_hold()`), [fail] (an error), [noise]
+(A1111: a picture of random pixels, as large on the wire as a real one).
 Every request is recorded (`calls`: method and path) so tests can show what reached the backend.
 """
 from __future__ import annotations
@@ -26,6 +27,7 @@ import asyncio
 import base64
 import io
 import json
+import random
 import re
 import threading
 import uuid
@@ -168,6 +170,11 @@ class A1111ProtocolServer(_ThreadedServer):
         self.progress.update(progress=0.0, step=0, steps=0)
         if "[notimage]" in prompt:
             image = base64.b64encode(b"<html>oops</html>").decode()
+        elif "[noise]" in prompt:  # a picture that does not compress: a realistic size on the wire
+            width, height = int(body.get("width", 512)), int(body.get("height", 512))
+            out = io.BytesIO()
+            Image.frombytes("RGB", (width, height), random.Random(seed).randbytes(width * height * 3)).save(out, format="PNG")
+            image = base64.b64encode(out.getvalue()).decode()
         else:
             image = base64.b64encode(png_for(seed, int(body.get("width", 512)), int(body.get("height", 512)))).decode()
         return web.json_response({"images": [image], "parameters": body, "info": json.dumps({"seed": seed, "all_seeds": [seed]})})

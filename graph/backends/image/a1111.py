@@ -22,7 +22,7 @@ from graph.backends.image.base import (
     ImageProgress,
     ImageRequest,
     MediaErrorKind,
-    checked_output,
+    checked_output_off_loop,
 )
 from graph.backends.image.http import HTTPFailure, MediaHTTP
 
@@ -90,7 +90,7 @@ class A1111Backend(ImageGenBackend):
         except (KeyError, IndexError, TypeError, binascii.Error, ValueError):
             raise self.http.error(f"{self.label} answered without an image: {str(answer)[:160]}",
                                   MediaErrorKind.BAD_OUTPUT) from None
-        yield checked_output("image", self.label, data, request, seed=self._seed(answer, request.seed))
+        yield await checked_output_off_loop("image", self.label, data, request, seed=self._seed(answer, request.seed))
 
     async def _progress(self) -> ImageProgress | None:
         try:

@@ -8,6 +8,7 @@ image. `release()` frees the GPU (a voice session needs the card), `restore()` l
 """
 from __future__ import annotations
 
+import asyncio
 import enum
 from abc import abstractmethod
 from collections.abc import AsyncIterator
@@ -90,6 +91,12 @@ def checked_output(stage: str, label: str, data: bytes, request: ImageRequest, s
                          MediaErrorKind.BAD_OUTPUT) from None
     return GeneratedImage(png=png, seed=request.seed if seed is None else seed, prompt=request.prompt,
                           width=width, height=height, backend=label)
+
+
+async def checked_output_off_loop(stage: str, label: str, data: bytes, request: ImageRequest,
+                                  seed: int | None = None) -> GeneratedImage:
+    """`checked_output` in a worker thread: decoding and re-encoding a picture must not hold the event loop."""
+    return await asyncio.to_thread(checked_output, stage, label, data, request, seed)
 
 
 class ImageGenBackend(Backend):

@@ -27,7 +27,7 @@ from graph.backends.image.base import (
     ImageProgress,
     ImageRequest,
     MediaErrorKind,
-    checked_output,
+    checked_output_off_loop,
 )
 from graph.backends.image.http import HTTPFailure, MediaHTTP
 
@@ -185,7 +185,7 @@ class ComfyUIBackend(ImageGenBackend):
         data = await self.http.request("GET", "/view", expect="bytes", params={
             "filename": str(first.get("filename", "")), "subfolder": str(first.get("subfolder", "")),
             "type": str(first.get("type", "output"))})
-        return checked_output("image", self.label, data, request)
+        return await checked_output_off_loop("image", self.label, data, request)
 
     async def release(self) -> str:
         await self.http.request("POST", "/free", json_body={"unload_models": True, "free_memory": True},

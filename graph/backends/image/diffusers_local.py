@@ -21,7 +21,7 @@ from graph.backends.image.base import (
     ImageRequest,
     MediaError,
     MediaErrorKind,
-    checked_output,
+    checked_output_off_loop,
 )
 
 
@@ -158,4 +158,4 @@ class DiffusersBackend(ImageGenBackend):
                 if not work.done():
                     stop.set()  # the thread stops at its next step; wait so the card is free for the next one
                     await asyncio.shield(asyncio.wait({work}))
-        yield checked_output("image", self.label, data, request)
+        yield await checked_output_off_loop("image", self.label, data, request)

@@ -19,7 +19,7 @@ from graph.backends.image.base import (
     ImageProgress,
     ImageRequest,
     MediaErrorKind,
-    checked_output,
+    checked_output_off_loop,
 )
 from graph.backends.image.http import HTTPFailure, MediaHTTP
 
@@ -82,7 +82,7 @@ class OpenAIImagesBackend(ImageGenBackend):
         except (KeyError, IndexError, TypeError, binascii.Error, ValueError):
             raise self.http.error(f"{self.label} answered without a b64_json image: {str(answer)[:160]}",
                                   MediaErrorKind.BAD_OUTPUT) from None
-        yield checked_output("image", self.label, data, request)
+        yield await checked_output_off_loop("image", self.label, data, request)
 
     async def release(self) -> str:
         if not self.options.unload_path:

@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import threading
 import time
 import uuid
@@ -23,6 +24,7 @@ from websockets.sync.client import connect as ws_connect
 from bot_client.features import BotFeatures, FeatureConfigs
 from bot_client.graph_api import GraphClient
 from bot_client.panel_link import PanelLink
+from graph.features.figurines import parse_figurines
 from graph.features.schedule import parse_schedule
 from tests.conftest import ADMIN_LOCKOUT_USER, ADMIN_MAX_FAILURES, ADMIN_PASSWORD, ADMIN_USER
 from tests.support.image_servers import png_for
@@ -343,8 +345,9 @@ class BotStandIn:
     JOB = "panel-hello"
     CHANNEL = 818182
 
-    def __init__(self, graph_server, state_dir: Path):
+    def __init__(self, graph_server, state_dir: Path, feed_url: str):
         self.graph_server = graph_server
+        self.feed_url = feed_url
         self.state_dir = state_dir
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, name="bot-stand-in", daemon=True)
@@ -365,8 +368,10 @@ class BotStandIn:
              "text": "Hello from the schedule!"}]})
         self.graph = GraphClient(self.graph_server.base_url, self.graph_server.token)
         # the real controller check: GET /v1/features on the graph, as the bot asks it
-        self.features = BotFeatures(FeatureConfigs(schedule, None), self.graph, self)
-        await self.features.scheduler.start(watch=False)
+        figurines = parse_figurines({"state_dir": str(self.state_dir), "feeds": [self.feed_url],
+                                     "channels": [self.CHANNEL], "tick_s": 3600})
+        self.features = BotFeatures(FeatureConfigs(schedule, figurines), self.graph, self)
+        await self.features.scheduler.start(watch=False)  # the notifier's loop is not started: polled from the panel
         self.link = PanelLink(self.graph, self.features, bot_id="bot-stand-in", poll_s=0.3)
         self.link.start()
 
@@ -389,7 +394,10 @@ class BotStandIn:
 
 def test_the_bot_jobs_run_from_the_panel_and_a_paused_image_stage_refuses(graph_server, media_servers, browser, tmp_path):
     base = graph_server.base_url
-    bot = BotStandIn(graph_server, tmp_path / "bot-state").start()
+    feed = (REPO / "tests" / "data" / "feeds" / "shop_rss_1.xml").read_bytes()
+    media_servers.media_host.files["panel-feed.xml"] = ("application/rss+xml", feed)
+    feed_url = media_servers.media_host.url + "/files/panel-feed.xml"
+    bot = BotStandIn(graph_server, tmp_path / "bot-state", feed_url).start()
     context, page = log_in(browser, base)
     try:
         with screenshot_on_failure(page, "schedule-media"):
@@ -404,6 +412,13 @@ def test_the_bot_jobs_run_from_the_panel_and_a_paused_image_stage_refuses(graph_
             expect(page.locator("#bot-commands-table")).to_contain_text("done", timeout=WAIT_MS)
             expect(jobs).to_contain_text("posted at", timeout=WAIT_MS)
             assert [c["kind"] for c in bot.link.handled] == ["job.run"]
+            feeds = page.locator("#bot-feeds-table")
+            expect(feeds).to_contain_text(feed_url, timeout=WAIT_MS)
+            seen = feeds.locator("tbody td").nth(3)  # "items seen (matched)"
+            expect(seen).to_have_text("0 (0)")  # never read yet
+            feeds.locator("button[data-kind='feed.poll']").click()
+            expect(page.locator("#bot-commands-table")).to_contain_text("new item(s)", timeout=WAIT_MS)
+            expect(seen).to_have_text(re.compile(r"^[1-9][0-9]* \(0\)$"), timeout=WAIT_MS)  # seen, none posted (first read)
             docs_screenshot(page, "schedule")
 
             page.click("#nav a[data-section=media]")
@@ -424,11 +439,11 @@ def test_the_bot_jobs_run_from_the_panel_and_a_paused_image_stage_refuses(graph_
                 expect(page.locator("#media-test-outcome")).to_contain_text("Drawn by", timeout=WAIT_MS)
                 expect(page.locator("#media-test-image")).to_be_visible()
                 assert drawings() == before + 1
+                docs_screenshot(page, "media")
                 media_servers.media_host.files["panel-look.png"] = ("image/png", png_for(7, 64, 64))
                 page.fill("#media-url", media_servers.media_host.url + "/files/panel-look.png")
                 page.click("#media-test-vision-button")
                 expect(page.locator("#media-test-outcome")).to_contain_text("Vision (1 frame(s))", timeout=WAIT_MS)
-                docs_screenshot(page, "media")
                 page.click("#media-pause-image")
                 expect(stages).not_to_contain_text("paused by", timeout=WAIT_MS)
             finally:  # the shared graph's other tests draw: never leave it paused

@@ -397,6 +397,10 @@ def test_the_bot_jobs_run_from_the_panel_and_a_paused_image_stage_refuses(graph_
     feed = (REPO / "tests" / "data" / "feeds" / "shop_rss_1.xml").read_bytes()
     media_servers.media_host.files["panel-feed.xml"] = ("application/rss+xml", feed)
     feed_url = media_servers.media_host.url + "/files/panel-feed.xml"
+    # the bot's channel takes the API token (never a panel cookie) and a bounded, checked body
+    assert requests.post(base + "/v1/bot/sync", json={"bot_id": "intruder"}, timeout=60).status_code == 401
+    bad = api(graph_server, "POST", "/v1/bot/sync", json={"jobs": [{"id": ""}], "unknown": 1})
+    assert bad.status_code == 422, bad.text
     bot = BotStandIn(graph_server, tmp_path / "bot-state", feed_url).start()
     context, page = log_in(browser, base)
     try:

@@ -450,6 +450,17 @@ def test_the_bot_jobs_run_from_the_panel_and_a_paused_image_stage_refuses(graph_
                 expect(page.locator("#media-test-outcome")).to_contain_text("Vision (1 frame(s))", timeout=WAIT_MS)
                 page.click("#media-pause-image")
                 expect(stages).not_to_contain_text("paused by", timeout=WAIT_MS)
+                # a voice session unloads both models; the panel says so, and shows them loaded again after
+                body = {"guild_id": "828281", "voice_channel_id": "828282", "text_channel_id": "828283", "user_id": "828284"}
+                started = api(graph_server, "POST", "/v1/sessions", json=body)
+                assert started.status_code == 201, started.text
+                try:
+                    expect(stages.locator("tr", has_text="Drawing")).to_contain_text("unloaded for a voice session", timeout=WAIT_MS)
+                    expect(stages.locator("tr", has_text="Vision")).to_contain_text("released", timeout=WAIT_MS)
+                finally:
+                    assert api(graph_server, "DELETE", f"/v1/sessions/{started.json()['session_id']}").status_code == 200
+                expect(stages).not_to_contain_text("unloaded for a voice session", timeout=WAIT_MS)
+                expect(stages.locator("tr", has_text="Drawing")).to_contain_text("loaded", timeout=WAIT_MS)
             finally:  # the shared graph's other tests draw: never leave it paused
                 page.evaluate("""() => fetch('/admin/api/session').then(r => r.json()).then(s => fetch(
                     '/admin/api/media/pause', {method: 'POST', headers: {'Content-Type': 'application/json',

@@ -27,6 +27,13 @@ log = logging.getLogger(__name__)
 REMEMBERED_IDS = 500
 COMMAND_TIMEOUT_S = 180.0  # a `run now` of a prompt job waits for the LLM to write the message
 DEFAULT_POLL_S = 5.0
+# the graph's schema bounds (deployments/admin/bot_section.py): what is longer is cut here, so one long
+# field never makes the whole report refused
+MAX_JOBS, MAX_FEEDS, MAX_TEXT = 500, 200, 200
+
+
+def _clip(text: str, limit: int = MAX_TEXT) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 @dataclass(frozen=True)
@@ -41,13 +48,13 @@ def features_report(features: BotFeatures) -> dict[str, Any]:
     report: dict[str, Any] = {"scheduler": features.scheduler is not None, "jobs": [], "notifier": None, "feeds": []}
     scheduler = features.scheduler
     if scheduler is not None:
-        for view in scheduler.jobs():
+        for view in scheduler.jobs()[:MAX_JOBS]:
             spec = view.spec
             last = scheduler.last_runs.get(spec.job_id)
             report["jobs"].append({
-                "id": spec.job_id, "trigger": spec.trigger.describe(), "timezone": spec.timezone,
+                "id": spec.job_id, "trigger": _clip(spec.trigger.describe()), "timezone": _clip(spec.timezone),
                 "guild_id": str(spec.guild_id), "channel_id": str(spec.channel_id),
-                "message": spec.describe_message()[:200], "source": spec.source,
+                "message": _clip(spec.describe_message()), "source": _clip(spec.source),
                 "next_run": view.next_run.timestamp() if view.next_run is not None else None,
                 "paused": view.next_run is None, "deferred": view.deferred,
                 "last_run": last[0] if last else None, "last_result": last[1].value if last else "",
@@ -58,7 +65,7 @@ def features_report(features: BotFeatures) -> dict[str, Any]:
                               "stats": dict(notifier.stats)}
         errors = notifier.store.feed_errors()
         seen = notifier.store.items_seen()
-        for source in notifier.config.feeds:
+        for source in notifier.config.feeds[:MAX_FEEDS]:
             _, _, _, failures, next_poll_at = notifier.store.feed(source.url)
             count, matched = seen.get(source.url, (0, 0))
             report["feeds"].append({

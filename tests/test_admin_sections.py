@@ -17,7 +17,7 @@ import pytest
 
 from bot_client.features import BotFeatures, FeatureConfigs
 from bot_client.graph_api import GraphClient
-from bot_client.panel_link import PanelLink
+from bot_client.panel_link import MAX_TEXT, PanelLink, _clip
 from deployments.admin import bot_section
 from deployments.media import routes as media_routes
 from graph.admin.bot_link import Ack, BotLink, BotLinkError, BotReport, CommandKind, CommandState
@@ -195,3 +195,14 @@ async def test_a_paused_media_stage_answers_paused_by_the_owner_without_calling_
     assert pauses.get("image").user == "admin" and pauses.get("vision") is None
     pauses.set("image", False, "admin")
     assert pauses.refusal("image") is None
+
+
+
+def test_the_bot_cuts_long_fields_to_what_the_graph_accepts():
+    assert _clip("x" * 50) == "x" * 50
+    cut = _clip("x" * 5000)
+    assert len(cut) == MAX_TEXT and cut.endswith("…")
+    job = {"id": "long", "trigger": cut}
+    assert bot_section.SyncBody.model_validate({"jobs": [job]}).jobs[0].trigger == cut
+    with pytest.raises(ValueError, match="at most 200 characters"):
+        bot_section.SyncBody.model_validate({"jobs": [{**job, "trigger": "x" * 201}]})

@@ -48,7 +48,7 @@ class JobReport(BaseModel):
 
 class FeedReport(BaseModel):
     model_config = ConfigDict(extra="ignore")
-    url: str = Field(min_length=1, max_length=2000)
+    url: str = Field(min_length=1, max_length=4000)
     last_fetch: float | None = None
     next_poll: float | None = None
     error: Annotated[str, Field(max_length=600)] = ""
@@ -84,7 +84,7 @@ class SyncBody(BaseModel):
 class CommandBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
     kind: CommandKind
-    target: str = Field(default="", max_length=2000)
+    target: str = Field(default="", max_length=4000)
 
 
 @sync_router.post("/v1/bot/sync")

@@ -215,6 +215,7 @@ class MikuBot(commands.Bot):
         self.features = (BotFeatures(feature_configs, graph, DiscordFeatureOps(self))
                          if feature_configs is not None and (feature_configs.schedule or feature_configs.figurines)
                          else None)
+        self.panel_link = None  # started with the features: they report to the admin panel (panel_link.py)
         # Profile picture per mood/persona (bot_client/avatars.py); None when not configured.
         self.avatar_setup = avatars
         self.avatars: AvatarSwitcher | None = None
@@ -235,6 +236,10 @@ class MikuBot(commands.Bot):
 
             await self.add_cog(FeaturesCog(self, self.features))
             await self.features.start()
+            from .panel_link import PanelLink
+
+            self.panel_link = PanelLink(self.graph, self.features)  # the admin panel's jobs and feeds
+            self.panel_link.start()
         await self.add_cog(DrawCog(self))  # /draw (typed /draw and !draw messages reach the brain as they are)
         if self.config.sync_app_commands:
             try:
@@ -404,6 +409,8 @@ class MikuBot(commands.Bot):
                 await self.poller.stop()  # before the graph client closes: no poll outlives it
             except Exception:
                 log.exception("stopping the autonomous poller failed")
+            if self.panel_link is not None:
+                await self.panel_link.stop()
             if self.features is not None:
                 try:
                     await self.features.close()

@@ -327,6 +327,10 @@ class GraphClient:
     def look(self, order: dict):
         return self.media_stream("/v1/vision", order)
 
+    async def bot_sync(self, report: dict) -> dict:
+        """The admin panel's channel (bot_client/panel_link.py): a report and acks in, commands out."""
+        return await self._request("POST", "/v1/bot/sync", json_body=report) or {}
+
     async def post_event(self, event: dict) -> list[dict]:
         body = await self._request("POST", "/v1/events", json_body=event)
         actions = (body or {}).get("actions", [])

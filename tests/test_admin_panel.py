@@ -6,9 +6,12 @@ docs/admin-panel.md shows (docs/admin-*.png).
 """
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
+import re
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -18,7 +21,13 @@ import requests
 from playwright.sync_api import Browser, BrowserContext, Page, expect, sync_playwright
 from websockets.sync.client import connect as ws_connect
 
+from bot_client.features import BotFeatures, FeatureConfigs
+from bot_client.graph_api import GraphClient
+from bot_client.panel_link import PanelLink
+from graph.features.figurines import parse_figurines
+from graph.features.schedule import parse_schedule
 from tests.conftest import ADMIN_LOCKOUT_USER, ADMIN_MAX_FAILURES, ADMIN_PASSWORD, ADMIN_USER
+from tests.support.image_servers import png_for
 
 CHROMIUM = os.environ.get("MIKU_CHROMIUM", "/usr/bin/chromium")
 REPO = Path(__file__).resolve().parent.parent
@@ -327,3 +336,141 @@ def test_server_settings_are_validated_and_the_engine_pauses_per_server(graph_se
             page.click("#set-save")
             expect(page.locator("#set-result")).to_contain_text("no longer tracked", timeout=WAIT_MS)
     context.close()
+
+
+class BotStandIn:
+    """The bot's own feature code (scheduled events, the panel link to the graph) on its own event loop
+    in a thread, talking to the session's graph over HTTP as the bot does; Discord is a recorder."""
+
+    JOB = "panel-hello"
+    CHANNEL = 818182
+
+    def __init__(self, graph_server, state_dir: Path, feed_url: str):
+        self.graph_server = graph_server
+        self.feed_url = feed_url
+        self.state_dir = state_dir
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name="bot-stand-in", daemon=True)
+        self.sent: list[tuple[int, str]] = []
+        self.posted = threading.Event()
+
+    def call(self, coroutine, timeout: float = 60):
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout)
+
+    def start(self) -> "BotStandIn":
+        self.thread.start()
+        self.call(self._start())
+        return self
+
+    async def _start(self) -> None:
+        schedule = parse_schedule({"state_dir": str(self.state_dir), "jobs": [
+            {"id": self.JOB, "guild_id": 818181, "channel_id": self.CHANNEL, "interval": "every 1d",
+             "text": "Hello from the schedule!"}]})
+        self.graph = GraphClient(self.graph_server.base_url, self.graph_server.token)
+        # the real controller check: GET /v1/features on the graph, as the bot asks it
+        figurines = parse_figurines({"state_dir": str(self.state_dir), "feeds": [self.feed_url],
+                                     "channels": [self.CHANNEL], "tick_s": 3600})
+        self.features = BotFeatures(FeatureConfigs(schedule, figurines), self.graph, self)
+        await self.features.scheduler.start(watch=False)  # the notifier's loop is not started: polled from the panel
+        self.link = PanelLink(self.graph, self.features, bot_id="bot-stand-in", poll_s=0.3)
+        self.link.start()
+
+    async def send_text(self, channel_id: int, text: str) -> None:
+        self.sent.append((channel_id, text))
+        self.posted.set()
+
+    async def _stop(self) -> None:
+        await self.link.stop()
+        await self.features.close()
+        await self.graph.close()
+
+    def stop(self) -> None:
+        try:
+            self.call(self._stop())
+        finally:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self.thread.join(30)
+
+
+def test_the_bot_jobs_run_from_the_panel_and_a_paused_image_stage_refuses(graph_server, media_servers, browser, tmp_path):
+    base = graph_server.base_url
+    feed = (REPO / "tests" / "data" / "feeds" / "shop_rss_1.xml").read_bytes()
+    media_servers.media_host.files["panel-feed.xml"] = ("application/rss+xml", feed)
+    feed_url = media_servers.media_host.url + "/files/panel-feed.xml"
+    # the bot's channel takes the API token (never a panel cookie) and a bounded, checked body
+    assert requests.post(base + "/v1/bot/sync", json={"bot_id": "intruder"}, timeout=60).status_code == 401
+    bad = api(graph_server, "POST", "/v1/bot/sync", json={"jobs": [{"id": ""}], "unknown": 1})
+    assert bad.status_code == 422, bad.text
+    bot = BotStandIn(graph_server, tmp_path / "bot-state", feed_url).start()
+    context, page = log_in(browser, base)
+    try:
+        with screenshot_on_failure(page, "schedule-media"):
+            page.click("#nav a[data-section=schedule]")
+            expect(page.locator("#bot-status")).to_contain_text("bot connected", timeout=WAIT_MS)
+            jobs = page.locator("#bot-jobs-table")
+            expect(jobs).to_contain_text(BotStandIn.JOB, timeout=WAIT_MS)
+            expect(jobs).to_contain_text("scheduled")
+            jobs.locator(f"button[data-kind='job.run'][data-target='{BotStandIn.JOB}']").click()
+            assert bot.posted.wait(60), "the bot never carried out the panel's run-now"
+            assert bot.sent == [(BotStandIn.CHANNEL, "Hello from the schedule!")]
+            expect(page.locator("#bot-commands-table")).to_contain_text("done", timeout=WAIT_MS)
+            expect(jobs).to_contain_text("posted at", timeout=WAIT_MS)
+            assert [c["kind"] for c in bot.link.handled] == ["job.run"]
+            feeds = page.locator("#bot-feeds-table")
+            expect(feeds).to_contain_text(feed_url, timeout=WAIT_MS)
+            seen = feeds.locator("tbody td").nth(3)  # "items seen (matched)"
+            expect(seen).to_have_text("0 (0)")  # never read yet
+            feeds.locator("button[data-kind='feed.poll']").click()
+            expect(page.locator("#bot-commands-table")).to_contain_text("new item(s)", timeout=WAIT_MS)
+            expect(seen).to_have_text(re.compile(r"^[1-9][0-9]* \(0\)$"), timeout=WAIT_MS)  # seen, none posted (first read)
+            docs_screenshot(page, "schedule")
+
+            page.click("#nav a[data-section=media]")
+            stages = page.locator("#media-table")
+            expect(stages).to_contain_text("a1111", timeout=WAIT_MS)
+            expect(stages).to_contain_text("healthy", timeout=WAIT_MS)
+            try:
+                page.click("#media-pause-image")
+                expect(stages).to_contain_text(f"paused by {ADMIN_USER}", timeout=WAIT_MS)
+                drawings = lambda: media_servers.a1111.paths("POST").count("/sdapi/v1/txt2img")  # noqa: E731
+                before = drawings()
+                drawn = api(graph_server, "POST", "/v1/images", json={"prompt": "a leek"})
+                events = [json.loads(line) for line in drawn.text.splitlines() if line.strip()]
+                assert [(e["type"], e["kind"]) for e in events] == [("error", "paused")]
+                assert "paused by the owner" in events[0]["message"]
+                assert drawings() == before  # refused before the backend
+                page.click("#media-test-image-button")  # the owner's test drawing still reaches it
+                expect(page.locator("#media-test-outcome")).to_contain_text("Drawn by", timeout=WAIT_MS)
+                expect(page.locator("#media-test-image")).to_be_visible()
+                assert drawings() == before + 1
+                docs_screenshot(page, "media")
+                media_servers.media_host.files["panel-look.png"] = ("image/png", png_for(7, 64, 64))
+                page.fill("#media-url", media_servers.media_host.url + "/files/panel-look.png")
+                page.click("#media-test-vision-button")
+                expect(page.locator("#media-test-outcome")).to_contain_text("Vision (1 frame(s))", timeout=WAIT_MS)
+                page.click("#media-pause-image")
+                expect(stages).not_to_contain_text("paused by", timeout=WAIT_MS)
+                # a voice session unloads both models; the panel says so, and shows them loaded again after
+                body = {"guild_id": "828281", "voice_channel_id": "828282", "text_channel_id": "828283", "user_id": "828284"}
+                started = api(graph_server, "POST", "/v1/sessions", json=body)
+                assert started.status_code == 201, started.text
+                try:
+                    expect(stages.locator("tr", has_text="Drawing")).to_contain_text("unloaded for a voice session", timeout=WAIT_MS)
+                    expect(stages.locator("tr", has_text="Vision")).to_contain_text("released", timeout=WAIT_MS)
+                finally:
+                    assert api(graph_server, "DELETE", f"/v1/sessions/{started.json()['session_id']}").status_code == 200
+                expect(stages).not_to_contain_text("unloaded for a voice session", timeout=WAIT_MS)
+                expect(stages.locator("tr", has_text="Drawing")).to_contain_text("loaded", timeout=WAIT_MS)
+            finally:  # the shared graph's other tests draw: never leave it paused
+                page.evaluate("""() => fetch('/admin/api/session').then(r => r.json()).then(s => fetch(
+                    '/admin/api/media/pause', {method: 'POST', headers: {'Content-Type': 'application/json',
+                    'X-CSRF-Token': s.csrf_token}, body: JSON.stringify({stage: 'image', paused: false})}))""")
+            page.click("#nav a[data-section=audit]")
+            audit = page.locator("#audit-table")
+            expect(audit).to_contain_text("bot.job.run", timeout=WAIT_MS)
+            expect(audit).to_contain_text("media.pause")
+            expect(audit).to_contain_text("media.test")
+            assert page.csp_violations == []
+    finally:
+        context.close()
+        bot.stop()

@@ -501,3 +501,9 @@ def install(app: FastAPI) -> None:
     app.add_middleware(SecurityHeaders)
     app.mount(PREFIX + "/static", StaticFiles(directory=STATIC_DIR), name="admin-static")
     app.include_router(router)
+    # the sections of the bot's features and the media stages (their modules register themselves)
+    from deployments.admin import bot_section, media_section
+
+    app.include_router(media_section.router)
+    app.include_router(bot_section.router)
+    app.include_router(bot_section.sync_router)  # POST /v1/bot/sync, the bot's channel (bearer token)

@@ -8,7 +8,8 @@
 
 During a voice session the controller blocks both features: the route answers with one `error` of kind
 `blocked` and the plan's message, and the stage is not called at all. A graph without an `image:` (or
-`vision:`) section answers 503 naming the missing section.
+`vision:`) section answers 503 naming the missing section. A stage the owner paused in the admin panel
+(`pauses`, graph/admin/media_pause.py) answers one `error` of kind `paused` before anything else.
 """
 from __future__ import annotations
 
@@ -23,14 +24,21 @@ from ray.serve.handle import DeploymentHandle
 
 from deployments.auth import require_token
 from deployments.controller.routes import get_controller
+from graph.admin.media_pause import MediaPauses
 from graph.brain.events import FEATURE_IMAGE_GENERATION, FEATURE_VISION
 
 router = APIRouter(dependencies=[Depends(require_token)], tags=["media"])
 _handles: dict[str, DeploymentHandle | None] = {"image": None, "vision": None}
+pauses = MediaPauses()  # the owner's pause per stage (the admin panel's Media section sets it)
 
 
 def configure(image: DeploymentHandle | None = None, vision: DeploymentHandle | None = None) -> None:
     _handles.update(image=image, vision=vision)
+
+
+def configured(kind: str) -> DeploymentHandle | None:
+    """The stage's handle, or None when this graph has no such section."""
+    return _handles.get(kind)
 
 
 class DrawBody(BaseModel):
@@ -96,7 +104,7 @@ def _handle(kind: str, section: str) -> DeploymentHandle:
 @router.post("/v1/images")
 async def draw(body: DrawBody) -> StreamingResponse:
     handle = _handle("image", "image")
-    refusal = await _blocked(FEATURE_IMAGE_GENERATION)
+    refusal = pauses.refusal("image") or await _blocked(FEATURE_IMAGE_GENERATION)
     if refusal is not None:
         return _one(refusal)  # no backend call during a voice session
     events = handle.options(stream=True).generate.remote(body.model_dump())
@@ -106,7 +114,7 @@ async def draw(body: DrawBody) -> StreamingResponse:
 @router.post("/v1/vision")
 async def look(body: LookBody) -> StreamingResponse:
     handle = _handle("vision", "vision")
-    refusal = await _blocked(FEATURE_VISION)
+    refusal = pauses.refusal("vision") or await _blocked(FEATURE_VISION)
     if refusal is not None:
         return _one(refusal)
     events = handle.options(stream=True).look.remote(body.model_dump())

@@ -277,6 +277,11 @@ class FigurineStore:
                 (url, failures, next_poll_at, error[:500]))
         return failures, next_poll_at
 
+    def items_seen(self) -> dict[str, tuple[int, int]]:
+        """feed URL -> (items seen, items that matched the keywords)."""
+        rows = self._db.execute("SELECT feed_url, COUNT(*), SUM(matched) FROM items GROUP BY feed_url").fetchall()
+        return {url: (int(count), int(matched or 0)) for url, count, matched in rows}
+
     def feed_errors(self) -> dict[str, str]:
         return dict(self._db.execute("SELECT url, last_error FROM feeds WHERE last_error IS NOT NULL").fetchall())
 
@@ -384,6 +389,8 @@ class FigurineNotifier:
         self._delivering = asyncio.Lock()
         self._task: asyncio.Task | None = None
         self.stats = {"posted": 0, "failed": 0, "dropped": 0, "feed_errors": 0}
+        self.paused_by_owner = False  # the admin panel's pause: no polling, no posting (the loop keeps going)
+        self.last_fetch: dict[str, float] = {}  # feed URL -> when it was last read (this process)
 
     # ---- subscriptions --------------------------------------------------------------------------
 
@@ -403,34 +410,48 @@ class FigurineNotifier:
         """Read every feed whose time has come; new matching items get their delivery rows."""
         report = PollReport()
         for source in self.config.feeds:
-            etag, modified, seeded, failures, next_poll_at = self.store.feed(source.url)
-            now = self.clock()
-            if next_poll_at > now:
-                continue
-            try:
-                result = await self.reader.fetch(source.url, etag=etag, last_modified=modified)
-            except FeedError as exc:
-                self.stats["feed_errors"] += 1
-                count, retry_at = self.store.feed_failed(source.url, str(exc), self.backoff, self.clock())
-                report.failed.append(source.url)
-                log.warning("figurine feed failed (%s, %d in a row); next try in %.0f s: %s",
-                            exc.kind.value, count, retry_at - self.clock(), exc)
-                continue
-            except Exception as exc:  # a bug in parsing one feed must not stop the others
-                self.stats["feed_errors"] += 1
-                self.store.feed_failed(source.url, f"{type(exc).__name__}: {exc}", self.backoff, self.clock())
-                report.failed.append(source.url)
-                log.exception("figurine feed %s could not be handled", source.url)
-                continue
-            report.fetched += 1
-            if result.not_modified:
-                report.not_modified += 1
-            else:
-                new, queued = self._take(source, result.items, seeded)
-                report.new_items += new
-                report.queued += queued
-            self.store.feed_ok(source.url, result.etag, result.last_modified, self.clock() + self.config.poll_interval_s)
+            await self._poll_one(source, report, force=False)
         return report
+
+    async def poll_now(self, url: str) -> PollReport:
+        """Read one configured feed now, whatever its next poll time (the admin panel's "poll now");
+        KeyError when the URL is not one of the feeds."""
+        source = next((s for s in self.config.feeds if s.url == url), None)
+        if source is None:
+            raise KeyError(url)
+        report = PollReport()
+        await self._poll_one(source, report, force=True)
+        return report
+
+    async def _poll_one(self, source: FeedSource, report: PollReport, *, force: bool) -> None:
+        etag, modified, seeded, failures, next_poll_at = self.store.feed(source.url)
+        now = self.clock()
+        if next_poll_at > now and not force:
+            return
+        self.last_fetch[source.url] = now
+        try:
+            result = await self.reader.fetch(source.url, etag=etag, last_modified=modified)
+        except FeedError as exc:
+            self.stats["feed_errors"] += 1
+            count, retry_at = self.store.feed_failed(source.url, str(exc), self.backoff, self.clock())
+            report.failed.append(source.url)
+            log.warning("figurine feed failed (%s, %d in a row); next try in %.0f s: %s",
+                        exc.kind.value, count, retry_at - self.clock(), exc)
+            return
+        except Exception as exc:  # a bug in parsing one feed must not stop the others
+            self.stats["feed_errors"] += 1
+            self.store.feed_failed(source.url, f"{type(exc).__name__}: {exc}", self.backoff, self.clock())
+            report.failed.append(source.url)
+            log.exception("figurine feed %s could not be handled", source.url)
+            return
+        report.fetched += 1
+        if result.not_modified:
+            report.not_modified += 1
+        else:
+            new, queued = self._take(source, result.items, seeded)
+            report.new_items += new
+            report.queued += queued
+        self.store.feed_ok(source.url, result.etag, result.last_modified, self.clock() + self.config.poll_interval_s)
 
     def _take(self, source: FeedSource, items: tuple[FeedItem, ...], seeded: bool) -> tuple[int, int]:
         known = self.store.known(source.url, [i.id for i in items])
@@ -467,6 +488,8 @@ class FigurineNotifier:
 
         A row Discord refuses is tried again on a later call (not in this one), and given up with a log
         line after MAX_DELIVERY_ATTEMPTS."""
+        if self.paused_by_owner:
+            return 0  # what waits goes out after the owner resumes
         posted = 0
         failed_now: set[tuple[int, str]] = set()
         async with self._delivering:
@@ -502,6 +525,8 @@ class FigurineNotifier:
                     posted += 1
 
     async def tick(self) -> tuple[PollReport, int]:
+        if self.paused_by_owner:
+            return PollReport(), 0
         report = await self.poll_due()
         return report, await self.deliver_pending()
 

@@ -162,6 +162,7 @@ class ScheduledEvents:
         self._locks: dict[str, asyncio.Lock] = {}
         self._watcher: asyncio.Task | None = None
         self.stats = {outcome.value: 0 for outcome in RunOutcome} | {"missed": 0, "coalesced": 0}
+        self.last_runs: dict[str, tuple[float, RunOutcome]] = {}  # job id -> (when, outcome): the admin panel shows it
 
     # ---- life cycle ----------------------------------------------------------------------------
 
@@ -258,6 +259,11 @@ class ScheduledEvents:
 
     async def fire(self, spec: JobSpec, *, manual: bool = False) -> RunOutcome:
         """One run of a job: posted now, or deferred / skipped when a voice session pauses the feature."""
+        outcome = await self._fire(spec, manual)
+        self.last_runs[spec.job_id] = (self.clock(), outcome)
+        return outcome
+
+    async def _fire(self, spec: JobSpec, manual: bool) -> RunOutcome:
         async with self._lock(spec.job_id):
             if not await self.gate.is_open():
                 return self._hold(spec, manual)

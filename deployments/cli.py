@@ -112,7 +112,7 @@ def deploy(config: Path, overrides: dict, progress: Progress, app_name: str):
     # the progress lines say what happens; Serve's INFO lines (router objects, namespaces) only add noise
     logging.getLogger("ray.serve").setLevel(logging.WARNING)
 
-    progress(f"Deploying the graph from {config} (TextLLM, SopranoTTS, RVCVoice, VoiceGraph) ...")
+    progress(f"Deploying the graph from {config} (the voice stages, speech-to-text, the brain, the ingress) ...")
     handle = deploy_config(config, app_name=app_name, route_prefix=None if app_name != "miku" else "/", overrides=overrides)
     progress("Graph is up.")
     return handle

@@ -429,7 +429,11 @@ def _assert_spoken_in_moods(first: bytes, second: bytes, first_mood, second_mood
 
     a, b = mono(first), mono(second)
     semitones = first_mood.pitch_shift - second_mood.pitch_shift
-    assert _median_f0(a, 48_000) / _median_f0(b, 48_000) == pytest.approx(2.0 ** (semitones / 12.0), rel=0.05)
+    # in semitones, within one: a median f0 of espeak speech moves by a few percent with where the
+    # utterance's chunks fell (measured 4.1 for 5 once in a full run); a mood that did not reach the
+    # voice gives 0
+    measured = 12.0 * np.log2(_median_f0(a, 48_000) / _median_f0(b, 48_000))
+    assert abs(measured - semitones) <= 1.0, (measured, semitones)
     assert len(b) / len(a) == pytest.approx(first_mood.speaking_rate / second_mood.speaking_rate, rel=0.10)
 
 

@@ -122,11 +122,7 @@ class A1111Backend(ImageGenBackend):
         return "POST /sdapi/v1/reload-checkpoint"
 
     async def probe(self) -> None:
-        try:
-            await self.http.request("GET", "/sdapi/v1/progress", timeout_s=4, expect="none")
-        except HTTPFailure as failure:
-            if failure.status >= 500:
-                raise self.http.error(f"{self.label} is down: HTTP {failure.status}", MediaErrorKind.UNREACHABLE) from None
+        await self.http.probe("/sdapi/v1/progress")
 
     async def aclose(self) -> None:
         await self.http.aclose()

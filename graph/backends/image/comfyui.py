@@ -196,11 +196,7 @@ class ComfyUIBackend(ImageGenBackend):
         return "ComfyUI loads the models with the next prompt"
 
     async def probe(self) -> None:
-        try:
-            await self.http.request("GET", "/system_stats", timeout_s=4, expect="none")
-        except HTTPFailure as failure:
-            if failure.status >= 500:
-                raise self.http.error(f"{self.label} is down: HTTP {failure.status}", MediaErrorKind.UNREACHABLE) from None
+        await self.http.probe("/system_stats")
 
     async def aclose(self) -> None:
         await self.http.aclose()

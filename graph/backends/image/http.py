@@ -58,6 +58,15 @@ class MediaHTTP:
             raise self.error(f"{self.label} answered {method} {path} with something that is not JSON: {body[:80]!r}",
                              MediaErrorKind.BAD_OUTPUT) from None
 
+    async def probe(self, path: str) -> None:
+        """The backends' health probe: GET `path`; unreachable, a time-out or a 5xx answer raises (a 4xx
+        still proves the server is up)."""
+        try:
+            await self.request("GET", path, timeout_s=4, expect="none")
+        except HTTPFailure as failure:
+            if failure.status >= 500:
+                raise self.error(f"{self.label} is down: HTTP {failure.status}", MediaErrorKind.UNREACHABLE) from None
+
     async def aclose(self) -> None:
         if self._session is not None:
             await self._session.close()

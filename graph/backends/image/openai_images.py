@@ -94,11 +94,7 @@ class OpenAIImagesBackend(ImageGenBackend):
         return "the server loads the model on the next request"
 
     async def probe(self) -> None:
-        try:
-            await self.http.request("GET", "/v1/models", timeout_s=4, expect="none")
-        except HTTPFailure as failure:
-            if failure.status >= 500:
-                raise self.http.error(f"{self.label} is down: HTTP {failure.status}", MediaErrorKind.UNREACHABLE) from None
+        await self.http.probe("/v1/models")
 
     async def aclose(self) -> None:
         await self.http.aclose()

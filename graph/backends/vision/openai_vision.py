@@ -13,7 +13,7 @@ import aiohttp
 
 from graph.backends.http import http_url
 from graph.backends.image.base import MediaError, MediaErrorKind
-from graph.backends.image.http import HTTPFailure, MediaHTTP
+from graph.backends.image.http import MediaHTTP
 from graph.backends.vision.base import VisionBackend, VisionRequest
 from graph.voice.llm_stream import LLMStreamError, LLMStreamParser, StreamFormat
 
@@ -101,11 +101,7 @@ class OpenAIVisionBackend(VisionBackend):
         return "the server loads the model on the next request"
 
     async def probe(self) -> None:
-        try:
-            await self.http.request("GET", "/v1/models", timeout_s=4, expect="none")
-        except HTTPFailure as failure:
-            if failure.status >= 500:
-                raise self._error(f"{self.label} is down: HTTP {failure.status}", MediaErrorKind.UNREACHABLE) from None
+        await self.http.probe("/v1/models")
 
     async def aclose(self) -> None:
         await self.http.aclose()

@@ -70,6 +70,17 @@ class FeaturesCog(commands.Cog, name="Features"):
         spec = scheduler.get(job_id.strip().lower())
         return spec if spec is not None and ctx.guild is not None and spec.guild_id == ctx.guild.id else None
 
+    async def _job(self, ctx: commands.Context, job_id: str):
+        """(scheduler, this server's job `job_id`), or None after telling the author why not."""
+        scheduler = await self._scheduler(ctx)
+        if scheduler is None:
+            return None
+        spec = self._own(scheduler, ctx, job_id)
+        if spec is None:
+            await self._reply(ctx, RUN_REPLIES[RunOutcome.UNKNOWN].format(job=job_id))
+            return None
+        return scheduler, spec
+
     @commands.hybrid_group(name="schedule", invoke_without_command=True, fallback="list")
     @commands.guild_only()
     async def schedule(self, ctx: commands.Context) -> None:
@@ -104,13 +115,10 @@ class FeaturesCog(commands.Cog, name="Features"):
     @commands.guild_only()
     async def remove(self, ctx: commands.Context, job_id: str) -> None:
         """Remove a job added by command."""
-        scheduler = await self._scheduler(ctx)
-        if scheduler is None:
+        found = await self._job(ctx, job_id)
+        if found is None:
             return
-        spec = self._own(scheduler, ctx, job_id)
-        if spec is None:
-            await self._reply(ctx, RUN_REPLIES[RunOutcome.UNKNOWN].format(job=job_id))
-            return
+        scheduler, spec = found
         try:
             scheduler.remove(spec.job_id)
         except ValueError as exc:
@@ -122,13 +130,10 @@ class FeaturesCog(commands.Cog, name="Features"):
     @commands.guild_only()
     async def pause(self, ctx: commands.Context, job_id: str) -> None:
         """Pause a job until `schedule resume`."""
-        scheduler = await self._scheduler(ctx)
-        if scheduler is None:
+        found = await self._job(ctx, job_id)
+        if found is None:
             return
-        spec = self._own(scheduler, ctx, job_id)
-        if spec is None:
-            await self._reply(ctx, RUN_REPLIES[RunOutcome.UNKNOWN].format(job=job_id))
-            return
+        scheduler, spec = found
         scheduler.pause(spec.job_id)
         await self._reply(ctx, f"⏸️ Paused `{spec.job_id}`.")
 
@@ -136,26 +141,20 @@ class FeaturesCog(commands.Cog, name="Features"):
     @commands.guild_only()
     async def resume(self, ctx: commands.Context, job_id: str) -> None:
         """Resume a paused job."""
-        scheduler = await self._scheduler(ctx)
-        if scheduler is None:
+        found = await self._job(ctx, job_id)
+        if found is None:
             return
-        spec = self._own(scheduler, ctx, job_id)
-        if spec is None:
-            await self._reply(ctx, RUN_REPLIES[RunOutcome.UNKNOWN].format(job=job_id))
-            return
+        scheduler, spec = found
         await self._reply(ctx, f"▶️ Resumed `{spec.job_id}`, {format_next(scheduler.resume(spec.job_id))}.")
 
     @schedule.command(name="run")
     @commands.guild_only()
     async def run(self, ctx: commands.Context, job_id: str) -> None:
         """Run a job now (during a voice session: once when it ends)."""
-        scheduler = await self._scheduler(ctx)
-        if scheduler is None:
+        found = await self._job(ctx, job_id)
+        if found is None:
             return
-        spec = self._own(scheduler, ctx, job_id)
-        if spec is None:
-            await self._reply(ctx, RUN_REPLIES[RunOutcome.UNKNOWN].format(job=job_id))
-            return
+        scheduler, spec = found
         await ctx.defer()
         outcome = await scheduler.fire(spec, manual=True)
         await self._reply(ctx, RUN_REPLIES[outcome].format(job=spec.job_id))

@@ -29,9 +29,9 @@ from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
-import yaml
 
 from graph.features.feeds import Backoff, FeedError, FeedItem, FeedReader, check_feed_url
+from graph.features.config_file import read_yaml
 from graph.features.gate import FeatureGate
 from graph.files import ensure_private_dir, prepare_private_sqlite
 
@@ -158,17 +158,7 @@ def parse_figurines(data: Any, source: str = DEFAULT_FIGURINES_PATH) -> Figurine
 
 def load_figurines(path: str | Path = DEFAULT_FIGURINES_PATH) -> FigurineConfig:
     p = Path(path)
-    try:
-        text = p.read_text()
-    except OSError as exc:
-        raise FigurineConfigError(f"{p}: cannot be read: {exc}") from exc
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        at = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
-        raise FigurineConfigError(f"{p}: (top level): not valid YAML{at}: {getattr(exc, 'problem', exc)}") from None
-    return parse_figurines(data, str(p))
+    return parse_figurines(read_yaml(p, FigurineConfigError), str(p))
 
 
 # ---- what goes out -----------------------------------------------------------------------------

@@ -16,10 +16,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
 from apscheduler.triggers.base import BaseTrigger
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
+
+from graph.features.config_file import read_yaml
 
 DEFAULT_SCHEDULE_PATH = "configs/schedule.yaml"
 MAX_TEXT_CHARS = 2000  # one Discord message
@@ -318,17 +319,7 @@ def parse_schedule(data: Any, source: str = DEFAULT_SCHEDULE_PATH) -> ScheduleCo
 def load_schedule(path: str | Path = DEFAULT_SCHEDULE_PATH) -> ScheduleConfig:
     """Read and validate the file; unreadable or malformed YAML is a ScheduleConfigError naming it."""
     p = Path(path)
-    try:
-        text = p.read_text()
-    except OSError as exc:
-        raise ScheduleConfigError(f"{p}: cannot be read: {exc}") from exc
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        at = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
-        raise ScheduleConfigError(f"{p}: (top level): not valid YAML{at}: {getattr(exc, 'problem', exc)}") from None
-    return parse_schedule(data, str(p))
+    return parse_schedule(read_yaml(p, ScheduleConfigError), str(p))
 
 
 def job_from_command(fields: dict[str, Any], config: ScheduleConfig) -> JobSpec:

@@ -119,12 +119,13 @@ def compose_app(args: dict[str, Any], deployment_options: dict[str, dict] | None
     tts = deployment("SopranoTTS").bind(args.get("tts") or {"backend": "espeak"})
     vc = deployment("RVCVoice").bind(args.get("vc") or {"backend": "world"})
     controller = dict(args.get("controller") or {})
+    # how the brain and the GPU tenants find the session controller actor
+    controller_ref = {"name": controller.get("actor_name", "FeatureController"), "namespace": "miku"}
     brain = deployment("Brain").bind(
         config=args.get("brain"),
         llm=llm,  # the brain writes its text replies with the same TextLLM deployment
-        controller={"name": controller.get("actor_name", "FeatureController"), "namespace": "miku"},
+        controller=controller_ref,
     )
-    controller_ref = {"name": controller.get("actor_name", "FeatureController"), "namespace": "miku"}
     media = {}
     if args.get("image"):
         media["image"] = deployment("ImageGen").bind(args["image"], controller_ref)

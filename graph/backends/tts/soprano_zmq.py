@@ -209,7 +209,7 @@ class SopranoZmqTTS(TTSBackend):
         if isinstance(item, _Disconnected):
             self.failures += 1
             self._reset()
-            raise StageError("tts", self.label, f"the Soprano worker at {self.url} went away mid-request")
+            raise StageError("tts", self.label, f"the Soprano worker at {self.url} is down: it went away mid-request")
         return item
 
     async def ping(self) -> dict[str, Any]:

@@ -429,11 +429,11 @@ def _assert_spoken_in_moods(first: bytes, second: bytes, first_mood, second_mood
 
     a, b = mono(first), mono(second)
     semitones = first_mood.pitch_shift - second_mood.pitch_shift
-    # in semitones, within one: a median f0 of espeak speech moves by a few percent with where the
-    # utterance's chunks fell (measured 4.1 for 5 once in a full run); a mood that did not reach the
-    # voice gives 0
+    # in semitones, within half of one (3 %, as tests/test_mood_voice.py): espeak cuts its pieces at quiet
+    # points, so the same text gives the same audio every run (4.6 for these 5: harvest on WORLD's output
+    # also calls a few unvoiced frames voiced); a mood that did not reach the voice gives 0
     measured = 12.0 * np.log2(_median_f0(a, 48_000) / _median_f0(b, 48_000))
-    assert abs(measured - semitones) <= 1.0, (measured, semitones)
+    assert abs(measured - semitones) <= 0.5, (measured, semitones)
     assert len(b) / len(a) == pytest.approx(first_mood.speaking_rate / second_mood.speaking_rate, rel=0.10)
 
 

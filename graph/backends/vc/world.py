@@ -1,8 +1,10 @@
 """`world` VC: a WORLD vocoder (pyworld) pitch and formant shift, the embedded voice-conversion default.
 
 It moves any TTS voice toward a higher, brighter one: f0 up by `pitch_shift` semitones and the spectral
-envelope stretched by `formant_shift` (>1 raises formants, as a smaller vocal tract would). Each TTS
-chunk is a whole phrase that starts and ends near silence, so no cross-chunk context is needed.
+envelope stretched by `formant_shift` (>1 raises formants, as a smaller vocal tract would). Each piece
+is analysed on its own, with no context from the pieces around it: f0 analysis at a piece edge that
+falls inside a vowel is off, so a TTS backend feeding it should cut its pieces where the audio is quiet
+(espeak does: graph/backends/tts/espeak.py), and then pieces join at near-silence.
 """
 from __future__ import annotations
 

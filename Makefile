@@ -5,8 +5,8 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check
-# chromium: the admin panel's browser tests (tests/test_admin_panel.py, Playwright on the system browser)
-DEBIAN_PACKAGES := espeak-ng libopus0 chromium
+# flite: a second synthetic voice for the voice-command tests; chromium: the admin panel's browser tests (tests/test_admin_panel.py, Playwright on the system browser)
+DEBIAN_PACKAGES := espeak-ng flite libopus0 chromium
 TEST_EXTRAS := test,bench,soprano,rvc,llamacpp,image,stt
 SOPRANO_TTS := soprano-tts==0.2.0
 # only its packaged ONNX VAD model is used; its own deps want a torchaudio that has no wheel for our torch

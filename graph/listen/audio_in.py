@@ -1,4 +1,4 @@
-"""Audio into the listening path: any PCM WAV (or espeak-ng speech) as 16 kHz mono, cut into 20 ms frames.
+"""Audio into the listening path: any PCM WAV (or espeak-ng / flite speech) as 16 kHz mono, cut into 20 ms frames.
 
 Used by `miku transcribe`, the benchmark and the tests; the live path gets 16 kHz from the client.
 """
@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -47,6 +48,18 @@ def espeak_16k(text: str, voice: str = "en-us", words_per_minute: int = 150) -> 
     wav = subprocess.run([binary, "-v", voice, "-s", str(words_per_minute), "--stdout", "--stdin"],
                          input=text.encode(), capture_output=True, check=True, timeout=60).stdout
     return load_wav_16k(wav)
+
+
+def flite_16k(text: str, voice: str = "slt") -> np.ndarray:
+    """`text` spoken by flite (a second synthesiser; its awb, rms and slt voices are built from recordings
+    of real speakers), float32 16 kHz."""
+    binary = shutil.which("flite")
+    if binary is None:
+        raise FileNotFoundError("flite is not installed (`apt-get install flite`)")
+    with tempfile.TemporaryDirectory(prefix="miku-flite-") as folder:
+        out = Path(folder) / "speech.wav"
+        subprocess.run([binary, "-voice", voice, "-t", text, "-o", str(out)], check=True, capture_output=True, timeout=60)
+        return load_wav_16k(out)
 
 
 def silence(seconds: float) -> np.ndarray:

@@ -17,7 +17,6 @@ degenerate, so a faint fixed-seed dither (-60 dBFS) is added before decoding.
 """
 from __future__ import annotations
 
-import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,14 +26,16 @@ import numpy as np
 from graph.backends.stt.common import BlockingSTT
 from graph.listen.types import STTOptions, VoiceCommand
 
-MIKU_PHONES = "M IY K UW"
+# "MEE-koo" as people say it, and "MIH-koo" as espeak-ng and flite say it (both are in the dictionary)
+MIKU_PRONUNCIATIONS = ("M IY K UW", "M IH K UW")
+MIKU_PHONES = MIKU_PRONUNCIATIONS[0]
 # Her name and the commands, beside decoys that compete for everything else: other names and words that
 # sound like "miku" ("Nico, leave", "we should stop" match a decoy, not her), and words that often follow
 # her name ("Miku, sing something" matches "miku sing", not a command). Only a path through "miku" and a
 # command word counts.
-DECOY_NAMES = ("nico", "mike", "you", "who", "do", "should", "they", "to", "the", "it", "i")
-DECOY_NEXT = ("sing", "play", "say", "tell", "what", "how", "can", "are", "is", "hi", "hello", "thanks",
-              "thank", "look", "let", "help", "do", "you", "me", "alone", "now", "something", "song")
+DECOY_NAMES = ("nico", "mike", "you", "who", "should", "they", "the", "it", "i", "we", "me")
+DECOY_NEXT = ("sing", "say", "what", "how", "can", "are", "is", "hi", "hello", "thanks", "thank", "look",
+              "let", "help", "you", "me", "alone", "now", "something", "song", "here", "that")
 COMMAND_GRAMMAR = f"""#JSGF V1.0;
 grammar commands;
 public <utterance> = <command> | <decoy>;
@@ -107,10 +108,14 @@ class PocketsphinxSTT(BlockingSTT):
         wanted = set(COMMAND_WORDS) - {"miku"}
         with open(dictionary, encoding="utf-8") as handle:
             lines = [line for line in handle if line.split(maxsplit=1)[0] in wanted]
-        small.write_text("".join(lines) + f"miku {MIKU_PHONES}\n", encoding="utf-8")
+        names = "".join(f"miku{f'({index + 1})' if index else ''} {phones}\n" for index, phones in enumerate(MIKU_PRONUNCIATIONS))
+        small.write_text("".join(lines) + names, encoding="utf-8")
         grammar.write_text(COMMAND_GRAMMAR, encoding="utf-8")
         self.commands = Decoder(hmm=str(hmm), jsgf=str(grammar), dict=str(small), loglevel="FATAL", **extra)
         self.phones = Decoder(hmm=str(hmm), allphone=str(phone_lm), lm=None, dict=str(small), loglevel="FATAL", **extra)
+        # pocketsphinx carries its cepstral mean over from one utterance to the next, so a turn's result
+        # would depend on what was decoded before it; each decode starts from the model's initial mean
+        self._initial_cmn = self.general.get_cmn()
 
     def describe(self) -> dict:
         return {"backend": self.name, "model": str(self.model_dir)}
@@ -121,8 +126,8 @@ class PocketsphinxSTT(BlockingSTT):
             samples = samples + noise.astype(np.float32)
         return (np.clip(samples, -1.0, 1.0) * 32767).astype("<i2").tobytes()
 
-    @staticmethod
-    def _decode(decoder, pcm: bytes):
+    def _decode(self, decoder, pcm: bytes):
+        decoder.set_cmn(self._initial_cmn)
         decoder.start_utt()
         decoder.process_raw(pcm, full_utt=True)
         decoder.end_utt()

@@ -8,7 +8,7 @@ import pytest
 
 from graph.backends.base import create_backend
 from graph.listen.audio_in import espeak_16k, frames_20ms, silence, to_pcm16
-from graph.listen.commands import find_command
+from graph.listen.commands import find_command, split_command
 from graph.listen.config import ListenConfig, NoWordsPolicy
 from graph.listen.protocol import audio_frame
 from graph.listen.session import ListenSession
@@ -112,6 +112,35 @@ def test_listen_config_is_checked():
 ])
 def test_voice_commands_need_her_name(text, command):
     assert find_command(text) is command
+
+
+@pytest.mark.parametrize("text, command, after", [
+    ("Miku, stop. Sing something else!", VoiceCommand.STOP, "Sing something else"),
+    ("hey miku stop, what's the weather", VoiceCommand.STOP, "what's the weather"),
+    ("Miku, stop.", VoiceCommand.STOP, ""), ("Miku stop ...!?", VoiceCommand.STOP, ""),
+    ("Miku, leave. Bye everyone", VoiceCommand.LEAVE, ""), ("Miku, be quiet, I'm on the phone", VoiceCommand.QUIET, ""),
+    ("sing something", None, ""),
+])
+def test_what_follows_stop_is_a_new_request(text, command, after):
+    assert split_command(text) == (command, after)
+
+
+async def test_a_turn_with_stop_and_a_request_gives_the_command_then_the_request():
+    said = iter(["Miku, stop. Tell me about cats instead.", "Miku, leave. Bye everyone."])
+
+    async def whisper_like(audio, options):  # a recogniser with good text and no command grammar
+        return Transcript(text=next(said), backend="text")
+
+    session, client = session_with(whisper_like)
+    await started(session, (ANN, "Ann"))
+    for _ in range(2):
+        await feed(session, ANN, np.concatenate([espeak_16k("Miku, stop. Tell me about cats."), silence(0.8)]))
+    await session.drain()
+    kinds = [(m["type"], m.get("name"), m.get("text")) for m in client.messages if m["type"] in ("command", "turn")]
+    assert kinds == [("command", "stop", "Miku, stop. Tell me about cats instead."),
+                     ("turn", "Ann", "Tell me about cats instead"),
+                     ("command", "leave", "Miku, leave. Bye everyone.")]
+    assert client.of("turn")[0]["prompt"] == "Ann: Tell me about cats instead"
 
 
 async def test_pocketsphinx_finds_every_command_in_synthetic_speech(sphinx, speech):

@@ -1,7 +1,8 @@
 """Voice commands in a transcript: "Miku, leave", "Miku, stop", "Miku, be quiet" (and close variants).
 
 A command needs her name first, so "please leave me alone" said to a friend is not one. Whisper writes
-her name many ways (Miku, Miko, Mikú, Meeku); all count.
+her name many ways (Miku, Miko, Mikú, Meeku); all count. What is said after "Miku, stop" ("Miku, stop.
+Sing something else.") is a new request; what follows "leave" or "be quiet" is not one.
 """
 from __future__ import annotations
 
@@ -23,5 +24,14 @@ _PATTERNS = [
 
 def find_command(text: str) -> VoiceCommand | None:
     """The first voice command in `text` (by position), or None."""
-    found = [(match.start(), command) for command, pattern in _PATTERNS if (match := pattern.search(text or ""))]
-    return min(found, key=lambda item: item[0])[1] if found else None
+    return split_command(text)[0]
+
+
+def split_command(text: str) -> tuple[VoiceCommand | None, str]:
+    """The first voice command in `text` and, for "stop", the request said after it ("" if none)."""
+    found = [(match.start(), match.end(), command) for command, pattern in _PATTERNS if (match := pattern.search(text or ""))]
+    if not found:
+        return None, ""
+    _, end, command = min(found, key=lambda item: item[0])
+    rest = text[end:].strip(" \t,.!?;:-") if command is VoiceCommand.STOP else ""
+    return command, (rest if any(character.isalpha() for character in rest) else "")

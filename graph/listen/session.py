@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from graph.listen.commands import find_command
+from graph.listen.commands import split_command
 from graph.listen.config import ListenConfig, NoWordsPolicy
 from graph.listen.protocol import (
     ListenProtocolError,
@@ -210,14 +210,16 @@ class ListenSession:
             return
         # a hallucinating recogniser must not hand the LLM a novel: a turn is at most max_turn_chars
         text = " ".join(turn.transcript.text.split())[:self.config.max_turn_chars]
-        command = turn.transcript.command
+        command, request = turn.transcript.command, ""
         if command is None and self.config.commands:
-            command = find_command(text)
+            command, request = split_command(text)
         user_id = str(turn.user_id)
         if command is not None:
             self.counts["commands"] += 1
             await self.send({"type": "command", "user_id": user_id, "name": command.value, "text": text})
-            return
+            if not request:
+                return
+            text = request  # "Miku, stop. Sing something else.": she stops, then hears the new request
         if text:
             self.counts["turns"] += 1
             await self.send({"type": "turn", "user_id": user_id, "name": turn.name, "text": text, "prompt": speaker_prompt(turn.name, text)})

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import csv
 import json
 import sys
 import time
@@ -36,12 +35,14 @@ import soxr
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.stats import summary_ms  # noqa: E402
+from bot_client.voice_receive import _opus_decoder  # noqa: E402
 from graph.backends.base import create_backend  # noqa: E402
 from graph.listen.audio_in import espeak_16k, flite_16k, load_wav_16k, silence  # noqa: E402
 from graph.listen.commands import find_command  # noqa: E402
 from graph.listen.types import STTOptions, VoiceCommand  # noqa: E402
+from tests.support.recorded_speech import recorded_clips  # noqa: E402
+from tests.support.voice_sender import FRAME_SAMPLES, resample_to_16k_mono  # noqa: E402
 
-RECORDED = Path(__file__).resolve().parent.parent / "tests" / "data" / "recorded"
 COMMANDS = {
     "Miku, stop.": VoiceCommand.STOP, "Miku, leave.": VoiceCommand.LEAVE, "Miku, be quiet.": VoiceCommand.QUIET,
     "Hey Miku, stop.": VoiceCommand.STOP, "Miku, please leave.": VoiceCommand.LEAVE, "Miku stop": VoiceCommand.STOP,
@@ -66,23 +67,20 @@ def with_noise(samples: np.ndarray, snr_db: float, seed: int) -> np.ndarray:
 
 
 def through_discord(samples: np.ndarray) -> np.ndarray:
-    """16 kHz mono -> 48 kHz stereo -> libopus (discord.py's encoder, 64 kb/s) -> decoded -> 16 kHz mono."""
+    """16 kHz mono -> 48 kHz stereo -> libopus at 64 kb/s (a voice channel's default) -> the client's own
+    Opus decoder -> 16 kHz mono, as the tests' receive path down-mixes and resamples it."""
     import discord.opus
 
-    if not discord.opus.is_loaded():
-        discord.opus._load_default()
-    encoder, decoder = discord.opus.Encoder(), discord.opus.Decoder()
+    decoder = _opus_decoder()  # also loads libopus for the encoder
+    encoder = discord.opus.Encoder()
     encoder.set_bitrate(64)
     wide = soxr.resample(samples, 16000, 48000).astype(np.float32)
-    frame = 960
-    wide = np.pad(wide, (0, (-len(wide)) % frame))
-    pcm = (np.clip(wide, -1, 1) * 32767).astype(np.int16)
-    out = []
-    for start in range(0, len(pcm), frame):
-        stereo = np.repeat(pcm[start:start + frame], 2).tobytes()
-        decoded = np.frombuffer(decoder.decode(encoder.encode(stereo, frame)), dtype=np.int16)
-        out.append(decoded.reshape(-1, 2).mean(axis=1) / 32768.0)
-    return soxr.resample(np.concatenate(out).astype(np.float32), 48000, 16000).astype(np.float32)
+    wide = np.pad(wide, (0, (-len(wide)) % FRAME_SAMPLES))
+    pcm = np.repeat((np.clip(wide, -1, 1) * 32767).astype(np.int16), 2)  # interleaved stereo
+    step = FRAME_SAMPLES * 2
+    decoded = [np.frombuffer(decoder.decode(encoder.encode(pcm[i:i + step].tobytes(), FRAME_SAMPLES)), dtype=np.int16)
+               for i in range(0, len(pcm), step)]
+    return resample_to_16k_mono(np.concatenate(decoded).reshape(-1, 2)).astype(np.float32)
 
 
 def corpus(voices: int) -> list[tuple[str, str, VoiceCommand | None, np.ndarray]]:
@@ -92,9 +90,8 @@ def corpus(voices: int) -> list[tuple[str, str, VoiceCommand | None, np.ndarray]
             items.append((f"espeak-ng {voice} {wpm}wpm", text, COMMANDS.get(text), espeak_16k(text, voice, wpm)))
         for voice in FLITE_VOICES:
             items.append((f"flite {voice}", text, COMMANDS.get(text), flite_16k(text, voice)))
-    with open(RECORDED / "transcripts.tsv", encoding="utf-8") as handle:
-        for row in csv.DictReader(handle, delimiter="\t"):
-            items.append(("recorded", row["transcript"], None, load_wav_16k(RECORDED / row["file"])))
+    for path, transcript in recorded_clips():
+        items.append(("recorded", transcript, None, load_wav_16k(path)))
     return items
 
 
@@ -113,6 +110,15 @@ def _words(text: str) -> str:
 
 def rate(found: int, total: int) -> dict:
     return {"found": found, "of": total, "rate": round(found / total, 4) if total else None}
+
+
+def tally(rows: list[tuple], column: int) -> dict:
+    """Commands found (the right one) among the phrases that hold one, and false commands among the rest,
+    by the method whose answer is in `column`."""
+    said = [row for row in rows if row[2] is not None]
+    other = [row for row in rows if row[2] is None]
+    return {"commands": rate(sum(1 for row in said if row[column] is row[2]), len(said)),
+            "false_commands": rate(sum(1 for row in other if row[column] is not None), len(other))}
 
 
 async def run(conditions: list[str], voices: int) -> dict:
@@ -134,27 +140,15 @@ async def run(conditions: list[str], voices: int) -> dict:
             pairs = [(_words(row[1]), _words(row[5]) or "-") for row in rows if row[0] == engine and row[2] is None]
             result["word_error_rate"][engine] = round(jiwer.wer([p[0] for p in pairs], [p[1] for p in pairs]), 3)
         for method, column in (("grammar", 3), ("transcript", 4)):
-            per_engine = {}
-            for engine in ("espeak-ng", "flite", "recorded"):
-                mine = [row for row in rows if row[0] == engine]
-                said = [row for row in mine if row[2] is not None]
-                other = [row for row in mine if row[2] is None]
-                per_engine[engine] = {
-                    "commands": rate(sum(1 for row in said if row[column] is row[2]), len(said)),
-                    "false_commands": rate(sum(1 for row in other if row[column] is not None), len(other)),
-                }
-            said = [row for row in rows if row[2] is not None]
-            other = [row for row in rows if row[2] is None]
-            result[method] = {"commands": rate(sum(1 for row in said if row[column] is row[2]), len(said)),
-                              "false_commands": rate(sum(1 for row in other if row[column] is not None), len(other)),
-                              "by_engine": per_engine}
-            missed = [f"{row[0]}: {row[1]}" for row in said if row[column] is not row[2]]
-            false = [f"{row[0]}: {row[1]}" for row in other if row[column] is not None]
-            print(f"{name:8s} {method:10s} commands {result[method]['commands']['found']}/{len(said)}"
-                  f"  false {result[method]['false_commands']['found']}/{len(other)}", flush=True)
+            result[method] = tally(rows, column)
+            result[method]["by_engine"] = {engine: tally([row for row in rows if row[0] == engine], column)
+                                           for engine in ("espeak-ng", "flite", "recorded")}
+            print(f"{name:8s} {method:10s} commands {result[method]['commands']['found']}/{result[method]['commands']['of']}"
+                  f"  false {result[method]['false_commands']['found']}/{result[method]['false_commands']['of']}", flush=True)
             if method == "grammar":
                 print(f"{name:8s} word error rate {result['word_error_rate']}", flush=True)
-                result[method]["missed"], result[method]["false"] = missed, false
+                result[method]["missed"] = [f"{row[0]}: {row[1]}" for row in rows if row[2] is not None and row[column] is not row[2]]
+                result[method]["false"] = [f"{row[0]}: {row[1]}" for row in rows if row[2] is None and row[column] is not None]
         report["conditions"][name] = result
     await stt.aclose()
     return report
